@@ -1,0 +1,307 @@
+package watermilloutbox
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/e0a82c8c/watermill-outbox/config"
+)
+
+// defaultTable is config.DefaultTable, named here because constructors
+// take a parameter called config.
+const defaultTable = config.DefaultTable
+
+// maxRowsPerInsert bounds one INSERT statement's bind parameters (5 a row)
+// well below PostgreSQL's 65535 and SQLite's 32766. A larger Publish is
+// several statements in the same transaction: still all or nothing.
+const maxRowsPerInsert = 1000
+
+// maxTopicLen is the longest topic stored; Kafka allows 249, RabbitMQ 255.
+const maxTopicLen = 255
+
+// PublisherConfig configures a Publisher.
+type PublisherConfig struct {
+	// Dialect of the database holding the outbox table. Required: the
+	// driver is never guessed.
+	Dialect Dialect
+
+	// Table is the outbox table, optionally schema-qualified. Default
+	// config.DefaultTable ("watermill_outbox"); zero means the default.
+	Table string
+
+	// AutoCommit lets Publish, when it finds no transaction, write the
+	// messages in a transaction of its own on the Publisher's *sql.DB. This
+	// gives up the outbox's point (atomicity with business writes), so it
+	// is off by default: zero (false) means such a Publish fails with
+	// ErrNoTransaction.
+	AutoCommit bool
+
+	// MaxPayloadBytes rejects larger payloads with ErrPayloadTooLarge before
+	// anything is written. Unit: bytes. Default and zero: no limit.
+	MaxPayloadBytes int
+}
+
+func (c *PublisherConfig) setDefaults() {
+	if c.Table == "" {
+		c.Table = defaultTable
+	}
+}
+
+// Validate reports an unknown dialect, an invalid table name or a negative
+// payload limit.
+func (c PublisherConfig) Validate() error {
+	var errs []error
+	if err := c.Dialect.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("Dialect: %w", err))
+	}
+	if err := ValidateTableName(c.Table); err != nil {
+		errs = append(errs, fmt.Errorf("Table: %w", err))
+	}
+	if c.MaxPayloadBytes < 0 {
+		errs = append(errs, fmt.Errorf("MaxPayloadBytes: must not be negative, got %d", c.MaxPayloadBytes))
+	}
+	return errors.Join(errs...)
+}
+
+// Publisher is a message.Publisher that inserts messages into the outbox
+// table inside the caller's transaction. If the transaction commits, the
+// relay delivers the messages at least once; if it rolls back, so do the
+// messages.
+//
+// The transaction is found, in this order: the one bound by WithTx; the one
+// carried by the messages' context (ContextWithTx); with AutoCommit, a new
+// one on the Publisher's *sql.DB. Otherwise Publish returns ErrNoTransaction.
+//
+// Watermill-sql's Publisher also accepts a *sql.Tx, but it maps each topic to
+// a table of its own and runs its INSERT under context.Background(); the
+// outbox keeps all topics in one table (the relay claims across them) and
+// honours the message context, so the INSERT is built here.
+type Publisher struct {
+	db     *sql.DB
+	config PublisherConfig
+	table  table
+	logger watermill.LoggerAdapter
+
+	// mu is held for reading by every Publish and for writing by Close,
+	// so Close waits for Publish calls in progress.
+	mu     sync.RWMutex
+	closed bool
+}
+
+// NewPublisher returns a Publisher for the outbox table in config. db may be
+// nil unless config.AutoCommit is set. A nil logger logs nothing.
+func NewPublisher(db *sql.DB, config PublisherConfig, logger watermill.LoggerAdapter) (*Publisher, error) {
+	config.setDefaults()
+	if err := config.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid config: %w", err)
+	}
+	if config.AutoCommit && db == nil {
+		return nil, errors.New("invalid config: AutoCommit needs a non-nil db")
+	}
+	if logger == nil {
+		logger = watermill.NopLogger{}
+	}
+	t, err := newTable(config.Dialect, config.Table)
+	if err != nil {
+		return nil, fmt.Errorf("invalid config: %w", err)
+	}
+	return &Publisher{db: db, config: config, table: t, logger: logger}, nil
+}
+
+// Publish inserts messages into the outbox under the transaction described on
+// Publisher, as one multi-row INSERT: all of them or none. It returns once the
+// rows are part of the transaction; they become visible to the relay when it
+// commits.
+func (p *Publisher) Publish(topic string, messages ...*message.Message) error {
+	return p.publish(nil, topic, messages)
+}
+
+// WithTx returns a message.Publisher bound to tx: every Publish on it inserts
+// under tx, whatever the messages' context says. If tx rolls back, so do the
+// messages. Closing it only stops that binding; the Publisher stays open.
+func (p *Publisher) WithTx(tx *sql.Tx) *TxPublisher {
+	return &TxPublisher{p: p, tx: tx}
+}
+
+// Close makes later Publish calls fail with ErrClosed, after waiting for the
+// ones in progress. It is idempotent and never closes the *sql.DB.
+func (p *Publisher) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.closed = true
+	return nil
+}
+
+// TxPublisher is a message.Publisher bound to one transaction; see
+// Publisher.WithTx.
+type TxPublisher struct {
+	p      *Publisher
+	tx     *sql.Tx
+	mu     sync.RWMutex
+	closed bool
+}
+
+// Publish inserts messages under the bound transaction. A nil transaction is
+// ErrNoTransaction, a finished one wraps sql.ErrTxDone.
+func (b *TxPublisher) Publish(topic string, messages ...*message.Message) error {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	if b.closed {
+		return ErrClosed
+	}
+	if b.tx == nil {
+		return ErrNoTransaction
+	}
+	return b.p.publish(b.tx, topic, messages)
+}
+
+// Close ends this binding; it neither commits nor rolls back the transaction.
+func (b *TxPublisher) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.closed = true
+	return nil
+}
+
+func (p *Publisher) publish(tx *sql.Tx, topic string, messages []*message.Message) error {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if p.closed {
+		return ErrClosed
+	}
+	if err := ValidateTopic(topic); err != nil {
+		return err
+	}
+	if len(messages) == 0 {
+		return nil
+	}
+	args, err := p.insertArgs(topic, messages)
+	if err != nil {
+		return err
+	}
+	ctx := messages[0].Context()
+	if tx == nil {
+		tx, err = txOfMessages(messages)
+		if err != nil {
+			return err
+		}
+	}
+	if tx == nil {
+		if !p.config.AutoCommit {
+			return ErrNoTransaction
+		}
+		return inTx(ctx, p.db, func(tx *sql.Tx) error { return p.insert(ctx, tx, args) })
+	}
+	return p.insert(ctx, tx, args)
+}
+
+// txOfMessages returns the transaction the messages' contexts carry; they
+// must all carry the same one, or none.
+func txOfMessages(messages []*message.Message) (*sql.Tx, error) {
+	first, _ := TxFromContext(messages[0].Context())
+	for _, m := range messages[1:] {
+		if tx, _ := TxFromContext(m.Context()); tx != first {
+			return nil, errors.New("outbox: messages of one Publish carry different transactions")
+		}
+	}
+	return first, nil
+}
+
+// insertArgs validates every message and returns the INSERT arguments, five
+// per message, before any SQL runs: a bad message writes nothing.
+func (p *Publisher) insertArgs(topic string, messages []*message.Message) ([]any, error) {
+	args := make([]any, 0, 5*len(messages))
+	for _, m := range messages {
+		if m == nil {
+			return nil, errors.New("outbox: nil message")
+		}
+		if m.UUID == "" {
+			return nil, errors.New("outbox: message without UUID")
+		}
+		if max := p.config.MaxPayloadBytes; max > 0 && len(m.Payload) > max {
+			return nil, fmt.Errorf("%w: message %s has %d bytes, the limit is %d", ErrPayloadTooLarge, m.UUID, len(m.Payload), max)
+		}
+		for k := range m.Metadata {
+			if forbiddenMetadataKey(k) {
+				return nil, fmt.Errorf("%w: message %s carries %q", ErrForbiddenMetadata, m.UUID, k)
+			}
+		}
+		md := []byte("{}")
+		if len(m.Metadata) > 0 {
+			var err error
+			if md, err = json.Marshal(m.Metadata); err != nil {
+				return nil, fmt.Errorf("outbox: marshal metadata of message %s: %w", m.UUID, err)
+			}
+		}
+		var key any // NULL: no order promise
+		if k := m.Metadata.Get(PartitionKeyMetadataKey); k != "" {
+			key = k
+		}
+		payload := []byte(m.Payload)
+		if payload == nil {
+			payload = []byte{} // NOT NULL column; an empty payload is valid
+		}
+		args = append(args, m.UUID, topic, key, payload, string(md))
+	}
+	return args, nil
+}
+
+func (p *Publisher) insert(ctx context.Context, tx *sql.Tx, args []any) error {
+	for len(args) > 0 {
+		n := min(len(args)/5, maxRowsPerInsert)
+		if _, err := tx.ExecContext(ctx, p.insertQuery(n), args[:5*n]...); err != nil {
+			return fmt.Errorf("outbox: insert into %s: %w", p.table.name, err)
+		}
+		args = args[5*n:]
+	}
+	return nil
+}
+
+func (p *Publisher) insertQuery(rows int) string {
+	var b strings.Builder
+	b.WriteString("INSERT INTO ")
+	b.WriteString(p.table.quoted)
+	b.WriteString(" (uuid, topic, partition_key, payload, metadata) VALUES ")
+	for r := 0; r < rows; r++ {
+		if r > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteByte('(')
+		for c := 1; c <= 5; c++ {
+			if c > 1 {
+				b.WriteByte(',')
+			}
+			b.WriteString(p.table.dialect.placeholder(5*r + c))
+		}
+		b.WriteByte(')')
+	}
+	return b.String()
+}
+
+// ValidateTopic accepts a non-empty topic of at most 255 bytes of valid UTF-8
+// without whitespace or control characters; anything else is ErrInvalidTopic.
+// Whether the broker accepts the name is the broker's call: a topic it
+// rejects dead-letters at relay time with the broker's error.
+func ValidateTopic(topic string) error {
+	switch {
+	case topic == "":
+		return fmt.Errorf("%w: empty", ErrInvalidTopic)
+	case len(topic) > maxTopicLen:
+		return fmt.Errorf("%w: %d bytes, at most %d", ErrInvalidTopic, len(topic), maxTopicLen)
+	case !utf8.ValidString(topic):
+		return fmt.Errorf("%w: %q is not valid UTF-8", ErrInvalidTopic, topic)
+	case strings.IndexFunc(topic, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0:
+		return fmt.Errorf("%w: %q contains whitespace or control characters", ErrInvalidTopic, topic)
+	}
+	return nil
+}

@@ -1,0 +1,249 @@
+package watermilloutbox
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// maxTablePartLen leaves room for the index suffixes below within
+// PostgreSQL's 63-byte identifier limit; a longer name would be truncated and
+// two index names could collide, making CREATE INDEX IF NOT EXISTS a silent
+// no-op.
+const maxTablePartLen = 48
+
+var identRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// ValidateTableName accepts a plain SQL identifier of at most 48 characters
+// (letters, digits, underscores; not starting with a digit), optionally
+// qualified by a schema of the same form ("app.outbox"). Anything else
+// (quotes, semicolons, spaces, empty) is rejected with ErrInvalidTableName.
+func ValidateTableName(name string) error {
+	parts := strings.Split(name, ".")
+	if len(parts) > 2 {
+		return fmt.Errorf("%w: %q: at most one schema qualifier", ErrInvalidTableName, name)
+	}
+	for _, p := range parts {
+		if !identRE.MatchString(p) || len(p) > maxTablePartLen {
+			return fmt.Errorf("%w: %q: want letters, digits and underscores, not starting with a digit, at most %d characters per part",
+				ErrInvalidTableName, name, maxTablePartLen)
+		}
+	}
+	return nil
+}
+
+// table holds the validated names one outbox table's SQL is built from.
+type table struct {
+	dialect Dialect
+	name    string // as given, validated
+	quoted  string // quoted, possibly schema-qualified
+	base    string // unqualified part, for index names
+	schema  string // schema part or ""
+}
+
+func newTable(d Dialect, name string) (table, error) {
+	if err := d.Validate(); err != nil {
+		return table{}, err
+	}
+	if err := ValidateTableName(name); err != nil {
+		return table{}, err
+	}
+	t := table{dialect: d, name: name, quoted: d.quoteIdent(name), base: name}
+	if i := strings.IndexByte(name, '.'); i >= 0 {
+		t.schema, t.base = name[:i], name[i+1:]
+	}
+	return t, nil
+}
+
+// index returns the quoted name of one of the table's indexes. PostgreSQL
+// puts an index in its table's schema and rejects a qualified name; SQLite
+// wants the schema on the index name instead.
+func (t table) index(suffix string) string {
+	name := t.base + "_" + suffix
+	if t.dialect == SQLite && t.schema != "" {
+		name = t.schema + "." + name
+	}
+	return t.dialect.quoteIdent(name)
+}
+
+func (t table) ddl() []string {
+	switch t.dialect {
+	case PostgreSQL:
+		return []string{
+			`CREATE TABLE IF NOT EXISTS ` + t.quoted + ` (
+    id            BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    uuid          TEXT        NOT NULL,
+    topic         TEXT        NOT NULL,
+    partition_key TEXT,
+    payload       BYTEA       NOT NULL,
+    metadata      JSON        NOT NULL,
+    created_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
+    available_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
+    attempts      INTEGER     NOT NULL DEFAULT 0,
+    claim_token   UUID,
+    claimed_until TIMESTAMPTZ,
+    published_at  TIMESTAMPTZ,
+    state         TEXT        NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'published', 'dead')),
+    last_error    TEXT
+)`,
+			// The claim path: pending rows in id order. Partial, so the index
+			// stays as small as the backlog.
+			`CREATE INDEX IF NOT EXISTS ` + t.index("pending_idx") + ` ON ` + t.quoted + ` (id) WHERE state = 'pending'`,
+			// The per-key order check: earlier pending rows of the same key.
+			`CREATE INDEX IF NOT EXISTS ` + t.index("key_idx") + ` ON ` + t.quoted + ` (topic, partition_key, id) WHERE state = 'pending' AND partition_key IS NOT NULL`,
+			// Retention purge of published rows.
+			`CREATE INDEX IF NOT EXISTS ` + t.index("published_idx") + ` ON ` + t.quoted + ` (published_at) WHERE state = 'published'`,
+		}
+	case MySQL:
+		// MySQL has no partial indexes and no CREATE INDEX IF NOT EXISTS, so
+		// the indexes are declared with the table. The binary collation keeps
+		// topics and keys byte-exact, as on the other dialects.
+		return []string{
+			`CREATE TABLE IF NOT EXISTS ` + t.quoted + ` (
+    id            BIGINT       NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    uuid          VARCHAR(255) NOT NULL,
+    topic         VARCHAR(255) NOT NULL,
+    partition_key VARCHAR(255) NULL,
+    payload       LONGBLOB     NOT NULL,
+    metadata      LONGTEXT     NOT NULL,
+    created_at    DATETIME(6)  NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    available_at  DATETIME(6)  NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    attempts      INT          NOT NULL DEFAULT 0,
+    claim_token   CHAR(36)     NULL,
+    claimed_until DATETIME(6)  NULL,
+    published_at  DATETIME(6)  NULL,
+    state         VARCHAR(16)  NOT NULL DEFAULT 'pending',
+    last_error    TEXT         NULL,
+    KEY ` + t.index("pending_idx") + ` (state, id),
+    KEY ` + t.index("key_idx") + ` (topic, partition_key, state, id),
+    KEY ` + t.index("published_idx") + ` (state, published_at)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin`,
+		}
+	default: // SQLite
+		// Times are integer microseconds since the Unix epoch (UTC).
+		// AUTOINCREMENT: ids are never reused, which the order and fencing
+		// rules rely on.
+		const nowMicros = `(CAST(unixepoch('subsec') * 1000000 AS INTEGER))`
+		return []string{
+			`CREATE TABLE IF NOT EXISTS ` + t.quoted + ` (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    uuid          TEXT    NOT NULL,
+    topic         TEXT    NOT NULL,
+    partition_key TEXT,
+    payload       BLOB    NOT NULL,
+    metadata      TEXT    NOT NULL,
+    created_at    INTEGER NOT NULL DEFAULT ` + nowMicros + `,
+    available_at  INTEGER NOT NULL DEFAULT ` + nowMicros + `,
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    claim_token   TEXT,
+    claimed_until INTEGER,
+    published_at  INTEGER,
+    state         TEXT    NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'published', 'dead')),
+    last_error    TEXT
+)`,
+			`CREATE INDEX IF NOT EXISTS ` + t.index("pending_idx") + ` ON ` + t.base + ` (id) WHERE state = 'pending'`,
+			`CREATE INDEX IF NOT EXISTS ` + t.index("key_idx") + ` ON ` + t.base + ` (topic, partition_key, id) WHERE state = 'pending' AND partition_key IS NOT NULL`,
+			`CREATE INDEX IF NOT EXISTS ` + t.index("published_idx") + ` ON ` + t.base + ` (published_at) WHERE state = 'published'`,
+		}
+	}
+}
+
+// DDL returns the statements that create the outbox table and its indexes,
+// separated by ";\n", for pasting into a migration tool. They are idempotent
+// (IF NOT EXISTS). The table name is validated first: ErrInvalidTableName.
+func DDL(d Dialect, tableName string) (string, error) {
+	t, err := newTable(d, tableName)
+	if err != nil {
+		return "", err
+	}
+	return strings.Join(t.ddl(), ";\n") + ";\n", nil
+}
+
+// Migrate creates the outbox table and its indexes if they do not exist. It
+// is idempotent and safe to call from several instances at once: the
+// statements run under a database-wide lock (an advisory lock on PostgreSQL,
+// GET_LOCK on MySQL, the write lock on SQLite).
+func Migrate(ctx context.Context, db *sql.DB, d Dialect, tableName string) error {
+	t, err := newTable(d, tableName)
+	if err != nil {
+		return err
+	}
+	if db == nil {
+		return errors.New("outbox: migrate: db is nil")
+	}
+	if err := t.migrate(ctx, db); err != nil {
+		return fmt.Errorf("outbox: migrate %s: %w", tableName, err)
+	}
+	return nil
+}
+
+func (t table) lockKey() int64 {
+	h := fnv.New64a()
+	_, _ = h.Write([]byte("watermill-outbox migrate " + t.name))
+	return int64(h.Sum64() >> 1)
+}
+
+func (t table) migrate(ctx context.Context, db *sql.DB) error {
+	switch t.dialect {
+	case PostgreSQL:
+		// Concurrent CREATE TABLE IF NOT EXISTS can still fail on
+		// PostgreSQL (a unique violation in pg_type), hence the lock.
+		return inTx(ctx, db, func(tx *sql.Tx) error {
+			if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, t.lockKey()); err != nil {
+				return err
+			}
+			return execAll(ctx, tx, t.ddl())
+		})
+	case MySQL:
+		// DDL commits implicitly on MySQL, so the lock is a session lock
+		// held on one connection.
+		conn, err := db.Conn(ctx)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		name := fmt.Sprintf("watermill-outbox-migrate-%x", t.lockKey())
+		var got sql.NullInt64
+		if err := conn.QueryRowContext(ctx, `SELECT GET_LOCK(?, ?)`, name, int((time.Minute).Seconds())).Scan(&got); err != nil {
+			return err
+		}
+		if !got.Valid || got.Int64 != 1 {
+			return errors.New("could not take the migration lock within a minute")
+		}
+		defer conn.ExecContext(context.WithoutCancel(ctx), `SELECT RELEASE_LOCK(?)`, name) //nolint:errcheck // released with the session anyway
+		return execAll(ctx, conn, t.ddl())
+	default:
+		// SQLite serialises writers; one transaction makes it atomic.
+		return inTx(ctx, db, func(tx *sql.Tx) error { return execAll(ctx, tx, t.ddl()) })
+	}
+}
+
+type execer interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+}
+
+func execAll(ctx context.Context, db execer, stmts []string) error {
+	for _, s := range stmts {
+		if _, err := db.ExecContext(ctx, s); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// inTx runs fn in a transaction, committing when it returns nil.
+func inTx(ctx context.Context, db *sql.DB, fn func(tx *sql.Tx) error) error {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if err := fn(tx); err != nil {
+		return errors.Join(err, tx.Rollback())
+	}
+	return tx.Commit()
+}

@@ -1,0 +1,81 @@
+package watermilloutbox_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/e0a82c8c/watermill-outbox/internal/testenv"
+	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+)
+
+func TestValidateTableName(t *testing.T) {
+	t.Parallel()
+	for _, ok := range []string{"outbox", "public.outbox", "_x1", "Order"} {
+		require.NoError(t, outbox.ValidateTableName(ok), ok)
+	}
+	for _, bad := range []string{"", "x; DROP TABLE y", `"a"`, "a b", "a.b.c", "1a", "a-b", "a.", ".a", "a`b", "a'b",
+		"abcdefghijabcdefghijabcdefghijabcdefghijabcdefghij"} {
+		require.ErrorIs(t, outbox.ValidateTableName(bad), outbox.ErrInvalidTableName, bad)
+	}
+}
+
+func TestDDLRejectsBadInputBeforeSQL(t *testing.T) {
+	t.Parallel()
+	_, err := outbox.DDL(outbox.PostgreSQL, "x; DROP TABLE y")
+	require.ErrorIs(t, err, outbox.ErrInvalidTableName)
+	_, err = outbox.DDL("oracle", "x")
+	require.ErrorIs(t, err, outbox.ErrUnknownDialect)
+	// nil db: the name is checked first, so no SQL could have run.
+	require.ErrorIs(t, outbox.Migrate(context.Background(), nil, outbox.PostgreSQL, `"a"`), outbox.ErrInvalidTableName)
+
+	for _, d := range []outbox.Dialect{outbox.PostgreSQL, outbox.MySQL, outbox.SQLite} {
+		ddl, err := outbox.DDL(d, "app.outbox")
+		require.NoError(t, err)
+		require.Contains(t, ddl, "CREATE TABLE IF NOT EXISTS")
+	}
+}
+
+func TestMigrateIsIdempotentAndConcurrent(t *testing.T) {
+	t.Parallel()
+	db := testenv.Postgres(t)
+	ctx := context.Background()
+
+	table := testenv.TableName(t)
+	t.Cleanup(func() { _, _ = db.Exec(`DROP TABLE IF EXISTS ` + table) })
+	require.NoError(t, outbox.Migrate(ctx, db, outbox.PostgreSQL, table))
+	require.NoError(t, outbox.Migrate(ctx, db, outbox.PostgreSQL, table))
+
+	concurrent := testenv.TableName(t)
+	t.Cleanup(func() { _, _ = db.Exec(`DROP TABLE IF EXISTS ` + concurrent) })
+	var wg sync.WaitGroup
+	errs := make([]error, 4)
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = outbox.Migrate(ctx, db, outbox.PostgreSQL, concurrent)
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		require.NoError(t, err)
+	}
+	var n int
+	require.NoError(t, db.QueryRow(`SELECT count(*) FROM pg_indexes WHERE tablename = $1`, concurrent).Scan(&n))
+	require.Equal(t, 4, n, "primary key and three partial indexes")
+}
+
+func TestMigrateSchemaQualifiedTable(t *testing.T) {
+	t.Parallel()
+	db := testenv.Postgres(t)
+	schema := testenv.TableName(t)
+	_, err := db.Exec(`CREATE SCHEMA IF NOT EXISTS ` + schema)
+	require.NoError(t, err)
+	t.Cleanup(func() { _, _ = db.Exec(`DROP SCHEMA IF EXISTS ` + schema + ` CASCADE`) })
+	require.NoError(t, outbox.Migrate(context.Background(), db, outbox.PostgreSQL, schema+".order"))
+	_, err = db.Exec(`SELECT 1 FROM ` + schema + `."order"`)
+	require.NoError(t, err)
+}

@@ -1,0 +1,481 @@
+package watermilloutbox
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// maxErrorLen bounds last_error: a broker error can embed a whole payload.
+const maxErrorLen = 2000
+
+// SQLStoreConfig configures an SQLStore.
+type SQLStoreConfig struct {
+	// Dialect of the database. Required.
+	Dialect Dialect
+
+	// Table is the outbox table, optionally schema-qualified. Default
+	// config.DefaultTable; zero means the default.
+	Table string
+
+	// PublishedRetention keeps published rows this long (state published,
+	// published_at set) before PurgePublished deletes them. Default and
+	// zero: MarkPublished deletes rows at once.
+	PublishedRetention time.Duration
+}
+
+// SQLStore is the Store for PostgreSQL, MySQL/MariaDB and SQLite. Claims are
+// one short transaction with FOR UPDATE SKIP LOCKED (PostgreSQL, MySQL) or a
+// single UPDATE … RETURNING under SQLite's write lock; every later write is
+// fenced by the claim token. All times come from the database clock.
+//
+// watermill-sql's subscriber cannot serve here: it keeps a transaction open
+// while handlers run, tracks one offset per consumer group (one active reader,
+// and an id cursor that skips rows committed out of id order), and has no
+// leases, attempts or dead state. Hence the queries below.
+type SQLStore struct {
+	db     *sql.DB
+	config SQLStoreConfig
+	t      table
+}
+
+var _ Store = (*SQLStore)(nil)
+
+// NewSQLStore returns the Store for the outbox table in config on db.
+func NewSQLStore(db *sql.DB, config SQLStoreConfig) (*SQLStore, error) {
+	if config.Table == "" {
+		config.Table = defaultTable
+	}
+	if db == nil {
+		return nil, errors.New("invalid config: db is nil")
+	}
+	if config.PublishedRetention < 0 {
+		return nil, fmt.Errorf("invalid config: PublishedRetention: must not be negative, got %s", config.PublishedRetention)
+	}
+	t, err := newTable(config.Dialect, config.Table)
+	if err != nil {
+		return nil, fmt.Errorf("invalid config: %w", err)
+	}
+	return &SQLStore{db: db, config: config, t: t}, nil
+}
+
+// Dialect returns the store's dialect.
+func (s *SQLStore) Dialect() Dialect { return s.t.dialect }
+
+// Table returns the store's table name as configured.
+func (s *SQLStore) Table() string { return s.t.name }
+
+// DB returns the store's database handle.
+func (s *SQLStore) DB() *sql.DB { return s.db }
+
+// now is the database clock, in the form the dialect compares times with.
+func (s *SQLStore) now() string {
+	switch s.t.dialect {
+	case PostgreSQL:
+		return "now()"
+	case MySQL:
+		return "UTC_TIMESTAMP(6)"
+	default:
+		return "CAST(unixepoch('subsec') * 1000000 AS INTEGER)"
+	}
+}
+
+// plus returns the SQL for "now + the duration bound at placeholder n".
+func (s *SQLStore) plus(n int) string {
+	p := s.t.dialect.placeholder(n)
+	switch s.t.dialect {
+	case PostgreSQL:
+		return "now() + (" + p + "::bigint * interval '1 microsecond')"
+	case MySQL:
+		return "UTC_TIMESTAMP(6) + INTERVAL " + p + " MICROSECOND"
+	default:
+		return "(" + s.now() + " + " + p + ")"
+	}
+}
+
+// minus returns the SQL for "now - the duration bound at placeholder n".
+func (s *SQLStore) minus(n int) string {
+	p := s.t.dialect.placeholder(n)
+	switch s.t.dialect {
+	case PostgreSQL:
+		return "now() - (" + p + "::bigint * interval '1 microsecond')"
+	case MySQL:
+		return "UTC_TIMESTAMP(6) - INTERVAL " + p + " MICROSECOND"
+	default:
+		return "(" + s.now() + " - " + p + ")"
+	}
+}
+
+// createdMicros selects created_at as microseconds since the Unix epoch, so
+// one Scan works on every dialect whatever the driver's time settings.
+func (s *SQLStore) createdMicros(alias string) string {
+	switch s.t.dialect {
+	case PostgreSQL:
+		return "(extract(epoch FROM " + alias + "created_at) * 1000000)::bigint"
+	case MySQL:
+		return "TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', " + alias + "created_at)"
+	default:
+		return alias + "created_at"
+	}
+}
+
+// idList binds ids starting at placeholder n and returns the SQL condition.
+func (s *SQLStore) idList(n int, ids []int64) (string, []any) {
+	if s.t.dialect == PostgreSQL {
+		return "id = ANY(" + s.t.dialect.placeholder(n) + ")", []any{ids}
+	}
+	var b strings.Builder
+	args := make([]any, len(ids))
+	b.WriteString("id IN (")
+	for i, id := range ids {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(s.t.dialect.placeholder(n + i))
+		args[i] = id
+	}
+	b.WriteByte(')')
+	return b.String(), args
+}
+
+// claimFilter is the WHERE clause of due, unleased pending rows; topicArg is
+// the placeholder number of the topic or 0 for all topics.
+func (s *SQLStore) claimFilter(topicArg int, ordered bool) string {
+	now := s.now()
+	w := "o.state = 'pending' AND o.available_at <= " + now +
+		" AND (o.claimed_until IS NULL OR o.claimed_until < " + now + ")"
+	if topicArg > 0 {
+		w += " AND o.topic = " + s.t.dialect.placeholder(topicArg)
+	}
+	if ordered {
+		// A keyed row waits while an earlier row of its key is leased or
+		// backing off. Earlier rows that are due come first in id order, so
+		// they are claimed in the same call (or this row is not).
+		w += " AND (o.partition_key IS NULL OR NOT EXISTS (SELECT 1 FROM " + s.t.quoted + " e" +
+			" WHERE e.topic = o.topic AND e.partition_key = o.partition_key AND e.state = 'pending' AND e.id < o.id" +
+			" AND (e.available_at > " + now + " OR e.claimed_until >= " + now + ")))"
+	}
+	return w
+}
+
+const rowColumns = "id, uuid, topic, partition_key, payload, metadata, %s, attempts"
+
+// Claim implements Store.
+func (s *SQLStore) Claim(ctx context.Context, req ClaimRequest) (string, []Row, error) {
+	if req.Limit < 1 {
+		return "", nil, fmt.Errorf("outbox: claim: limit must be at least 1, got %d", req.Limit)
+	}
+	if req.Lease <= 0 {
+		return "", nil, fmt.Errorf("outbox: claim: lease must be positive, got %s", req.Lease)
+	}
+	token := uuid.NewString()
+	var rows []Row
+	var err error
+	switch s.t.dialect {
+	case PostgreSQL:
+		rows, err = s.claimPostgres(ctx, token, req)
+	case MySQL:
+		rows, err = s.claimMySQL(ctx, token, req)
+	default:
+		rows, err = s.claimSQLite(ctx, token, req)
+	}
+	if err != nil {
+		return "", nil, fmt.Errorf("outbox: claim: %w", err)
+	}
+	slices.SortFunc(rows, func(a, b Row) int { return int(a.ID - b.ID) })
+	return token, rows, nil
+}
+
+func (s *SQLStore) claimPostgres(ctx context.Context, token string, req ClaimRequest) ([]Row, error) {
+	args := []any{token, req.Limit, req.Lease.Microseconds()}
+	topicArg := 0
+	if req.Topic != "" {
+		args = append(args, req.Topic)
+		topicArg = 4
+	}
+	q := `WITH c AS (SELECT o.id FROM ` + s.t.quoted + ` o WHERE ` + s.claimFilter(topicArg, req.Ordered) +
+		` ORDER BY o.id LIMIT $2 FOR UPDATE SKIP LOCKED)
+UPDATE ` + s.t.quoted + ` t SET claim_token = $1, claimed_until = ` + s.plus(3) + ` FROM c WHERE t.id = c.id
+RETURNING ` + fmt.Sprintf(strings.ReplaceAll(rowColumns, ", ", ", t."), s.createdMicros("t."))
+	q = strings.Replace(q, "RETURNING id,", "RETURNING t.id,", 1)
+	if !req.Ordered {
+		return s.queryRows(ctx, s.db, q, args)
+	}
+	// Ordered claims are serialised per table: a claim that ran beside
+	// another could see a key's head row as free while the other takes it,
+	// and claim the rows behind it. The lock is held for one statement.
+	var rows []Row
+	err := inTx(ctx, s.db, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, s.t.lockKey()+1); err != nil {
+			return err
+		}
+		var err error
+		rows, err = s.queryRows(ctx, tx, q, args)
+		return err
+	})
+	return rows, err
+}
+
+func (s *SQLStore) claimMySQL(ctx context.Context, token string, req ClaimRequest) ([]Row, error) {
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	if req.Ordered {
+		// See claimPostgres; MySQL's named lock is per session, so it is
+		// taken on this connection and released after the commit.
+		name := fmt.Sprintf("watermill-outbox-claim-%x", s.t.lockKey())
+		var got sql.NullInt64
+		if err := conn.QueryRowContext(ctx, `SELECT GET_LOCK(?, 30)`, name).Scan(&got); err != nil {
+			return nil, err
+		}
+		if got.Int64 != 1 {
+			return nil, errors.New("claim lock not taken within 30s")
+		}
+		defer conn.ExecContext(context.WithoutCancel(ctx), `SELECT RELEASE_LOCK(?)`, name) //nolint:errcheck // freed with the session too
+	}
+	// READ COMMITTED: the locking read takes record locks only, no gap
+	// locks that would block application INSERTs into the table.
+	tx, err := conn.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
+	if err != nil {
+		return nil, err
+	}
+	defer tx.Rollback() //nolint:errcheck // no-op after Commit
+	args := []any{}
+	topicArg := 0
+	if req.Topic != "" {
+		args = append(args, req.Topic)
+		topicArg = 1
+	}
+	args = append(args, req.Limit)
+	q := `SELECT ` + fmt.Sprintf(strings.ReplaceAll(rowColumns, ", ", ", o."), s.createdMicros("o.")) +
+		` FROM ` + s.t.quoted + ` o WHERE ` + s.claimFilter(topicArg, req.Ordered) +
+		` ORDER BY o.id LIMIT ? FOR UPDATE SKIP LOCKED`
+	q = strings.Replace(q, "SELECT id,", "SELECT o.id,", 1)
+	rows, err := s.queryRows(ctx, tx, q, args)
+	if err != nil || len(rows) == 0 {
+		return nil, err
+	}
+	ids := make([]int64, len(rows))
+	for i, r := range rows {
+		ids[i] = r.ID
+	}
+	in, idArgs := s.idList(3, ids)
+	if _, err := tx.ExecContext(ctx, `UPDATE `+s.t.quoted+` SET claim_token = ?, claimed_until = `+s.plus(2)+` WHERE `+in,
+		append([]any{token, req.Lease.Microseconds()}, idArgs...)...); err != nil {
+		return nil, err
+	}
+	return rows, tx.Commit()
+}
+
+func (s *SQLStore) claimSQLite(ctx context.Context, token string, req ClaimRequest) ([]Row, error) {
+	// One statement under SQLite's single write lock: claims never overlap,
+	// so the ordered filter needs no extra lock.
+	args := []any{token, req.Lease.Microseconds()}
+	topicArg := 0
+	if req.Topic != "" {
+		args = append(args, req.Topic)
+		topicArg = 3
+	}
+	args = append(args, req.Limit)
+	q := `UPDATE ` + s.t.quoted + ` SET claim_token = ?, claimed_until = ` + s.plus(2) +
+		` WHERE id IN (SELECT o.id FROM ` + s.t.quoted + ` o WHERE ` + s.claimFilter(topicArg, req.Ordered) +
+		` ORDER BY o.id LIMIT ?) RETURNING ` + fmt.Sprintf(rowColumns, s.createdMicros(""))
+	return s.queryRows(ctx, s.db, q, args)
+}
+
+type querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+func (s *SQLStore) queryRows(ctx context.Context, db querier, q string, args []any) ([]Row, error) {
+	rs, err := db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rs.Close()
+	var out []Row
+	for rs.Next() {
+		var r Row
+		var key sql.NullString
+		var md []byte
+		var created int64
+		if err := rs.Scan(&r.ID, &r.UUID, &r.Topic, &key, &r.Payload, &md, &created, &r.Attempts); err != nil {
+			return nil, err
+		}
+		r.PartitionKey = key.String
+		r.CreatedAt = time.UnixMicro(created)
+		if len(md) > 0 {
+			if err := json.Unmarshal(md, &r.Metadata); err != nil {
+				return nil, fmt.Errorf("row %d: metadata: %w", r.ID, err)
+			}
+		}
+		if r.Payload == nil {
+			r.Payload = []byte{}
+		}
+		out = append(out, r)
+	}
+	return out, rs.Err()
+}
+
+// exec runs a fenced write and returns the rows it changed.
+func (s *SQLStore) exec(ctx context.Context, op, q string, args ...any) (int, error) {
+	res, err := s.db.ExecContext(ctx, q, args...)
+	if err != nil {
+		return 0, fmt.Errorf("outbox: %s: %w", op, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, fmt.Errorf("outbox: %s: %w", op, err)
+	}
+	return int(n), nil
+}
+
+// MarkPublished implements Store.
+func (s *SQLStore) MarkPublished(ctx context.Context, token string, ids []int64) (int, error) {
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	p := s.t.dialect.placeholder
+	in, idArgs := s.idList(2, ids)
+	if s.config.PublishedRetention == 0 {
+		return s.exec(ctx, "mark published", `DELETE FROM `+s.t.quoted+` WHERE claim_token = `+p(1)+` AND `+in,
+			append([]any{token}, idArgs...)...)
+	}
+	return s.exec(ctx, "mark published", `UPDATE `+s.t.quoted+` SET state = 'published', published_at = `+s.now()+
+		`, claim_token = NULL, claimed_until = NULL WHERE claim_token = `+p(1)+` AND `+in,
+		append([]any{token}, idArgs...)...)
+}
+
+// RecordFailure implements Store.
+func (s *SQLStore) RecordFailure(ctx context.Context, token string, id int64, lastError string, delay time.Duration) (int, error) {
+	p := s.t.dialect.placeholder
+	return s.exec(ctx, "record failure", `UPDATE `+s.t.quoted+` SET attempts = attempts + 1, last_error = `+p(1)+
+		`, available_at = `+s.plus(2)+`, claim_token = NULL, claimed_until = NULL WHERE claim_token = `+p(3)+` AND id = `+p(4),
+		truncateError(lastError), max(delay, 0).Microseconds(), token, id)
+}
+
+// MarkDead implements Store.
+func (s *SQLStore) MarkDead(ctx context.Context, token string, id int64, lastError string) (int, error) {
+	p := s.t.dialect.placeholder
+	return s.exec(ctx, "mark dead", `UPDATE `+s.t.quoted+` SET state = 'dead', attempts = attempts + 1, last_error = `+p(1)+
+		`, claim_token = NULL, claimed_until = NULL WHERE claim_token = `+p(2)+` AND id = `+p(3),
+		truncateError(lastError), token, id)
+}
+
+// Renew implements Store.
+func (s *SQLStore) Renew(ctx context.Context, token string, ids []int64, lease time.Duration) (int, error) {
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	p := s.t.dialect.placeholder
+	in, idArgs := s.idList(3, ids)
+	return s.exec(ctx, "renew", `UPDATE `+s.t.quoted+` SET claimed_until = `+s.plus(1)+
+		` WHERE claim_token = `+p(2)+` AND `+in, append([]any{lease.Microseconds(), token}, idArgs...)...)
+}
+
+// Release implements Store.
+func (s *SQLStore) Release(ctx context.Context, token string, ids []int64) (int, error) {
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	p := s.t.dialect.placeholder
+	in, idArgs := s.idList(2, ids)
+	return s.exec(ctx, "release", `UPDATE `+s.t.quoted+` SET claim_token = NULL, claimed_until = NULL WHERE claim_token = `+p(1)+` AND `+in,
+		append([]any{token}, idArgs...)...)
+}
+
+// PurgePublished implements Store.
+func (s *SQLStore) PurgePublished(ctx context.Context, olderThan time.Duration, limit int) (int, error) {
+	if limit < 1 {
+		return 0, nil
+	}
+	p := s.t.dialect.placeholder
+	// MySQL cannot DELETE from a table it selects from in a subquery, but
+	// takes ORDER BY and LIMIT on DELETE itself.
+	if s.t.dialect == MySQL {
+		return s.exec(ctx, "purge published", `DELETE FROM `+s.t.quoted+` WHERE state = 'published' AND published_at < `+s.minus(1)+
+			` ORDER BY published_at LIMIT `+p(2), olderThan.Microseconds(), limit)
+	}
+	return s.exec(ctx, "purge published", `DELETE FROM `+s.t.quoted+` WHERE id IN (SELECT id FROM `+s.t.quoted+
+		` WHERE state = 'published' AND published_at < `+s.minus(1)+` ORDER BY published_at LIMIT `+p(2)+`)`,
+		olderThan.Microseconds(), limit)
+}
+
+// DeadRow is a row the relay gave up on.
+type DeadRow struct {
+	Row
+	LastError string
+}
+
+// ListDead returns up to limit dead rows, oldest first, for inspection.
+func (s *SQLStore) ListDead(ctx context.Context, limit int) ([]DeadRow, error) {
+	q := `SELECT ` + fmt.Sprintf(rowColumns, s.createdMicros("")) + `, last_error FROM ` + s.t.quoted +
+		` WHERE state = 'dead' ORDER BY id LIMIT ` + s.t.dialect.placeholder(1)
+	rs, err := s.db.QueryContext(ctx, q, limit)
+	if err != nil {
+		return nil, fmt.Errorf("outbox: list dead: %w", err)
+	}
+	defer rs.Close()
+	var out []DeadRow
+	for rs.Next() {
+		var d DeadRow
+		var key, lastErr sql.NullString
+		var md []byte
+		var created int64
+		if err := rs.Scan(&d.ID, &d.UUID, &d.Topic, &key, &d.Payload, &md, &created, &d.Attempts, &lastErr); err != nil {
+			return nil, fmt.Errorf("outbox: list dead: %w", err)
+		}
+		d.PartitionKey, d.LastError, d.CreatedAt = key.String, lastErr.String, time.UnixMicro(created)
+		if err := json.Unmarshal(md, &d.Metadata); err != nil {
+			return nil, fmt.Errorf("outbox: list dead: row %d: metadata: %w", d.ID, err)
+		}
+		out = append(out, d)
+	}
+	if err := rs.Err(); err != nil {
+		return nil, fmt.Errorf("outbox: list dead: %w", err)
+	}
+	return out, nil
+}
+
+// RequeueDead makes dead rows pending and due again with a fresh retry
+// budget; last_error is kept until the next failure. It returns how many
+// rows it requeued (rows that are not dead are left alone).
+func (s *SQLStore) RequeueDead(ctx context.Context, ids ...int64) (int, error) {
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	in, args := s.idList(1, ids)
+	return s.exec(ctx, "requeue dead", `UPDATE `+s.t.quoted+` SET state = 'pending', attempts = 0, available_at = `+s.now()+
+		`, claim_token = NULL, claimed_until = NULL WHERE state = 'dead' AND `+in, args...)
+}
+
+// DeleteDead deletes dead rows for good.
+func (s *SQLStore) DeleteDead(ctx context.Context, ids ...int64) (int, error) {
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	in, args := s.idList(1, ids)
+	return s.exec(ctx, "delete dead", `DELETE FROM `+s.t.quoted+` WHERE state = 'dead' AND `+in, args...)
+}
+
+func truncateError(s string) string {
+	if len(s) <= maxErrorLen {
+		return s
+	}
+	cut := maxErrorLen
+	for cut > 0 && !utf8RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
+}
+
+func utf8RuneStart(b byte) bool { return b&0xC0 != 0x80 }

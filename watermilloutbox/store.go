@@ -1,0 +1,84 @@
+package watermilloutbox
+
+import (
+	"context"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+)
+
+// Row is one outbox row, as claimed by a relay.
+type Row struct {
+	// ID is the row's sequence number: the order rows were written in.
+	ID int64
+	// UUID, Topic, Payload and Metadata are the message as published.
+	UUID     string
+	Topic    string
+	Payload  []byte
+	Metadata message.Metadata
+	// PartitionKey is the ordering (and Kafka) key; "" means none.
+	PartitionKey string
+	// CreatedAt is when the publishing transaction inserted the row
+	// (database clock).
+	CreatedAt time.Time
+	// Attempts counts the failed publish attempts before this claim.
+	Attempts int
+}
+
+// ClaimRequest says which rows Store.Claim may take.
+type ClaimRequest struct {
+	// Topic restricts the claim to one destination topic; "" claims any.
+	Topic string
+	// Limit is the most rows to claim; at least 1.
+	Limit int
+	// Lease is how long the claim holds before another relay may take the
+	// rows over (crash recovery).
+	Lease time.Duration
+	// Ordered keeps per-key order: a row with a partition key is claimed
+	// only when every earlier pending row with the same topic and key is
+	// claimed in the same call. Rows come back in ID order.
+	Ordered bool
+}
+
+// Store is the storage port the relay works through (the original plugin's
+// IOutboxStorage, with leases and fencing). SQLStore implements it for
+// PostgreSQL, MySQL/MariaDB and SQLite; implement it to put the outbox in
+// another database.
+//
+// Every write after Claim names the claim token, and affects only rows that
+// still hold it: a relay whose lease expired, and whose rows another relay
+// re-claimed, cannot overwrite the other's outcome. Each method returns how
+// many rows it changed; fewer than asked means the lease of the others was
+// lost. Implementations must use the database's clock for leases and
+// backoff, so relays on hosts with skewed clocks agree.
+type Store interface {
+	// Claim takes up to req.Limit pending rows that are due (available_at
+	// passed) and not under a live lease, writes a fresh claim token and a
+	// lease of req.Lease, and commits before returning. It holds no lock or
+	// transaction afterwards.
+	Claim(ctx context.Context, req ClaimRequest) (token string, rows []Row, err error)
+
+	// MarkPublished records that the broker confirmed the rows: they become
+	// published (or are deleted, per the store's retention).
+	MarkPublished(ctx context.Context, token string, ids []int64) (int, error)
+
+	// RecordFailure charges one failed attempt to the row, stores lastError,
+	// makes it due again after delay, and releases the claim at once.
+	RecordFailure(ctx context.Context, token string, id int64, lastError string, delay time.Duration) (int, error)
+
+	// MarkDead charges the final attempt and moves the row to the dead
+	// state, keeping lastError. Dead rows are never claimed again until
+	// requeued.
+	MarkDead(ctx context.Context, token string, id int64, lastError string) (int, error)
+
+	// Renew extends the lease of claimed rows to now + lease.
+	Renew(ctx context.Context, token string, ids []int64, lease time.Duration) (int, error)
+
+	// Release gives claimed rows back without charging an attempt, due at
+	// once.
+	Release(ctx context.Context, token string, ids []int64) (int, error)
+
+	// PurgePublished deletes up to limit published rows older than
+	// olderThan, returning how many it deleted.
+	PurgePublished(ctx context.Context, olderThan time.Duration, limit int) (int, error)
+}

@@ -19,3 +19,14 @@ const (
 func forbiddenMetadataKey(key string) bool {
 	return strings.EqualFold(strings.TrimSpace(key), "authorization")
 }
+
+// Metadata keys the relay adds to the messages its subscriber emits. The
+// forwarder removes them again before publishing to the broker, so the
+// broker sees the metadata exactly as written.
+const (
+	// OutboxIDMetadataKey holds the row's id (decimal).
+	OutboxIDMetadataKey = "outbox_id"
+	// AttemptMetadataKey holds the number of this publish attempt,
+	// starting at 1 (decimal).
+	AttemptMetadataKey = "outbox_attempt"
+)

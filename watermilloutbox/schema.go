@@ -6,33 +6,21 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"regexp"
 	"strings"
 	"time"
+
+	"github.com/e0a82c8c/watermill-outbox/config"
 )
-
-// maxTablePartLen leaves room for the index suffixes below within
-// PostgreSQL's 63-byte identifier limit; a longer name would be truncated and
-// two index names could collide, making CREATE INDEX IF NOT EXISTS a silent
-// no-op.
-const maxTablePartLen = 48
-
-var identRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
 // ValidateTableName accepts a plain SQL identifier of at most 48 characters
 // (letters, digits, underscores; not starting with a digit), optionally
-// qualified by a schema of the same form ("app.outbox"). Anything else
-// (quotes, semicolons, spaces, empty) is rejected with ErrInvalidTableName.
+// qualified by a schema of the same form ("app.outbox"); see
+// config.ValidTableName. Anything else (quotes, semicolons, spaces, empty) is
+// rejected with ErrInvalidTableName.
 func ValidateTableName(name string) error {
-	parts := strings.Split(name, ".")
-	if len(parts) > 2 {
-		return fmt.Errorf("%w: %q: at most one schema qualifier", ErrInvalidTableName, name)
-	}
-	for _, p := range parts {
-		if !identRE.MatchString(p) || len(p) > maxTablePartLen {
-			return fmt.Errorf("%w: %q: want letters, digits and underscores, not starting with a digit, at most %d characters per part",
-				ErrInvalidTableName, name, maxTablePartLen)
-		}
+	if !config.ValidTableName(name) {
+		return fmt.Errorf("%w: %q: want letters, digits and underscores, not starting with a digit, at most 48 characters, optionally schema-qualified",
+			ErrInvalidTableName, name)
 	}
 	return nil
 }

@@ -1,0 +1,269 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Defaults, and the bounds Validate enforces.
+const (
+	// DefaultTable is the outbox table used when Config.Table is empty.
+	DefaultTable = "watermill_outbox"
+
+	// DefaultPollingInterval is how long an idle relay waits between polls.
+	DefaultPollingInterval = time.Second
+
+	// DefaultBatchSize is how many rows one claim query takes.
+	DefaultBatchSize = 100
+
+	// MaxBatchSize bounds BatchSize: a claim is one statement and one
+	// transaction, and a huge one holds row locks for too long.
+	MaxBatchSize = 10000
+
+	// DefaultMaxRetryCount is how many failed publish attempts a row gets
+	// before it is dead.
+	DefaultMaxRetryCount = 5
+
+	// DefaultClaimTimeout is how long a relay owns the rows it claimed.
+	DefaultClaimTimeout = 300 * time.Second
+
+	// DefaultRetryBackoffMin is the backoff after a row's first failed
+	// attempt.
+	DefaultRetryBackoffMin = time.Second
+
+	// DefaultRetryBackoffMax caps the backoff between failed attempts.
+	DefaultRetryBackoffMax = 60 * time.Second
+
+	// DefaultMaxInFlight is how many messages a relay subscriber hands to
+	// the publisher before waiting for acks.
+	DefaultMaxInFlight = 256
+)
+
+// Lower bounds Validate enforces on durations.
+const (
+	// minPollingInterval stops a misconfigured relay from polling in a busy
+	// loop against the database.
+	minPollingInterval = time.Millisecond
+
+	// minClaimTimeout keeps a lease from expiring before a publish can
+	// finish, which would make every row a duplicate.
+	minClaimTimeout = time.Second
+)
+
+// Config configures the outbox. The zero value is usable after SetDefaults.
+//
+// The env tags name the variables FromEnv reads, without their prefix.
+type Config struct {
+	// Table is the outbox table, optionally schema-qualified
+	// ("app.outbox"). It is written into SQL, so it must pass
+	// ValidTableName. Default DefaultTable ("watermill_outbox"); empty means
+	// the default.
+	Table string `env:"TABLE"`
+
+	// PollingInterval is how often the relay polls the table while idle.
+	// Shorter means lower latency and more queries. Default
+	// DefaultPollingInterval (1s); zero means the default. Minimum 1ms.
+	PollingInterval time.Duration `env:"POLLING_INTERVAL_SECONDS"`
+
+	// BatchSize is how many rows one claim query takes, in rows. Default
+	// DefaultBatchSize (100); zero means the default. At most MaxBatchSize
+	// (10000).
+	BatchSize int `env:"BATCH_SIZE"`
+
+	// MaxRetryCount is how many failed publish attempts a row gets before it
+	// is marked dead and no longer retried. Default DefaultMaxRetryCount
+	// (5); zero means the default. Minimum 1.
+	MaxRetryCount int `env:"MAX_RETRY_COUNT"`
+
+	// ClaimTimeout is the lease of a claim: rows a relay claimed and has not
+	// finished within it may be claimed by another relay, so it must exceed
+	// the longest publish. Default DefaultClaimTimeout (300s); zero means
+	// the default. Minimum 1s.
+	ClaimTimeout time.Duration `env:"CLAIM_TIMEOUT_SECONDS"`
+
+	// RetryBackoffMin is the wait after a row's first failed attempt; the
+	// wait grows exponentially, with jitter, up to RetryBackoffMax.
+	// Default DefaultRetryBackoffMin (1s); zero means the default. At most
+	// RetryBackoffMax.
+	RetryBackoffMin time.Duration `env:"RETRY_BACKOFF_MIN_SECONDS"`
+
+	// RetryBackoffMax caps the wait between failed attempts of a row.
+	// Default DefaultRetryBackoffMax (60s); zero means the default.
+	RetryBackoffMax time.Duration `env:"RETRY_BACKOFF_MAX_SECONDS"`
+
+	// PublishedRetention is how long a published row is kept, for
+	// debugging, before it is purged in small batches (so the purge never
+	// locks the table for long). Default and zero: a row is deleted as soon
+	// as it is published. Must not be negative.
+	PublishedRetention time.Duration `env:"PUBLISHED_RETENTION_SECONDS"`
+
+	// MaxInFlight is how many messages, per relay subscriber, may be handed
+	// to the publisher and not yet acked. It bounds memory and how much is
+	// redelivered after a crash. Default DefaultMaxInFlight (256); zero
+	// means the default. Minimum 1.
+	MaxInFlight int `env:"MAX_IN_FLIGHT"`
+
+	// DisableOrdering lets the relay publish messages sharing a partition
+	// key concurrently and out of write order, for throughput. Default and
+	// zero (false): messages with the same partition key are published in
+	// the order they were written.
+	DisableOrdering bool `env:"DISABLE_ORDERING"`
+
+	// MaxPayloadBytes is the largest payload accepted, in bytes; publishing
+	// a larger one is rejected before anything is written. Default and
+	// zero: no limit. Must not be negative.
+	MaxPayloadBytes int `env:"MAX_PAYLOAD_BYTES"`
+}
+
+// Default returns a Config with every default filled in.
+func Default() Config {
+	var c Config
+	c.SetDefaults()
+	return c
+}
+
+// SetDefaults replaces each zero field whose zero means "use the default"
+// with that default. Fields whose zero has a meaning of its own
+// (PublishedRetention, DisableOrdering, MaxPayloadBytes) are left alone, as
+// are negative values, which Validate rejects.
+func (c *Config) SetDefaults() {
+	if c.Table == "" {
+		c.Table = DefaultTable
+	}
+	if c.PollingInterval == 0 {
+		c.PollingInterval = DefaultPollingInterval
+	}
+	if c.BatchSize == 0 {
+		c.BatchSize = DefaultBatchSize
+	}
+	if c.MaxRetryCount == 0 {
+		c.MaxRetryCount = DefaultMaxRetryCount
+	}
+	if c.ClaimTimeout == 0 {
+		c.ClaimTimeout = DefaultClaimTimeout
+	}
+	if c.RetryBackoffMin == 0 {
+		c.RetryBackoffMin = DefaultRetryBackoffMin
+	}
+	if c.RetryBackoffMax == 0 {
+		c.RetryBackoffMax = DefaultRetryBackoffMax
+	}
+	if c.MaxInFlight == 0 {
+		c.MaxInFlight = DefaultMaxInFlight
+	}
+}
+
+// Validate reports every invalid field at once, joined with errors.Join;
+// each error names the field and its value. Call SetDefaults first: Validate
+// does not treat a zero as the default, so a zero field that has one is
+// reported.
+func (c Config) Validate() error {
+	fes := c.validate()
+	errs := make([]error, len(fes))
+	for i, fe := range fes {
+		errs[i] = fe
+	}
+	return errors.Join(errs...)
+}
+
+func (c Config) validate() []*fieldError {
+	var errs []*fieldError
+	add := func(field, rule string, got any) {
+		errs = append(errs, &fieldError{field: field, rule: rule, got: got})
+	}
+
+	if !ValidTableName(c.Table) {
+		add("Table", "must be a SQL identifier, optionally schema-qualified (letters, digits and _, not starting with a digit, at most 63 characters per part)",
+			strconv.Quote(c.Table))
+	}
+	if c.PollingInterval < minPollingInterval {
+		add("PollingInterval", "must be at least "+minPollingInterval.String(), c.PollingInterval)
+	}
+	if c.BatchSize < 1 || c.BatchSize > MaxBatchSize {
+		add("BatchSize", fmt.Sprintf("must be between 1 and %d", MaxBatchSize), c.BatchSize)
+	}
+	if c.MaxRetryCount < 1 {
+		add("MaxRetryCount", "must be at least 1", c.MaxRetryCount)
+	}
+	if c.ClaimTimeout < minClaimTimeout {
+		add("ClaimTimeout", "must be at least "+minClaimTimeout.String(), c.ClaimTimeout)
+	}
+	// Zero backoffs are rejected too: SetDefaults replaces them, so a zero
+	// here was set on purpose (e.g. from the environment) and is a mistake.
+	if c.RetryBackoffMin <= 0 {
+		add("RetryBackoffMin", "must be positive", c.RetryBackoffMin)
+	}
+	if c.RetryBackoffMax <= 0 {
+		add("RetryBackoffMax", "must be positive", c.RetryBackoffMax)
+	}
+	if c.RetryBackoffMin > 0 && c.RetryBackoffMax > 0 && c.RetryBackoffMin > c.RetryBackoffMax {
+		errs = append(errs, &fieldError{
+			field: "RetryBackoffMin",
+			rule:  "must not exceed %s (" + c.RetryBackoffMax.String() + ")",
+			other: "RetryBackoffMax",
+			got:   c.RetryBackoffMin,
+		})
+	}
+	if c.PublishedRetention < 0 {
+		add("PublishedRetention", "must not be negative", c.PublishedRetention)
+	}
+	if c.MaxInFlight < 1 {
+		add("MaxInFlight", "must be at least 1", c.MaxInFlight)
+	}
+	if c.MaxPayloadBytes < 0 {
+		add("MaxPayloadBytes", "must not be negative", c.MaxPayloadBytes)
+	}
+	return errs
+}
+
+// fieldError is one invalid field. It keeps the Go field names apart from
+// the message so FromEnv can report the same problem by variable name.
+type fieldError struct {
+	field string // Go field name
+	rule  string // what the value must be; holds one %s for other, if set
+	other string // Go field the rule refers to, if any
+	got   any    // the invalid value, formatted with %v
+}
+
+func (e *fieldError) Error() string {
+	return e.format(func(field string) string { return field })
+}
+
+// format renders the error with field names mapped through name.
+func (e *fieldError) format(name func(field string) string) string {
+	return fmt.Sprintf("%s: %s, got %v", name(e.field), e.ruleText(name), e.got)
+}
+
+func (e *fieldError) ruleText(name func(field string) string) string {
+	if e.other == "" {
+		return e.rule
+	}
+	return fmt.Sprintf(e.rule, name(e.other))
+}
+
+var identPart = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,47}$`)
+
+// ValidTableName reports whether name is a plain SQL identifier, optionally
+// qualified by a schema of the same form ("app.outbox"). Each part is
+// letters, digits and underscores, not starting with a digit, and at most 48
+// characters: PostgreSQL truncates identifiers at 63 bytes, and the index
+// names built from the table name need the rest (a truncated pair could
+// collide and make CREATE INDEX IF NOT EXISTS a silent no-op). Table names are written into
+// SQL, so anything else (quotes, spaces, semicolons) is refused rather than
+// quoted.
+func ValidTableName(name string) bool {
+	parts := strings.Split(name, ".")
+	if len(parts) > 2 {
+		return false
+	}
+	for _, p := range parts {
+		if !identPart.MatchString(p) {
+			return false
+		}
+	}
+	return true
+}

@@ -40,10 +40,11 @@ func Env(name, def string) string {
 func RequireServices() bool { return os.Getenv("OUTBOX_REQUIRE_SERVICES") == "1" }
 
 // Unavailable skips t, or fails it when services are required.
-func Unavailable(t testing.TB, service, variable string, err error) {
+// composeService is the service's name in docker-compose.yml.
+func Unavailable(t testing.TB, service, composeService, variable string, err error) {
 	t.Helper()
 	msg := fmt.Sprintf("%s unreachable (%v): start it with `docker compose up -d %s` or point %s at one",
-		service, err, strings.ToLower(strings.Fields(service)[0]), variable)
+		service, err, composeService, variable)
 	if RequireServices() {
 		t.Fatal(msg + " (OUTBOX_REQUIRE_SERVICES=1)")
 	}
@@ -56,10 +57,10 @@ func PostgresDSN() string { return Env("OUTBOX_TEST_POSTGRES_DSN", DefaultPostgr
 // Postgres opens the test PostgreSQL database, closed when t ends.
 func Postgres(t testing.TB) *sql.DB {
 	t.Helper()
-	return open(t, "pgx", PostgresDSN(), "PostgreSQL", "OUTBOX_TEST_POSTGRES_DSN")
+	return open(t, "pgx", PostgresDSN(), "PostgreSQL", "postgres", "OUTBOX_TEST_POSTGRES_DSN")
 }
 
-func open(t testing.TB, driver, dsn, service, variable string) *sql.DB {
+func open(t testing.TB, driver, dsn, service, composeService, variable string) *sql.DB {
 	t.Helper()
 	db, err := sql.Open(driver, dsn)
 	if err != nil {
@@ -69,16 +70,16 @@ func open(t testing.TB, driver, dsn, service, variable string) *sql.DB {
 	defer cancel()
 	if err := db.PingContext(ctx); err != nil {
 		_ = db.Close()
-		Unavailable(t, service, variable, err)
+		Unavailable(t, service, composeService, variable, err)
 	}
 	t.Cleanup(func() { _ = db.Close() })
 	return db
 }
 
 // Open opens a database for a driver registered by the caller (MySQL, SQLite).
-func Open(t testing.TB, driver, dsn, service, variable string) *sql.DB {
+func Open(t testing.TB, driver, dsn, service, composeService, variable string) *sql.DB {
 	t.Helper()
-	return open(t, driver, dsn, service, variable)
+	return open(t, driver, dsn, service, composeService, variable)
 }
 
 // AMQPURL returns OUTBOX_TEST_AMQP_URL or the default after checking that
@@ -92,7 +93,7 @@ func AMQPURL(t testing.TB) string {
 	}
 	conn, err := net.DialTimeout("tcp", parsed.Host, 3*time.Second)
 	if err != nil {
-		Unavailable(t, "RabbitMQ", "OUTBOX_TEST_AMQP_URL", err)
+		Unavailable(t, "RabbitMQ", "rabbitmq", "OUTBOX_TEST_AMQP_URL", err)
 	}
 	_ = conn.Close()
 	return u

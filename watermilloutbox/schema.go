@@ -73,7 +73,7 @@ func (t table) ddl() []string {
     created_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
     available_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
     attempts      INTEGER     NOT NULL DEFAULT 0,
-    claim_token   UUID,
+    claim_token   TEXT,
     claimed_until TIMESTAMPTZ,
     published_at  TIMESTAMPTZ,
     state         TEXT        NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'published', 'dead')),
@@ -89,7 +89,8 @@ func (t table) ddl() []string {
 		}
 	case MySQL:
 		// MySQL has no partial indexes and no CREATE INDEX IF NOT EXISTS, so
-		// the indexes are declared with the table. The binary collation keeps
+		// the indexes are declared with the table. Times are UTC whatever the
+		// session time zone, as the relay compares them with UTC_TIMESTAMP. The binary collation keeps
 		// topics and keys byte-exact, as on the other dialects.
 		return []string{
 			`CREATE TABLE IF NOT EXISTS ` + t.quoted + ` (
@@ -99,8 +100,8 @@ func (t table) ddl() []string {
     partition_key VARCHAR(255) NULL,
     payload       LONGBLOB     NOT NULL,
     metadata      LONGTEXT     NOT NULL,
-    created_at    DATETIME(6)  NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
-    available_at  DATETIME(6)  NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    created_at    DATETIME(6)  NOT NULL DEFAULT (UTC_TIMESTAMP(6)),
+    available_at  DATETIME(6)  NOT NULL DEFAULT (UTC_TIMESTAMP(6)),
     attempts      INT          NOT NULL DEFAULT 0,
     claim_token   CHAR(36)     NULL,
     claimed_until DATETIME(6)  NULL,
@@ -206,6 +207,13 @@ func (t table) migrate(ctx context.Context, db *sql.DB) error {
 		defer conn.ExecContext(context.WithoutCancel(ctx), `SELECT RELEASE_LOCK(?)`, name) //nolint:errcheck // released with the session anyway
 		return execAll(ctx, conn, t.ddl())
 	default:
+		// WAL lets readers (the relay's claims, the application) run
+		// beside the one writer; it is a property of the file, so setting
+		// it once here holds for every connection. It cannot change inside
+		// a transaction.
+		if _, err := db.ExecContext(ctx, `PRAGMA journal_mode=WAL`); err != nil {
+			return err
+		}
 		// SQLite serialises writers; one transaction makes it atomic.
 		return inTx(ctx, db, func(tx *sql.Tx) error { return execAll(ctx, tx, t.ddl()) })
 	}

@@ -24,11 +24,6 @@ type SQLStoreConfig struct {
 	// Table is the outbox table, optionally schema-qualified. Default
 	// config.DefaultTable; zero means the default.
 	Table string
-
-	// PublishedRetention keeps published rows this long (state published,
-	// published_at set) before PurgePublished deletes them. Default and
-	// zero: MarkPublished deletes rows at once.
-	PublishedRetention time.Duration
 }
 
 // SQLStore is the Store for PostgreSQL, MySQL/MariaDB and SQLite. Claims are
@@ -55,9 +50,6 @@ func NewSQLStore(db *sql.DB, config SQLStoreConfig) (*SQLStore, error) {
 	}
 	if db == nil {
 		return nil, errors.New("invalid config: db is nil")
-	}
-	if config.PublishedRetention < 0 {
-		return nil, fmt.Errorf("invalid config: PublishedRetention: must not be negative, got %s", config.PublishedRetention)
 	}
 	t, err := newTable(config.Dialect, config.Table)
 	if err != nil {
@@ -165,7 +157,13 @@ func (s *SQLStore) claimFilter(topicArg int, ordered bool) string {
 	return w
 }
 
-const rowColumns = "id, uuid, topic, partition_key, payload, metadata, %s, attempts"
+// rowColumns lists what queryRows scans, each column prefixed with alias
+// ("t." or "").
+func (s *SQLStore) rowColumns(alias string) string {
+	a := alias
+	return a + "id, " + a + "uuid, " + a + "topic, " + a + "partition_key, " + a + "payload, " + a + "metadata, " +
+		s.createdMicros(alias) + ", " + a + "attempts"
+}
 
 // Claim implements Store.
 func (s *SQLStore) Claim(ctx context.Context, req ClaimRequest) (string, []Row, error) {
@@ -203,8 +201,7 @@ func (s *SQLStore) claimPostgres(ctx context.Context, token string, req ClaimReq
 	q := `WITH c AS (SELECT o.id FROM ` + s.t.quoted + ` o WHERE ` + s.claimFilter(topicArg, req.Ordered) +
 		` ORDER BY o.id LIMIT $2 FOR UPDATE SKIP LOCKED)
 UPDATE ` + s.t.quoted + ` t SET claim_token = $1, claimed_until = ` + s.plus(3) + ` FROM c WHERE t.id = c.id
-RETURNING ` + fmt.Sprintf(strings.ReplaceAll(rowColumns, ", ", ", t."), s.createdMicros("t."))
-	q = strings.Replace(q, "RETURNING id,", "RETURNING t.id,", 1)
+RETURNING ` + s.rowColumns("t.")
 	if !req.Ordered {
 		return s.queryRows(ctx, s.db, q, args)
 	}
@@ -256,10 +253,9 @@ func (s *SQLStore) claimMySQL(ctx context.Context, token string, req ClaimReques
 		topicArg = 1
 	}
 	args = append(args, req.Limit)
-	q := `SELECT ` + fmt.Sprintf(strings.ReplaceAll(rowColumns, ", ", ", o."), s.createdMicros("o.")) +
+	q := `SELECT ` + s.rowColumns("o.") +
 		` FROM ` + s.t.quoted + ` o WHERE ` + s.claimFilter(topicArg, req.Ordered) +
 		` ORDER BY o.id LIMIT ? FOR UPDATE SKIP LOCKED`
-	q = strings.Replace(q, "SELECT id,", "SELECT o.id,", 1)
 	rows, err := s.queryRows(ctx, tx, q, args)
 	if err != nil || len(rows) == 0 {
 		return nil, err
@@ -288,7 +284,7 @@ func (s *SQLStore) claimSQLite(ctx context.Context, token string, req ClaimReque
 	args = append(args, req.Limit)
 	q := `UPDATE ` + s.t.quoted + ` SET claim_token = ?, claimed_until = ` + s.plus(2) +
 		` WHERE id IN (SELECT o.id FROM ` + s.t.quoted + ` o WHERE ` + s.claimFilter(topicArg, req.Ordered) +
-		` ORDER BY o.id LIMIT ?) RETURNING ` + fmt.Sprintf(rowColumns, s.createdMicros(""))
+		` ORDER BY o.id LIMIT ?) RETURNING ` + s.rowColumns("")
 	return s.queryRows(ctx, s.db, q, args)
 }
 
@@ -340,13 +336,13 @@ func (s *SQLStore) exec(ctx context.Context, op, q string, args ...any) (int, er
 }
 
 // MarkPublished implements Store.
-func (s *SQLStore) MarkPublished(ctx context.Context, token string, ids []int64) (int, error) {
+func (s *SQLStore) MarkPublished(ctx context.Context, token string, ids []int64, keep bool) (int, error) {
 	if len(ids) == 0 {
 		return 0, nil
 	}
 	p := s.t.dialect.placeholder
 	in, idArgs := s.idList(2, ids)
-	if s.config.PublishedRetention == 0 {
+	if !keep {
 		return s.exec(ctx, "mark published", `DELETE FROM `+s.t.quoted+` WHERE claim_token = `+p(1)+` AND `+in,
 			append([]any{token}, idArgs...)...)
 	}
@@ -418,7 +414,7 @@ type DeadRow struct {
 
 // ListDead returns up to limit dead rows, oldest first, for inspection.
 func (s *SQLStore) ListDead(ctx context.Context, limit int) ([]DeadRow, error) {
-	q := `SELECT ` + fmt.Sprintf(rowColumns, s.createdMicros("")) + `, last_error FROM ` + s.t.quoted +
+	q := `SELECT ` + s.rowColumns("") + `, last_error FROM ` + s.t.quoted +
 		` WHERE state = 'dead' ORDER BY id LIMIT ` + s.t.dialect.placeholder(1)
 	rs, err := s.db.QueryContext(ctx, q, limit)
 	if err != nil {

@@ -58,9 +58,10 @@ type Store interface {
 	// transaction afterwards.
 	Claim(ctx context.Context, req ClaimRequest) (token string, rows []Row, err error)
 
-	// MarkPublished records that the broker confirmed the rows: they become
-	// published (or are deleted, per the store's retention).
-	MarkPublished(ctx context.Context, token string, ids []int64) (int, error)
+	// MarkPublished records that the broker confirmed the rows: with keep
+	// they become published (published_at set, for PurgePublished to delete
+	// after the retention), without it they are deleted at once.
+	MarkPublished(ctx context.Context, token string, ids []int64, keep bool) (int, error)
 
 	// RecordFailure charges one failed attempt to the row, stores lastError,
 	// makes it due again after delay, and releases the claim at once.

@@ -112,3 +112,6 @@ func TableName(t testing.TB) string {
 	}
 	return "t_" + strings.Trim(name, "_") + "_" + hex.EncodeToString(b[:])
 }
+
+// MySQLDSN returns OUTBOX_TEST_MYSQL_DSN or the default.
+func MySQLDSN() string { return Env("OUTBOX_TEST_MYSQL_DSN", DefaultMySQLDSN) }

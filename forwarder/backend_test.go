@@ -1,0 +1,140 @@
+package forwarder_test
+
+import (
+	"context"
+	"database/sql"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/stretchr/testify/require"
+
+	"github.com/e0a82c8c/watermill-outbox/config"
+	"github.com/e0a82c8c/watermill-outbox/internal/testenv"
+	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+)
+
+// backend is one database the relay tests run against; every test body runs
+// once per backend.
+type backend struct {
+	name    string
+	dialect outbox.Dialect
+	open    func(t *testing.T) *sql.DB
+}
+
+var backends = []backend{
+	{name: "postgres", dialect: outbox.PostgreSQL, open: func(t *testing.T) *sql.DB { return testenv.Postgres(t) }},
+	{name: "mysql", dialect: outbox.MySQL, open: func(t *testing.T) *sql.DB { return testenv.MySQL(t) }},
+	{name: "sqlite", dialect: outbox.SQLite, open: func(t *testing.T) *sql.DB { return testenv.SQLite(t) }},
+}
+
+func forEachBackend(t *testing.T, body func(t *testing.T, env *relayEnv)) {
+	t.Helper()
+	for _, b := range backends {
+		t.Run(b.name, func(t *testing.T) {
+			t.Parallel()
+			body(t, newRelayEnv(t, b))
+		})
+	}
+}
+
+// relayEnv is one test's outbox: its own table, a publisher and a store.
+type relayEnv struct {
+	backend backend
+	db      *sql.DB
+	table   string
+	pub     *outbox.Publisher
+	store   *outbox.SQLStore
+}
+
+func newRelayEnv(t *testing.T, b backend) *relayEnv {
+	t.Helper()
+	db := b.open(t)
+	table := testenv.TableName(t)
+	require.NoError(t, outbox.Migrate(context.Background(), db, b.dialect, table))
+	t.Cleanup(func() { _, _ = db.Exec(`DROP TABLE IF EXISTS ` + table) })
+	pub, err := outbox.NewPublisher(db, outbox.PublisherConfig{Dialect: b.dialect, Table: table, AutoCommit: true}, nil)
+	require.NoError(t, err)
+	store, err := outbox.NewSQLStore(db, outbox.SQLStoreConfig{Dialect: b.dialect, Table: table})
+	require.NoError(t, err)
+	return &relayEnv{backend: b, db: db, table: table, pub: pub, store: store}
+}
+
+// fastConfig polls often and backs off briefly, so tests finish quickly.
+func fastConfig() config.Config {
+	return config.Config{
+		PollingInterval: 10 * time.Millisecond,
+		RetryBackoffMin: 5 * time.Millisecond,
+		RetryBackoffMax: 20 * time.Millisecond,
+		ClaimTimeout:    30 * time.Second,
+	}
+}
+
+// publish commits n messages on topic, with keyOf(i) as partition key when
+// keyOf is not nil, and returns them in order.
+func (e *relayEnv) publish(t *testing.T, topic string, n int, keyOf func(i int) string) []*message.Message {
+	t.Helper()
+	msgs := make([]*message.Message, n)
+	for i := range msgs {
+		msgs[i] = message.NewMessage(watermill.NewUUID(), []byte(`{"n":`+strconv.Itoa(i)+`}`))
+		msgs[i].Metadata.Set("seq", strconv.Itoa(i))
+		if keyOf != nil {
+			msgs[i].Metadata.Set(outbox.PartitionKeyMetadataKey, keyOf(i))
+		}
+	}
+	for start := 0; start < n; start += 500 {
+		require.NoError(t, e.pub.Publish(topic, msgs[start:min(start+500, n)]...))
+	}
+	return msgs
+}
+
+type rowState struct {
+	State     string
+	Attempts  int
+	LastError sql.NullString
+	Claimed   bool
+}
+
+func (e *relayEnv) row(t *testing.T, uuid string) (rowState, bool) {
+	t.Helper()
+	var r rowState
+	q := `SELECT state, attempts, last_error, claim_token IS NOT NULL FROM ` + e.table + ` WHERE uuid = ` + placeholder(e.backend.dialect)
+	err := e.db.QueryRow(q, uuid).Scan(&r.State, &r.Attempts, &r.LastError, &r.Claimed)
+	if err == sql.ErrNoRows {
+		return r, false
+	}
+	require.NoError(t, err)
+	return r, true
+}
+
+func (e *relayEnv) count(t *testing.T, where string) int {
+	t.Helper()
+	var n int
+	require.NoError(t, e.db.QueryRow(`SELECT count(*) FROM `+e.table+` WHERE `+where).Scan(&n))
+	return n
+}
+
+func placeholder(d outbox.Dialect) string {
+	if d == outbox.PostgreSQL {
+		return "$1"
+	}
+	return "?"
+}
+
+// waitFor polls cond (a cheap query) until it holds or the timeout ends;
+// it waits on a ticker channel, not a fixed sleep.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.After(timeout)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		select {
+		case <-deadline:
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		case <-tick.C:
+		}
+	}
+}

@@ -1,0 +1,377 @@
+package forwarder_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/stretchr/testify/require"
+
+	"github.com/e0a82c8c/watermill-outbox/forwarder"
+	"github.com/e0a82c8c/watermill-outbox/retry"
+	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+)
+
+// recorder is a destination publisher that records what it accepted and can
+// be told to fail.
+type recorder struct {
+	mu       sync.Mutex
+	got      []received
+	byUUID   map[string]int
+	failWith func(topic string, msg *message.Message) error
+	arrived  chan struct{} // signalled on every accepted message
+}
+
+type received struct {
+	topic string
+	msg   *message.Message
+}
+
+func newRecorder() *recorder {
+	return &recorder{byUUID: make(map[string]int), arrived: make(chan struct{}, 1)}
+}
+
+func (r *recorder) Publish(topic string, msgs ...*message.Message) error {
+	for _, m := range msgs {
+		r.mu.Lock()
+		fail := r.failWith
+		r.mu.Unlock()
+		if fail != nil {
+			if err := fail(topic, m); err != nil {
+				return err
+			}
+		}
+		r.mu.Lock()
+		r.got = append(r.got, received{topic, m})
+		r.byUUID[m.UUID]++
+		r.mu.Unlock()
+		select {
+		case r.arrived <- struct{}{}:
+		default:
+		}
+	}
+	return nil
+}
+
+func (r *recorder) Close() error { return nil }
+
+func (r *recorder) setFail(f func(topic string, msg *message.Message) error) {
+	r.mu.Lock()
+	r.failWith = f
+	r.mu.Unlock()
+}
+
+func (r *recorder) distinct() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.byUUID)
+}
+
+func (r *recorder) snapshot() []received {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]received(nil), r.got...)
+}
+
+// waitDistinct waits until n distinct UUIDs arrived.
+func (r *recorder) waitDistinct(t *testing.T, n int, timeout time.Duration) {
+	t.Helper()
+	deadline := time.After(timeout)
+	for r.distinct() < n {
+		select {
+		case <-r.arrived:
+		case <-deadline:
+			t.Fatalf("received %d distinct messages, want %d", r.distinct(), n)
+		}
+	}
+}
+
+func runForwarder(t *testing.T, e *relayEnv, dest message.Publisher, cfg forwarder.Config) *forwarder.Forwarder {
+	t.Helper()
+	f, err := forwarder.NewForwarder(e.store, dest, cfg, watermill.NopLogger{})
+	require.NoError(t, err)
+	done := make(chan error, 1)
+	go func() { done <- f.Run(context.Background()) }()
+	t.Cleanup(func() {
+		require.NoError(t, f.Close())
+		select {
+		case err := <-done:
+			require.NoError(t, err)
+		case <-time.After(30 * time.Second):
+			t.Error("forwarder Run did not return after Close")
+		}
+	})
+	select {
+	case <-f.Running():
+	case err := <-done:
+		t.Fatalf("forwarder stopped: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("forwarder did not start")
+	}
+	return f
+}
+
+func TestForwarderDeliversIntact(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, e *relayEnv) {
+		dest := newRecorder()
+		msgs := e.publish(t, "orders", 300, func(i int) string { return fmt.Sprint("k", i%7) })
+		more := e.publish(t, "payments", 50, nil)
+		runForwarder(t, e, dest, forwarder.Config{Outbox: fastConfig()})
+		dest.waitDistinct(t, 350, 30*time.Second)
+
+		want := make(map[string]*message.Message)
+		for _, m := range append(msgs, more...) {
+			want[m.UUID] = m
+		}
+		for _, r := range dest.snapshot() {
+			w := want[r.msg.UUID]
+			require.NotNil(t, w)
+			require.Equal(t, w.Payload, r.msg.Payload)
+			require.Equal(t, w.Metadata, r.msg.Metadata, "metadata intact, relay keys removed")
+			if w.Metadata.Get(outbox.PartitionKeyMetadataKey) != "" {
+				require.Equal(t, "orders", r.topic)
+			}
+		}
+		waitFor(t, 10*time.Second, "acked rows deleted", func() bool { return e.count(t, "1=1") == 0 })
+	})
+}
+
+func TestForwarderRetriesThenDeadLetters(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, e *relayEnv) {
+		dest := newRecorder()
+		msgs := e.publish(t, "t", 20, nil)
+		poison, permanent := msgs[3].UUID, msgs[7].UUID
+		var attempts sync.Map
+		dest.setFail(func(_ string, m *message.Message) error {
+			switch m.UUID {
+			case poison:
+				n, _ := attempts.LoadOrStore(m.UUID, new(int))
+				*n.(*int)++
+				return errors.New("broker said no")
+			case permanent:
+				return retry.PermanentError(errors.New("message too large"))
+			}
+			return nil
+		})
+		cfg := fastConfig()
+		cfg.MaxRetryCount = 3
+		runForwarder(t, e, dest, forwarder.Config{Outbox: cfg})
+		dest.waitDistinct(t, 18, 30*time.Second)
+
+		waitFor(t, 30*time.Second, "poison message dead", func() bool {
+			r, ok := e.row(t, poison)
+			return ok && r.State == "dead"
+		})
+		r, _ := e.row(t, poison)
+		require.Equal(t, 3, r.Attempts, "attempt count lives in the row")
+		require.Contains(t, r.LastError.String, "broker said no")
+		require.False(t, r.Claimed)
+
+		waitFor(t, 10*time.Second, "permanent failure dead", func() bool {
+			r, ok := e.row(t, permanent)
+			return ok && r.State == "dead"
+		})
+		r, _ = e.row(t, permanent)
+		require.Equal(t, 1, r.Attempts, "a permanent error dead-letters at once")
+		require.Contains(t, r.LastError.String, "message too large")
+
+		// Requeue gives the dead row a fresh budget; it is delivered once the
+		// destination accepts it.
+		dest.setFail(nil)
+		dead, err := e.store.ListDead(context.Background(), 10)
+		require.NoError(t, err)
+		require.Len(t, dead, 2)
+		n, err := e.store.RequeueDead(context.Background(), dead[0].ID, dead[1].ID)
+		require.NoError(t, err)
+		require.Equal(t, 2, n)
+		dest.waitDistinct(t, 20, 30*time.Second)
+	})
+}
+
+func TestForwarderUnavailableDestinationChargesNothing(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, e *relayEnv) {
+		dest := newRecorder()
+		down := make(chan struct{})
+		failures := make(chan struct{}, 100)
+		dest.setFail(func(string, *message.Message) error {
+			select {
+			case <-down:
+				return nil
+			default:
+				select {
+				case failures <- struct{}{}:
+				default:
+				}
+				return retry.UnavailableError(errors.New("connection refused"))
+			}
+		})
+		msgs := e.publish(t, "t", 5, nil)
+		cfg := fastConfig()
+		cfg.MaxRetryCount = 1
+		runForwarder(t, e, dest, forwarder.Config{Outbox: cfg})
+		for i := 0; i < 5; i++ { // fail well past the budget of 1
+			select {
+			case <-failures:
+			case <-time.After(30 * time.Second):
+				t.Fatal("destination not tried")
+			}
+		}
+		for _, m := range msgs {
+			r, ok := e.row(t, m.UUID)
+			require.True(t, ok)
+			require.Equal(t, "pending", r.State)
+			require.Zero(t, r.Attempts)
+		}
+		close(down)
+		dest.waitDistinct(t, 5, 60*time.Second)
+	})
+}
+
+// TestForwarderPerKeyOrderAcrossInstances runs three relays on one table;
+// every key's messages must reach the destination in the order written.
+func TestForwarderPerKeyOrderAcrossInstances(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, e *relayEnv) {
+		dest := newRecorder()
+		const n, keys = 1500, 40
+		// Every key fails on its first delivery once, which must hold back only
+		// that key until the retry succeeds.
+		var failed sync.Map
+		dest.setFail(func(_ string, m *message.Message) error {
+			if m.Metadata.Get("seq") == "0" || m.Metadata.Get("seq") == "700" {
+				if _, again := failed.LoadOrStore(m.UUID, true); !again {
+					return errors.New("first try fails")
+				}
+			}
+			return nil
+		})
+		cfg := fastConfig()
+		cfg.BatchSize = 37
+		for i := 0; i < 3; i++ {
+			runForwarder(t, e, dest, forwarder.Config{Outbox: cfg, HandlerName: fmt.Sprint("relay", i)})
+		}
+		msgs := e.publish(t, "ordered", n, func(i int) string { return fmt.Sprint("key-", i%keys) })
+		dest.waitDistinct(t, n, 60*time.Second)
+
+		seqOf := make(map[string]int)
+		for i, m := range msgs {
+			seqOf[m.UUID] = i
+		}
+		last := make(map[string]int)
+		for _, r := range dest.snapshot() {
+			key := r.msg.Metadata.Get(outbox.PartitionKeyMetadataKey)
+			seq := seqOf[r.msg.UUID]
+			prev, seen := last[key]
+			require.False(t, seen && seq <= prev, "key %s: message %d after %d", key, seq, prev)
+			last[key] = seq
+		}
+	})
+}
+
+func TestSubscriberCloseReleasesClaims(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, e *relayEnv) {
+		e.publish(t, "t", 10, nil)
+		sub, err := forwarder.NewSubscriber(e.store, fastConfig(), nil)
+		require.NoError(t, err)
+		ch, err := sub.Subscribe(context.Background(), "t")
+		require.NoError(t, err)
+		var first *message.Message
+		select {
+		case first = <-ch:
+		case <-time.After(10 * time.Second):
+			t.Fatal("no message")
+		}
+		waitFor(t, 10*time.Second, "rows claimed", func() bool { return e.count(t, "claim_token IS NOT NULL") > 0 })
+		require.NoError(t, sub.Close())
+		require.NoError(t, sub.Close(), "idempotent")
+		first.Ack() // too late: the claim was released, the ack is not recorded
+		_, err = sub.Subscribe(context.Background(), "t")
+		require.ErrorIs(t, err, forwarder.ErrClosed)
+
+		require.Equal(t, 10, e.count(t, "state = 'pending'"), "nothing acked before Close is marked published")
+		require.Zero(t, e.count(t, "claim_token IS NOT NULL"), "every claim released")
+	})
+}
+
+func TestSubscriberCloseBeforeSubscribe(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, e *relayEnv) {
+		sub, err := forwarder.NewSubscriber(e.store, fastConfig(), nil)
+		require.NoError(t, err)
+		require.NoError(t, sub.Close())
+	})
+}
+
+func TestForwarderLifecycle(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, e *relayEnv) {
+		f, err := forwarder.NewForwarder(e.store, newRecorder(), forwarder.Config{Outbox: fastConfig()}, nil)
+		require.NoError(t, err)
+		require.NoError(t, f.Close(), "safe before Run")
+		require.NoError(t, f.Close(), "idempotent")
+		require.ErrorIs(t, f.Run(context.Background()), forwarder.ErrClosed)
+
+		f = runForwarder(t, e, newRecorder(), forwarder.Config{Outbox: fastConfig()})
+		require.ErrorIs(t, f.Run(context.Background()), forwarder.ErrRunning)
+
+		router, err := message.NewRouter(message.RouterConfig{}, nil)
+		require.NoError(t, err)
+		attached, err := forwarder.NewForwarder(e.store, newRecorder(), forwarder.Config{Outbox: fastConfig(), Router: router}, nil)
+		require.NoError(t, err)
+		require.ErrorIs(t, attached.Run(context.Background()), forwarder.ErrAttached)
+		require.NoError(t, attached.Close())
+	})
+}
+
+func TestForwarderOnCallersRouter(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, e *relayEnv) {
+		router, err := message.NewRouter(message.RouterConfig{}, nil)
+		require.NoError(t, err)
+		var seen sync.Map
+		router.AddMiddleware(func(h message.HandlerFunc) message.HandlerFunc {
+			return func(msg *message.Message) ([]*message.Message, error) {
+				seen.Store(msg.UUID, true)
+				return h(msg)
+			}
+		})
+		dest := newRecorder()
+		_, err = forwarder.NewForwarder(e.store, dest, forwarder.Config{Outbox: fastConfig(), Router: router}, nil)
+		require.NoError(t, err)
+		msgs := e.publish(t, "t", 10, nil)
+		done := make(chan error, 1)
+		go func() { done <- router.Run(context.Background()) }()
+		dest.waitDistinct(t, 10, 30*time.Second)
+		require.NoError(t, router.Close())
+		require.NoError(t, <-done)
+		for _, m := range msgs {
+			_, ok := seen.Load(m.UUID)
+			require.True(t, ok, "the caller's middleware ran")
+		}
+	})
+}
+
+func TestInvalidForwarderConfig(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, e *relayEnv) {
+		_, err := forwarder.NewForwarder(e.store, nil, forwarder.Config{}, nil)
+		require.ErrorContains(t, err, "destination")
+		_, err = forwarder.NewForwarder(e.store, newRecorder(), forwarder.Config{QuickRetries: -1}, nil)
+		require.ErrorContains(t, err, "QuickRetries")
+		cfg := fastConfig()
+		cfg.BatchSize = -1
+		_, err = forwarder.NewForwarder(e.store, newRecorder(), forwarder.Config{Outbox: cfg}, nil)
+		require.ErrorContains(t, err, "BatchSize")
+		_, err = forwarder.NewSubscriber(nil, fastConfig(), nil)
+		require.Error(t, err)
+	})
+}

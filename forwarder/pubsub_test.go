@@ -1,0 +1,39 @@
+package forwarder_test
+
+import (
+	"testing"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/pubsub/tests"
+	"github.com/stretchr/testify/require"
+
+	"github.com/e0a82c8c/watermill-outbox/forwarder"
+	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+)
+
+// TestPubSub runs Watermill's universal Pub/Sub suite over the outbox: the
+// transactional publisher (in AutoCommit mode, as the suite has no
+// transactions) and the outbox subscriber.
+func TestPubSub(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, e *relayEnv) {
+		cfg := fastConfig()
+		cfg.MaxRetryCount = 1000 // the suite nacks freely
+		tests.TestPubSub(t, tests.Features{
+			ConsumerGroups:      false,
+			ExactlyOnceDelivery: false,
+			// Order is kept per partition key; the suite's messages have none.
+			GuaranteedOrder: false,
+			Persistent:      true,
+			// Acked rows are deleted: a new subscriber gets only what is left.
+			NewSubscriberReceivesOldMessages: false,
+		}, func(t *testing.T) (message.Publisher, message.Subscriber) {
+			// The suite closes both, so each call gets its own.
+			pub, err := outbox.NewPublisher(e.db, outbox.PublisherConfig{Dialect: e.backend.dialect, Table: e.table, AutoCommit: true}, nil)
+			require.NoError(t, err)
+			sub, err := forwarder.NewSubscriber(e.store, cfg, nil)
+			require.NoError(t, err)
+			return pub, sub
+		}, nil)
+	})
+}

@@ -1,0 +1,359 @@
+package sink
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+
+	"github.com/ThreeDotsLabs/watermill"
+	wamqp "github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
+	"github.com/ThreeDotsLabs/watermill/message"
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// Topology is where an AMQPPublisher sends a topic's messages, and what it
+// declares for them.
+type Topology int
+
+const (
+	// TopologyQueue publishes to the default exchange with routing key =
+	// topic, which delivers to the durable queue named after the topic.
+	TopologyQueue Topology = iota + 1
+
+	// TopologyExchange publishes to AMQPConfig.Exchange with routing key =
+	// topic, and binds a durable queue named after the topic to it with
+	// that routing key. Consumers may bind more queues to the exchange.
+	TopologyExchange
+)
+
+// String returns the topology's name.
+func (t Topology) String() string {
+	switch t {
+	case TopologyQueue:
+		return "queue"
+	case TopologyExchange:
+		return "exchange"
+	default:
+		return fmt.Sprintf("Topology(%d)", int(t))
+	}
+}
+
+// AMQP defaults.
+const (
+	// DefaultAMQPTopology is the topology used when AMQPConfig.Topology is
+	// zero.
+	DefaultAMQPTopology = TopologyQueue
+
+	// DefaultAMQPExchange is the exchange TopologyExchange publishes to.
+	DefaultAMQPExchange = "watermill_outbox"
+
+	// DefaultAMQPExchangeType is the type of the exchange TopologyExchange
+	// declares.
+	DefaultAMQPExchangeType = amqp.ExchangeTopic
+
+	// DefaultAMQPChannelPoolSize is how many channels publish concurrently.
+	DefaultAMQPChannelPoolSize = 16
+)
+
+// AMQPConfig configures NewAMQPPublisher.
+type AMQPConfig struct {
+	// URL is the broker, "amqp://user:pass@host:port/vhost" or amqps://.
+	// Required.
+	URL string
+
+	// Topology selects where messages go and what is declared for them.
+	// Default DefaultAMQPTopology (TopologyQueue); zero means the default.
+	Topology Topology
+
+	// Exchange is the exchange TopologyExchange publishes to; declared
+	// durable. Must not start with "amq." (reserved). Default
+	// DefaultAMQPExchange ("watermill_outbox"); empty means the default.
+	// Unused with TopologyQueue.
+	Exchange string
+
+	// ExchangeType is the type Exchange is declared with: "topic" or
+	// "direct" (both route by routing key = topic; "fanout" and "headers"
+	// would deliver every topic to every bound queue, so they are
+	// rejected). With "topic", topics must not contain the wildcards '*' or
+	// '#'. An existing exchange must have this type. Default
+	// DefaultAMQPExchangeType ("topic"); empty means the default. Unused
+	// with TopologyQueue.
+	ExchangeType string
+
+	// ChannelPoolSize is how many AMQP channels the publisher keeps open,
+	// which bounds how many Publish calls run at once (the others wait).
+	// Default DefaultAMQPChannelPoolSize (16); zero means the default.
+	ChannelPoolSize int
+
+	// QueueArguments are the arguments queues are declared with, for
+	// example amqp.Table{"x-queue-type": "quorum"}. An existing queue must
+	// have been declared with the same ones, or the broker refuses the
+	// declaration and Publish fails. Optional; nil declares a queue of the
+	// broker's default type.
+	QueueArguments amqp.Table
+
+	// TLSConfig is used for amqps:// URLs. Optional; nil means the system
+	// roots and the URL's host name.
+	TLSConfig *tls.Config
+}
+
+func (c *AMQPConfig) setDefaults() {
+	if c.Topology == 0 {
+		c.Topology = DefaultAMQPTopology
+	}
+	if c.Exchange == "" {
+		c.Exchange = DefaultAMQPExchange
+	}
+	if c.ExchangeType == "" {
+		c.ExchangeType = DefaultAMQPExchangeType
+	}
+	if c.ChannelPoolSize == 0 {
+		c.ChannelPoolSize = DefaultAMQPChannelPoolSize
+	}
+}
+
+// Validate reports whether c, with defaults applied, is usable.
+func (c AMQPConfig) Validate() error {
+	c.setDefaults()
+
+	if strings.TrimSpace(c.URL) == "" {
+		return errors.New("missing URL")
+	}
+	if _, err := amqp.ParseURI(c.URL); err != nil {
+		return fmt.Errorf("URL: %w", err)
+	}
+	switch c.Topology {
+	case TopologyQueue:
+	case TopologyExchange:
+		if strings.HasPrefix(c.Exchange, "amq.") {
+			return fmt.Errorf("Exchange %q: names starting with \"amq.\" are reserved", c.Exchange)
+		}
+		if c.ExchangeType != amqp.ExchangeTopic && c.ExchangeType != amqp.ExchangeDirect {
+			return fmt.Errorf("ExchangeType %q: must be %q or %q", c.ExchangeType, amqp.ExchangeTopic, amqp.ExchangeDirect)
+		}
+	default:
+		return fmt.Errorf("unknown Topology %s", c.Topology)
+	}
+	if c.ChannelPoolSize < 0 {
+		return fmt.Errorf("ChannelPoolSize must not be negative, got %d", c.ChannelPoolSize)
+	}
+	return nil
+}
+
+// watermillConfig is the watermill-amqp config for c. It never sets
+// Publish.Transactional: watermill-amqp v2.1.3's commit drops the publish
+// error after a successful rollback and returns nil.
+func (c AMQPConfig) watermillConfig() wamqp.Config {
+	var wc wamqp.Config
+	switch c.Topology {
+	case TopologyExchange:
+		wc = wamqp.NewDurablePubSubConfig(c.URL, wamqp.GenerateQueueNameTopicName)
+		// watermill-amqp declares this exchange too, before its first
+		// publish of a topic; the arguments equal ours, so both succeed.
+		wc.Exchange.GenerateName = func(string) string { return c.Exchange }
+		wc.Exchange.Type = c.ExchangeType
+		wc.Publish.GenerateRoutingKey = func(topic string) string { return topic }
+	default:
+		wc = wamqp.NewDurableQueueConfig(c.URL)
+	}
+	wc.Connection.TLSConfig = c.TLSConfig
+	wc.Marshaler = wamqp.DefaultMarshaler{
+		// MessageId lets non-Watermill consumers deduplicate.
+		PostprocessPublishing: func(p amqp.Publishing) amqp.Publishing {
+			if id, ok := p.Headers[wamqp.DefaultMessageUUIDHeaderKey].(string); ok {
+				p.MessageId = id
+			}
+			return p
+		},
+	}
+	wc.Publish.ConfirmDelivery = true
+	wc.Publish.ChannelPoolSize = c.ChannelPoolSize
+	// watermill-amqp registers no return listener, so a returned message
+	// is still confirmed (RabbitMQ acks an unroutable message after
+	// returning it). Declaring the destination first is what keeps
+	// messages routable; mandatory only makes the broker notice.
+	wc.Publish.Mandatory = true
+	return wc
+}
+
+// AMQPPublisher publishes to RabbitMQ through watermill-amqp, declaring each
+// topic's destination before the first publish to it. It is safe for
+// concurrent use.
+type AMQPPublisher struct {
+	config AMQPConfig
+	logger watermill.LoggerAdapter
+	pub    *wamqp.Publisher
+
+	// mu guards the declaration connection and the set of declared topics.
+	mu       sync.Mutex
+	conn     *amqp.Connection // for declarations; nil until dialed
+	ch       *amqp.Channel
+	declared map[string]struct{}
+	closed   bool
+}
+
+// NewAMQPPublisher returns a publisher for the outbox. It connects to the
+// broker before returning.
+//
+// Publish returns nil only after the broker confirmed every message:
+// messages are persistent (delivery mode 2) and published with publisher
+// confirms, and watermill-amqp waits for each message's confirm before
+// sending the next. A nack, or a channel or connection closed before the
+// confirm arrived, is an error. The wait has no deadline of its own; a dead
+// connection is noticed by the AMQP heartbeat (10s by default).
+//
+// Before the first publish to a topic, Publish declares its durable queue
+// (named after the topic) and, for TopologyExchange, the durable exchange
+// and the binding, because without a queue RabbitMQ drops the message and
+// still confirms it. Declarations are redone after a failed Publish or a
+// lost connection; a queue deleted while the publisher keeps working is not
+// noticed, and its messages are dropped until then.
+//
+// Each message carries its metadata as headers, its UUID in the
+// "_watermill_message_uuid" header and as MessageId, and its payload as the
+// body.
+func NewAMQPPublisher(config AMQPConfig, logger watermill.LoggerAdapter) (*AMQPPublisher, error) {
+	config.setDefaults()
+	if err := config.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid config: %w", err)
+	}
+	if logger == nil {
+		logger = watermill.NopLogger{}
+	}
+
+	p := &AMQPPublisher{
+		config:   config,
+		logger:   logger,
+		declared: make(map[string]struct{}),
+	}
+	// Dial the declaration connection first: it fails fast on a bad URL
+	// or credentials and leaves nothing behind to close.
+	if err := p.connect(); err != nil {
+		return nil, err
+	}
+	pub, err := wamqp.NewPublisher(config.watermillConfig(), logger)
+	if err != nil {
+		_ = p.conn.Close()
+		return nil, fmt.Errorf("create AMQP publisher: %w", err)
+	}
+	p.pub = pub
+	return p, nil
+}
+
+// Publish declares the topic's destination if needed, then publishes msgs
+// in order and waits for the broker's confirm of each. See
+// NewAMQPPublisher.
+func (p *AMQPPublisher) Publish(topic string, msgs ...*message.Message) error {
+	if err := p.declare(topic); err != nil {
+		return fmt.Errorf("declare topology of topic %q: %w", topic, err)
+	}
+	if err := p.pub.Publish(topic, msgs...); err != nil {
+		// The destination may be gone with the connection: redeclare it
+		// before the next attempt.
+		p.forget(topic)
+		return err
+	}
+	return nil
+}
+
+// Close closes the publisher and its connections.
+func (p *AMQPPublisher) Close() error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil
+	}
+	p.closed = true
+	var errs []error
+	if p.conn != nil && !p.conn.IsClosed() {
+		if err := p.conn.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close declaration connection: %w", err))
+		}
+	}
+	p.conn, p.ch = nil, nil
+	p.mu.Unlock()
+
+	if err := p.pub.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close publisher: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+func (p *AMQPPublisher) declare(topic string) error {
+	if topic == "" {
+		return errors.New("empty topic")
+	}
+	if p.config.Topology == TopologyExchange && p.config.ExchangeType == amqp.ExchangeTopic &&
+		strings.ContainsAny(topic, "*#") {
+		return errors.New("topic contains a wildcard ('*' or '#'), which would bind the queue to other topics too")
+	}
+
+	p.mu.Lock()
+	defer p.mu.Unlock()
+
+	if p.closed {
+		return errors.New("publisher closed")
+	}
+	if p.conn == nil || p.conn.IsClosed() {
+		// The broker may have restarted and lost what we declared.
+		clear(p.declared)
+		if err := p.connect(); err != nil {
+			return err
+		}
+	}
+	if _, ok := p.declared[topic]; ok {
+		return nil
+	}
+	if p.ch == nil || p.ch.IsClosed() {
+		// A refused declaration closes the channel.
+		ch, err := p.conn.Channel()
+		if err != nil {
+			return fmt.Errorf("open channel: %w", err)
+		}
+		p.ch = ch
+	}
+
+	if _, err := p.ch.QueueDeclare(topic, true, false, false, false, p.config.QueueArguments); err != nil {
+		return fmt.Errorf("declare queue: %w", err)
+	}
+	if p.config.Topology == TopologyExchange {
+		if err := p.ch.ExchangeDeclare(p.config.Exchange, p.config.ExchangeType, true, false, false, false, nil); err != nil {
+			return fmt.Errorf("declare exchange %q: %w", p.config.Exchange, err)
+		}
+		if err := p.ch.QueueBind(topic, topic, p.config.Exchange, false, nil); err != nil {
+			return fmt.Errorf("bind queue to exchange %q: %w", p.config.Exchange, err)
+		}
+	}
+	p.declared[topic] = struct{}{}
+	p.logger.Debug("Declared AMQP topology", watermill.LogFields{
+		"topic": topic, "topology": p.config.Topology.String(),
+	})
+	return nil
+}
+
+func (p *AMQPPublisher) forget(topic string) {
+	p.mu.Lock()
+	delete(p.declared, topic)
+	p.mu.Unlock()
+}
+
+// connect dials the declaration connection; p.mu must be held or p not yet
+// shared.
+func (p *AMQPPublisher) connect() error {
+	var (
+		conn *amqp.Connection
+		err  error
+	)
+	if p.config.TLSConfig != nil {
+		conn, err = amqp.DialTLS(p.config.URL, p.config.TLSConfig)
+	} else {
+		conn, err = amqp.Dial(p.config.URL)
+	}
+	if err != nil {
+		return fmt.Errorf("connect to AMQP: %w", err)
+	}
+	p.conn, p.ch = conn, nil
+	return nil
+}

@@ -1,0 +1,249 @@
+package sink
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	watermilloutbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+)
+
+// Kafka defaults.
+const (
+	// DefaultKafkaClientID is the client id the producer sends to brokers.
+	DefaultKafkaClientID = "watermill-outbox"
+
+	// DefaultKafkaMaxMessageBytes is the largest message the producer
+	// sends: 1 MiB, the broker's default message.max.bytes.
+	DefaultKafkaMaxMessageBytes = 1 << 20
+
+	// DefaultKafkaTimeout bounds each broker round trip.
+	DefaultKafkaTimeout = 10 * time.Second
+
+	// kafkaRetryMax and kafkaRetryBackoff ride out a leader election
+	// (typically a few seconds) before Publish fails and the relay's own
+	// backoff takes over.
+	kafkaRetryMax     = 10
+	kafkaRetryBackoff = 250 * time.Millisecond
+)
+
+// DefaultKafkaVersion is the Kafka protocol version used when
+// KafkaConfig.Version is zero: 3.6, the newest sarama v1.43 knows.
+var DefaultKafkaVersion = sarama.V3_6_0_0
+
+// minKafkaVersion is the first version with the idempotent producer.
+var minKafkaVersion = sarama.V0_11_0_0
+
+// KafkaConfig configures NewKafkaPublisher.
+type KafkaConfig struct {
+	// Brokers are the bootstrap brokers, "host:port". Required.
+	Brokers []string
+
+	// Version is the Kafka protocol version the producer speaks. It must be
+	// at most the version of the oldest broker in the cluster, and at least
+	// 0.11 (idempotent producer). Sarama does not negotiate it: it is used
+	// as given. Default DefaultKafkaVersion (3.6); the zero value means the
+	// default. Ignored when OverwriteSaramaConfig is set.
+	Version sarama.KafkaVersion
+
+	// ClientID identifies the producer in broker logs and quotas. Default
+	// DefaultKafkaClientID ("watermill-outbox"); empty means the default.
+	// Ignored when OverwriteSaramaConfig is set.
+	ClientID string
+
+	// MaxMessageBytes is the largest message the producer sends, in bytes
+	// (sarama's Producer.MaxMessageBytes); a larger one fails to publish. It
+	// should not exceed the broker's message.max.bytes. Default
+	// DefaultKafkaMaxMessageBytes (1 MiB); zero means the default. Ignored
+	// when OverwriteSaramaConfig is set.
+	MaxMessageBytes int
+
+	// Timeout is how long the broker waits for the in-sync replicas to
+	// acknowledge a write (sarama's Producer.Timeout), and the dial and write
+	// timeout of a connection. Millisecond resolution. Default
+	// DefaultKafkaTimeout (10s); zero means the default. Ignored when
+	// OverwriteSaramaConfig is set.
+	Timeout time.Duration
+
+	// OverwriteSaramaConfig, if set, is used instead of the config built
+	// from the fields above (see NewKafkaSaramaConfig, a good starting
+	// point). Validate rejects it unless Producer.RequiredAcks is
+	// WaitForAll, Producer.Idempotent is true and Producer.Return.Successes
+	// is true: anything weaker can lose or reorder a message the broker
+	// acknowledged. Its Producer.Partitioner must map equal keys to equal
+	// partitions, or per-key order is lost. Optional; nil means
+	// NewKafkaSaramaConfig(config).
+	OverwriteSaramaConfig *sarama.Config
+}
+
+func (c *KafkaConfig) setDefaults() {
+	if c.Version == (sarama.KafkaVersion{}) {
+		c.Version = DefaultKafkaVersion
+	}
+	if c.ClientID == "" {
+		c.ClientID = DefaultKafkaClientID
+	}
+	if c.MaxMessageBytes == 0 {
+		c.MaxMessageBytes = DefaultKafkaMaxMessageBytes
+	}
+	if c.Timeout == 0 {
+		c.Timeout = DefaultKafkaTimeout
+	}
+}
+
+// Validate reports whether c, with defaults applied, is usable and safe for
+// the outbox.
+func (c KafkaConfig) Validate() error {
+	c.setDefaults()
+
+	if len(c.Brokers) == 0 {
+		return errors.New("missing brokers")
+	}
+	for _, b := range c.Brokers {
+		if strings.TrimSpace(b) == "" {
+			return errors.New("empty broker address")
+		}
+	}
+
+	saramaConfig := c.OverwriteSaramaConfig
+	if saramaConfig != nil {
+		if saramaConfig.Producer.RequiredAcks != sarama.WaitForAll {
+			return fmt.Errorf("OverwriteSaramaConfig: Producer.RequiredAcks is %d, must be WaitForAll (%d): fewer acks can lose acknowledged messages",
+				saramaConfig.Producer.RequiredAcks, sarama.WaitForAll)
+		}
+		if !saramaConfig.Producer.Idempotent {
+			return errors.New("OverwriteSaramaConfig: Producer.Idempotent must be true: retries without it can duplicate and reorder messages")
+		}
+		if !saramaConfig.Producer.Return.Successes {
+			return errors.New("OverwriteSaramaConfig: Producer.Return.Successes must be true for a synchronous producer")
+		}
+	} else {
+		if !c.Version.IsAtLeast(minKafkaVersion) {
+			return fmt.Errorf("Version %s is older than %s, the first with the idempotent producer", c.Version, minKafkaVersion)
+		}
+		if c.MaxMessageBytes < 0 {
+			return fmt.Errorf("MaxMessageBytes must not be negative, got %d", c.MaxMessageBytes)
+		}
+		if c.Timeout < time.Millisecond {
+			return fmt.Errorf("Timeout must be at least 1ms, got %s", c.Timeout)
+		}
+		saramaConfig = NewKafkaSaramaConfig(c)
+	}
+
+	if err := saramaConfig.Validate(); err != nil {
+		return fmt.Errorf("sarama config: %w", err)
+	}
+	return nil
+}
+
+// NewKafkaSaramaConfig returns the producer config NewKafkaPublisher uses
+// when KafkaConfig.OverwriteSaramaConfig is nil (zero fields take their
+// defaults; Brokers and OverwriteSaramaConfig are not read):
+//
+//   - Producer.RequiredAcks = WaitForAll and Producer.Idempotent: a write is
+//     acknowledged only once all in-sync replicas have it, and broker-side
+//     sequence numbers drop the duplicates retries would write.
+//   - Net.MaxOpenRequests = 1, as sarama's idempotent producer requires, so
+//     a retry can never overtake an earlier message of the same partition.
+//   - Producer.Retry.Max = 10 with a 250ms backoff.
+//   - Producer.Return.Successes and Errors, for the synchronous producer.
+//   - Producer.Partitioner = sarama.NewHashPartitioner: a non-nil key goes
+//     to partition FNV-1a(key) mod partitions, a nil key to a random one.
+//     This is sarama's hash, not the Java client's murmur2: the same key may
+//     land on a different partition than a Java producer would put it on.
+//
+// Change a copy and pass it as OverwriteSaramaConfig to tune further.
+func NewKafkaSaramaConfig(config KafkaConfig) *sarama.Config {
+	config.setDefaults()
+
+	c := sarama.NewConfig()
+	c.Version = config.Version
+	c.ClientID = config.ClientID
+
+	c.Producer.RequiredAcks = sarama.WaitForAll
+	c.Producer.Idempotent = true
+	c.Net.MaxOpenRequests = 1
+	c.Producer.Retry.Max = kafkaRetryMax
+	c.Producer.Retry.Backoff = kafkaRetryBackoff
+	c.Producer.Return.Successes = true
+	c.Producer.Return.Errors = true
+	c.Producer.Partitioner = sarama.NewHashPartitioner
+	c.Producer.MaxMessageBytes = config.MaxMessageBytes
+
+	c.Producer.Timeout = config.Timeout
+	c.Net.DialTimeout = config.Timeout
+	c.Net.WriteTimeout = config.Timeout
+	// The broker may hold a produce request for up to Producer.Timeout
+	// before answering, so the read deadline must be longer.
+	c.Net.ReadTimeout = 2 * config.Timeout
+
+	return c
+}
+
+// NewKafkaPublisher returns a watermill-kafka publisher configured for the
+// outbox. It connects to the brokers before returning.
+//
+// Publish sends the messages one by one and returns after the broker
+// acknowledged each (see NewKafkaSaramaConfig), or on the first failure.
+// Each message becomes a record with:
+//
+//   - key: the PartitionKeyMetadataKey metadata value. A message without it
+//     (or with an empty value) gets a null key and a random partition, so
+//     keyless messages spread over the partitions; an empty-string key
+//     would hash them all onto one.
+//   - headers: every metadata entry, plus "_watermill_message_uuid" with
+//     the message UUID (metadata of that name is rejected).
+//   - value: the payload, unchanged.
+func NewKafkaPublisher(config KafkaConfig, logger watermill.LoggerAdapter) (*kafka.Publisher, error) {
+	config.setDefaults()
+	if err := config.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid config: %w", err)
+	}
+	if logger == nil {
+		logger = watermill.NopLogger{}
+	}
+
+	saramaConfig := config.OverwriteSaramaConfig
+	if saramaConfig == nil {
+		saramaConfig = NewKafkaSaramaConfig(config)
+	}
+
+	pub, err := kafka.NewPublisher(kafka.PublisherConfig{
+		Brokers:               config.Brokers,
+		Marshaler:             kafkaMarshaler{kafka.NewWithPartitioningMarshaler(kafkaPartitionKey)},
+		OverwriteSaramaConfig: saramaConfig,
+	}, logger)
+	if err != nil {
+		return nil, fmt.Errorf("create Kafka publisher: %w", err)
+	}
+	return pub, nil
+}
+
+func kafkaPartitionKey(_ string, msg *message.Message) (string, error) {
+	return msg.Metadata.Get(watermilloutbox.PartitionKeyMetadataKey), nil
+}
+
+// kafkaMarshaler is watermill-kafka's partitioning marshaler with one
+// change: it always sets a key, and sarama hashes an empty one like any
+// other, so a keyless message's key is reset to nil (random partition,
+// null key on the wire).
+type kafkaMarshaler struct {
+	kafka.Marshaler
+}
+
+func (m kafkaMarshaler) Marshal(topic string, msg *message.Message) (*sarama.ProducerMessage, error) {
+	kafkaMsg, err := m.Marshaler.Marshal(topic, msg)
+	if err != nil {
+		return nil, err
+	}
+	if msg.Metadata.Get(watermilloutbox.PartitionKeyMetadataKey) == "" {
+		kafkaMsg.Key = nil
+	}
+	return kafkaMsg, nil
+}

@@ -203,9 +203,9 @@ type subscription struct {
 	stop chan struct{}
 
 	held   map[int64]*held
-	ready  []*held              // claimed, in order, waiting to be emitted
-	chains map[string][]*held   // per key: rows behind the one in flight
-	acks   map[string][]int64   // token → acked ids not yet flushed
+	ready  []*held            // claimed, in order, waiting to be emitted
+	chains map[string][]*held // per key: rows behind the one in flight
+	acks   map[string][]int64 // token → acked ids not yet flushed
 	busy   struct{ claim, flush, renew bool }
 	work   sync.WaitGroup
 	settle int // nack/release writes in progress
@@ -487,7 +487,9 @@ func (sub *subscription) nack(h *held) {
 		write = func(ctx context.Context) (int, error) { return sub.s.store.Release(ctx, h.token, []int64{h.row.ID}) }
 	case retry.Permanent:
 		sub.s.logger.Error("Outbox message is dead: kept with its last error, requeue it once fixed", cause, fields)
-		write = func(ctx context.Context) (int, error) { return sub.s.store.MarkDead(ctx, h.token, h.row.ID, cause.Error()) }
+		write = func(ctx context.Context) (int, error) {
+			return sub.s.store.MarkDead(ctx, h.token, h.row.ID, cause.Error())
+		}
 	default:
 		delay := retry.Backoff(attempt, cfg.RetryBackoffMin, cfg.RetryBackoffMax)
 		fields["retry_in"] = delay.String()

@@ -127,8 +127,9 @@ func NewForwarder(store outbox.Store, destination message.Publisher, config Conf
 			return nil, fmt.Errorf("outbox forwarder: router: %w", err)
 		}
 	}
-	// Handler level, so it runs inside the caller's router middlewares and
-	// sees the publish error first.
+	// Handler level, so it sees the publish error before the caller's
+	// router middlewares do, provided they were added before NewForwarder
+	// (Watermill applies middlewares in the order they were added).
 	f.router.AddConsumerHandler(config.HandlerName, AllTopics, sub, f.forward).AddMiddleware(mw.Middleware)
 	return f, nil
 }

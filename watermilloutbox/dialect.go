@@ -20,6 +20,15 @@ const (
 	SQLite Dialect = "sqlite"
 )
 
+// SQLiteConnParams are the connection parameters (modernc.org/sqlite DSN
+// syntax) the outbox expects on SQLite: a busy timeout of 10 s, so writers
+// queue for the database's single write lock instead of failing with
+// SQLITE_BUSY, and BEGIN IMMEDIATE, so a transaction that reads before it
+// writes cannot fail on the lock upgrade. Append them to the file DSN:
+// "file:/path/app.db?" + SQLiteConnParams. Migrate turns on WAL mode (a
+// property of the file), so the relay's reads do not block writers.
+const SQLiteConnParams = "_pragma=busy_timeout(10000)&_txlock=immediate"
+
 // ParseDialect maps a name ("postgres", "postgresql", "pgx", "mysql",
 // "mariadb", "sqlite", "sqlite3"; any case) to a Dialect.
 func ParseDialect(name string) (Dialect, error) {

@@ -7,6 +7,8 @@ import (
 
 	_ "github.com/go-sql-driver/mysql" // driver "mysql"
 	_ "modernc.org/sqlite"             // driver "sqlite"
+
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
 
 // MySQL opens the test MySQL/MariaDB database, closed when t ends.
@@ -15,16 +17,10 @@ func MySQL(t testing.TB) *sql.DB {
 	return open(t, "mysql", MySQLDSN(), "MySQL/MariaDB", "mysql", "OUTBOX_TEST_MYSQL_DSN")
 }
 
-// SQLiteParams are the connection settings the outbox expects on SQLite: a
-// busy timeout, so writers queue instead of failing with SQLITE_BUSY, and
-// BEGIN IMMEDIATE, so a transaction that reads before it writes cannot
-// deadlock on the lock upgrade.
-const SQLiteParams = "_pragma=busy_timeout(10000)&_txlock=immediate"
-
 // SQLite opens a new SQLite database file in t's temporary directory.
 func SQLite(t testing.TB) *sql.DB {
 	t.Helper()
-	dsn := "file:" + filepath.Join(t.TempDir(), "outbox.db") + "?" + SQLiteParams
+	dsn := "file:" + filepath.Join(t.TempDir(), "outbox.db") + "?" + watermilloutbox.SQLiteConnParams
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
 		t.Fatalf("open SQLite: %v", err)

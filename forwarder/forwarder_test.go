@@ -188,7 +188,7 @@ func TestForwarderRetriesThenDeadLetters(t *testing.T) {
 		dead, err := e.store.ListDead(context.Background(), 10)
 		require.NoError(t, err)
 		require.Len(t, dead, 2)
-		n, err := e.store.RequeueDead(context.Background(), dead[0].ID, dead[1].ID)
+		n, err := e.store.Requeue(context.Background(), dead[0].ID, dead[1].ID)
 		require.NoError(t, err)
 		require.Equal(t, 2, n)
 		dest.waitDistinct(t, 20, 30*time.Second)

@@ -442,25 +442,25 @@ func (s *SQLStore) ListDead(ctx context.Context, limit int) ([]DeadRow, error) {
 	return out, nil
 }
 
-// RequeueDead makes dead rows pending and due again with a fresh retry
+// Requeue makes dead rows pending and due again with a fresh retry
 // budget; last_error is kept until the next failure. It returns how many
 // rows it requeued (rows that are not dead are left alone).
-func (s *SQLStore) RequeueDead(ctx context.Context, ids ...int64) (int, error) {
+func (s *SQLStore) Requeue(ctx context.Context, ids ...int64) (int, error) {
 	if len(ids) == 0 {
 		return 0, nil
 	}
 	in, args := s.idList(1, ids)
-	return s.exec(ctx, "requeue dead", `UPDATE `+s.t.quoted+` SET state = 'pending', attempts = 0, available_at = `+s.now()+
+	return s.exec(ctx, "requeue", `UPDATE `+s.t.quoted+` SET state = 'pending', attempts = 0, available_at = `+s.now()+
 		`, claim_token = NULL, claimed_until = NULL WHERE state = 'dead' AND `+in, args...)
 }
 
-// DeleteDead deletes dead rows for good.
-func (s *SQLStore) DeleteDead(ctx context.Context, ids ...int64) (int, error) {
+// PurgeDead deletes dead rows for good, returning how many it deleted.
+func (s *SQLStore) PurgeDead(ctx context.Context, ids ...int64) (int, error) {
 	if len(ids) == 0 {
 		return 0, nil
 	}
 	in, args := s.idList(1, ids)
-	return s.exec(ctx, "delete dead", `DELETE FROM `+s.t.quoted+` WHERE state = 'dead' AND `+in, args...)
+	return s.exec(ctx, "purge dead", `DELETE FROM `+s.t.quoted+` WHERE state = 'dead' AND `+in, args...)
 }
 
 func truncateError(s string) string {

@@ -25,6 +25,9 @@ func SQLite(t testing.TB) *sql.DB {
 	if err != nil {
 		t.Fatalf("open SQLite: %v", err)
 	}
+	// One connection: SQLite has one writer at a time anyway, and queueing
+	// in the pool is far cheaper than SQLite's sleeping busy handler.
+	db.SetMaxOpenConns(1)
 	t.Cleanup(func() { _ = db.Close() })
 	return db
 }

@@ -39,6 +39,10 @@ type SQLStore struct {
 	db     *sql.DB
 	config SQLStoreConfig
 	t      table
+
+	// claimHook, when set (tests only), runs inside the MySQL claim
+	// transaction just before it commits.
+	claimHook func()
 }
 
 var _ Store = (*SQLStore)(nil)
@@ -268,6 +272,9 @@ func (s *SQLStore) claimMySQL(ctx context.Context, token string, req ClaimReques
 	if _, err := tx.ExecContext(ctx, `UPDATE `+s.t.quoted+` SET claim_token = ?, claimed_until = `+s.plus(2)+` WHERE `+in,
 		append([]any{token, req.Lease.Microseconds()}, idArgs...)...); err != nil {
 		return nil, err
+	}
+	if s.claimHook != nil {
+		s.claimHook()
 	}
 	return rows, tx.Commit()
 }

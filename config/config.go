@@ -41,6 +41,13 @@ const (
 	// DefaultMaxInFlight is how many messages a relay subscriber hands to
 	// the publisher before waiting for acks.
 	DefaultMaxInFlight = 256
+
+	// DefaultNotifyInterval is how often, at most, a publisher sends a
+	// commit notification, and how soon after one the relay looks again.
+	DefaultNotifyInterval = 5 * time.Millisecond
+
+	// MaxNotifyInterval bounds NotifyInterval: past it polling does as well.
+	MaxNotifyInterval = time.Second
 )
 
 // Lower bounds Validate enforces on durations.
@@ -52,6 +59,10 @@ const (
 	// minClaimTimeout keeps a lease from expiring before a publish can
 	// finish, which would make every row a duplicate.
 	minClaimTimeout = time.Second
+
+	// minNotifyInterval keeps the relay's re-check after a wake-up from
+	// becoming a busy loop.
+	minNotifyInterval = 100 * time.Microsecond
 )
 
 // Config configures the outbox. The zero value is usable after SetDefaults.
@@ -117,6 +128,21 @@ type Config struct {
 	// a larger one is rejected before anything is written. Default and
 	// zero: no limit. Must not be negative.
 	MaxPayloadBytes int `env:"MAX_PAYLOAD_BYTES"`
+
+	// DisableNotify turns the wake-up on commit off: publishers send no
+	// NOTIFY and the relay does not LISTEN, so it finds new rows only by
+	// polling (PollingInterval). Default and zero (false): on PostgreSQL
+	// the relay is woken within milliseconds of a commit; elsewhere it
+	// polls either way.
+	DisableNotify bool `env:"DISABLE_NOTIFY"`
+
+	// NotifyInterval coalesces commit notifications: a publisher sends at
+	// most one NOTIFY per interval (so committing writers are not
+	// serialised on PostgreSQL's notification lock), and the relay, once
+	// woken, looks again one interval later for the rows of transactions
+	// that skipped theirs. Default DefaultNotifyInterval (5ms); zero means
+	// the default. Between 100µs and MaxNotifyInterval (1s).
+	NotifyInterval time.Duration `env:"NOTIFY_INTERVAL_SECONDS"`
 }
 
 // Default returns a Config with every default filled in.
@@ -128,7 +154,7 @@ func Default() Config {
 
 // SetDefaults replaces each zero field whose zero means "use the default"
 // with that default. Fields whose zero has a meaning of its own
-// (PublishedRetention, DisableOrdering, MaxPayloadBytes) are left alone, as
+// (PublishedRetention, DisableOrdering, MaxPayloadBytes, DisableNotify) are left alone, as
 // are negative values, which Validate rejects.
 func (c *Config) SetDefaults() {
 	if c.Table == "" {
@@ -154,6 +180,9 @@ func (c *Config) SetDefaults() {
 	}
 	if c.MaxInFlight == 0 {
 		c.MaxInFlight = DefaultMaxInFlight
+	}
+	if c.NotifyInterval == 0 {
+		c.NotifyInterval = DefaultNotifyInterval
 	}
 }
 
@@ -216,6 +245,9 @@ func (c Config) validate() []*fieldError {
 	}
 	if c.MaxPayloadBytes < 0 {
 		add("MaxPayloadBytes", "must not be negative", c.MaxPayloadBytes)
+	}
+	if c.NotifyInterval < minNotifyInterval || c.NotifyInterval > MaxNotifyInterval {
+		add("NotifyInterval", "must be between "+minNotifyInterval.String()+" and "+MaxNotifyInterval.String(), c.NotifyInterval)
 	}
 	return errs
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -61,9 +62,12 @@ type Subscriber struct {
 	closeOnce sync.Once
 	subsWg    sync.WaitGroup
 
-	mu      sync.Mutex
-	subs    map[*subscription]struct{}
-	purging bool
+	mu        sync.Mutex
+	subs      map[*subscription]struct{}
+	purging   bool
+	listening bool
+
+	soon atomic.Bool // a Notify(false) wake-up is scheduled
 }
 
 var _ message.Subscriber = (*Subscriber)(nil)
@@ -112,6 +116,7 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 		s.subsWg.Add(1)
 		go s.purgeLoop()
 	}
+	s.startListener()
 	sub := newSubscription(s, ctx, topic)
 	s.subs[sub] = struct{}{}
 	s.subsWg.Add(1)
@@ -125,9 +130,16 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 	return sub.out, nil
 }
 
-// Wake makes every subscription claim now instead of at its next poll; a
-// commit notification (LISTEN/NOTIFY, or a publisher in the same process)
-// calls it. It never blocks.
+// Wake makes every subscription claim now instead of at its next poll, and
+// look once more NotifyInterval after that claim; a commit notification
+// (LISTEN/NOTIFY, or a publisher in the same process) calls it. It never
+// blocks.
+//
+// On PostgreSQL, unless DisableNotify is set, the Subscriber LISTENs on the
+// table's channel (watermilloutbox.NotifyChannel) on one connection of the
+// store's *sql.DB (pgx driver) and calls Wake on every notification; it
+// reconnects with backoff when that connection is lost, and polling goes on
+// regardless.
 func (s *Subscriber) Wake() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -240,11 +252,16 @@ func (sub *subscription) run() {
 	renewTicker := time.NewTicker(max(cfg.ClaimTimeout/4, 10*time.Millisecond))
 	defer renewTicker.Stop()
 	claimDue := true
+	// woken: a wake-up asked for this claim, so look again one
+	// NotifyInterval after it, for the commits whose publishers skipped
+	// their NOTIFY (see watermilloutbox.Publisher's coalescing).
+	woken, recheck := false, false
 	errDelay := time.Duration(0)
 
 	for {
 		if claimDue && !sub.busy.claim && sub.free() >= sub.claimThreshold() {
 			claimDue = false
+			recheck, woken = recheck || woken, false
 			sub.startClaim(min(cfg.BatchSize, sub.free()))
 		}
 		if !sub.busy.flush && len(sub.acks) > 0 {
@@ -267,7 +284,7 @@ func (sub *subscription) run() {
 		case out <- next:
 			sub.ready = sub.ready[1:]
 		case <-sub.wake:
-			claimDue = true
+			claimDue, woken = true, true
 		case <-claimTimer.C:
 			claimDue = true
 		case <-renewTicker.C:
@@ -284,9 +301,13 @@ func (sub *subscription) run() {
 				}
 				errDelay = 0
 				sub.accept(ev.token, ev.rows)
-				if len(ev.rows) > 0 && len(ev.rows) >= ev.limit {
+				switch {
+				case len(ev.rows) > 0 && len(ev.rows) >= ev.limit:
 					claimDue = true // more may be waiting
-				} else {
+				case recheck:
+					recheck = false
+					claimTimer.Reset(min(cfg.NotifyInterval, cfg.PollingInterval))
+				default:
 					claimTimer.Reset(cfg.PollingInterval)
 				}
 			default:

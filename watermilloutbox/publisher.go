@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 	"unicode"
 	"unicode/utf8"
 
@@ -49,11 +51,42 @@ type PublisherConfig struct {
 	// MaxPayloadBytes rejects larger payloads with ErrPayloadTooLarge before
 	// anything is written. Unit: bytes. Default and zero: no limit.
 	MaxPayloadBytes int
+
+	// DisableNotify stops the publisher sending NOTIFY on PostgreSQL. Use
+	// config.Config.DisableNotify. Default and zero (false): a Publish
+	// sends a NOTIFY on the channel NotifyChannel(Table) inside the
+	// transaction, coalesced per NotifyInterval, so a relay listening
+	// there wakes when the transaction commits. Other dialects never
+	// notify.
+	DisableNotify bool
+
+	// NotifyInterval is the least time between two NOTIFYs of this
+	// Publisher; see config.Config.NotifyInterval, and use it. Default
+	// config.DefaultNotifyInterval (5ms); zero means the default.
+	NotifyInterval time.Duration
+
+	// Notifier, when set, is told after every Publish that wrote rows:
+	// pass the relay's forwarder.Subscriber when publisher and relay share
+	// a process, for a wake-up on any dialect. Optional; nil tells nobody.
+	Notifier Notifier
+}
+
+// Notifier learns that a Publish wrote rows. forwarder.Subscriber
+// implements it.
+type Notifier interface {
+	// Notify is called after rows were written. committed is true when
+	// they are committed already (AutoCommit); otherwise they are part of
+	// the caller's transaction, which commits later or never, so the
+	// notified party must not expect to see them yet.
+	Notify(committed bool)
 }
 
 func (c *PublisherConfig) setDefaults() {
 	if c.Table == "" {
 		c.Table = defaultTable
+	}
+	if c.NotifyInterval == 0 {
+		c.NotifyInterval = config.DefaultNotifyInterval
 	}
 }
 
@@ -69,6 +102,9 @@ func (c PublisherConfig) Validate() error {
 	}
 	if c.MaxPayloadBytes < 0 {
 		errs = append(errs, fmt.Errorf("MaxPayloadBytes: must not be negative, got %d", c.MaxPayloadBytes))
+	}
+	if c.NotifyInterval < 0 {
+		errs = append(errs, fmt.Errorf("NotifyInterval: must not be negative, got %s", c.NotifyInterval))
 	}
 	return errors.Join(errs...)
 }
@@ -91,6 +127,11 @@ type Publisher struct {
 	config PublisherConfig
 	table  table
 	logger watermill.LoggerAdapter
+
+	// notifyQuery is the NOTIFY statement, "" when none is sent.
+	notifyQuery string
+	// lastNotify is when this Publisher last sent a NOTIFY (UnixNano).
+	lastNotify atomic.Int64
 
 	// mu is held for reading by every Publish and for writing by Close,
 	// so Close waits for Publish calls in progress.
@@ -115,7 +156,24 @@ func NewPublisher(db *sql.DB, config PublisherConfig, logger watermill.LoggerAda
 	if err != nil {
 		return nil, fmt.Errorf("invalid config: %w", err)
 	}
-	return &Publisher{db: db, config: config, table: t, logger: logger}, nil
+	p := &Publisher{db: db, config: config, table: t, logger: logger}
+	if config.Dialect == PostgreSQL && !config.DisableNotify {
+		p.notifyQuery = `SELECT pg_notify('` + NotifyChannel(config.Table) + `', '')`
+	}
+	return p, nil
+}
+
+// NotifyChannel is the PostgreSQL channel a Publisher notifies and the relay
+// listens on for the outbox table: "outbox:" and the table name as
+// configured, or, were that longer than PostgreSQL's 63-byte limit, "outbox:"
+// and a hash of it. Table names are validated identifiers, so it needs no
+// quoting in a string literal.
+func NotifyChannel(table string) string {
+	const maxIdent = 63
+	if c := "outbox:" + table; len(c) <= maxIdent {
+		return c
+	}
+	return fmt.Sprintf("outbox:%x", lockKey("notify "+table))
 }
 
 // Publish inserts messages into the outbox under the transaction described on
@@ -200,9 +258,50 @@ func (p *Publisher) publish(tx *sql.Tx, topic string, messages []*message.Messag
 		if !p.config.AutoCommit {
 			return ErrNoTransaction
 		}
-		return inTx(ctx, p.db, func(tx *sql.Tx) error { return p.insert(ctx, tx, args) })
+		if err := inTx(ctx, p.db, func(tx *sql.Tx) error { return p.insert(ctx, tx, args) }); err != nil {
+			return err
+		}
+		p.tell(true)
+		return nil
 	}
-	return p.insert(ctx, tx, args)
+	if err := p.insert(ctx, tx, args); err != nil {
+		return err
+	}
+	p.tell(false)
+	return nil
+}
+
+func (p *Publisher) tell(committed bool) {
+	if p.config.Notifier != nil {
+		p.config.Notifier.Notify(committed)
+	}
+}
+
+// notifyDue decides whether this Publish sends a NOTIFY, and claims the
+// interval if so.
+//
+// Why coalesce: PostgreSQL serialises the commits of all transactions that
+// sent a NOTIFY (one lock on the notification queue, held through the
+// commit), so a NOTIFY in every transaction caps the writers' throughput.
+// With at most one per NotifyInterval, notifying commits are rare enough not
+// to queue behind each other, and the others never wait at all.
+//
+// What a skipped transaction costs: it relies on the NOTIFY of the one that
+// claimed the interval. The relay, once woken by that commit, looks again
+// one NotifyInterval later (forwarder.Subscriber), by which time a skipped
+// transaction that commits promptly is visible. One that commits later than
+// that, or whose notifying transaction rolled back, is found by the next
+// NOTIFY of a later interval or, on a quiet table, by the next poll.
+func (p *Publisher) notifyDue() bool {
+	if p.notifyQuery == "" {
+		return false
+	}
+	now := time.Now().UnixNano()
+	last := p.lastNotify.Load()
+	if now-last < int64(p.config.NotifyInterval) {
+		return false
+	}
+	return p.lastNotify.CompareAndSwap(last, now)
 }
 
 // txOfMessages returns the transaction the messages' contexts carry; they
@@ -263,6 +362,14 @@ func (p *Publisher) insert(ctx context.Context, tx *sql.Tx, args []any) error {
 			return fmt.Errorf("outbox: insert into %s: %w", p.table.name, err)
 		}
 		args = args[5*n:]
+	}
+	if p.notifyDue() {
+		// Inside the transaction: PostgreSQL delivers it on commit, when the
+		// rows are visible, and drops it on rollback.
+		if _, err := tx.ExecContext(ctx, p.notifyQuery); err != nil {
+			p.lastNotify.Store(0) // the next Publish tries again
+			return fmt.Errorf("outbox: notify: %w", err)
+		}
 	}
 	return nil
 }

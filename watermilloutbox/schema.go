@@ -171,9 +171,12 @@ func Migrate(ctx context.Context, db *sql.DB, d Dialect, tableName string) error
 	return nil
 }
 
-func (t table) lockKey() int64 {
+func (t table) lockKey() int64 { return lockKey("migrate " + t.name) }
+
+// lockKey hashes s to a non-negative int64 (an advisory lock key).
+func lockKey(s string) int64 {
 	h := fnv.New64a()
-	_, _ = h.Write([]byte("watermill-outbox migrate " + t.name))
+	_, _ = h.Write([]byte("watermill-outbox " + s))
 	return int64(h.Sum64() >> 1)
 }
 

@@ -1,0 +1,103 @@
+package forwarder_test
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/stretchr/testify/require"
+
+	"github.com/e0a82c8c/watermill-outbox/forwarder"
+	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+)
+
+// flakyStore fails the first claims and ack writes, as a database that is
+// briefly unreachable would.
+type flakyStore struct {
+	outbox.Store
+	claimFailures, ackFailures atomic.Int32
+}
+
+var errDatabaseDown = errors.New("connection refused")
+
+func (s *flakyStore) Claim(ctx context.Context, req outbox.ClaimRequest) (string, []outbox.Row, error) {
+	if s.claimFailures.Add(-1) >= 0 {
+		return "", nil, errDatabaseDown
+	}
+	return s.Store.Claim(ctx, req)
+}
+
+func (s *flakyStore) MarkPublished(ctx context.Context, token string, ids []int64, keep bool) (int, error) {
+	if s.ackFailures.Add(-1) >= 0 {
+		return 0, errDatabaseDown
+	}
+	return s.Store.MarkPublished(ctx, token, ids, keep)
+}
+
+// TestDatabaseErrorsNeverEndTheRelay: failed claims and failed ack writes are
+// retried; everything is delivered and recorded.
+func TestDatabaseErrorsNeverEndTheRelay(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, e *relayEnv) {
+		store := &flakyStore{Store: e.store}
+		store.claimFailures.Store(3)
+		store.ackFailures.Store(3)
+		e.publish(t, "t", 50, nil)
+		dest := newRecorder()
+		f, err := forwarder.NewForwarder(store, dest, forwarder.Config{Outbox: fastConfig()}, nil)
+		require.NoError(t, err)
+		go func() { _ = f.Run(context.Background()) }()
+		t.Cleanup(func() { _ = f.Close() })
+		dest.waitDistinct(t, 50, 60*time.Second)
+		waitFor(t, 30*time.Second, "acks recorded despite failed writes", func() bool { return e.count(t, "1=1") == 0 })
+		require.Less(t, store.claimFailures.Load(), int32(0), "claims failed and were retried")
+		require.Less(t, store.ackFailures.Load(), int32(0), "ack writes failed and were retried")
+	})
+}
+
+// TestLeaseRenewedWhileInFlight: a publish that takes longer than the lease
+// keeps its claim (renewed at half the lease), so a second relay does not
+// take the row over and publish it too.
+func TestLeaseRenewedWhileInFlight(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, e *relayEnv) {
+		cfg := fastConfig()
+		cfg.ClaimTimeout = time.Second
+		slow := newRecorder()
+		entered := make(chan struct{})
+		release := make(chan struct{})
+		slow.setFail(func(string, *message.Message) error {
+			close(entered)
+			<-release
+			return nil
+		})
+		msgs := e.publish(t, "t", 1, nil)
+		runForwarder(t, e, slow, forwarder.Config{Outbox: cfg})
+		<-entered
+
+		other := newRecorder()
+		runForwarder(t, e, other, forwarder.Config{Outbox: cfg})
+		// Hold the publish for three leases while the other relay polls.
+		deadline := time.After(3 * cfg.ClaimTimeout)
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+	hold:
+		for {
+			select {
+			case <-deadline:
+				break hold
+			case <-tick.C:
+				r, ok := e.row(t, msgs[0].UUID)
+				require.True(t, ok)
+				require.True(t, r.Claimed, "the claim stays held")
+			}
+		}
+		close(release)
+		slow.waitDistinct(t, 1, 10*time.Second)
+		waitFor(t, 10*time.Second, "ack recorded", func() bool { _, ok := e.row(t, msgs[0].UUID); return !ok })
+		require.Zero(t, other.distinct(), "the other relay never got the row")
+	})
+}

@@ -80,9 +80,11 @@ type Config struct {
 	// DefaultPollingInterval (1s); zero means the default. Minimum 1ms.
 	PollingInterval time.Duration `env:"POLLING_INTERVAL_SECONDS"`
 
-	// BatchSize is how many rows one claim query takes, in rows. Default
-	// DefaultBatchSize (100); zero means the default. At most MaxBatchSize
-	// (10000).
+	// BatchSize is how many rows one claim query takes, in rows. While a
+	// backlog drains (a claim came back full) the relay claims as many as
+	// its in-flight window has room for (up to MaxInFlight), as a claim
+	// costs little more for more rows. Default DefaultBatchSize (100); zero
+	// means the default. At most MaxBatchSize (10000).
 	BatchSize int `env:"BATCH_SIZE"`
 
 	// MaxRetryCount is how many failed publish attempts a row gets before it
@@ -206,7 +208,7 @@ func (c Config) validate() []*fieldError {
 	}
 
 	if !ValidTableName(c.Table) {
-		add("Table", "must be a SQL identifier, optionally schema-qualified (letters, digits and _, not starting with a digit, at most 63 characters per part)",
+		add("Table", "must be a SQL identifier, optionally schema-qualified (letters, digits and _, not starting with a digit, at most 48 characters per part)",
 			strconv.Quote(c.Table))
 	}
 	if c.PollingInterval < minPollingInterval {

@@ -29,6 +29,8 @@ func TestDefault(t *testing.T) {
 		MaxInFlight:        config.DefaultMaxInFlight,
 		DisableOrdering:    false,
 		MaxPayloadBytes:    0,
+		DisableNotify:      false,
+		NotifyInterval:     config.DefaultNotifyInterval,
 	}, c)
 	require.NoError(t, c.Validate())
 
@@ -42,6 +44,7 @@ func TestDefault(t *testing.T) {
 	require.Equal(t, time.Second, c.RetryBackoffMin)
 	require.Equal(t, 60*time.Second, c.RetryBackoffMax)
 	require.Equal(t, 256, c.MaxInFlight)
+	require.Equal(t, 5*time.Millisecond, c.NotifyInterval)
 }
 
 func TestSetDefaults(t *testing.T) {
@@ -68,6 +71,8 @@ func TestSetDefaults(t *testing.T) {
 			MaxInFlight:        1,
 			DisableOrdering:    true,
 			MaxPayloadBytes:    1 << 20,
+			DisableNotify:      true,
+			NotifyInterval:     20 * time.Millisecond,
 		}
 		want := c
 		c.SetDefaults()
@@ -117,6 +122,12 @@ func TestValidate(t *testing.T) {
 		{"negative max in flight", func(c *config.Config) { c.MaxInFlight = -5 }, "MaxInFlight: must be at least 1, got -5"},
 		{"payload limit", func(c *config.Config) { c.MaxPayloadBytes = 1 }, ""},
 		{"negative payload limit", func(c *config.Config) { c.MaxPayloadBytes = -1 }, "MaxPayloadBytes: must not be negative, got -1"},
+		{"notify off", func(c *config.Config) { c.DisableNotify = true }, ""},
+		{"minimum notify interval", func(c *config.Config) { c.NotifyInterval = 100 * time.Microsecond }, ""},
+		{"maximum notify interval", func(c *config.Config) { c.NotifyInterval = config.MaxNotifyInterval }, ""},
+		{"notify interval too short", func(c *config.Config) { c.NotifyInterval = time.Microsecond }, "NotifyInterval: must be between 100µs and 1s, got 1µs"},
+		{"notify interval too long", func(c *config.Config) { c.NotifyInterval = 2 * time.Second }, "NotifyInterval: must be between 100µs and 1s, got 2s"},
+		{"negative notify interval", func(c *config.Config) { c.NotifyInterval = -time.Millisecond }, "NotifyInterval: must be between 100µs and 1s, got -1ms"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -230,6 +241,8 @@ func TestFromEnvMap_allVariables(t *testing.T) {
 		"OUTBOX_MAX_IN_FLIGHT":               "32",
 		"OUTBOX_DISABLE_ORDERING":            "true",
 		"OUTBOX_MAX_PAYLOAD_BYTES":           "1048576",
+		"OUTBOX_DISABLE_NOTIFY":              "true",
+		"OUTBOX_NOTIFY_INTERVAL_SECONDS":     "0.002",
 	})
 
 	require.NoError(t, err)
@@ -245,6 +258,8 @@ func TestFromEnvMap_allVariables(t *testing.T) {
 		MaxInFlight:        32,
 		DisableOrdering:    true,
 		MaxPayloadBytes:    1 << 20,
+		DisableNotify:      true,
+		NotifyInterval:     2 * time.Millisecond,
 	}, c)
 }
 
@@ -286,6 +301,7 @@ func TestFromEnvMap_meaningfulZeros(t *testing.T) {
 		"OUTBOX_PUBLISHED_RETENTION_SECONDS": "0",
 		"OUTBOX_MAX_PAYLOAD_BYTES":           "0",
 		"OUTBOX_DISABLE_ORDERING":            "false",
+		"OUTBOX_DISABLE_NOTIFY":              "false",
 	})
 
 	require.NoError(t, err)
@@ -322,6 +338,10 @@ func TestFromEnvMap_invalid(t *testing.T) {
 		{"OUTBOX_RETRY_BACKOFF_MAX_SECONDS", "0", "must be positive"},
 		{"OUTBOX_PUBLISHED_RETENTION_SECONDS", "-1", "must not be negative"},
 		{"OUTBOX_PUBLISHED_RETENTION_SECONDS", "forever", "want seconds"},
+		{"OUTBOX_NOTIFY_INTERVAL_SECONDS", "0", "must be between 100µs and 1s"},
+		{"OUTBOX_NOTIFY_INTERVAL_SECONDS", "5", "must be between 100µs and 1s"},
+		{"OUTBOX_NOTIFY_INTERVAL_SECONDS", "soon", "want seconds"},
+		{"OUTBOX_DISABLE_NOTIFY", "maybe", "want true or false"},
 		{"OUTBOX_BATCH_SIZE", "0", "must be between 1 and 10000"},
 		{"OUTBOX_BATCH_SIZE", "-3", "must be between 1 and 10000"},
 		{"OUTBOX_BATCH_SIZE", "10001", "must be between 1 and 10000"},

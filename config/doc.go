@@ -27,6 +27,8 @@
 //	OUTBOX_MAX_IN_FLIGHT               MaxInFlight         256               error
 //	OUTBOX_DISABLE_ORDERING            DisableOrdering     false             -
 //	OUTBOX_MAX_PAYLOAD_BYTES           MaxPayloadBytes     0                 no limit
+//	OUTBOX_DISABLE_NOTIFY              DisableNotify       false             -
+//	OUTBOX_NOTIFY_INTERVAL_SECONDS     NotifyInterval      0.005             error
 //
 // The *_SECONDS variables take a non-negative decimal number of seconds
 // ("1.5", "300", "0.25") or a Go duration ("1500ms", "5m"). Booleans take

@@ -219,8 +219,10 @@ type subscription struct {
 	chains map[string][]*held // per key: rows behind the one in flight
 	acks   map[string][]int64 // token → acked ids not yet flushed
 	busy   struct{ claim, flush, renew bool }
-	work   sync.WaitGroup
-	settle int // nack/release writes in progress
+	// backlog: the last claim came back full, so more rows are waiting.
+	backlog bool
+	work    sync.WaitGroup
+	settle  int // nack/release writes in progress
 }
 
 func newSubscription(s *Subscriber, ctx context.Context, topic string) *subscription {
@@ -262,7 +264,7 @@ func (sub *subscription) run() {
 		if claimDue && !sub.busy.claim && sub.free() >= sub.claimThreshold() {
 			claimDue = false
 			recheck, woken = recheck || woken, false
-			sub.startClaim(min(cfg.BatchSize, sub.free()))
+			sub.startClaim(sub.claimLimit())
 		}
 		if !sub.busy.flush && len(sub.acks) > 0 {
 			sub.startFlush()
@@ -301,6 +303,7 @@ func (sub *subscription) run() {
 				}
 				errDelay = 0
 				sub.accept(ev.token, ev.rows)
+				sub.backlog = len(ev.rows) > 0 && len(ev.rows) >= ev.limit
 				switch {
 				case len(ev.rows) > 0 && len(ev.rows) >= ev.limit:
 					claimDue = true // more may be waiting
@@ -318,6 +321,19 @@ func (sub *subscription) run() {
 }
 
 func (sub *subscription) free() int { return sub.cfg().MaxInFlight - len(sub.held) }
+
+// claimLimit is BatchSize rows, or, while a backlog drains (the last claim
+// came back full), as many as the in-flight window has room for: a claim
+// costs about the same for 100 rows as for 1,000 (its round trips and its
+// commit dominate), so larger claims drain a backlog faster, and an idle
+// relay still claims small batches.
+func (sub *subscription) claimLimit() int {
+	cfg := sub.cfg()
+	if sub.backlog {
+		return min(sub.free(), config.MaxBatchSize)
+	}
+	return min(cfg.BatchSize, sub.free())
+}
 
 // claimThreshold avoids claiming a row at a time when the window is nearly
 // full: wait until half a batch fits.

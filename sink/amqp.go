@@ -82,9 +82,11 @@ type AMQPConfig struct {
 	// with TopologyQueue.
 	ExchangeType string
 
-	// ChannelPoolSize is how many AMQP channels the publisher keeps open,
-	// which bounds how many Publish calls run at once (the others wait).
-	// Default DefaultAMQPChannelPoolSize (16); zero means the default.
+	// ChannelPoolSize is how many AMQP channels the publisher publishes
+	// on; concurrent Publish calls take them round robin and share them,
+	// each with its confirms outstanding. More channels let RabbitMQ use
+	// more cores. Default DefaultAMQPChannelPoolSize (16); zero means the
+	// default.
 	ChannelPoolSize int
 
 	// QueueArguments are the arguments queues are declared with, for
@@ -142,25 +144,12 @@ func (c AMQPConfig) Validate() error {
 	return nil
 }
 
-// watermillConfig is the watermill-amqp config for c. It never sets
-// Publish.Transactional: watermill-amqp v2.1.3's commit drops the publish
-// error after a successful rollback and returns nil.
-func (c AMQPConfig) watermillConfig() wamqp.Config {
-	var wc wamqp.Config
-	switch c.Topology {
-	case TopologyExchange:
-		wc = wamqp.NewDurablePubSubConfig(c.URL, wamqp.GenerateQueueNameTopicName)
-		// watermill-amqp declares this exchange too, before its first
-		// publish of a topic; the arguments equal ours, so both succeed.
-		wc.Exchange.GenerateName = func(string) string { return c.Exchange }
-		wc.Exchange.Type = c.ExchangeType
-		wc.Publish.GenerateRoutingKey = func(topic string) string { return topic }
-	default:
-		wc = wamqp.NewDurableQueueConfig(c.URL)
-	}
-	wc.Connection.TLSConfig = c.TLSConfig
-	wc.Marshaler = wamqp.DefaultMarshaler{
-		// MessageId lets non-Watermill consumers deduplicate.
+// marshaler turns a message into an AMQP publishing exactly as
+// watermill-amqp's default marshaler does (persistent, metadata as headers,
+// the UUID in "_watermill_message_uuid"), so Watermill subscribers read it
+// back unchanged, plus MessageId = UUID for other consumers.
+func marshaler() wamqp.DefaultMarshaler {
+	return wamqp.DefaultMarshaler{
 		PostprocessPublishing: func(p amqp.Publishing) amqp.Publishing {
 			if id, ok := p.Headers[wamqp.DefaultMessageUUIDHeaderKey].(string); ok {
 				p.MessageId = id
@@ -168,28 +157,31 @@ func (c AMQPConfig) watermillConfig() wamqp.Config {
 			return p
 		},
 	}
-	wc.Publish.ConfirmDelivery = true
-	wc.Publish.ChannelPoolSize = c.ChannelPoolSize
-	// watermill-amqp registers no return listener, so a returned message
-	// is still confirmed (RabbitMQ acks an unroutable message after
-	// returning it). Declaring the destination first is what keeps
-	// messages routable; mandatory only makes the broker notice.
-	wc.Publish.Mandatory = true
-	return wc
 }
 
-// AMQPPublisher publishes to RabbitMQ through watermill-amqp, declaring each
-// topic's destination before the first publish to it. It is safe for
-// concurrent use.
+// AMQPPublisher publishes to RabbitMQ with pipelined publisher confirms,
+// declaring each topic's destination before the first publish to it. It is
+// safe for concurrent use.
+//
+// watermill-amqp's publisher (v2.1.3) is not used for the publishing
+// itself: with ConfirmDelivery it waits for each message's confirm before
+// sending the next, and holds its channel meanwhile, so throughput is one
+// round trip per message and channel. Here every Publish sends all its
+// messages, then waits for their confirms, and any number of Publish calls
+// share a channel, each with its confirms outstanding.
 type AMQPPublisher struct {
-	config AMQPConfig
-	logger watermill.LoggerAdapter
-	pub    *wamqp.Publisher
+	config    AMQPConfig
+	logger    watermill.LoggerAdapter
+	marshaler wamqp.DefaultMarshaler
+	exchange  string // "" for TopologyQueue: the default exchange
 
-	// mu guards the declaration connection and the set of declared topics.
+	// mu guards the connection, the channels and the set of declared
+	// topics.
 	mu       sync.Mutex
-	conn     *amqp.Connection // for declarations; nil until dialed
-	ch       *amqp.Channel
+	conn     *amqp.Connection // nil until dialed
+	ch       *amqp.Channel    // for declarations
+	pool     []*amqp.Channel  // publishing channels in confirm mode, opened on demand
+	next     int              // round robin over pool
 	declared map[string]struct{}
 	closed   bool
 }
@@ -199,10 +191,12 @@ type AMQPPublisher struct {
 //
 // Publish returns nil only after the broker confirmed every message:
 // messages are persistent (delivery mode 2) and published with publisher
-// confirms, and watermill-amqp waits for each message's confirm before
-// sending the next. A nack, or a channel or connection closed before the
-// confirm arrived, is an error. The wait has no deadline of its own; a dead
-// connection is noticed by the AMQP heartbeat (10s by default).
+// confirms. A Publish sends all its messages in order on one channel, then
+// waits for their confirms; concurrent Publish calls spread over
+// ChannelPoolSize channels, many confirms outstanding on each. A nack, or a
+// channel or connection closed before the confirm arrived, is an error. The
+// wait has no deadline of its own; a dead connection is noticed by the AMQP
+// heartbeat (10s by default).
 //
 // Before the first publish to a topic, Publish declares its durable queue
 // (named after the topic) and, for TopologyExchange, the durable exchange
@@ -224,32 +218,31 @@ func NewAMQPPublisher(config AMQPConfig, logger watermill.LoggerAdapter) (*AMQPP
 	}
 
 	p := &AMQPPublisher{
-		config:   config,
-		logger:   logger,
-		declared: make(map[string]struct{}),
+		config:    config,
+		logger:    logger,
+		marshaler: marshaler(),
+		declared:  make(map[string]struct{}),
 	}
-	// Dial the declaration connection first: it fails fast on a bad URL
-	// or credentials and leaves nothing behind to close.
+	if config.Topology == TopologyExchange {
+		p.exchange = config.Exchange
+	}
+	// Dial first: it fails fast on a bad URL or credentials.
 	if err := p.connect(); err != nil {
 		return nil, err
 	}
-	pub, err := wamqp.NewPublisher(config.watermillConfig(), logger)
-	if err != nil {
-		_ = p.conn.Close()
-		return nil, fmt.Errorf("create AMQP publisher: %w", err)
-	}
-	p.pub = pub
 	return p, nil
 }
 
 // Publish declares the topic's destination if needed, then publishes msgs
-// in order and waits for the broker's confirm of each. See
-// NewAMQPPublisher.
+// in order and waits for the broker's confirms. See NewAMQPPublisher.
 func (p *AMQPPublisher) Publish(topic string, msgs ...*message.Message) error {
 	if err := p.declare(topic); err != nil {
 		return fmt.Errorf("declare topology of topic %q: %w", topic, err)
 	}
-	if err := p.pub.Publish(topic, msgs...); err != nil {
+	if len(msgs) == 0 {
+		return nil
+	}
+	if err := p.publish(topic, msgs); err != nil {
 		// The destination may be gone with the connection: redeclare it
 		// before the next attempt.
 		p.forget(topic)
@@ -258,27 +251,85 @@ func (p *AMQPPublisher) Publish(topic string, msgs ...*message.Message) error {
 	return nil
 }
 
-// Close closes the publisher and its connections.
+func (p *AMQPPublisher) publish(topic string, msgs []*message.Message) error {
+	ch, conn, err := p.channel()
+	if err != nil {
+		return err
+	}
+	confirms := make([]*amqp.DeferredConfirmation, 0, len(msgs))
+	for _, m := range msgs {
+		pub, err := p.marshaler.Marshal(m)
+		if err != nil {
+			return fmt.Errorf("cannot marshal message %s: %w", m.UUID, err)
+		}
+		dc, err := ch.PublishWithDeferredConfirm(p.exchange, topic, true, false, pub)
+		if err != nil {
+			return fmt.Errorf("publish message %s: %w", m.UUID, err)
+		}
+		confirms = append(confirms, dc)
+	}
+	for i, dc := range confirms {
+		if dc.Wait() {
+			continue
+		}
+		if conn.IsClosed() {
+			// The broker went away: no fault of the message.
+			return fmt.Errorf("message %s not confirmed: %w", msgs[i].UUID, amqp.ErrClosed)
+		}
+		// A nack, or a channel the broker closed. The close may be due to
+		// another message on the channel (RabbitMQ closes it on an
+		// oversized one, failing all outstanding confirms), so the reason
+		// is not passed on as this message's error.
+		return fmt.Errorf("delivery not confirmed for message [%s]", msgs[i].UUID)
+	}
+	return nil
+}
+
+// channel returns a publishing channel, round robin, opening it (and the
+// connection) if needed.
+func (p *AMQPPublisher) channel() (*amqp.Channel, *amqp.Connection, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil, nil, errors.New("publisher closed")
+	}
+	if err := p.ensureConn(); err != nil {
+		return nil, nil, err
+	}
+	i := p.next % len(p.pool)
+	p.next++
+	if ch := p.pool[i]; ch != nil && !ch.IsClosed() {
+		return ch, p.conn, nil
+	}
+	ch, err := p.conn.Channel()
+	if err != nil {
+		return nil, nil, fmt.Errorf("open channel: %w", err)
+	}
+	if err := ch.Confirm(false); err != nil {
+		_ = ch.Close()
+		return nil, nil, fmt.Errorf("enable publisher confirms: %w", err)
+	}
+	p.pool[i] = ch
+	return ch, p.conn, nil
+}
+
+// Close closes the publisher and its connection. Publish calls waiting for
+// confirms fail.
 func (p *AMQPPublisher) Close() error {
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	if p.closed {
-		p.mu.Unlock()
 		return nil
 	}
 	p.closed = true
-	var errs []error
+	var err error
 	if p.conn != nil && !p.conn.IsClosed() {
-		if err := p.conn.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("close declaration connection: %w", err))
+		if cerr := p.conn.Close(); cerr != nil {
+			err = fmt.Errorf("close connection: %w", cerr)
 		}
 	}
-	p.conn, p.ch = nil, nil
-	p.mu.Unlock()
-
-	if err := p.pub.Close(); err != nil {
-		errs = append(errs, fmt.Errorf("close publisher: %w", err))
-	}
-	return errors.Join(errs...)
+	p.conn, p.ch, p.pool = nil, nil, nil
+	return err
 }
 
 func (p *AMQPPublisher) declare(topic string) error {
@@ -296,12 +347,8 @@ func (p *AMQPPublisher) declare(topic string) error {
 	if p.closed {
 		return errors.New("publisher closed")
 	}
-	if p.conn == nil || p.conn.IsClosed() {
-		// The broker may have restarted and lost what we declared.
-		clear(p.declared)
-		if err := p.connect(); err != nil {
-			return err
-		}
+	if err := p.ensureConn(); err != nil {
+		return err
 	}
 	if _, ok := p.declared[topic]; ok {
 		return nil
@@ -339,8 +386,18 @@ func (p *AMQPPublisher) forget(topic string) {
 	p.mu.Unlock()
 }
 
-// connect dials the declaration connection; p.mu must be held or p not yet
-// shared.
+// ensureConn dials again when the connection is gone; p.mu must be held.
+func (p *AMQPPublisher) ensureConn() error {
+	if p.conn != nil && !p.conn.IsClosed() {
+		return nil
+	}
+	// The broker may have restarted and lost what we declared.
+	clear(p.declared)
+	return p.connect()
+}
+
+// connect dials the connection and resets the channels; p.mu must be held
+// or p not yet shared.
 func (p *AMQPPublisher) connect() error {
 	var (
 		conn *amqp.Connection
@@ -355,5 +412,6 @@ func (p *AMQPPublisher) connect() error {
 		return fmt.Errorf("connect to AMQP: %w", err)
 	}
 	p.conn, p.ch = conn, nil
+	p.pool = make([]*amqp.Channel, p.config.ChannelPoolSize)
 	return nil
 }

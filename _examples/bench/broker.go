@@ -1,0 +1,283 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	wamqp "github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
+	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
+	"github.com/ThreeDotsLabs/watermill/message"
+	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/e0a82c8c/watermill-outbox/sink"
+	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+)
+
+// broker is the destination of one run: Kafka (kfake in process unless
+// -kafka names brokers) or RabbitMQ.
+type broker struct {
+	kind    string
+	brokers []string       // kafka
+	cluster *kfake.Cluster // kafka, when in process
+	url     string         // amqp
+	parts   int32
+}
+
+func newBroker(kind, kafkaBrokers, amqpURL string, partitions int) (*broker, error) {
+	b := &broker{kind: kind, url: amqpURL, parts: int32(partitions)}
+	switch kind {
+	case "kafka":
+		if kafkaBrokers != "" {
+			b.brokers = splitComma(kafkaBrokers)
+			return b, nil
+		}
+		c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.DefaultNumPartitions(partitions))
+		if err != nil {
+			return nil, fmt.Errorf("start kfake: %w", err)
+		}
+		b.cluster, b.brokers = c, c.ListenAddrs()
+		return b, nil
+	case "amqp":
+		conn, err := amqp.Dial(amqpURL)
+		if err != nil {
+			return nil, fmt.Errorf("RabbitMQ at %s: %w", amqpURL, err)
+		}
+		_ = conn.Close()
+		return b, nil
+	}
+	return nil, fmt.Errorf("unknown sink %q (want kafka or amqp)", kind)
+}
+
+func (b *broker) Close() {
+	if b.cluster != nil {
+		b.cluster.Close()
+	}
+}
+
+// prepare creates a fresh destination for topic and returns a function
+// that removes it.
+func (b *broker) prepare(topic string) (func(), error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if b.kind == "kafka" {
+		cl, err := kgo.NewClient(kgo.SeedBrokers(b.brokers...))
+		if err != nil {
+			return nil, err
+		}
+		defer cl.Close()
+		req := kmsg.NewPtrCreateTopicsRequest()
+		rt := kmsg.NewCreateTopicsRequestTopic()
+		rt.Topic, rt.NumPartitions, rt.ReplicationFactor = topic, b.parts, -1
+		req.Topics = append(req.Topics, rt)
+		resp, err := req.RequestWith(ctx, cl)
+		if err != nil {
+			return nil, fmt.Errorf("create topic %s: %w", topic, err)
+		}
+		for _, t := range resp.Topics {
+			if err := kerr.ErrorForCode(t.ErrorCode); err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
+				return nil, fmt.Errorf("create topic %s: %w", topic, err)
+			}
+		}
+		return func() {}, nil
+	}
+	conn, err := amqp.Dial(b.url)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		return nil, err
+	}
+	// Declared here for both sides: watermill-amqp's queue config never
+	// declares the queue it publishes to.
+	if _, err := ch.QueueDeclare(topic, true, false, false, false, nil); err != nil {
+		return nil, fmt.Errorf("declare queue %s: %w", topic, err)
+	}
+	return func() {
+		if conn, err := amqp.Dial(b.url); err == nil {
+			if ch, err := conn.Channel(); err == nil {
+				_, _ = ch.QueueDelete(topic, false, false, false)
+			}
+			_ = conn.Close()
+		}
+	}, nil
+}
+
+// ourPublisher is the destination our relay publishes through: the
+// project's sinks.
+func (b *broker) ourPublisher() (message.Publisher, error) {
+	if b.kind == "kafka" {
+		return sink.NewKafkaPublisher(sink.KafkaConfig{Brokers: b.brokers}, nil)
+	}
+	return sink.NewAMQPPublisher(sink.AMQPConfig{URL: b.url}, nil)
+}
+
+// forwarderPublisher is what a user of Watermill's forwarder recipe would
+// publish through: the same Kafka producer settings (acks=all,
+// idempotent), and for RabbitMQ watermill-amqp's durable queue config
+// as it comes (persistent, no publisher confirms).
+func (b *broker) forwarderPublisher() (message.Publisher, error) {
+	if b.kind == "kafka" {
+		return sink.NewKafkaPublisher(sink.KafkaConfig{Brokers: b.brokers}, nil)
+	}
+	return wamqp.NewPublisher(wamqp.NewDurableQueueConfig(b.url), watermill.NopLogger{})
+}
+
+// delivery is one message seen by the consumer.
+type delivery struct {
+	uuid string
+	key  string
+	seq  int
+	at   time.Time
+}
+
+// consumer reads a destination and records what arrives.
+type consumer struct {
+	mu      sync.Mutex
+	seen    map[string]time.Time
+	dups    int
+	lastSeq map[string]int // per key: the last seq seen
+	reorder int
+	want    int
+	done    chan struct{}
+	stop    func()
+}
+
+// consume starts reading topic; done closes once want distinct UUIDs
+// arrived.
+func (b *broker) consume(topic string, want int) (*consumer, error) {
+	c := &consumer{seen: make(map[string]time.Time, want), lastSeq: make(map[string]int), want: want, done: make(chan struct{})}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	c.stop = func() { cancel(); wg.Wait() }
+	if b.kind == "kafka" {
+		cl, err := kgo.NewClient(
+			kgo.SeedBrokers(b.brokers...),
+			kgo.ConsumeTopics(topic),
+			kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+			kgo.FetchMaxWait(50*time.Millisecond),
+		)
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer cl.Close()
+			for ctx.Err() == nil {
+				fs := cl.PollFetches(ctx)
+				now := time.Now()
+				fs.EachRecord(func(r *kgo.Record) {
+					d := delivery{at: now, key: string(r.Key)}
+					for _, h := range r.Headers {
+						switch h.Key {
+						case kafka.UUIDHeaderKey:
+							d.uuid = string(h.Value)
+						case "seq":
+							_, _ = fmt.Sscan(string(h.Value), &d.seq)
+						}
+					}
+					c.record(d)
+				})
+			}
+		}()
+		return c, nil
+	}
+	conn, err := amqp.Dial(b.url)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	ch, err := conn.Channel()
+	if err == nil {
+		err = ch.Qos(1000, 0, false)
+	}
+	var ds <-chan amqp.Delivery
+	if err == nil {
+		ds, err = ch.Consume(topic, "", false, false, false, false, nil)
+	}
+	if err != nil {
+		cancel()
+		_ = conn.Close()
+		return nil, err
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer conn.Close()
+		n := 0
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case m, ok := <-ds:
+				if !ok {
+					return
+				}
+				d := delivery{at: time.Now()}
+				d.uuid, _ = m.Headers[wamqp.DefaultMessageUUIDHeaderKey].(string)
+				d.key, _ = m.Headers[outbox.PartitionKeyMetadataKey].(string)
+				if s, ok := m.Headers["seq"].(string); ok {
+					_, _ = fmt.Sscan(s, &d.seq)
+				}
+				c.record(d)
+				// Acks in batches: multiple=true acks everything so far.
+				if n++; n%100 == 0 {
+					_ = m.Ack(true)
+				}
+			}
+		}
+	}()
+	return c, nil
+}
+
+func (c *consumer) record(d delivery) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.seen[d.uuid]; ok {
+		c.dups++
+		return
+	}
+	c.seen[d.uuid] = d.at
+	if d.key != "" {
+		if last, ok := c.lastSeq[d.key]; ok && d.seq < last {
+			c.reorder++
+		}
+		c.lastSeq[d.key] = d.seq
+	}
+	if len(c.seen) == c.want {
+		close(c.done)
+	}
+}
+
+// wait waits until every wanted message arrived, or timeout.
+func (c *consumer) wait(timeout time.Duration) error {
+	select {
+	case <-c.done:
+		return nil
+	case <-time.After(timeout):
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return fmt.Errorf("received %d of %d messages within %s", len(c.seen), c.want, timeout)
+	}
+}
+
+func (c *consumer) arrivals() map[string]time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make(map[string]time.Time, len(c.seen))
+	for k, v := range c.seen {
+		out[k] = v
+	}
+	return out
+}

@@ -1,0 +1,485 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+)
+
+// drain seeds n committed events through s, then times its relay until a
+// consumer on the broker has all of them.
+func (r *runner) drain(s side, keys int, dest func() (message.Publisher, error)) (time.Duration, *consumer, error) {
+	ctx := context.Background()
+	defer s.cleanup()
+	if err := s.setup(ctx); err != nil {
+		return 0, nil, fmt.Errorf("%s: setup: %w", s.name(), err)
+	}
+	topic := "bench_" + s.name() + "_" + runID()
+	drop, err := r.b.prepare(topic)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer drop()
+	if err := seed(ctx, r.db, s, topic, makeMessages(r.o.n, r.o.payload, keys)); err != nil {
+		return 0, nil, fmt.Errorf("%s: seed: %w", s.name(), err)
+	}
+	c, err := r.b.consume(topic, r.o.n)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer c.stop()
+	pub, err := dest()
+	if err != nil {
+		return 0, nil, err
+	}
+	defer pub.Close()
+	start := time.Now()
+	stop, err := s.startRelay(pub)
+	if err != nil {
+		return 0, nil, err
+	}
+	err = c.wait(r.o.timeout)
+	elapsed := time.Since(start)
+	stop()
+	if err != nil {
+		return 0, nil, fmt.Errorf("%s: %w", s.name(), err)
+	}
+	logf("%s: %d events in %s (%s), %d duplicates", s.name(), r.o.n, elapsed.Round(time.Millisecond), rate(r.o.n, elapsed), c.dups)
+	return elapsed, c, nil
+}
+
+func (r *runner) relay() (result, error) {
+	var ours, theirs time.Duration
+	var err error
+	if r.o.only != "forwarder" {
+		if ours, _, err = r.drain(newOurSide(r.db, runID(), r.ourConfig()), 0, r.b.ourPublisher); err != nil {
+			return result{}, err
+		}
+	}
+	if r.o.only != "outbox" {
+		if theirs, _, err = r.drain(newFwdSide(r.db, runID()), 0, r.b.forwarderPublisher); err != nil {
+			return result{}, err
+		}
+	}
+	if r.o.only != "" {
+		return result{outbox: rate(r.o.n, ours), forwarder: rate(r.o.n, theirs)}, nil
+	}
+	return result{outbox: rate(r.o.n, ours), forwarder: rate(r.o.n, theirs), ratio: theirs.Seconds() / ours.Seconds()}, nil
+}
+
+func (r *runner) ordered() (result, error) {
+	cfg := r.ourConfig()
+	ordered, oc, err := r.drain(newOurSide(r.db, runID(), cfg), r.o.keys, r.b.ourPublisher)
+	if err != nil {
+		return result{}, err
+	}
+	cfg.DisableOrdering = true
+	unordered, _, err := r.drain(newOurSide(r.db, runID(), cfg), r.o.keys, r.b.ourPublisher)
+	if err != nil {
+		return result{}, err
+	}
+	theirs, _, err := r.drain(newFwdSide(r.db, runID()), r.o.keys, r.b.forwarderPublisher)
+	if err != nil {
+		return result{}, err
+	}
+	return result{
+		outbox: rate(r.o.n, ordered), forwarder: rate(r.o.n, theirs),
+		extra: []string{"unordered=" + rate(r.o.n, unordered), "keys=" + strconv.Itoa(r.o.keys), "reordered=" + strconv.Itoa(oc.reorder)},
+		ratio: unordered.Seconds() / ordered.Seconds(),
+	}, nil
+}
+
+// latencies runs s's relay while committing one event per transaction at
+// r.o.rate events/s, and returns each event's commit→received time, sorted.
+func (r *runner) latencies(s side, dest func() (message.Publisher, error)) ([]time.Duration, error) {
+	ctx := context.Background()
+	defer s.cleanup()
+	if err := s.setup(ctx); err != nil {
+		return nil, err
+	}
+	topic := "bench_" + s.name() + "_" + runID()
+	drop, err := r.b.prepare(topic)
+	if err != nil {
+		return nil, err
+	}
+	defer drop()
+	c, err := r.b.consume(topic, r.o.n)
+	if err != nil {
+		return nil, err
+	}
+	defer c.stop()
+	pub, err := dest()
+	if err != nil {
+		return nil, err
+	}
+	defer pub.Close()
+	stop, err := s.startRelay(pub)
+	if err != nil {
+		return nil, err
+	}
+	defer stop()
+
+	msgs := makeMessages(r.o.n, r.o.payload, 0)
+	committed := make([]time.Time, len(msgs))
+	period := time.Second / time.Duration(r.o.rate)
+	start := time.Now().Add(200 * time.Millisecond) // let the relay settle
+	for i, m := range msgs {
+		time.Sleep(time.Until(start.Add(time.Duration(i) * period)))
+		tx, err := r.db.BeginTx(ctx, nil)
+		if err != nil {
+			return nil, err
+		}
+		if err := s.publish(tx, topic, m); err != nil {
+			_ = tx.Rollback()
+			return nil, err
+		}
+		if err := tx.Commit(); err != nil {
+			return nil, err
+		}
+		committed[i] = time.Now()
+	}
+	if err := c.wait(r.o.timeout); err != nil {
+		return nil, fmt.Errorf("%s: %w", s.name(), err)
+	}
+	got := c.arrivals()
+	lat := make([]time.Duration, len(msgs))
+	for i, m := range msgs {
+		lat[i] = max(got[m.UUID].Sub(committed[i]), 0)
+	}
+	slices.Sort(lat)
+	logf("%s: p50 %s p99 %s max %s", s.name(), pct(lat, 50), pct(lat, 99), lat[len(lat)-1])
+	return lat, nil
+}
+
+func pct(sorted []time.Duration, p int) time.Duration {
+	return sorted[min(len(sorted)-1, len(sorted)*p/100)]
+}
+
+func roundDur(d time.Duration) time.Duration {
+	switch {
+	case d >= 100*time.Millisecond:
+		return d.Round(time.Millisecond)
+	case d >= time.Millisecond:
+		return d.Round(100 * time.Microsecond)
+	}
+	return d.Round(10 * time.Microsecond)
+}
+
+func (r *runner) latency() (result, error) {
+	ours, err := r.latencies(newOurSide(r.db, runID(), r.ourConfig()), r.b.ourPublisher)
+	if err != nil {
+		return result{}, err
+	}
+	theirs, err := r.latencies(newFwdSide(r.db, runID()), r.b.forwarderPublisher)
+	if err != nil {
+		return result{}, err
+	}
+	o50, o99, f50, f99 := pct(ours, 50), pct(ours, 99), pct(theirs, 50), pct(theirs, 99)
+	return result{
+		outbox: roundDur(o50).String(), forwarder: roundDur(f50).String(),
+		extra: []string{
+			"outbox_p50=" + roundDur(o50).String(), "outbox_p99=" + roundDur(o99).String(),
+			"forwarder_p50=" + roundDur(f50).String(), "forwarder_p99=" + roundDur(f99).String(),
+		},
+		ratio: f50.Seconds() / max(o50.Seconds(), 1e-9),
+	}, nil
+}
+
+// writer is one way of writing an event inside a business transaction.
+type writer struct {
+	name    string
+	s       side // nil for the bare INSERT
+	table   string
+	publish func(tx *sql.Tx, topic string, m *message.Message) error
+}
+
+// publishRate runs r.o.n business transactions (an order row plus one
+// event) on r.o.workers connections, and returns transactions/s.
+func (r *runner) publishRate(w writer) (float64, error) {
+	ctx := context.Background()
+	orders := "bench_orders_" + runID()
+	if _, err := r.db.ExecContext(ctx, `CREATE TABLE `+orders+` (id TEXT PRIMARY KEY, total BIGINT NOT NULL)`); err != nil {
+		return 0, err
+	}
+	defer r.db.Exec(`DROP TABLE IF EXISTS ` + orders) //nolint:errcheck // best effort
+	msgs := makeMessages(r.o.n, r.o.payload, 0)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, r.o.workers)
+	start := time.Now()
+	for range r.o.workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(msgs) {
+					return
+				}
+				if err := r.businessTx(ctx, orders, w, msgs[i], i); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	close(errs)
+	if err := <-errs; err != nil {
+		return 0, fmt.Errorf("%s: %w", w.name, err)
+	}
+	tps := float64(r.o.n) / elapsed.Seconds()
+	logf("%s: %d transactions in %s (%.0f/s)", w.name, r.o.n, elapsed.Round(time.Millisecond), tps)
+	return tps, nil
+}
+
+func (r *runner) businessTx(ctx context.Context, orders string, w writer, m *message.Message, i int) error {
+	tx, err := r.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback() //nolint:errcheck // no-op after Commit
+	if _, err := tx.ExecContext(ctx, `INSERT INTO `+orders+` (id, total) VALUES ($1, $2)`, m.UUID, 1000+i); err != nil {
+		return err
+	}
+	if err := w.publish(tx, "orders.placed", m); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+func (r *runner) publish() (result, error) {
+	ctx := context.Background()
+	mk := func(name string, s side) (writer, error) {
+		if err := s.setup(ctx); err != nil {
+			return writer{}, err
+		}
+		return writer{name: name, s: s, publish: func(tx *sql.Tx, topic string, m *message.Message) error {
+			return s.publish(tx, topic, m)
+		}}, nil
+	}
+	// The bare INSERT writes the very row our publisher writes, into an
+	// outbox table, with none of the publisher's checks.
+	rawSide := newOurSide(r.db, runID(), r.ourConfig())
+	raw, err := mk("raw", rawSide)
+	if err != nil {
+		return result{}, err
+	}
+	raw.publish = func(tx *sql.Tx, topic string, m *message.Message) error {
+		md, _ := json.Marshal(m.Metadata)
+		_, err := tx.Exec(`INSERT INTO `+rawSide.table+` (uuid, topic, partition_key, payload, metadata) VALUES ($1, $2, NULL, $3, $4)`,
+			m.UUID, topic, []byte(m.Payload), string(md))
+		return err
+	}
+	onCfg := r.ourConfig()
+	offCfg := onCfg
+	offCfg.DisableNotify = true
+	ours, err := mk("outbox", newOurSide(r.db, runID(), onCfg))
+	if err != nil {
+		return result{}, err
+	}
+	oursOff, err := mk("outbox_nowake", newOurSide(r.db, runID(), offCfg))
+	if err != nil {
+		return result{}, err
+	}
+	theirs, err := mk("forwarder", newFwdSide(r.db, runID()))
+	if err != nil {
+		return result{}, err
+	}
+	writers := []writer{raw, ours, oursOff, theirs}
+	defer func() {
+		for _, w := range writers {
+			w.s.cleanup()
+		}
+	}()
+	// Rounds interleave the writers, so a disturbance on the machine hits
+	// them alike; each one's median counts.
+	all := make(map[string][]float64)
+	for range r.o.rounds {
+		for _, w := range writers {
+			tps, err := r.publishRate(w)
+			if err != nil {
+				return result{}, err
+			}
+			all[w.name] = append(all[w.name], tps)
+		}
+	}
+	rates := make(map[string]float64)
+	for name, v := range all {
+		slices.Sort(v)
+		rates[name] = v[len(v)/2]
+	}
+	f := func(v float64) string { return fmt.Sprintf("%.0f/s", v) }
+	return result{
+		outbox: f(rates["outbox"]), forwarder: f(rates["forwarder"]),
+		extra: []string{
+			"raw=" + f(rates["raw"]), "outbox_nowake=" + f(rates["outbox_nowake"]),
+			fmt.Sprintf("outbox_vs_raw=%.2f", rates["outbox"]/rates["raw"]),
+			fmt.Sprintf("outbox_nowake_vs_raw=%.2f", rates["outbox_nowake"]/rates["raw"]),
+			fmt.Sprintf("forwarder_vs_raw=%.2f", rates["forwarder"]/rates["raw"]),
+		},
+		ratio: rates["outbox"] / rates["forwarder"],
+	}, nil
+}
+
+// peakRSS drains a backlog of n events with s's relay running in a child
+// process and returns the child's peak resident set size in bytes.
+func (r *runner) peakRSS(s side, id string, n int) (int64, error) {
+	ctx := context.Background()
+	defer s.cleanup()
+	if err := s.setup(ctx); err != nil {
+		return 0, err
+	}
+	topic := "bench_" + s.name() + "_" + id
+	drop, err := r.b.prepare(topic)
+	if err != nil {
+		return 0, err
+	}
+	defer drop()
+	if err := seed(ctx, r.db, s, topic, makeMessages(n, r.o.payload, 0)); err != nil {
+		return 0, err
+	}
+	c, err := r.b.consume(topic, n)
+	if err != nil {
+		return 0, err
+	}
+	defer c.stop()
+
+	self, err := os.Executable()
+	if err != nil {
+		return 0, err
+	}
+	cmd := exec.Command(self, "-child", s.name(), "-child-id", id, "-child-topic", topic,
+		"-sink", r.o.sink, "-kafka", strings.Join(r.b.brokers, ","), "-amqp", r.o.amqpURL, "-pg", r.o.pgDSN)
+	if r.o.noWake {
+		cmd.Args = append(cmd.Args, "-no-wake")
+	}
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return 0, err
+	}
+	defer func() { _ = stdin.Close(); _ = cmd.Wait() }()
+	var peak int64
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(r.o.timeout)
+	for {
+		if v, err := vmHWM(cmd.Process.Pid); err == nil {
+			peak = max(peak, v)
+		}
+		select {
+		case <-c.done:
+			if v, err := vmHWM(cmd.Process.Pid); err == nil {
+				peak = max(peak, v)
+			}
+			logf("%s: drained %d events in %s, peak RSS %.1f MB", s.name(), n, time.Since(start).Round(time.Millisecond), mb(peak))
+			return peak, nil
+		case <-tick.C:
+		case <-deadline:
+			_ = cmd.Process.Kill()
+			return 0, fmt.Errorf("%s: %w", s.name(), c.wait(0))
+		}
+	}
+}
+
+// vmHWM reads a process's peak resident set size from /proc.
+func vmHWM(pid int) (int64, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			return kb * 1024, err
+		}
+	}
+	return 0, fmt.Errorf("no VmHWM in /proc/%d/status", pid)
+}
+
+func mb(b int64) float64 { return float64(b) / (1 << 20) }
+
+func (r *runner) memory() (result, error) {
+	id := runID()
+	ours, err := r.peakRSS(newOurSide(r.db, id, r.ourConfig()), id, r.o.n)
+	if err != nil {
+		return result{}, err
+	}
+	id10 := runID()
+	ours10, err := r.peakRSS(newOurSide(r.db, id10, r.ourConfig()), id10, r.o.n/10)
+	if err != nil {
+		return result{}, err
+	}
+	fid := runID()
+	theirs, err := r.peakRSS(newFwdSide(r.db, fid), fid, r.o.n)
+	if err != nil {
+		return result{}, err
+	}
+	f := func(v int64) string { return fmt.Sprintf("%.1fMB", mb(v)) }
+	return result{
+		outbox: f(ours), forwarder: f(theirs),
+		extra: []string{fmt.Sprintf("outbox_n%d=%s", r.o.n/10, f(ours10))},
+		ratio: float64(ours) / float64(theirs),
+	}, nil
+}
+
+// runChild is the relay process of the memory scenario: it relays until
+// its standard input closes.
+func runChild(o options) error {
+	db, err := openDB(o.pgDSN)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	b, err := newBroker(o.sink, o.kafka, o.amqpURL, o.partitions)
+	if err != nil {
+		return err
+	}
+	r := &runner{o: o, db: db, b: b}
+	var s side
+	var dest func() (message.Publisher, error)
+	switch o.child {
+	case "outbox":
+		s, dest = newOurSide(db, o.childID, r.ourConfig()), b.ourPublisher
+	case "forwarder":
+		s, dest = newFwdSide(db, o.childID), b.forwarderPublisher
+	default:
+		return fmt.Errorf("unknown side %q", o.child)
+	}
+	if err := s.setup(context.Background()); err != nil {
+		return err
+	}
+	pub, err := dest()
+	if err != nil {
+		return err
+	}
+	defer pub.Close()
+	stop, err := s.startRelay(pub)
+	if err != nil {
+		return err
+	}
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	stop()
+	return nil
+}

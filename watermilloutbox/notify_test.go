@@ -1,0 +1,79 @@
+package watermilloutbox_test
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/e0a82c8c/watermill-outbox/internal/testenv"
+	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+)
+
+// TestPublisherNotifiesOnCommit: the NOTIFY travels with the transaction:
+// delivered when it commits, on the table's channel.
+func TestPublisherNotifiesOnCommit(t *testing.T) {
+	t.Parallel()
+	// An interval of 1ns: every Publish notifies, so the rolled-back
+	// transaction cannot hold the interval against the committed one.
+	db, pub, table := pgOutbox(t, outbox.PublisherConfig{NotifyInterval: time.Nanosecond})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, testenv.PostgresDSN())
+	require.NoError(t, err)
+	defer conn.Close(context.Background())
+	_, err = conn.Exec(ctx, "LISTEN "+pgx.Identifier{outbox.NotifyChannel(table)}.Sanitize())
+	require.NoError(t, err)
+
+	tx := begin(t, db)
+	require.NoError(t, pub.WithTx(tx).Publish("t", message.NewMessage(watermill.NewUUID(), []byte("x"))))
+	require.NoError(t, tx.Rollback())
+	tx = begin(t, db)
+	require.NoError(t, pub.WithTx(tx).Publish("t", message.NewMessage(watermill.NewUUID(), []byte("y"))))
+	require.NoError(t, tx.Commit())
+
+	n, err := conn.WaitForNotification(ctx)
+	require.NoError(t, err)
+	require.Equal(t, outbox.NotifyChannel(table), n.Channel)
+}
+
+type recordingNotifier struct {
+	mu  sync.Mutex
+	got []bool
+}
+
+func (r *recordingNotifier) Notify(committed bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.got = append(r.got, committed)
+}
+
+// TestPublisherTellsNotifier: a Notifier hears of every Publish that wrote
+// rows, and whether they are committed yet.
+func TestPublisherTellsNotifier(t *testing.T) {
+	t.Parallel()
+	n := &recordingNotifier{}
+	db, pub, _ := pgOutbox(t, outbox.PublisherConfig{Notifier: n, AutoCommit: true, DisableNotify: true})
+	tx := begin(t, db)
+	require.NoError(t, pub.WithTx(tx).Publish("t", message.NewMessage(watermill.NewUUID(), []byte("x"))))
+	require.NoError(t, tx.Commit())
+	require.NoError(t, pub.Publish("t", message.NewMessage(watermill.NewUUID(), []byte("y"))))
+	require.NoError(t, pub.Publish("t")) // nothing written: nobody told
+	require.Error(t, pub.Publish("", message.NewMessage(watermill.NewUUID(), nil)))
+	require.Equal(t, []bool{false, true}, n.got)
+}
+
+func TestNotifyChannel(t *testing.T) {
+	t.Parallel()
+	require.Equal(t, "outbox:app.orders_outbox", outbox.NotifyChannel("app.orders_outbox"))
+	long := strings.Repeat("a", 48) + "." + strings.Repeat("b", 48)
+	c := outbox.NotifyChannel(long)
+	require.LessOrEqual(t, len(c), 63, "PostgreSQL truncates longer channel names")
+	require.NotEqual(t, c, outbox.NotifyChannel(long[:len(long)-1]+"c"))
+}

@@ -405,11 +405,11 @@ func (s *SQLStore) PurgePublished(ctx context.Context, olderThan time.Duration, 
 	// MySQL cannot DELETE from a table it selects from in a subquery, but
 	// takes ORDER BY and LIMIT on DELETE itself.
 	if s.t.dialect == MySQL {
-		return s.exec(ctx, "purge published", `DELETE FROM `+s.t.quoted+` WHERE state = 'published' AND published_at < `+s.minus(1)+
+		return s.exec(ctx, "purge published", `DELETE FROM `+s.t.quoted+` WHERE state = 'published' AND published_at <= `+s.minus(1)+
 			` ORDER BY published_at LIMIT `+p(2), olderThan.Microseconds(), limit)
 	}
 	return s.exec(ctx, "purge published", `DELETE FROM `+s.t.quoted+` WHERE id IN (SELECT id FROM `+s.t.quoted+
-		` WHERE state = 'published' AND published_at < `+s.minus(1)+` ORDER BY published_at LIMIT `+p(2)+`)`,
+		` WHERE state = 'published' AND published_at <= `+s.minus(1)+` ORDER BY published_at LIMIT `+p(2)+`)`,
 		olderThan.Microseconds(), limit)
 }
 

@@ -73,7 +73,10 @@ func UnavailableError(err error) error {
 //     ErrShuttingDown, ErrBrokerNotAvailable, ErrLeaderNotAvailable,
 //     ErrNotLeaderForPartition, ErrReplicaNotAvailable, ErrRequestTimedOut,
 //     ErrNetworkException, ErrNotEnoughReplicas(AfterAppend),
-//     ErrKafkaStorageError; watermill-kafka's "publisher closed".
+//     ErrKafkaStorageError, ErrOutOfOrderSequenceNumber; sarama's "circuit
+//     breaker is open" and "message out of sequence added to a batch" (its
+//     producer's own state after other failures); watermill-kafka's
+//     "publisher closed".
 //     - AMQP: amqp.ErrClosed and the connection-level codes 320
 //     ConnectionForced, 501 FrameError (amqp091 reports a broken socket so),
 //     504 ChannelError, 505 UnexpectedFrame and 506 ResourceError;
@@ -206,14 +209,17 @@ var unavailableErrors = []error{
 	sarama.ErrNotEnoughReplicas,
 	sarama.ErrNotEnoughReplicasAfterAppend,
 	sarama.ErrKafkaStorageError,
+	sarama.ErrOutOfOrderSequenceNumber, // the idempotent producer's session after another message's failure, not this message
 }
 
 // unavailableMessages are errors the Watermill publishers create with
 // errors.New, so only their text identifies them.
 var unavailableMessages = map[string]bool{
-	"publisher closed":                 true, // watermill-kafka, after Close
-	"not connected to AMQP":            true, // watermill-amqp, while reconnecting
-	"pub/sub is connection closedChan": true, // watermill-amqp, after Close
+	"publisher closed":                                           true, // watermill-kafka, after Close
+	"not connected to AMQP":                                      true, // watermill-amqp, while reconnecting
+	"pub/sub is connection closedChan":                           true, // watermill-amqp, after Close
+	"circuit breaker is open":                                    true, // sarama (go-resiliency breaker.ErrBreakerOpen): 3 failed metadata/leader lookups in a row
+	"assertion failed: message out of sequence added to a batch": true, // sarama, after another message's failure reset the sequence
 }
 
 func isUnavailable(err error) bool {

@@ -1,0 +1,15 @@
+// Package faults holds the fault suite: scenarios that kill relay processes
+// with SIGKILL, take PostgreSQL, MariaDB, RabbitMQ and Kafka away mid-drain,
+// and feed the relay poison messages, then count at the broker what arrived
+// against what was committed. Its tests carry the build tag "faults" and
+// restart shared services, so they run alone:
+//
+//	go test -count=1 -p 1 -tags faults ./...
+//
+// The suite ends with one line,
+//
+//	faults: scenarios=<k> lost=<n> duplicates=<n> reordered=<n> dead_wrongly=<n>
+//
+// also written to the file named by OUTBOX_FAULTS_SUMMARY when set.
+// GUARANTEES.md states what the scenarios prove.
+package faults

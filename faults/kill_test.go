@@ -1,0 +1,57 @@
+//go:build faults
+
+package faults_test
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+)
+
+// TestKill9DuringDrain: a relay process is killed with SIGKILL twenty times
+// while it drains 20,000 events from PostgreSQL to Kafka, and restarted each
+// time. Every committed event reaches the broker; the duplicates are at most
+// the in-flight window per kill.
+func TestKill9DuringDrain(t *testing.T) {
+	const (
+		events = 20000
+		kills  = 20
+		window = 1000 // MaxInFlight: claimed, unsettled rows per relay
+	)
+	s := newScenario(t, outbox.PostgreSQL)
+	k := startKafka(t, false, s.topic)
+	s.prewrite(events, 1000, func(i int) string { return fmt.Sprintf("key-%d", i%500) })
+
+	// Order is not under test here (TestManyInstancesUnderKills does it), so
+	// the relay runs unordered, and fast.
+	r := newRelay(t, "relay", s.relayEnv(map[string]string{"RELAY_SINK": "kafka", "RELAY_KAFKA_BROKERS": k.addr}),
+		"-lease", "2s", "-batch", "500", "-max-in-flight", strconv.Itoa(window), "-ordered=false")
+	r.start()
+	for i := 0; i < kills; i++ {
+		base := s.published()
+		require.GreaterOrEqual(t, base, 0)
+		// Spread the kills over what is left, with room to spare, each at a
+		// random point of its stretch: mid-claim, mid-publish or mid-ack.
+		step := max(20, (events-base)/(kills-i+2))
+		at := base + step/2 + rand.IntN(step/2)
+		waitFast(t, time.Minute, "the relay to publish more", func() bool {
+			return s.published() >= at || s.pending() == 0
+		})
+		require.Positive(t, s.pending(), "the outbox drained after only %d kills", i)
+		r.kill9()
+		r.start()
+	}
+	s.waitDrained(2 * time.Minute)
+	require.NoError(t, r.stop(), "the relay stops cleanly on SIGTERM")
+	r.requireNoUnexpectedExit()
+
+	res := s.check(consumeKafka(t, []string{k.addr}, s.topic), false, nil)
+	require.Equal(t, events, res.committed)
+	require.LessOrEqual(t, res.duplicates, window*kills, "duplicates exceed the in-flight window per kill")
+}

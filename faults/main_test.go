@@ -1,0 +1,96 @@
+//go:build faults
+
+package faults_test
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+)
+
+// relayBin is the relay binary (internal/relayproc), built once by TestMain.
+var relayBin string
+
+// result is what one scenario counted at the broker.
+type result struct {
+	scenario  string
+	committed int // events committed (the set delivery is checked against)
+	received  int // distinct committed events seen at the broker
+	// lost: committed, not a poison message, never seen at the broker.
+	lost int
+	// duplicates: deliveries beyond the first of an event.
+	duplicates int
+	// reordered: in ordered scenarios, first deliveries of an event whose
+	// per-key sequence is lower than the highest already delivered for its
+	// key. A re-delivery of an event already seen is a duplicate, not a
+	// reordering. Unordered scenarios count none.
+	reordered int
+	// deadWrongly: rows in the dead state that are not poison messages.
+	deadWrongly int
+}
+
+var (
+	resultsMu sync.Mutex
+	results   []result
+)
+
+// record adds a scenario's counts to the summary; scenarios call it before
+// asserting, so a failing scenario is counted too.
+func record(t *testing.T, r result) {
+	t.Helper()
+	r.scenario = t.Name()
+	resultsMu.Lock()
+	results = append(results, r)
+	resultsMu.Unlock()
+	t.Logf("%s: committed=%d received=%d lost=%d duplicates=%d reordered=%d dead_wrongly=%d",
+		r.scenario, r.committed, r.received, r.lost, r.duplicates, r.reordered, r.deadWrongly)
+}
+
+// summary is the suite's one line, over every scenario that ran.
+func summary() string {
+	resultsMu.Lock()
+	defer resultsMu.Unlock()
+	var sum result
+	for _, r := range results {
+		sum.lost += r.lost
+		sum.duplicates += r.duplicates
+		sum.reordered += r.reordered
+		sum.deadWrongly += r.deadWrongly
+	}
+	return fmt.Sprintf("faults: scenarios=%d lost=%d duplicates=%d reordered=%d dead_wrongly=%d",
+		len(results), sum.lost, sum.duplicates, sum.reordered, sum.deadWrongly)
+}
+
+func TestMain(m *testing.M) {
+	os.Exit(runSuite(m))
+}
+
+func runSuite(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "outbox-faults-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "faults:", err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	relayBin = filepath.Join(dir, "relay")
+	build := exec.Command("go", "build", "-o", relayBin, "github.com/e0a82c8c/watermill-outbox/internal/relayproc")
+	if out, err := build.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "faults: build the relay: %v\n%s", err, out)
+		return 1
+	}
+
+	code := m.Run()
+
+	line := summary()
+	fmt.Println(line)
+	if path := os.Getenv("OUTBOX_FAULTS_SUMMARY"); path != "" {
+		if err := os.WriteFile(path, []byte(line+"\n"), 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, "faults: write summary:", err)
+			return 1
+		}
+	}
+	return code
+}

@@ -6,6 +6,10 @@
 //
 //	go test -count=1 -p 1 -tags faults ./...
 //
+// Each outage holds /tmp/outbox-services.lock exclusively (tests of others
+// hold it shared); on a busy machine the wait for it can pass go test's
+// default 10-minute timeout, so .ci/run adds -timeout 30m.
+//
 // The suite ends with one line,
 //
 //	faults: scenarios=<k> lost=<n> duplicates=<n> reordered=<n> dead_wrongly=<n>

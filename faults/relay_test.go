@@ -87,6 +87,8 @@ func (r *relay) start() {
 	cmd := exec.Command(relayBin, r.args...)
 	cmd.Env = r.env
 	cmd.Stdout, cmd.Stderr = f, f
+	// Should this test binary die (a timeout panic), its relays die too.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	require.NoError(r.t, cmd.Start(), "%s: start", r.name)
 	p := &proc{cmd: cmd, exited: make(chan struct{})}
 	r.mu.Lock()

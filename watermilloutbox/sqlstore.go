@@ -257,9 +257,17 @@ func (s *SQLStore) claimMySQL(ctx context.Context, token string, req ClaimReques
 		topicArg = 1
 	}
 	args = append(args, req.Limit)
+	// Ordered claims are serialised by the named lock, so they need not
+	// skip locked rows, and must not: InnoDB briefly locks rows an ack's
+	// DELETE examines without deleting them, and skipping such a row (a
+	// key's unleased head) would let the claim take the rows behind it.
+	skipLocked := " SKIP LOCKED"
+	if req.Ordered {
+		skipLocked = ""
+	}
 	q := `SELECT ` + s.rowColumns("o.") +
 		` FROM ` + s.t.quoted + ` o WHERE ` + s.claimFilter(topicArg, req.Ordered) +
-		` ORDER BY o.id LIMIT ? FOR UPDATE SKIP LOCKED`
+		` ORDER BY o.id LIMIT ? FOR UPDATE` + skipLocked
 	rows, err := s.queryRows(ctx, tx, q, args)
 	if err != nil || len(rows) == 0 {
 		return nil, err

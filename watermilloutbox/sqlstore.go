@@ -206,15 +206,26 @@ func (s *SQLStore) claimPostgres(ctx context.Context, token string, req ClaimReq
 		` ORDER BY o.id LIMIT $2 FOR UPDATE SKIP LOCKED)
 UPDATE ` + s.t.quoted + ` t SET claim_token = $1, claimed_until = ` + s.plus(3) + ` FROM c WHERE t.id = c.id
 RETURNING ` + s.rowColumns("t.")
-	if !req.Ordered {
-		return s.queryRows(ctx, s.db, q, args)
-	}
-	// Ordered claims are serialised per table: a claim that ran beside
+	// The claim must walk pending_idx in id order and stop at the limit. A
+	// queue table's statistics are nearly always stale (a backlog appears
+	// and drains between two autovacuum runs), and with an estimate of a few
+	// pending rows the planner prefers a bitmap scan of every pending row
+	// plus a sort, evaluating the ordered filter on each: measured 200 ms
+	// instead of 4 ms per claim on a fresh 20,000-row backlog. Plan
+	// settings local to the transaction rule that out.
+	//
+	// Ordered claims are also serialised per table: a claim that ran beside
 	// another could see a key's head row as free while the other takes it,
 	// and claim the rows behind it. The lock is held for one statement.
+	prepare := `SELECT set_config('enable_bitmapscan', 'off', true), set_config('enable_seqscan', 'off', true)`
+	prepArgs := []any{}
+	if req.Ordered {
+		prepare += `, pg_advisory_xact_lock($1)`
+		prepArgs = append(prepArgs, s.t.lockKey()+1)
+	}
 	var rows []Row
 	err := inTx(ctx, s.db, func(tx *sql.Tx) error {
-		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, s.t.lockKey()+1); err != nil {
+		if _, err := tx.ExecContext(ctx, prepare, prepArgs...); err != nil {
 			return err
 		}
 		var err error

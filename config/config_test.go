@@ -43,7 +43,7 @@ func TestDefault(t *testing.T) {
 	require.Equal(t, 300*time.Second, c.ClaimTimeout)
 	require.Equal(t, time.Second, c.RetryBackoffMin)
 	require.Equal(t, 60*time.Second, c.RetryBackoffMax)
-	require.Equal(t, 256, c.MaxInFlight)
+	require.Equal(t, 1000, c.MaxInFlight)
 	require.Equal(t, 5*time.Millisecond, c.NotifyInterval)
 }
 

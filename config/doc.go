@@ -24,7 +24,7 @@
 //	OUTBOX_RETRY_BACKOFF_MIN_SECONDS   RetryBackoffMin     1                 error
 //	OUTBOX_RETRY_BACKOFF_MAX_SECONDS   RetryBackoffMax     60                error
 //	OUTBOX_PUBLISHED_RETENTION_SECONDS PublishedRetention  0                 delete at once
-//	OUTBOX_MAX_IN_FLIGHT               MaxInFlight         256               error
+//	OUTBOX_MAX_IN_FLIGHT               MaxInFlight         1000              error
 //	OUTBOX_DISABLE_ORDERING            DisableOrdering     false             -
 //	OUTBOX_MAX_PAYLOAD_BYTES           MaxPayloadBytes     0                 no limit
 //	OUTBOX_DISABLE_NOTIFY              DisableNotify       false             -

@@ -25,7 +25,7 @@ func ExampleDefault() {
 	// claim timeout: 5m0s
 	// retry backoff: 1s to 1m0s
 	// published retention: 0s
-	// max in flight: 256
+	// max in flight: 1000
 }
 
 func ExampleFromEnv() {

@@ -14,7 +14,7 @@
 //	         commit→received p50 and p99
 //	publish  N business transactions with one event each, 8 workers
 //	         (transactions/s), also against a bare INSERT of the same row
-//	         and with our wake-up off; median of -rounds interleaved rounds
+//	         and with our wake-up off; medians of -rounds interleaved rounds
 //	ordered  N events over 1000 keys: ordered vs unordered relay
 //	memory   peak RSS (VmHWM) of a relay process draining a 100,000-event
 //	         backlog (N defaults to 100000 here)
@@ -78,7 +78,7 @@ func main() {
 	flag.IntVar(&o.payload, "payload", 256, "payload bytes")
 	flag.IntVar(&o.partitions, "partitions", 3, "partitions of each Kafka topic")
 	flag.IntVar(&o.workers, "workers", 8, "publish: concurrent writers")
-	flag.IntVar(&o.rounds, "rounds", 3, "publish: rounds over all writers; the median counts")
+	flag.IntVar(&o.rounds, "rounds", 7, "publish: rounds over all writers, each in a rotated order; medians count")
 	flag.IntVar(&o.rate, "rate", 200, "latency: events per second")
 	flag.IntVar(&o.keys, "keys", 1000, "ordered: partition keys")
 	flag.BoolVar(&o.noWake, "no-wake", false, "turn our relay's wake-up (LISTEN/NOTIFY) off")

@@ -255,9 +255,11 @@ func (sub *subscription) run() {
 	defer renewTicker.Stop()
 	claimDue := true
 	// woken: a wake-up asked for this claim, so look again one
-	// NotifyInterval after it, for the commits whose publishers skipped
-	// their NOTIFY (see watermilloutbox.Publisher's coalescing).
+	// NotifyInterval after the wake-up arrived, for the commits whose
+	// publishers skipped their NOTIFY (see watermilloutbox.Publisher's
+	// coalescing).
 	woken, recheck := false, false
+	var wokeAt time.Time
 	errDelay := time.Duration(0)
 
 	for {
@@ -286,7 +288,7 @@ func (sub *subscription) run() {
 		case out <- next:
 			sub.ready = sub.ready[1:]
 		case <-sub.wake:
-			claimDue, woken = true, true
+			claimDue, woken, wokeAt = true, true, time.Now()
 		case <-claimTimer.C:
 			claimDue = true
 		case <-renewTicker.C:
@@ -309,7 +311,7 @@ func (sub *subscription) run() {
 					claimDue = true // more may be waiting
 				case recheck:
 					recheck = false
-					claimTimer.Reset(min(cfg.NotifyInterval, cfg.PollingInterval))
+					claimTimer.Reset(max(0, min(cfg.NotifyInterval, cfg.PollingInterval)-time.Since(wokeAt)))
 				default:
 					claimTimer.Reset(cfg.PollingInterval)
 				}

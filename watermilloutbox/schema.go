@@ -62,6 +62,13 @@ func (t table) index(suffix string) string {
 func (t table) ddl() []string {
 	switch t.dialect {
 	case PostgreSQL:
+		// fillfactor 50: every row is updated at least once (its claim), and
+		// the claim columns are in no index, so with room left on the page
+		// the update is HOT and touches no index. On full pages each claim
+		// wrote a new entry into every index: 500-row claims took 8-14 ms
+		// instead of 4-5 ms, and the relay drained 25-40 % slower. The
+		// price is pages half full while rows wait, and rows do not wait
+		// long. Set on creation only, so a fillfactor chosen later stays.
 		return []string{
 			`CREATE TABLE IF NOT EXISTS ` + t.quoted + ` (
     id            BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -78,7 +85,7 @@ func (t table) ddl() []string {
     published_at  TIMESTAMPTZ,
     state         TEXT        NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'published', 'dead')),
     last_error    TEXT
-)`,
+) WITH (fillfactor = 50)`,
 			// The claim path: pending rows in id order. Partial, so the index
 			// stays as small as the backlog.
 			`CREATE INDEX IF NOT EXISTS ` + t.index("pending_idx") + ` ON ` + t.quoted + ` (id) WHERE state = 'pending'`,

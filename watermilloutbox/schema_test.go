@@ -68,6 +68,29 @@ func TestMigrateIsIdempotentAndConcurrent(t *testing.T) {
 	require.Equal(t, 4, n, "primary key and three partial indexes")
 }
 
+// The claim updates stay HOT only with room on the page (see ddl); a user
+// who later sets another fillfactor keeps it across Migrate.
+func TestMigratePostgresFillfactor(t *testing.T) {
+	t.Parallel()
+	db := testenv.Postgres(t)
+	ctx := context.Background()
+	table := testenv.TableName(t)
+	t.Cleanup(func() { _, _ = db.Exec(`DROP TABLE IF EXISTS ` + table) })
+	fillfactor := func() string {
+		var opts string
+		require.NoError(t, db.QueryRow(`SELECT coalesce(array_to_string(reloptions, ','), '') FROM pg_class WHERE oid = $1::regclass`, table).Scan(&opts))
+		return opts
+	}
+
+	require.NoError(t, outbox.Migrate(ctx, db, outbox.PostgreSQL, table))
+	require.Equal(t, "fillfactor=50", fillfactor())
+
+	_, err := db.Exec(`ALTER TABLE ` + table + ` SET (fillfactor = 80)`)
+	require.NoError(t, err)
+	require.NoError(t, outbox.Migrate(ctx, db, outbox.PostgreSQL, table))
+	require.Equal(t, "fillfactor=80", fillfactor())
+}
+
 func TestMigrateSchemaQualifiedTable(t *testing.T) {
 	t.Parallel()
 	db := testenv.Postgres(t)

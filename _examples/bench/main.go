@@ -14,7 +14,8 @@
 //	         commit→received p50 and p99
 //	publish  N business transactions with one event each, 8 workers
 //	         (transactions/s), also against a bare INSERT of the same row
-//	         and with our wake-up off; medians of -rounds interleaved rounds
+//	         and with our wake-up off; N per writer and round (default
+//	         1000), medians of -rounds (21) interleaved rounds
 //	ordered  N events over 1000 keys: ordered vs unordered relay
 //	memory   peak RSS (VmHWM) of a relay process draining a 100,000-event
 //	         backlog (N defaults to 100000 here)
@@ -71,14 +72,14 @@ func main() {
 	var o options
 	flag.StringVar(&o.scenario, "scenario", "relay", "relay, latency, publish, ordered or memory")
 	flag.StringVar(&o.sink, "sink", "kafka", "kafka or amqp")
-	flag.IntVar(&o.n, "n", 0, "events (default 20000; 2000 for latency; 100000 for memory)")
+	flag.IntVar(&o.n, "n", 0, "events (default 20000; 2000 for latency; 1000 per writer and round for publish; 100000 for memory)")
 	flag.StringVar(&o.pgDSN, "pg", env("OUTBOX_BENCH_POSTGRES_DSN", "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"), "PostgreSQL DSN")
 	flag.StringVar(&o.amqpURL, "amqp", env("OUTBOX_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"), "RabbitMQ URL")
 	flag.StringVar(&o.kafka, "kafka", os.Getenv("OUTBOX_BENCH_KAFKA_BROKERS"), "Kafka brokers, comma-separated; empty starts kfake in process")
 	flag.IntVar(&o.payload, "payload", 256, "payload bytes")
 	flag.IntVar(&o.partitions, "partitions", 3, "partitions of each Kafka topic")
 	flag.IntVar(&o.workers, "workers", 8, "publish: concurrent writers")
-	flag.IntVar(&o.rounds, "rounds", 7, "publish: rounds over all writers, each in a rotated order; medians count")
+	flag.IntVar(&o.rounds, "rounds", 21, "publish: rounds over all writers, each in a rotated order; medians count")
 	flag.IntVar(&o.rate, "rate", 200, "latency: events per second")
 	flag.IntVar(&o.keys, "keys", 1000, "ordered: partition keys")
 	flag.BoolVar(&o.noWake, "no-wake", false, "turn our relay's wake-up (LISTEN/NOTIFY) off")
@@ -95,6 +96,8 @@ func main() {
 			o.n = 2000
 		case "memory":
 			o.n = 100000
+		case "publish":
+			o.n = 1000
 		default:
 			o.n = 20000
 		}

@@ -24,6 +24,8 @@ const invalidKafkaTopic = "faults.invalid/topic!"
 
 // startPoisonKafka starts kfake answering for invalidKafkaTopic what a real
 // broker answers: INVALID_TOPIC_EXCEPTION (kfake itself would create it).
+// The Kafka sink refuses the name before sending (sink.ValidateKafkaTopic);
+// the fault stays as the broker's answer should one get through.
 func startPoisonKafka(t *testing.T, topic string) *kafka {
 	t.Helper()
 	k := startKafka(t, false, topic)

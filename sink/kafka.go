@@ -11,6 +11,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/e0a82c8c/watermill-outbox/retry"
 	watermilloutbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
 
@@ -238,6 +239,9 @@ type kafkaMarshaler struct {
 }
 
 func (m kafkaMarshaler) Marshal(topic string, msg *message.Message) (*sarama.ProducerMessage, error) {
+	if err := ValidateKafkaTopic(topic); err != nil {
+		return nil, retry.PermanentError(err)
+	}
 	kafkaMsg, err := m.Marshaler.Marshal(topic, msg)
 	if err != nil {
 		return nil, err
@@ -246,4 +250,31 @@ func (m kafkaMarshaler) Marshal(topic string, msg *message.Message) (*sarama.Pro
 		kafkaMsg.Key = nil
 	}
 	return kafkaMsg, nil
+}
+
+// maxKafkaTopicLen is Kafka's limit on topic names, in bytes.
+const maxKafkaTopicLen = 249
+
+// ValidateKafkaTopic reports whether topic is a legal Kafka topic name: 1 to
+// 249 characters from [a-zA-Z0-9._-], and neither "." nor "..". The Kafka
+// publisher checks every message's topic with it and fails an illegal one
+// with a retry.PermanentError, so the row goes dead at once with this
+// error: sent to the broker, it would fail every attempt, and its metadata
+// lookups would trip sarama's circuit breaker for the good messages too.
+func ValidateKafkaTopic(topic string) error {
+	switch {
+	case topic == "":
+		return errors.New("illegal Kafka topic name: empty")
+	case topic == "." || topic == "..":
+		return fmt.Errorf("illegal Kafka topic name %q", topic)
+	case len(topic) > maxKafkaTopicLen:
+		return fmt.Errorf("illegal Kafka topic name: %d characters, at most %d", len(topic), maxKafkaTopicLen)
+	}
+	for _, c := range []byte(topic) {
+		legal := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-'
+		if !legal {
+			return fmt.Errorf("illegal Kafka topic name %q: only letters, digits, '.', '_' and '-' are allowed", topic)
+		}
+	}
+	return nil
 }

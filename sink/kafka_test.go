@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/e0a82c8c/watermill-outbox/internal/testenv"
+	"github.com/e0a82c8c/watermill-outbox/retry"
 	watermilloutbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
 
@@ -153,6 +155,33 @@ func TestKafkaPublisher_MaxMessageBytes(t *testing.T) {
 
 	err := pub.Publish(topic, message.NewMessage(watermill.NewUUID(), make([]byte, 4096)))
 	require.ErrorContains(t, err, "larger than configured Producer.MaxMessageBytes")
+}
+
+func TestValidateKafkaTopic(t *testing.T) {
+	t.Parallel()
+	for _, ok := range []string{"orders", "a", "Orders.placed-v1_x", strings.Repeat("t", 249), "..a", "._"} {
+		require.NoError(t, ValidateKafkaTopic(ok), ok)
+	}
+	for _, bad := range []string{"", ".", "..", strings.Repeat("t", 250), "orders placed", "orders/placed", "ordérs", "a:b", "a\x00b"} {
+		require.Error(t, ValidateKafkaTopic(bad), "%q", bad)
+	}
+}
+
+// An illegal topic fails before anything reaches sarama, as a permanent
+// error, and the publisher keeps working for legal ones.
+func TestKafkaPublisher_IllegalTopicIsPermanent(t *testing.T) {
+	t.Parallel()
+	topic := testenv.TableName(t)
+	brokers := testenv.Kafka(t, topic)
+	pub := newKafkaPublisher(t, KafkaConfig{Brokers: brokers})
+
+	err := pub.Publish("orders placed", message.NewMessage(watermill.NewUUID(), []byte("x")))
+	require.ErrorContains(t, err, `illegal Kafka topic name "orders placed"`)
+	require.Equal(t, retry.Permanent, retry.DefaultClassifier(err))
+
+	require.NoError(t, pub.Publish(topic, message.NewMessage(watermill.NewUUID(), []byte("ok"))))
+	records := testenv.ConsumeKafka(t, brokers, topic, 1, kafkaConsumeTimeout)
+	require.Equal(t, "ok", string(records[0].Value))
 }
 
 func TestNewKafkaSaramaConfig(t *testing.T) {

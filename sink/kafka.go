@@ -201,6 +201,9 @@ func NewKafkaSaramaConfig(config KafkaConfig) *sarama.Config {
 //   - headers: every metadata entry, plus "_watermill_message_uuid" with
 //     the message UUID (metadata of that name is rejected).
 //   - value: the payload, unchanged.
+//
+// A topic that is not a legal Kafka name fails with a retry.PermanentError
+// before anything is sent (see ValidateKafkaTopic).
 func NewKafkaPublisher(config KafkaConfig, logger watermill.LoggerAdapter) (*kafka.Publisher, error) {
 	config.setDefaults()
 	if err := config.Validate(); err != nil {

@@ -21,9 +21,7 @@ func TestPostgresClaimWalksPendingIndexDespiteStaleStatistics(t *testing.T) {
 	t.Parallel()
 	db := testenv.Postgres(t)
 	ctx := context.Background()
-	table := testenv.TableName(t)
-	t.Cleanup(func() { _, _ = db.Exec(`DROP TABLE IF EXISTS ` + table) })
-	require.NoError(t, outbox.Migrate(ctx, db, outbox.PostgreSQL, table))
+	table := migratedTable(t, db, outbox.PostgreSQL)
 
 	exec := func(q string, args ...any) {
 		t.Helper()

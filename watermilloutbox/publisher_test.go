@@ -25,13 +25,20 @@ type storedRow struct {
 	Attempts    int
 }
 
+// migratedTable gives a test its own table on db, dropped when it ends.
+func migratedTable(t *testing.T, db *sql.DB, dialect outbox.Dialect) string {
+	t.Helper()
+	table := testenv.TableName(t)
+	t.Cleanup(func() { _, _ = db.Exec(`DROP TABLE IF EXISTS ` + table) })
+	require.NoError(t, outbox.Migrate(context.Background(), db, dialect, table))
+	return table
+}
+
 // pgOutbox gives a test its own migrated table and a publisher on it.
 func pgOutbox(t *testing.T, cfg outbox.PublisherConfig) (*sql.DB, *outbox.Publisher, string) {
 	t.Helper()
 	db := testenv.Postgres(t)
-	table := testenv.TableName(t)
-	require.NoError(t, outbox.Migrate(context.Background(), db, outbox.PostgreSQL, table))
-	t.Cleanup(func() { _, _ = db.Exec(`DROP TABLE IF EXISTS ` + table) })
+	table := migratedTable(t, db, outbox.PostgreSQL)
 	cfg.Dialect, cfg.Table = outbox.PostgreSQL, table
 	pub, err := outbox.NewPublisher(db, cfg, watermill.NopLogger{})
 	require.NoError(t, err)

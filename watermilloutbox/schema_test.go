@@ -74,15 +74,13 @@ func TestMigratePostgresFillfactor(t *testing.T) {
 	t.Parallel()
 	db := testenv.Postgres(t)
 	ctx := context.Background()
-	table := testenv.TableName(t)
-	t.Cleanup(func() { _, _ = db.Exec(`DROP TABLE IF EXISTS ` + table) })
+	table := migratedTable(t, db, outbox.PostgreSQL)
 	fillfactor := func() string {
 		var opts string
 		require.NoError(t, db.QueryRow(`SELECT coalesce(array_to_string(reloptions, ','), '') FROM pg_class WHERE oid = $1::regclass`, table).Scan(&opts))
 		return opts
 	}
 
-	require.NoError(t, outbox.Migrate(ctx, db, outbox.PostgreSQL, table))
 	require.Equal(t, "fillfactor=50", fillfactor())
 
 	_, err := db.Exec(`ALTER TABLE ` + table + ` SET (fillfactor = 80)`)

@@ -277,16 +277,10 @@ func TestAMQPConfig_Validate(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			err := tt.config.Validate()
-			if tt.wantErr == "" {
-				require.NoError(t, err)
-				return
-			}
-			require.ErrorContains(t, err, tt.wantErr)
-
-			_, err = NewAMQPPublisher(tt.config, nil)
-			require.ErrorContains(t, err, "invalid config")
-			require.ErrorContains(t, err, tt.wantErr)
+			requireConfigCheck(t, tt.config, tt.wantErr, func(c AMQPConfig) error {
+				_, err := NewAMQPPublisher(c, nil)
+				return err
+			})
 		})
 	}
 }

@@ -256,16 +256,10 @@ func TestKafkaConfig_Validate(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			err := tt.config.Validate()
-			if tt.wantErr == "" {
-				require.NoError(t, err)
-				return
-			}
-			require.ErrorContains(t, err, tt.wantErr)
-
-			_, err = NewKafkaPublisher(tt.config, nil)
-			require.ErrorContains(t, err, "invalid config")
-			require.ErrorContains(t, err, tt.wantErr)
+			requireConfigCheck(t, tt.config, tt.wantErr, func(c KafkaConfig) error {
+				_, err := NewKafkaPublisher(c, nil)
+				return err
+			})
 		})
 	}
 }

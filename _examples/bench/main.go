@@ -126,18 +126,27 @@ func main() {
 	}
 }
 
-func run(o options) error {
+// newRunner connects to PostgreSQL and the broker (starting kfake when no
+// Kafka address is given); closeRunner releases both.
+func newRunner(o options) (r *runner, closeRunner func(), err error) {
 	db, err := openDB(o.pgDSN)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	defer db.Close()
 	b, err := newBroker(o.sink, o.kafka, o.amqpURL, o.partitions)
+	if err != nil {
+		_ = db.Close()
+		return nil, nil, err
+	}
+	return &runner{o: o, db: db, b: b}, func() { b.Close(); _ = db.Close() }, nil
+}
+
+func run(o options) error {
+	r, closeRunner, err := newRunner(o)
 	if err != nil {
 		return err
 	}
-	defer b.Close()
-	r := &runner{o: o, db: db, b: b}
+	defer closeRunner()
 	var res result
 	switch o.scenario {
 	case "relay":

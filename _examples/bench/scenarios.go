@@ -459,23 +459,18 @@ func (r *runner) memory() (result, error) {
 // runChild is the relay process of the memory scenario: it relays until
 // its standard input closes.
 func runChild(o options) error {
-	db, err := openDB(o.pgDSN)
+	r, closeRunner, err := newRunner(o)
 	if err != nil {
 		return err
 	}
-	defer db.Close()
-	b, err := newBroker(o.sink, o.kafka, o.amqpURL, o.partitions)
-	if err != nil {
-		return err
-	}
-	r := &runner{o: o, db: db, b: b}
+	defer closeRunner()
 	var s side
 	var dest func() (message.Publisher, error)
 	switch o.child {
 	case "outbox":
-		s, dest = newOurSide(db, o.childID, r.ourConfig()), b.ourPublisher
+		s, dest = newOurSide(r.db, o.childID, r.ourConfig()), r.b.ourPublisher
 	case "forwarder":
-		s, dest = newFwdSide(db, o.childID), b.forwarderPublisher
+		s, dest = newFwdSide(r.db, o.childID), r.b.forwarderPublisher
 	default:
 		return fmt.Errorf("unknown side %q", o.child)
 	}

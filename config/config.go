@@ -52,6 +52,16 @@ const (
 
 	// MaxNotifyInterval bounds NotifyInterval: past it polling does as well.
 	MaxNotifyInterval = time.Second
+
+	// DefaultUnavailableBackoffMax caps the relay's pause while the
+	// destination is unavailable: with it a relay resumes within about a
+	// second of the broker's return (measured by the fault suite), at the
+	// cost of one probe publish a second during an outage.
+	DefaultUnavailableBackoffMax = time.Second
+
+	// minUnavailableBackoffMax keeps the probes of a relay whose broker is
+	// down from turning into a busy loop.
+	minUnavailableBackoffMax = 10 * time.Millisecond
 )
 
 // Lower bounds Validate enforces on durations.
@@ -149,6 +159,15 @@ type Config struct {
 	// that skipped theirs. Default DefaultNotifyInterval (5ms); zero means
 	// the default. Between 100µs and MaxNotifyInterval (1s).
 	NotifyInterval time.Duration `env:"NOTIFY_INTERVAL_SECONDS"`
+
+	// UnavailableBackoffMax caps the relay's pause while the destination
+	// is unavailable (a broker outage): paused, the relay probes the broker
+	// with one publish per pause, the pauses doubling from 100ms up to this
+	// cap, so it resumes at most this long after the broker answers again.
+	// No attempt is charged to any row meanwhile. Default
+	// DefaultUnavailableBackoffMax (1s); zero means the default. At least
+	// 10ms.
+	UnavailableBackoffMax time.Duration `env:"UNAVAILABLE_BACKOFF_MAX_SECONDS"`
 }
 
 // Default returns a Config with every default filled in.
@@ -189,6 +208,9 @@ func (c *Config) SetDefaults() {
 	}
 	if c.NotifyInterval == 0 {
 		c.NotifyInterval = DefaultNotifyInterval
+	}
+	if c.UnavailableBackoffMax == 0 {
+		c.UnavailableBackoffMax = DefaultUnavailableBackoffMax
 	}
 }
 
@@ -254,6 +276,9 @@ func (c Config) validate() []*fieldError {
 	}
 	if c.NotifyInterval < minNotifyInterval || c.NotifyInterval > MaxNotifyInterval {
 		add("NotifyInterval", "must be between "+minNotifyInterval.String()+" and "+MaxNotifyInterval.String(), c.NotifyInterval)
+	}
+	if c.UnavailableBackoffMax < minUnavailableBackoffMax {
+		add("UnavailableBackoffMax", "must be at least "+minUnavailableBackoffMax.String(), c.UnavailableBackoffMax)
 	}
 	return errs
 }

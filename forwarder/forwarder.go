@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"sync"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 
-	"github.com/e0a82c8c/watermill-outbox/config"
+	"github.com/e0a82c8c/watermill-outbox/internal/delivery"
 	"github.com/e0a82c8c/watermill-outbox/retry"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
@@ -25,37 +27,43 @@ var (
 	ErrRunning = errors.New("outbox forwarder: already running")
 )
 
-// Config configures a Forwarder.
+// Config configures a Forwarder: what is the forwarder's own. Every relay
+// setting (polling, batch size, retry budget, lease, backoff, retention,
+// window, ordering, wake-ups, the pause while the broker is down) comes
+// from the store's config.Config.
 type Config struct {
-	// Outbox holds the relay settings: polling interval, batch size, retry
-	// budget, claim timeout, backoff, retention, in-flight window, ordering.
-	// Zero fields take the defaults documented on config.Config.
-	Outbox config.Config
-
 	// Router, when set, gets the forwarder's handler, so its middlewares,
-	// plugins and logging apply; the caller runs and closes it. Do not put
-	// PoisonQueue, InstantAck or Deduplicator on it: they ack a message
-	// whose publish failed, and the row would be marked published unsent.
+	// plugins and logging apply; the caller runs and closes it. Any
+	// middleware is safe: a row is settled by what the forwarder's handler
+	// recorded for it, never by the router's ack alone (see Forwarder).
 	// Default nil: the forwarder makes a router of its own (Run, Close).
 	Router *message.Router
 
-	// HandlerName names the handler on the router. Default
-	// DefaultHandlerName; zero means the default.
+	// HandlerName names the handler on the router; two forwarders on one
+	// router need two names. Default DefaultHandlerName; empty means the
+	// default.
 	HandlerName string
 
+	// Topics limits the forwarder to destination topics matching these
+	// patterns ("orders.placed", or "orders.*" by prefix): two services
+	// sharing one table, each relaying its own topics to its own broker,
+	// give each forwarder its own. Per-key order is unaffected. Default nil:
+	// every topic.
+	Topics []string
+
 	// Classifier tells transient, unavailable-destination and permanent
-	// publish errors apart. Default retry.DefaultClassifier; nil means the
-	// default.
+	// publish errors apart. Default retry.DefaultClassifier, which reads the
+	// marks the publishers of package sink put on their errors; nil means
+	// the default.
 	Classifier retry.Classifier
 
 	// QuickRetries retries a transiently failed publish in process before
 	// the row is given back with backoff; they stop before half the claim
-	// timeout. Default 0: none.
+	// timeout. Default 0: none. Must not be negative.
 	QuickRetries int
 }
 
 func (c *Config) setDefaults() {
-	c.Outbox.SetDefaults()
 	if c.HandlerName == "" {
 		c.HandlerName = DefaultHandlerName
 	}
@@ -64,11 +72,11 @@ func (c *Config) setDefaults() {
 // Validate reports invalid settings, naming the field.
 func (c Config) Validate() error {
 	var errs []error
-	if err := c.Outbox.Validate(); err != nil {
-		errs = append(errs, fmt.Errorf("Outbox: %w", err))
-	}
 	if c.QuickRetries < 0 {
 		errs = append(errs, fmt.Errorf("QuickRetries: must not be negative, got %d", c.QuickRetries))
+	}
+	if _, err := outbox.ParseTopicFilter(c.Topics); err != nil {
+		errs = append(errs, fmt.Errorf("Topics: %w", err))
 	}
 	return errors.Join(errs...)
 }
@@ -77,8 +85,17 @@ func (c Config) Validate() error {
 // the outbox feeds a router handler that republishes each message under its
 // destination topic with its UUID, payload and metadata (as headers) intact,
 // the partition key included (the Kafka key, with sink.NewKafkaPublisher).
-// A row is marked published only after the destination's Publish returned
-// nil, which for the sinks in package sink means the broker confirmed it.
+//
+// A row is marked published only when the destination's Publish returned nil
+// for that message, which for the sinks in package sink means the broker
+// confirmed it. The handler records each delivery's outcome, and the row's
+// fate follows that record, whatever the router's middlewares made of the
+// ack: a message a middleware acked although its publish failed
+// (PoisonQueue) is retried, and dead after MaxRetryCount attempts; one acked
+// before it was handled (InstantAck) waits for the handler's record; one
+// acked and never handled (Deduplicator) counts as a failed attempt. Each
+// such case is logged once, naming the likely middleware.
+//
 // Delivery is at least once: a crash between the broker's confirmation and
 // the ack's write publishes the message again, with the same UUID.
 type Forwarder struct {
@@ -94,28 +111,30 @@ type Forwarder struct {
 	closed  bool
 }
 
-// NewForwarder returns a Forwarder from the rows of store to destination. A
-// nil logger logs nothing.
+// NewForwarder returns a Forwarder from the rows of store to destination,
+// run by the store's settings. A nil logger logs nothing.
 func NewForwarder(store outbox.Store, destination message.Publisher, config Config, logger watermill.LoggerAdapter) (*Forwarder, error) {
 	config.setDefaults()
 	if err := config.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid config: %w", err)
 	}
-	if destination == nil {
+	if isNil(destination) {
 		return nil, errors.New("invalid config: destination publisher is nil")
 	}
 	if logger == nil {
 		logger = watermill.NopLogger{}
 	}
-	sub, err := NewSubscriber(store, config.Outbox, logger)
+	sub, err := newSubscriber(store, SubscriberConfig{Topics: config.Topics}, logger, true)
 	if err != nil {
 		return nil, err
 	}
+	cfg := sub.config
 	mw, err := retry.NewMiddleware(retry.MiddlewareConfig{
-		MaxRetryCount: config.Outbox.MaxRetryCount,
-		Classifier:    config.Classifier,
-		QuickRetries:  config.QuickRetries,
-		Lease:         config.Outbox.ClaimTimeout,
+		Classifier:        config.Classifier,
+		QuickRetries:      config.QuickRetries,
+		Lease:             cfg.ClaimTimeout,
+		CircuitMaxBackoff: cfg.UnavailableBackoffMax,
+		CircuitMinBackoff: min(retry.DefaultCircuitMinBackoff, cfg.UnavailableBackoffMax),
 	}, logger)
 	if err != nil {
 		return nil, fmt.Errorf("invalid config: %w", err)
@@ -127,39 +146,82 @@ func NewForwarder(store outbox.Store, destination message.Publisher, config Conf
 			return nil, fmt.Errorf("outbox forwarder: router: %w", err)
 		}
 	}
-	// Handler level, so it sees the publish error before the caller's
-	// router middlewares do, provided they were added before NewForwarder
-	// (Watermill applies middlewares in the order they were added).
-	f.router.AddConsumerHandler(config.HandlerName, AllTopics, sub, f.forward).AddMiddleware(mw.Middleware)
+	if err := addHandler(f.router, config.HandlerName, sub, f.handle); err != nil {
+		return nil, err
+	}
 	return f, nil
 }
 
-// relayKeys are added by the Subscriber and never reach the broker.
-var relayKeys = []string{outbox.OutboxIDMetadataKey, outbox.AttemptMetadataKey, TopicMetadataKey}
+// addHandler adds the forwarder's handler, turning Watermill's panic on a
+// taken name into an error.
+func addHandler(r *message.Router, name string, sub *Subscriber, h message.NoPublishHandlerFunc) (err error) {
+	taken := fmt.Errorf("invalid config: HandlerName %q: the router has a handler of that name already; give each forwarder on one router its own HandlerName", name)
+	if _, ok := r.Handlers()[name]; ok {
+		return taken
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			if _, dup := p.(message.DuplicateHandlerNameError); !dup {
+				panic(p)
+			}
+			err = taken
+		}
+	}()
+	r.AddConsumerHandler(name, AllTopics, sub, h)
+	return nil
+}
 
-func (f *Forwarder) forward(msg *message.Message) error {
-	topic := msg.Metadata.Get(TopicMetadataKey)
+// handle is the forwarder's router handler. The circuit and the quick
+// retries of retry.Middleware run inside it, whatever middlewares the
+// router adds around it, and it records the outcome of this delivery for
+// the subscriber.
+func (f *Forwarder) handle(msg *message.Message) error {
+	rec := delivery.FromContext(msg.Context())
+	if rec != nil {
+		already, err := rec.Begin()
+		if err != nil {
+			return err
+		}
+		if already {
+			return nil // published by an earlier call for this delivery
+		}
+	}
+	_, kind, err := f.retry.Handle(f.publish, msg)
+	if rec != nil {
+		rec.End(kind, err)
+	}
+	return err
+}
+
+// publish sends msg to its destination topic without the relay's keys.
+func (f *Forwarder) publish(msg *message.Message) ([]*message.Message, error) {
+	topic := msg.Metadata.Get(outbox.TopicMetadataKey)
 	if topic == "" {
-		return retry.PermanentError(errors.New("message has no destination topic: not from the outbox subscriber"))
+		return nil, retry.PermanentError(errors.New("message has no destination topic: not from the outbox subscriber"))
 	}
 	out := message.NewMessage(msg.UUID, msg.Payload)
 	out.Metadata = make(message.Metadata, len(msg.Metadata))
 	for k, v := range msg.Metadata {
-		out.Metadata[k] = v
-	}
-	for _, k := range relayKeys {
-		delete(out.Metadata, k)
+		if !outbox.IsRelayMetadataKey(k) {
+			out.Metadata[k] = v
+		}
 	}
 	out.SetContext(msg.Context())
-	return f.dest.Publish(topic, out)
+	return nil, f.dest.Publish(topic, out)
 }
 
-// Subscriber returns the outbox subscriber feeding the forwarder, for Wake.
+// Subscriber returns the outbox subscriber feeding the forwarder: pass it
+// as watermilloutbox.PublisherConfig.Notifier for an in-process wake-up.
 func (f *Forwarder) Subscriber() *Subscriber { return f.sub }
+
+// Paused reports whether the forwarder is pausing because the destination
+// is unavailable, and since when (zero when not paused). A health check can
+// alert on a pause that lasts.
+func (f *Forwarder) Paused() (paused bool, since time.Time) { return f.retry.Paused() }
 
 // Run runs the forwarder's own router until ctx ends or Close. It returns
 // ErrAttached when the forwarder was added to the caller's router, ErrRunning
-// on a second call, and ErrClosed after Close.
+// on a second call, and watermilloutbox.ErrClosed after Close.
 func (f *Forwarder) Run(ctx context.Context) error {
 	f.mu.Lock()
 	switch {
@@ -168,7 +230,7 @@ func (f *Forwarder) Run(ctx context.Context) error {
 		return ErrAttached
 	case f.closed:
 		f.mu.Unlock()
-		return ErrClosed
+		return fmt.Errorf("outbox forwarder: %w", outbox.ErrClosed)
 	case f.running:
 		f.mu.Unlock()
 		return ErrRunning
@@ -185,6 +247,10 @@ func (f *Forwarder) Running() chan struct{} { return f.router.Running() }
 // published get a short grace to finish, every claim still held is
 // released. It closes its own router (not a caller's) and never the
 // destination publisher. Idempotent; safe before Run.
+//
+// With an attached router, close the router first (it stops handing out
+// messages and waits for its handlers), then the forwarder, then the
+// destination publisher.
 func (f *Forwarder) Close() error {
 	f.mu.Lock()
 	if f.closed {
@@ -202,4 +268,13 @@ func (f *Forwarder) Close() error {
 	}
 	errs = append(errs, f.sub.Close())
 	return errors.Join(errs...)
+}
+
+// isNil reports a nil interface, or one holding a nil pointer.
+func isNil(v any) bool {
+	if v == nil {
+		return true
+	}
+	rv := reflect.ValueOf(v)
+	return rv.Kind() == reflect.Pointer && rv.IsNil()
 }

@@ -1,8 +1,9 @@
 package retry
 
 import (
-	"math/rand/v2"
 	"time"
+
+	"github.com/e0a82c8c/watermill-outbox/internal/backoff"
 )
 
 // Backoff returns how long to wait after the attempt-th consecutive failure
@@ -16,23 +17,7 @@ import (
 //
 // An attempt below 1 counts as 1, a max below min counts as min, and a min
 // of zero or less returns 0. Huge attempts do not overflow: the doubling
-// stops at the cap.
+// stops at the cap. The relay uses the same curve for its database retries.
 func Backoff(attempt int, min, max time.Duration) time.Duration {
-	if min <= 0 {
-		return 0
-	}
-	if max < min {
-		max = min
-	}
-	d := min
-	for i := 1; i < attempt && d < max; i++ {
-		if d > max/2 {
-			d = max
-			break
-		}
-		d *= 2
-	}
-	half := d / 2
-	// Int64N(n) is in [0, n): d-half+1 makes d itself reachable.
-	return half + time.Duration(rand.Int64N(int64(d-half)+1))
+	return backoff.Jittered(attempt, min, max)
 }

@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
-	"sync"
-	"time"
+			"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -24,20 +22,16 @@ const (
 	// was found unavailable.
 	DefaultCircuitMinBackoff = 100 * time.Millisecond
 
-	// DefaultCircuitMaxBackoff caps the pause while the destination stays
-	// unavailable.
-	DefaultCircuitMaxBackoff = 30 * time.Second
 )
+
+// DefaultCircuitMaxBackoff caps the pause while the destination stays
+// unavailable: config.DefaultUnavailableBackoffMax (1s), so a relay probes
+// a broker that is down about once a second and resumes within about a
+// second of its return.
+const DefaultCircuitMaxBackoff = config.DefaultUnavailableBackoffMax
 
 // MiddlewareConfig configures NewMiddleware. The zero value is usable.
 type MiddlewareConfig struct {
-	// MaxRetryCount is the retry budget, in attempts: a Transient failure
-	// of attempt MaxRetryCount or later (AttemptMetadataKey) is reported
-	// Permanent, its error wrapped "retry budget of N attempts exhausted".
-	// Use the outbox's config.Config.MaxRetryCount. Default
-	// config.DefaultMaxRetryCount (5); zero means the default. Minimum 1.
-	MaxRetryCount int
-
 	// Classifier classifies handler errors. Default DefaultClassifier; nil
 	// means the default.
 	Classifier Classifier
@@ -63,22 +57,21 @@ type MiddlewareConfig struct {
 	Lease time.Duration
 
 	// CircuitMinBackoff is the first pause of every handler after a
-	// message failed Unavailable; each failure of a retry after the pause
-	// doubles it, up to CircuitMaxBackoff (with jitter, see Backoff).
-	// Default DefaultCircuitMinBackoff (100ms); zero means the default.
-	// Must not be negative, nor exceed CircuitMaxBackoff.
+	// message failed Unavailable; each failed probe after a pause doubles
+	// it, up to CircuitMaxBackoff (with jitter, see Backoff). Default
+	// DefaultCircuitMinBackoff (100ms); zero means the default. Must not be
+	// negative, nor exceed CircuitMaxBackoff.
 	CircuitMinBackoff time.Duration
 
 	// CircuitMaxBackoff caps the pause while the destination stays
-	// unavailable. Default DefaultCircuitMaxBackoff (30s); zero means the
-	// default. Must not be negative.
+	// unavailable, and so bounds how long after the broker's return the
+	// relay resumes. The forwarder sets it from
+	// config.Config.UnavailableBackoffMax. Default DefaultCircuitMaxBackoff
+	// (1s); zero means the default. Must not be negative.
 	CircuitMaxBackoff time.Duration
 }
 
 func (c *MiddlewareConfig) setDefaults() {
-	if c.MaxRetryCount == 0 {
-		c.MaxRetryCount = config.DefaultMaxRetryCount
-	}
 	if c.Classifier == nil {
 		c.Classifier = DefaultClassifier
 	}
@@ -101,9 +94,6 @@ func (c *MiddlewareConfig) setDefaults() {
 func (c MiddlewareConfig) Validate() error {
 	c.setDefaults()
 	var errs []error
-	if c.MaxRetryCount < 1 {
-		errs = append(errs, fmt.Errorf("MaxRetryCount: must be at least 1, got %d", c.MaxRetryCount))
-	}
 	if c.QuickRetries < 0 {
 		errs = append(errs, fmt.Errorf("QuickRetries: must not be negative, got %d", c.QuickRetries))
 	}
@@ -127,9 +117,10 @@ func (c MiddlewareConfig) Validate() error {
 }
 
 // Middleware classifies the errors of a relay handler, retries what is
-// worth retrying in process, and reports the verdict (Report) for the
-// subscriber to act on when the router nacks. See the package documentation
-// for where it goes among a router's middlewares.
+// worth retrying in process, and pauses every handler while the destination
+// is unavailable. Handle returns its verdict; the forwarder records it for
+// the subscriber, which decides the row's fate (and spends its retry
+// budget) from it. See the package documentation.
 //
 // One Middleware holds one circuit, shared by every message it handles:
 // use one per destination.
@@ -149,37 +140,40 @@ func NewMiddleware(config MiddlewareConfig, logger watermill.LoggerAdapter) (*Mi
 	if logger == nil {
 		logger = watermill.NopLogger{}
 	}
-	return &Middleware{
-		config:  config,
-		logger:  logger,
-		circuit: circuit{min: config.CircuitMinBackoff, max: config.CircuitMaxBackoff},
-	}, nil
+	m := &Middleware{config: config, logger: logger}
+	m.circuit.init(config.CircuitMinBackoff, config.CircuitMaxBackoff)
+	return m, nil
 }
 
-// CircuitOpen reports whether handlers are currently pausing because the
-// destination was found unavailable.
-func (m *Middleware) CircuitOpen() bool { return m.circuit.isOpen() }
+// Paused reports whether handlers are pausing because the destination was
+// found unavailable, and since when (zero when not paused). A relay's
+// health check reads it.
+func (m *Middleware) Paused() (paused bool, since time.Time) { return m.circuit.pausedSince() }
 
-// Middleware is a message.HandlerMiddleware. For each message it:
-//
-//   - waits while the circuit is open, or until msg.Context() is done;
-//   - calls h; on success closes the circuit and returns;
-//   - on an Unavailable error opens the circuit and retries the same
-//     message after the pause, until it succeeds, fails otherwise, or
-//     msg.Context() is done; then it reports Unavailable (no attempt
-//     charged) and returns the last error;
-//   - on a Permanent error reports Permanent and returns the error;
-//   - on a Transient error retries up to QuickRetries times in process
-//     (within half the Lease), then reports Transient, or Permanent once
-//     the attempt (AttemptMetadataKey) reaches MaxRetryCount, and returns
-//     the error.
+// Middleware is a message.HandlerMiddleware that runs each message through
+// Handle and returns its messages and error.
 func (m *Middleware) Middleware(h message.HandlerFunc) message.HandlerFunc {
 	return func(msg *message.Message) ([]*message.Message, error) {
-		return m.handle(h, msg)
+		produced, _, err := m.Handle(h, msg)
+		return produced, err
 	}
 }
 
-func (m *Middleware) handle(h message.HandlerFunc, msg *message.Message) ([]*message.Message, error) {
+// Handle calls h for msg and returns what h produced, the kind of its
+// failure (0 when it succeeded) and the error. It:
+//
+//   - waits while the circuit is open, or until msg.Context() is done;
+//     while it is open one message at a time probes the destination;
+//   - calls h; on success, or on a failure that is not Unavailable (the
+//     destination answered), closes the circuit;
+//   - on an Unavailable error opens the circuit and retries the same
+//     message after the pause, until it succeeds, fails otherwise, or
+//     msg.Context() is done; then it returns Unavailable (the subscriber
+//     releases the row uncharged) and the last error;
+//   - on a Permanent error returns Permanent;
+//   - on a Transient error retries up to QuickRetries times in process
+//     (within half the Lease), then returns Transient.
+func (m *Middleware) Handle(h message.HandlerFunc, msg *message.Message) ([]*message.Message, Kind, error) {
 	ctx := msg.Context()
 	start := time.Now()
 	var (
@@ -189,23 +183,30 @@ func (m *Middleware) handle(h message.HandlerFunc, msg *message.Message) ([]*mes
 		unavailable int           // Unavailable failures of this message
 	)
 	for {
-		if err := m.circuit.wait(ctx); err != nil {
-			return nil, m.released(msg, lastErr, err)
+		probe, err := m.circuit.wait(ctx)
+		if err != nil {
+			return nil, Unavailable, m.released(msg, lastErr, err)
 		}
 		callStart := time.Now()
 		produced, err := h(msg)
 		slowest = max(slowest, time.Since(callStart))
-		if err == nil {
+		kind := Kind(0)
+		if err != nil {
+			kind = m.classify(err)
+		}
+		if kind != Unavailable {
 			if m.circuit.close() {
 				m.logger.Info("Destination available again, resuming", nil)
 			}
-			return produced, nil
+		}
+		if err == nil {
+			return produced, 0, nil
 		}
 		lastErr = err
 
-		switch m.classify(err) {
+		switch kind {
 		case Unavailable:
-			if delay, failures, opened := m.circuit.open(); opened {
+			if delay, failures, opened := m.circuit.open(probe); opened {
 				fields := watermill.LogFields{"delay": delay.String(), "consecutive_failures": failures}
 				// Error once per outage; Info for each failed probe after.
 				if failures == 1 {
@@ -221,18 +222,19 @@ func (m *Middleware) handle(h message.HandlerFunc, msg *message.Message) ([]*mes
 			// own (one partition without a leader), and must not spin.
 			unavailable++
 			if !sleep(ctx, Backoff(unavailable, m.config.CircuitMinBackoff, m.config.CircuitMaxBackoff)) {
-				return nil, m.released(msg, err, context.Cause(ctx))
+				return nil, Unavailable, m.released(msg, err, context.Cause(ctx))
 			}
 		case Permanent:
-			return nil, m.dead(msg, err)
+			m.logger.Debug("Publish failed permanently: "+err.Error(), m.fields(msg))
+			return nil, Permanent, err
 		default:
 			if quick < m.config.QuickRetries && m.quickRetryFits(start, slowest) && sleep(ctx, m.config.QuickRetryDelay) {
 				quick++
-				m.logger.Debug("Publish failed, retrying in process: "+err.Error(), m.fields(msg, attempt(msg)).
+				m.logger.Debug("Publish failed, retrying in process: "+err.Error(), m.fields(msg).
 					Add(watermill.LogFields{"quick_retry": quick}))
 				continue
 			}
-			return nil, m.failed(msg, err)
+			return nil, Transient, err
 		}
 	}
 }
@@ -253,7 +255,7 @@ func (m *Middleware) quickRetryFits(start time.Time, slowest time.Duration) bool
 	return !end.After(start.Add(m.config.Lease / 2))
 }
 
-// released reports Unavailable for a message whose context ended while the
+// released returns the error of a message whose context ended while the
 // destination was unavailable: the subscriber releases it uncharged.
 func (m *Middleware) released(msg *message.Message, lastErr, ctxErr error) error {
 	err := lastErr
@@ -261,51 +263,16 @@ func (m *Middleware) released(msg *message.Message, lastErr, ctxErr error) error
 		// Never tried: the context ended while waiting at the circuit.
 		err = fmt.Errorf("destination unavailable: gave up waiting: %w", ctxErr)
 	}
-	Report(msg, Unavailable, err)
-	m.logger.Debug("Destination unavailable, message released: "+err.Error(), m.fields(msg, attempt(msg)))
+	m.logger.Debug("Destination unavailable, message released: "+err.Error(), m.fields(msg))
 	return err
 }
 
-// dead reports a Permanent failure.
-func (m *Middleware) dead(msg *message.Message, err error) error {
-	Report(msg, Permanent, err)
-	m.logger.Error("Dead-lettering: the destination can never accept this message", err, m.fields(msg, attempt(msg)))
-	return err
-}
-
-// failed reports a Transient failure, or a Permanent one once the budget is
-// spent.
-func (m *Middleware) failed(msg *message.Message, err error) error {
-	n := attempt(msg)
-	if n >= m.config.MaxRetryCount {
-		err = fmt.Errorf("retry budget of %d attempts exhausted: %w", m.config.MaxRetryCount, err)
-		Report(msg, Permanent, err)
-		m.logger.Error("Dead-lettering: retry budget exhausted", err, m.fields(msg, n))
-		return err
-	}
-	Report(msg, Transient, err)
-	// Debug: the subscriber logs the retry, with its backoff, at Info.
-	m.logger.Debug("Publish failed, the outbox will retry it: "+err.Error(), m.fields(msg, n).
-		Add(watermill.LogFields{"max_attempts": m.config.MaxRetryCount}))
-	return err
-}
-
-func (m *Middleware) fields(msg *message.Message, attempt int) watermill.LogFields {
+func (m *Middleware) fields(msg *message.Message) watermill.LogFields {
 	return watermill.LogFields{
 		"uuid":      msg.UUID,
 		"outbox_id": msg.Metadata.Get(outbox.OutboxIDMetadataKey),
-		"attempt":   attempt,
+		"attempt":   msg.Metadata.Get(outbox.AttemptMetadataKey),
 	}
-}
-
-// attempt returns the message's attempt number; a missing or malformed one
-// counts as the first, so the budget is never spent by mistake.
-func attempt(msg *message.Message) int {
-	n, err := strconv.Atoi(msg.Metadata.Get(outbox.AttemptMetadataKey))
-	if err != nil || n < 1 {
-		return 1
-	}
-	return n
 }
 
 // sleep waits d, or until ctx is done; it reports whether ctx is still live.
@@ -320,84 +287,5 @@ func sleep(ctx context.Context, d time.Duration) bool {
 		return true
 	case <-ctx.Done():
 		return false
-	}
-}
-
-// circuit pauses every handler of a Middleware while the destination is
-// unavailable. It is open until `until`; after that it is half-open: calls
-// go through, a success closes it, an Unavailable failure opens it again
-// for twice as long.
-type circuit struct {
-	min, max time.Duration
-
-	mu       sync.Mutex
-	failures int           // failed openings since the last success; 0: closed
-	until    time.Time     // handlers wait until then
-	closed   chan struct{} // closed when the circuit closes; new per outage
-}
-
-// open opens the circuit after an Unavailable failure. If it is already
-// open, the failure came from a call started before it opened and changes
-// nothing: concurrent failures of one outage must not inflate the backoff.
-// opened reports whether a new pause began; failures counts them.
-func (c *circuit) open() (delay time.Duration, failures int, opened bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	now := time.Now()
-	if now.Before(c.until) {
-		return 0, c.failures, false
-	}
-	c.failures++
-	if c.failures == 1 {
-		c.closed = make(chan struct{})
-	}
-	delay = Backoff(c.failures, c.min, c.max)
-	c.until = now.Add(delay)
-	return delay, c.failures, true
-}
-
-// close closes the circuit after a success, releasing waiting handlers at
-// once. It reports whether the circuit was open or half-open.
-func (c *circuit) close() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.failures == 0 {
-		return false
-	}
-	c.failures = 0
-	c.until = time.Time{}
-	close(c.closed)
-	return true
-}
-
-func (c *circuit) isOpen() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return time.Now().Before(c.until)
-}
-
-// wait returns once the circuit is not open, or with ctx's cause once ctx is
-// done (checked first: a message whose context ended is not handled).
-func (c *circuit) wait(ctx context.Context) error {
-	for {
-		if ctx.Err() != nil {
-			return context.Cause(ctx)
-		}
-		c.mu.Lock()
-		d, closed := time.Until(c.until), c.closed
-		c.mu.Unlock()
-		if d <= 0 {
-			return nil
-		}
-		t := time.NewTimer(d)
-		select {
-		case <-t.C:
-			// Loop: another failure may have extended the pause.
-		case <-closed:
-			t.Stop()
-		case <-ctx.Done():
-			t.Stop()
-			return context.Cause(ctx)
-		}
 	}
 }

@@ -11,7 +11,13 @@ import (
 	wamqp "github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
 	"github.com/ThreeDotsLabs/watermill/message"
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/e0a82c8c/watermill-outbox/retry"
+	watermilloutbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
+
+// errClosed is what Publish returns after Close.
+var errClosed = retry.UnavailableError(fmt.Errorf("amqp publisher: %w", watermilloutbox.ErrClosed))
 
 // Topology is where an AMQPPublisher sends a topic's messages, and what it
 // declares for them.
@@ -186,8 +192,11 @@ type AMQPPublisher struct {
 	closed   bool
 }
 
-// NewAMQPPublisher returns a publisher for the outbox. It connects to the
-// broker before returning.
+// NewAMQPPublisher returns a publisher for the outbox. It validates config
+// but does not connect: the first Publish does (and every Publish after a
+// lost connection), so a relay starts while RabbitMQ is down and pauses
+// until it answers. A Publish that cannot connect fails with a
+// retry.UnavailableError, which charges no row an attempt.
 //
 // Publish returns nil only after the broker confirmed every message:
 // messages are persistent (delivery mode 2) and published with publisher
@@ -208,6 +217,11 @@ type AMQPPublisher struct {
 // Each message carries its metadata as headers, its UUID in the
 // "_watermill_message_uuid" header and as MessageId, and its payload as the
 // body.
+//
+// Errors are marked for retry.DefaultClassifier (see ClassifyAMQPError): a
+// message RabbitMQ can never take is Permanent, a broker that cannot be
+// reached, or refuses the connection, Unavailable. After Close, Publish
+// fails with an error wrapping watermilloutbox.ErrClosed.
 func NewAMQPPublisher(config AMQPConfig, logger watermill.LoggerAdapter) (*AMQPPublisher, error) {
 	config.setDefaults()
 	if err := config.Validate(); err != nil {
@@ -226,10 +240,6 @@ func NewAMQPPublisher(config AMQPConfig, logger watermill.LoggerAdapter) (*AMQPP
 	if config.Topology == TopologyExchange {
 		p.exchange = config.Exchange
 	}
-	// Dial first: it fails fast on a bad URL or credentials.
-	if err := p.connect(); err != nil {
-		return nil, err
-	}
 	return p, nil
 }
 
@@ -237,7 +247,7 @@ func NewAMQPPublisher(config AMQPConfig, logger watermill.LoggerAdapter) (*AMQPP
 // in order and waits for the broker's confirms. See NewAMQPPublisher.
 func (p *AMQPPublisher) Publish(topic string, msgs ...*message.Message) error {
 	if err := p.declare(topic); err != nil {
-		return fmt.Errorf("declare topology of topic %q: %w", topic, err)
+		return ClassifyAMQPError(fmt.Errorf("declare topology of topic %q: %w", topic, err))
 	}
 	if len(msgs) == 0 {
 		return nil
@@ -246,7 +256,7 @@ func (p *AMQPPublisher) Publish(topic string, msgs ...*message.Message) error {
 		// The destination may be gone with the connection: redeclare it
 		// before the next attempt.
 		p.forget(topic)
-		return err
+		return ClassifyAMQPError(err)
 	}
 	return nil
 }
@@ -260,7 +270,8 @@ func (p *AMQPPublisher) publish(topic string, msgs []*message.Message) error {
 	for _, m := range msgs {
 		pub, err := p.marshaler.Marshal(m)
 		if err != nil {
-			return fmt.Errorf("cannot marshal message %s: %w", m.UUID, err)
+			// The marshaler fails only on the message itself.
+			return retry.PermanentError(fmt.Errorf("cannot marshal message %s: %w", m.UUID, err))
 		}
 		dc, err := ch.PublishWithDeferredConfirm(p.exchange, topic, true, false, pub)
 		if err != nil {
@@ -291,7 +302,7 @@ func (p *AMQPPublisher) channel() (*amqp.Channel, *amqp.Connection, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
-		return nil, nil, errors.New("publisher closed")
+		return nil, nil, errClosed
 	}
 	if err := p.ensureConn(); err != nil {
 		return nil, nil, err
@@ -303,11 +314,11 @@ func (p *AMQPPublisher) channel() (*amqp.Channel, *amqp.Connection, error) {
 	}
 	ch, err := p.conn.Channel()
 	if err != nil {
-		return nil, nil, fmt.Errorf("open channel: %w", err)
+		return nil, nil, retry.UnavailableError(fmt.Errorf("open channel: %w", err))
 	}
 	if err := ch.Confirm(false); err != nil {
 		_ = ch.Close()
-		return nil, nil, fmt.Errorf("enable publisher confirms: %w", err)
+		return nil, nil, retry.UnavailableError(fmt.Errorf("enable publisher confirms: %w", err))
 	}
 	p.pool[i] = ch
 	return ch, p.conn, nil
@@ -345,7 +356,7 @@ func (p *AMQPPublisher) declare(topic string) error {
 	defer p.mu.Unlock()
 
 	if p.closed {
-		return errors.New("publisher closed")
+		return errClosed
 	}
 	if err := p.ensureConn(); err != nil {
 		return err
@@ -409,7 +420,9 @@ func (p *AMQPPublisher) connect() error {
 		conn, err = amqp.Dial(p.config.URL)
 	}
 	if err != nil {
-		return fmt.Errorf("connect to AMQP: %w", err)
+		// Refused, unreachable or wrong credentials: the broker cannot be
+		// used, and no message is to blame.
+		return retry.UnavailableError(fmt.Errorf("connect to AMQP: %w", err))
 	}
 	p.conn, p.ch = conn, nil
 	p.pool = make([]*amqp.Channel, p.config.ChannelPoolSize)

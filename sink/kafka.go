@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -187,8 +188,24 @@ func NewKafkaSaramaConfig(config KafkaConfig) *sarama.Config {
 	return c
 }
 
-// NewKafkaPublisher returns a watermill-kafka publisher configured for the
-// outbox. It connects to the brokers before returning.
+// KafkaPublisher is a watermill-kafka publisher configured for the outbox,
+// which connects on first use and marks its errors for
+// retry.DefaultClassifier. It is safe for concurrent use.
+type KafkaPublisher struct {
+	config       KafkaConfig
+	saramaConfig *sarama.Config
+	logger       watermill.LoggerAdapter
+
+	mu     sync.Mutex
+	pub    *kafka.Publisher // nil until connected
+	closed bool
+}
+
+// NewKafkaPublisher returns a Kafka publisher for the outbox. It validates
+// config but does not connect: the first Publish does, so a relay starts
+// while the brokers are down (its write side never needs them) and pauses
+// until they answer. A Publish that cannot connect fails with a
+// retry.UnavailableError, which charges no row an attempt.
 //
 // Publish sends the messages one by one and returns after the broker
 // acknowledged each (see NewKafkaSaramaConfig), or on the first failure.
@@ -202,9 +219,13 @@ func NewKafkaSaramaConfig(config KafkaConfig) *sarama.Config {
 //     the message UUID (metadata of that name is rejected).
 //   - value: the payload, unchanged.
 //
-// A topic that is not a legal Kafka name fails with a retry.PermanentError
-// before anything is sent (see ValidateKafkaTopic).
-func NewKafkaPublisher(config KafkaConfig, logger watermill.LoggerAdapter) (*kafka.Publisher, error) {
+// Errors are marked for retry.DefaultClassifier (see ClassifyKafkaError): a
+// message the broker can never take is Permanent, an unreachable or
+// leaderless cluster Unavailable. A topic that is not a legal Kafka name
+// fails with a retry.PermanentError before anything is sent (see
+// ValidateKafkaTopic). After Close, Publish fails with an error wrapping
+// watermilloutbox.ErrClosed.
+func NewKafkaPublisher(config KafkaConfig, logger watermill.LoggerAdapter) (*KafkaPublisher, error) {
 	config.setDefaults()
 	if err := config.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid config: %w", err)
@@ -212,21 +233,59 @@ func NewKafkaPublisher(config KafkaConfig, logger watermill.LoggerAdapter) (*kaf
 	if logger == nil {
 		logger = watermill.NopLogger{}
 	}
-
 	saramaConfig := config.OverwriteSaramaConfig
 	if saramaConfig == nil {
 		saramaConfig = NewKafkaSaramaConfig(config)
 	}
+	return &KafkaPublisher{config: config, saramaConfig: saramaConfig, logger: logger}, nil
+}
 
-	pub, err := kafka.NewPublisher(kafka.PublisherConfig{
-		Brokers:               config.Brokers,
-		Marshaler:             kafkaMarshaler{kafka.NewWithPartitioningMarshaler(kafkaPartitionKey)},
-		OverwriteSaramaConfig: saramaConfig,
-	}, logger)
+// Publish publishes msgs to topic; see NewKafkaPublisher.
+func (p *KafkaPublisher) Publish(topic string, msgs ...*message.Message) error {
+	pub, err := p.connect()
 	if err != nil {
-		return nil, fmt.Errorf("create Kafka publisher: %w", err)
+		return err
 	}
+	return ClassifyKafkaError(pub.Publish(topic, msgs...))
+}
+
+// connect returns the connected publisher, dialling it first if need be.
+func (p *KafkaPublisher) connect() (*kafka.Publisher, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil, retry.UnavailableError(fmt.Errorf("kafka publisher: %w", watermilloutbox.ErrClosed))
+	}
+	if p.pub != nil {
+		return p.pub, nil
+	}
+	pub, err := kafka.NewPublisher(kafka.PublisherConfig{
+		Brokers:               p.config.Brokers,
+		Marshaler:             kafkaMarshaler{kafka.NewWithPartitioningMarshaler(kafkaPartitionKey)},
+		OverwriteSaramaConfig: p.saramaConfig,
+	}, p.logger)
+	if err != nil {
+		// Whatever stops the producer from starting is the cluster's state
+		// (or its settings), never a message's.
+		return nil, retry.UnavailableError(fmt.Errorf("connect to Kafka %s: %w", strings.Join(p.config.Brokers, ","), err))
+	}
+	p.pub = pub
 	return pub, nil
+}
+
+// Close closes the producer, if it was connected. Later Publish calls fail
+// with an error wrapping watermilloutbox.ErrClosed. Idempotent.
+func (p *KafkaPublisher) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil
+	}
+	p.closed = true
+	if p.pub == nil {
+		return nil
+	}
+	return p.pub.Close()
 }
 
 func kafkaPartitionKey(_ string, msg *message.Message) (string, error) {

@@ -8,11 +8,16 @@ var (
 	// context (ContextWithTx), is available and AutoCommit is off.
 	ErrNoTransaction = errors.New("outbox: no transaction: bind one with WithTx or ContextWithTx")
 
-	// ErrClosed is returned by Publish after Close.
-	ErrClosed = errors.New("outbox: publisher closed")
+	// ErrClosed is returned by whatever the outbox closed: Publish after the
+	// Publisher's Close, Subscribe and Run after the relay's Close, and a
+	// sink's Publish after its Close (package sink). Errors wrapping it are
+	// Unavailable to retry.DefaultClassifier: closing is shutdown, never the
+	// message's fault.
+	ErrClosed = errors.New("outbox: closed")
 
 	// ErrInvalidTableName is returned, before any SQL runs, for a table name
-	// that is not a plain SQL identifier, optionally schema-qualified.
+	// that is not a plain SQL identifier, optionally schema-qualified (see
+	// config.ValidTableName).
 	ErrInvalidTableName = errors.New("outbox: invalid table name")
 
 	// ErrInvalidTopic is returned for an empty topic or one with whitespace or
@@ -29,4 +34,15 @@ var (
 
 	// ErrUnknownDialect is returned for a Dialect this package does not know.
 	ErrUnknownDialect = errors.New("outbox: unknown SQL dialect")
+
+	// ErrDialectMismatch is returned by Migrate, and by the first Claim or
+	// Publish, when the database behind the connection is not the one the
+	// Dialect names (the PostgreSQL dialect on a MySQL connection, say):
+	// without the check the first INSERT would fail with a syntax error.
+	ErrDialectMismatch = errors.New("outbox: dialect does not match the database")
+
+	// ErrUnhandledEvent is returned by EventBus.Publish for an event that is
+	// neither an IntegrationEvent nor has a domain handler: it would go
+	// nowhere. Nothing is written.
+	ErrUnhandledEvent = errors.New("outbox: event is neither an integration event nor handled by a domain handler")
 )

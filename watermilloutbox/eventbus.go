@@ -182,11 +182,11 @@ func (b *EventBus) AddDomainHandler(h cqrs.EventHandler) error {
 // synchronously and with ctx itself, so a handler writing through the
 // transaction in ctx (TxFromContext) writes in the same transaction. The
 // first handler error stops the call and is returned wrapped with the
-// handler's name. A domain event without handlers is logged at debug level
-// and ignored.
+// handler's name. An event that is neither an integration event nor has a
+// domain handler is ErrUnhandledEvent: it would go nowhere.
 //
 // Every event is marshaled and matched to its handlers before anything is
-// written, so an unknown or unmarshalable event writes nothing. The
+// written, so an unhandled or unmarshalable event writes nothing. The
 // integration events are then written before the domain handlers run, so
 // events the handlers publish follow them in the outbox. Without a
 // transaction in ctx a *Publisher fails with ErrNoTransaction, unless its
@@ -238,11 +238,8 @@ func (b *EventBus) Publish(ctx context.Context, events ...any) error {
 		handlers := b.handlers[name] // append-only: this slice is never modified
 		b.mu.RUnlock()
 		if len(handlers) == 0 {
-			b.logger.Debug("No handler for domain event, ignoring it", watermill.LogFields{
-				"event_name": name,
-				"event_type": fmt.Sprintf("%T", event),
-			})
-			continue
+			return fmt.Errorf("%w: event %d, %s (%T): implement IntegrationEvent to send it to the outbox, or AddDomainHandler to handle it in process",
+				ErrUnhandledEvent, i, name, event)
 		}
 		for _, h := range handlers {
 			adapted, ok := convertEvent(event, h.eventType)

@@ -29,4 +29,16 @@ const (
 	// AttemptMetadataKey holds the number of this publish attempt,
 	// starting at 1 (decimal).
 	AttemptMetadataKey = "outbox_attempt"
+	// TopicMetadataKey holds the row's destination topic.
+	TopicMetadataKey = "outbox_topic"
 )
+
+// IsRelayMetadataKey reports whether key is one of the relay's keys above,
+// which never reach the broker.
+func IsRelayMetadataKey(key string) bool {
+	switch key {
+	case OutboxIDMetadataKey, AttemptMetadataKey, TopicMetadataKey:
+		return true
+	}
+	return false
+}

@@ -19,10 +19,6 @@ import (
 	"github.com/e0a82c8c/watermill-outbox/config"
 )
 
-// defaultTable is config.DefaultTable, named here because constructors
-// take a parameter called config.
-const defaultTable = config.DefaultTable
-
 // maxRowsPerInsert bounds one INSERT statement's bind parameters (5 a row)
 // well below PostgreSQL's 65535 and SQLite's 32766. A larger Publish is
 // several statements in the same transaction: still all or nothing.
@@ -31,43 +27,21 @@ const maxRowsPerInsert = 1000
 // maxTopicLen is the longest topic stored; Kafka allows 249, RabbitMQ 255.
 const maxTopicLen = 255
 
-// PublisherConfig configures a Publisher.
+// PublisherConfig configures a Publisher. The table, the payload limit and
+// the wake-up settings come from the store's config.Config (NewPublisher
+// takes the store), so they are stated once.
 type PublisherConfig struct {
-	// Dialect of the database holding the outbox table. Required: the
-	// driver is never guessed.
-	Dialect Dialect
-
-	// Table is the outbox table, optionally schema-qualified. Default
-	// config.DefaultTable ("watermill_outbox"); zero means the default.
-	Table string
-
 	// AutoCommit lets Publish, when it finds no transaction, write the
-	// messages in a transaction of its own on the Publisher's *sql.DB. This
+	// messages in a transaction of its own on the store's database. This
 	// gives up the outbox's point (atomicity with business writes), so it
 	// is off by default: zero (false) means such a Publish fails with
 	// ErrNoTransaction.
 	AutoCommit bool
 
-	// MaxPayloadBytes rejects larger payloads with ErrPayloadTooLarge before
-	// anything is written. Unit: bytes. Default and zero: no limit.
-	MaxPayloadBytes int
-
-	// DisableNotify stops the publisher sending NOTIFY on PostgreSQL. Use
-	// config.Config.DisableNotify. Default and zero (false): a Publish
-	// sends a NOTIFY on the channel NotifyChannel(Table) inside the
-	// transaction, coalesced per NotifyInterval, so a relay listening
-	// there wakes when the transaction commits. Other dialects never
-	// notify.
-	DisableNotify bool
-
-	// NotifyInterval is the least time between two NOTIFYs of this
-	// Publisher; see config.Config.NotifyInterval, and use it. Default
-	// config.DefaultNotifyInterval (5ms); zero means the default.
-	NotifyInterval time.Duration
-
 	// Notifier, when set, is told after every Publish that wrote rows:
-	// pass the relay's forwarder.Subscriber when publisher and relay share
-	// a process, for a wake-up on any dialect. Optional; nil tells nobody.
+	// pass the relay's forwarder.Subscriber (Forwarder.Subscriber) when
+	// publisher and relay share a process, for a wake-up within about a
+	// millisecond on any dialect. Optional; nil tells nobody.
 	Notifier Notifier
 }
 
@@ -81,34 +55,6 @@ type Notifier interface {
 	Notify(committed bool)
 }
 
-func (c *PublisherConfig) setDefaults() {
-	if c.Table == "" {
-		c.Table = defaultTable
-	}
-	if c.NotifyInterval == 0 {
-		c.NotifyInterval = config.DefaultNotifyInterval
-	}
-}
-
-// Validate reports an unknown dialect, an invalid table name or a negative
-// payload limit.
-func (c PublisherConfig) Validate() error {
-	var errs []error
-	if err := c.Dialect.Validate(); err != nil {
-		errs = append(errs, fmt.Errorf("Dialect: %w", err))
-	}
-	if err := ValidateTableName(c.Table); err != nil {
-		errs = append(errs, fmt.Errorf("Table: %w", err))
-	}
-	if c.MaxPayloadBytes < 0 {
-		errs = append(errs, fmt.Errorf("MaxPayloadBytes: must not be negative, got %d", c.MaxPayloadBytes))
-	}
-	if c.NotifyInterval < 0 {
-		errs = append(errs, fmt.Errorf("NotifyInterval: must not be negative, got %s", c.NotifyInterval))
-	}
-	return errors.Join(errs...)
-}
-
 // Publisher is a message.Publisher that inserts messages into the outbox
 // table inside the caller's transaction. If the transaction commits, the
 // relay delivers the messages at least once; if it rolls back, so do the
@@ -118,13 +64,15 @@ func (c PublisherConfig) Validate() error {
 // carried by the messages' context (ContextWithTx); with AutoCommit, a new
 // one on the Publisher's *sql.DB. Otherwise Publish returns ErrNoTransaction.
 //
-// Watermill-sql's Publisher also accepts a *sql.Tx, but it maps each topic to
-// a table of its own and runs its INSERT under context.Background(); the
-// outbox keeps all topics in one table (the relay claims across them) and
-// honours the message context, so the INSERT is built here.
+// watermill-sql's Publisher also accepts a *sql.Tx, but it maps each topic
+// to a table of its own (and v3, which this module's benchmark compares
+// with, runs its INSERT under context.Background(); v4 takes the message
+// context). The outbox keeps all topics in one table, which the relay
+// claims across, so the INSERT is built here.
 type Publisher struct {
-	db     *sql.DB
+	store  *SQLStore
 	config PublisherConfig
+	outbox config.Config // the store's
 	table  table
 	logger watermill.LoggerAdapter
 
@@ -139,26 +87,19 @@ type Publisher struct {
 	closed bool
 }
 
-// NewPublisher returns a Publisher for the outbox table in config. db may be
-// nil unless config.AutoCommit is set. A nil logger logs nothing.
-func NewPublisher(db *sql.DB, config PublisherConfig, logger watermill.LoggerAdapter) (*Publisher, error) {
-	config.setDefaults()
-	if err := config.Validate(); err != nil {
-		return nil, fmt.Errorf("invalid config: %w", err)
-	}
-	if config.AutoCommit && db == nil {
-		return nil, errors.New("invalid config: AutoCommit needs a non-nil db")
+// NewPublisher returns a Publisher writing into store's table, with the
+// store's MaxPayloadBytes, DisableNotify and NotifyInterval. A nil logger
+// logs nothing.
+func NewPublisher(store *SQLStore, config PublisherConfig, logger watermill.LoggerAdapter) (*Publisher, error) {
+	if store == nil {
+		return nil, errors.New("invalid config: store is nil")
 	}
 	if logger == nil {
 		logger = watermill.NopLogger{}
 	}
-	t, err := newTable(config.Dialect, config.Table)
-	if err != nil {
-		return nil, fmt.Errorf("invalid config: %w", err)
-	}
-	p := &Publisher{db: db, config: config, table: t, logger: logger}
-	if config.Dialect == PostgreSQL && !config.DisableNotify {
-		p.notifyQuery = `SELECT pg_notify('` + NotifyChannel(config.Table) + `', '')`
+	p := &Publisher{store: store, config: config, outbox: store.Config(), table: store.t, logger: logger}
+	if p.table.dialect == PostgreSQL && !p.outbox.DisableNotify {
+		p.notifyQuery = `SELECT pg_notify('` + NotifyChannel(p.table.name) + `', '')`
 	}
 	return p, nil
 }
@@ -248,6 +189,9 @@ func (p *Publisher) publish(tx *sql.Tx, topic string, messages []*message.Messag
 		return err
 	}
 	ctx := messages[0].Context()
+	if err := p.store.checkDialect(ctx); err != nil {
+		return err
+	}
 	if tx == nil {
 		tx, err = txOfMessages(messages)
 		if err != nil {
@@ -258,7 +202,7 @@ func (p *Publisher) publish(tx *sql.Tx, topic string, messages []*message.Messag
 		if !p.config.AutoCommit {
 			return ErrNoTransaction
 		}
-		if err := inTx(ctx, p.db, func(tx *sql.Tx) error { return p.insert(ctx, tx, args) }); err != nil {
+		if err := inTx(ctx, p.store.db, func(tx *sql.Tx) error { return p.insert(ctx, tx, args) }); err != nil {
 			return err
 		}
 		p.tell(true)
@@ -298,7 +242,7 @@ func (p *Publisher) notifyDue() bool {
 	}
 	now := time.Now().UnixNano()
 	last := p.lastNotify.Load()
-	if now-last < int64(p.config.NotifyInterval) {
+	if now-last < int64(p.outbox.NotifyInterval) {
 		return false
 	}
 	return p.lastNotify.CompareAndSwap(last, now)
@@ -327,7 +271,7 @@ func (p *Publisher) insertArgs(topic string, messages []*message.Message) ([]any
 		if m.UUID == "" {
 			return nil, errors.New("outbox: message without UUID")
 		}
-		if max := p.config.MaxPayloadBytes; max > 0 && len(m.Payload) > max {
+		if max := p.outbox.MaxPayloadBytes; max > 0 && len(m.Payload) > max {
 			return nil, fmt.Errorf("%w: message %s has %d bytes, the limit is %d", ErrPayloadTooLarge, m.UUID, len(m.Payload), max)
 		}
 		for k := range m.Metadata {

@@ -12,19 +12,6 @@ import (
 	"github.com/e0a82c8c/watermill-outbox/config"
 )
 
-// ValidateTableName accepts a plain SQL identifier of at most 48 characters
-// (letters, digits, underscores; not starting with a digit), optionally
-// qualified by a schema of the same form ("app.outbox"); see
-// config.ValidTableName. Anything else (quotes, semicolons, spaces, empty) is
-// rejected with ErrInvalidTableName.
-func ValidateTableName(name string) error {
-	if !config.ValidTableName(name) {
-		return fmt.Errorf("%w: %q: want letters, digits and underscores, not starting with a digit, at most 48 characters, optionally schema-qualified",
-			ErrInvalidTableName, name)
-	}
-	return nil
-}
-
 // table holds the validated names one outbox table's SQL is built from.
 type table struct {
 	dialect Dialect
@@ -38,8 +25,9 @@ func newTable(d Dialect, name string) (table, error) {
 	if err := d.Validate(); err != nil {
 		return table{}, err
 	}
-	if err := ValidateTableName(name); err != nil {
-		return table{}, err
+	if !config.ValidTableName(name) {
+		return table{}, fmt.Errorf("%w: %q: want letters, digits and underscores, not starting with a digit, at most 48 characters, optionally schema-qualified",
+			ErrInvalidTableName, name)
 	}
 	t := table{dialect: d, name: name, quoted: d.quoteIdent(name), base: name}
 	if i := strings.IndexByte(name, '.'); i >= 0 {
@@ -150,32 +138,15 @@ func (t table) ddl() []string {
 }
 
 // DDL returns the statements that create the outbox table and its indexes,
-// separated by ";\n", for pasting into a migration tool. They are idempotent
-// (IF NOT EXISTS). The table name is validated first: ErrInvalidTableName.
+// separated by ";\n", for pasting into a migration tool; SQLStore.Migrate
+// runs the same statements. They are idempotent (IF NOT EXISTS). The table
+// name is validated first: ErrInvalidTableName.
 func DDL(d Dialect, tableName string) (string, error) {
 	t, err := newTable(d, tableName)
 	if err != nil {
 		return "", err
 	}
 	return strings.Join(t.ddl(), ";\n") + ";\n", nil
-}
-
-// Migrate creates the outbox table and its indexes if they do not exist. It
-// is idempotent and safe to call from several instances at once: the
-// statements run under a database-wide lock (an advisory lock on PostgreSQL,
-// GET_LOCK on MySQL, the write lock on SQLite).
-func Migrate(ctx context.Context, db *sql.DB, d Dialect, tableName string) error {
-	t, err := newTable(d, tableName)
-	if err != nil {
-		return err
-	}
-	if db == nil {
-		return errors.New("outbox: migrate: db is nil")
-	}
-	if err := t.migrate(ctx, db); err != nil {
-		return fmt.Errorf("outbox: migrate %s: %w", tableName, err)
-	}
-	return nil
 }
 
 func (t table) lockKey() int64 { return lockKey("migrate " + t.name) }

@@ -10,7 +10,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill"
 	"github.com/google/uuid"
+
+	"github.com/e0a82c8c/watermill-outbox/config"
 )
 
 // maxErrorLen bounds last_error: a broker error can embed a whole payload.
@@ -18,18 +21,27 @@ const maxErrorLen = 2000
 
 // SQLStoreConfig configures an SQLStore.
 type SQLStoreConfig struct {
-	// Dialect of the database. Required.
+	// Dialect of the database. Required: the driver behind a *sql.DB is
+	// never guessed (Migrate and the first claim or publish check that it
+	// matches, see ErrDialectMismatch).
 	Dialect Dialect
 
-	// Table is the outbox table, optionally schema-qualified. Default
-	// config.DefaultTable; zero means the default.
-	Table string
+	// Outbox holds every other setting: the table, and what the publisher
+	// and the relay built on this store run by (see config.Config). Zero
+	// fields take the defaults documented there.
+	Outbox config.Config
 }
 
-// SQLStore is the Store for PostgreSQL, MySQL/MariaDB and SQLite. Claims are
-// one short transaction with FOR UPDATE SKIP LOCKED (PostgreSQL, MySQL) or a
-// single UPDATE … RETURNING under SQLite's write lock; every later write is
-// fenced by the claim token. All times come from the database clock.
+// SQLStore is the outbox table on PostgreSQL, MySQL/MariaDB or SQLite: the
+// Store the relay claims rows through, Migrate for its DDL, and the
+// operator's view of it (ListDead, Requeue, PurgeDead). A Publisher writes
+// into the same table (NewPublisher takes the store), so the dialect, the
+// table and each setting are given once, here.
+//
+// Claims are one short transaction with FOR UPDATE SKIP LOCKED
+// (PostgreSQL, MySQL) or a single UPDATE … RETURNING under SQLite's write
+// lock; every later write is fenced by the claim token. All times come from
+// the database clock.
 //
 // watermill-sql's subscriber cannot serve here: it keeps a transaction open
 // while handlers run, tracks one offset per consumer group (one active reader,
@@ -37,8 +49,10 @@ type SQLStoreConfig struct {
 // leases, attempts or dead state. Hence the queries below.
 type SQLStore struct {
 	db     *sql.DB
-	config SQLStoreConfig
+	config config.Config
 	t      table
+	logger watermill.LoggerAdapter
+	probe  dialectProbe
 
 	// claimHook, when set (tests only), runs inside the MySQL claim
 	// transaction just before it commits.
@@ -47,29 +61,51 @@ type SQLStore struct {
 
 var _ Store = (*SQLStore)(nil)
 
-// NewSQLStore returns the Store for the outbox table in config on db.
-func NewSQLStore(db *sql.DB, config SQLStoreConfig) (*SQLStore, error) {
-	if config.Table == "" {
-		config.Table = defaultTable
-	}
+// NewSQLStore returns the store of the outbox table config.Outbox.Table on
+// db. It does not touch the database: Migrate creates the table. A nil
+// logger logs nothing.
+func NewSQLStore(db *sql.DB, config SQLStoreConfig, logger watermill.LoggerAdapter) (*SQLStore, error) {
 	if db == nil {
 		return nil, errors.New("invalid config: db is nil")
 	}
-	t, err := newTable(config.Dialect, config.Table)
+	config.Outbox.SetDefaults()
+	if err := config.Outbox.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid config: %w", err)
+	}
+	t, err := newTable(config.Dialect, config.Outbox.Table)
 	if err != nil {
 		return nil, fmt.Errorf("invalid config: %w", err)
 	}
-	return &SQLStore{db: db, config: config, t: t}, nil
+	if logger == nil {
+		logger = watermill.NopLogger{}
+	}
+	return &SQLStore{db: db, config: config.Outbox, t: t, logger: logger}, nil
 }
+
+// Config implements Store: the settings the store was built with, defaults
+// filled in.
+func (s *SQLStore) Config() config.Config { return s.config }
 
 // Dialect returns the store's dialect.
 func (s *SQLStore) Dialect() Dialect { return s.t.dialect }
 
-// Table returns the store's table name as configured.
-func (s *SQLStore) Table() string { return s.t.name }
-
 // DB returns the store's database handle.
 func (s *SQLStore) DB() *sql.DB { return s.db }
+
+// Migrate creates the outbox table and its indexes if they do not exist,
+// after checking that the database is the one the Dialect names
+// (ErrDialectMismatch). It is idempotent and safe to call from several
+// instances at once: the statements run under a database-wide lock (an
+// advisory lock on PostgreSQL, GET_LOCK on MySQL, the write lock on SQLite).
+func (s *SQLStore) Migrate(ctx context.Context) error {
+	if err := s.checkDialect(ctx); err != nil {
+		return err
+	}
+	if err := s.t.migrate(ctx, s.db); err != nil {
+		return fmt.Errorf("outbox: migrate %s: %w", s.t.name, err)
+	}
+	return nil
+}
 
 // now is the database clock, in the form the dialect compares times with.
 func (s *SQLStore) now() string {
@@ -141,14 +177,14 @@ func (s *SQLStore) idList(n int, ids []int64) (string, []any) {
 	return b.String(), args
 }
 
-// claimFilter is the WHERE clause of due, unleased pending rows; topicArg is
-// the placeholder number of the topic or 0 for all topics.
-func (s *SQLStore) claimFilter(topicArg int, ordered bool) string {
+// claimFilter is the WHERE clause of due, unleased pending rows; topics is
+// the condition of the topic filter ("" for all topics).
+func (s *SQLStore) claimFilter(topics string, ordered bool) string {
 	now := s.now()
 	w := "o.state = 'pending' AND o.available_at <= " + now +
 		" AND (o.claimed_until IS NULL OR o.claimed_until < " + now + ")"
-	if topicArg > 0 {
-		w += " AND o.topic = " + s.t.dialect.placeholder(topicArg)
+	if topics != "" {
+		w += " AND " + topics
 	}
 	if ordered {
 		// A keyed row waits while an earlier row of its key is leased or
@@ -177,6 +213,9 @@ func (s *SQLStore) Claim(ctx context.Context, req ClaimRequest) (string, []Row, 
 	if req.Lease <= 0 {
 		return "", nil, fmt.Errorf("outbox: claim: lease must be positive, got %s", req.Lease)
 	}
+	if err := s.checkDialect(ctx); err != nil {
+		return "", nil, fmt.Errorf("outbox: claim: %w", err)
+	}
 	token := uuid.NewString()
 	var rows []Row
 	var err error
@@ -189,7 +228,7 @@ func (s *SQLStore) Claim(ctx context.Context, req ClaimRequest) (string, []Row, 
 		rows, err = s.claimSQLite(ctx, token, req)
 	}
 	if err != nil {
-		return "", nil, fmt.Errorf("outbox: claim: %w", err)
+		return "", nil, fmt.Errorf("outbox: claim: %w", markContention(err))
 	}
 	slices.SortFunc(rows, func(a, b Row) int { return int(a.ID - b.ID) })
 	return token, rows, nil
@@ -220,12 +259,9 @@ type postgresClaim struct {
 
 func (s *SQLStore) postgresClaim(token string, req ClaimRequest) postgresClaim {
 	args := []any{token, req.Limit, req.Lease.Microseconds()}
-	topicArg := 0
-	if req.Topic != "" {
-		args = append(args, req.Topic)
-		topicArg = 4
-	}
-	q := `WITH c AS (SELECT o.id FROM ` + s.t.quoted + ` o WHERE ` + s.claimFilter(topicArg, req.Ordered) +
+	topics, topicArgs := req.Topics.sql(s.t.dialect, "o.topic", 4)
+	args = append(args, topicArgs...)
+	q := `WITH c AS (SELECT o.id FROM ` + s.t.quoted + ` o WHERE ` + s.claimFilter(topics, req.Ordered) +
 		` ORDER BY o.id LIMIT $2 FOR UPDATE SKIP LOCKED)
 UPDATE ` + s.t.quoted + ` t SET claim_token = $1, claimed_until = ` + s.plus(3) + ` FROM c WHERE t.id = c.id
 RETURNING ` + s.rowColumns("t.")
@@ -280,12 +316,7 @@ func (s *SQLStore) claimMySQL(ctx context.Context, token string, req ClaimReques
 		return nil, err
 	}
 	defer tx.Rollback() //nolint:errcheck // no-op after Commit
-	args := []any{}
-	topicArg := 0
-	if req.Topic != "" {
-		args = append(args, req.Topic)
-		topicArg = 1
-	}
+	topics, args := req.Topics.sql(s.t.dialect, "o.topic", 1)
 	args = append(args, req.Limit)
 	// Ordered claims are serialised by the named lock, so they need not
 	// skip locked rows, and must not: InnoDB briefly locks rows an ack's
@@ -296,7 +327,7 @@ func (s *SQLStore) claimMySQL(ctx context.Context, token string, req ClaimReques
 		skipLocked = ""
 	}
 	q := `SELECT ` + s.rowColumns("o.") +
-		` FROM ` + s.t.quoted + ` o WHERE ` + s.claimFilter(topicArg, req.Ordered) +
+		` FROM ` + s.t.quoted + ` o WHERE ` + s.claimFilter(topics, req.Ordered) +
 		` ORDER BY o.id LIMIT ? FOR UPDATE` + skipLocked
 	rows, err := s.queryRows(ctx, tx, q, args)
 	if err != nil || len(rows) == 0 {
@@ -321,14 +352,10 @@ func (s *SQLStore) claimSQLite(ctx context.Context, token string, req ClaimReque
 	// One statement under SQLite's single write lock: claims never overlap,
 	// so the ordered filter needs no extra lock.
 	args := []any{token, req.Lease.Microseconds()}
-	topicArg := 0
-	if req.Topic != "" {
-		args = append(args, req.Topic)
-		topicArg = 3
-	}
-	args = append(args, req.Limit)
+	topics, topicArgs := req.Topics.sql(s.t.dialect, "o.topic", 3)
+	args = append(append(args, topicArgs...), req.Limit)
 	q := `UPDATE ` + s.t.quoted + ` SET claim_token = ?, claimed_until = ` + s.plus(2) +
-		` WHERE id IN (SELECT o.id FROM ` + s.t.quoted + ` o WHERE ` + s.claimFilter(topicArg, req.Ordered) +
+		` WHERE id IN (SELECT o.id FROM ` + s.t.quoted + ` o WHERE ` + s.claimFilter(topics, req.Ordered) +
 		` ORDER BY o.id LIMIT ?) RETURNING ` + s.rowColumns("")
 	return s.queryRows(ctx, s.db, q, args)
 }
@@ -338,40 +365,52 @@ type querier interface {
 }
 
 func (s *SQLStore) queryRows(ctx context.Context, db querier, q string, args []any) ([]Row, error) {
+	var out []Row
+	err := s.scanRows(ctx, db, q, args, func(r Row, _ sql.NullString) { out = append(out, r) }, false)
+	return out, err
+}
+
+// scanRows runs q, which selects rowColumns (and last_error when
+// withLastError), and hands each row to fn. It is the one place rows are
+// read: metadata decoded, a NULL key made "", a nil payload made empty.
+func (s *SQLStore) scanRows(ctx context.Context, db querier, q string, args []any, fn func(Row, sql.NullString), withLastError bool) error {
 	rs, err := db.QueryContext(ctx, q, args...)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer rs.Close()
-	var out []Row
 	for rs.Next() {
 		var r Row
-		var key sql.NullString
+		var key, lastErr sql.NullString
 		var md []byte
 		var created int64
-		if err := rs.Scan(&r.ID, &r.UUID, &r.Topic, &key, &r.Payload, &md, &created, &r.Attempts); err != nil {
-			return nil, err
+		dest := []any{&r.ID, &r.UUID, &r.Topic, &key, &r.Payload, &md, &created, &r.Attempts}
+		if withLastError {
+			dest = append(dest, &lastErr)
+		}
+		if err := rs.Scan(dest...); err != nil {
+			return err
 		}
 		r.PartitionKey = key.String
 		r.CreatedAt = time.UnixMicro(created)
 		if len(md) > 0 {
 			if err := json.Unmarshal(md, &r.Metadata); err != nil {
-				return nil, fmt.Errorf("row %d: metadata: %w", r.ID, err)
+				return fmt.Errorf("row %d: metadata: %w", r.ID, err)
 			}
 		}
 		if r.Payload == nil {
 			r.Payload = []byte{}
 		}
-		out = append(out, r)
+		fn(r, lastErr)
 	}
-	return out, rs.Err()
+	return rs.Err()
 }
 
 // exec runs a fenced write and returns the rows it changed.
 func (s *SQLStore) exec(ctx context.Context, op, q string, args ...any) (int, error) {
 	res, err := s.db.ExecContext(ctx, q, args...)
 	if err != nil {
-		return 0, fmt.Errorf("outbox: %s: %w", op, err)
+		return 0, fmt.Errorf("outbox: %s: %w", op, markContention(err))
 	}
 	n, err := res.RowsAffected()
 	if err != nil {
@@ -457,31 +496,42 @@ type DeadRow struct {
 	LastError string
 }
 
-// ListDead returns up to limit dead rows, oldest first, for inspection.
-func (s *SQLStore) ListDead(ctx context.Context, limit int) ([]DeadRow, error) {
-	q := `SELECT ` + s.rowColumns("") + `, last_error FROM ` + s.t.quoted +
-		` WHERE state = 'dead' ORDER BY id LIMIT ` + s.t.dialect.placeholder(1)
-	rs, err := s.db.QueryContext(ctx, q, limit)
-	if err != nil {
-		return nil, fmt.Errorf("outbox: list dead: %w", err)
+// DeadQuery pages through dead rows.
+type DeadQuery struct {
+	// Topic limits the list to one destination topic; "" lists all.
+	Topic string
+	// AfterID is the cursor: only rows with a larger id are listed. Pass
+	// the last ID of the previous page; zero starts at the beginning.
+	AfterID int64
+	// Limit is the page size, in rows. Default 100; zero means the
+	// default. At most 10,000.
+	Limit int
+}
+
+// ListDead returns one page of dead rows, in id order (oldest first), for
+// inspection.
+func (s *SQLStore) ListDead(ctx context.Context, q DeadQuery) ([]DeadRow, error) {
+	if q.Limit == 0 {
+		q.Limit = 100
 	}
-	defer rs.Close()
+	if q.Limit < 0 || q.Limit > config.MaxBatchSize {
+		return nil, fmt.Errorf("outbox: list dead: limit must be between 1 and %d, got %d", config.MaxBatchSize, q.Limit)
+	}
+	p := s.t.dialect.placeholder
+	where := `state = 'dead' AND id > ` + p(1)
+	args := []any{q.AfterID}
+	if q.Topic != "" {
+		where += ` AND topic = ` + p(2)
+		args = append(args, q.Topic)
+	}
+	args = append(args, q.Limit)
+	query := `SELECT ` + s.rowColumns("") + `, last_error FROM ` + s.t.quoted +
+		` WHERE ` + where + ` ORDER BY id LIMIT ` + p(len(args))
 	var out []DeadRow
-	for rs.Next() {
-		var d DeadRow
-		var key, lastErr sql.NullString
-		var md []byte
-		var created int64
-		if err := rs.Scan(&d.ID, &d.UUID, &d.Topic, &key, &d.Payload, &md, &created, &d.Attempts, &lastErr); err != nil {
-			return nil, fmt.Errorf("outbox: list dead: %w", err)
-		}
-		d.PartitionKey, d.LastError, d.CreatedAt = key.String, lastErr.String, time.UnixMicro(created)
-		if err := json.Unmarshal(md, &d.Metadata); err != nil {
-			return nil, fmt.Errorf("outbox: list dead: row %d: metadata: %w", d.ID, err)
-		}
-		out = append(out, d)
-	}
-	if err := rs.Err(); err != nil {
+	err := s.scanRows(ctx, s.db, query, args, func(r Row, lastErr sql.NullString) {
+		out = append(out, DeadRow{Row: r, LastError: lastErr.String})
+	}, true)
+	if err != nil {
 		return nil, fmt.Errorf("outbox: list dead: %w", err)
 	}
 	return out, nil

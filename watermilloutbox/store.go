@@ -2,9 +2,12 @@ package watermilloutbox
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/e0a82c8c/watermill-outbox/config"
 )
 
 // Row is one outbox row, as claimed by a relay.
@@ -27,8 +30,9 @@ type Row struct {
 
 // ClaimRequest says which rows Store.Claim may take.
 type ClaimRequest struct {
-	// Topic restricts the claim to one destination topic; "" claims any.
-	Topic string
+	// Topics restricts the claim to some destination topics; the zero
+	// value claims every topic.
+	Topics TopicFilter
 	// Limit is the most rows to claim; at least 1.
 	Limit int
 	// Lease is how long the claim holds before another relay may take the
@@ -43,7 +47,7 @@ type ClaimRequest struct {
 // Store is the storage port the relay works through (the original plugin's
 // IOutboxStorage, with leases and fencing). SQLStore implements it for
 // PostgreSQL, MySQL/MariaDB and SQLite; implement it to put the outbox in
-// another database.
+// another database, and run package storetest against the implementation.
 //
 // Every write after Claim names the claim token, and affects only rows that
 // still hold it: a relay whose lease expired, and whose rows another relay
@@ -52,6 +56,12 @@ type ClaimRequest struct {
 // lost. Implementations must use the database's clock for leases and
 // backoff, so relays on hosts with skewed clocks agree.
 type Store interface {
+	// Config returns the settings the store was built with. The relay
+	// built on the store runs by them (polling, batch size, retry budget,
+	// lease, backoff, retention, in-flight window, ordering, wake-ups), so
+	// every setting is stated once, where the store is made.
+	Config() config.Config
+
 	// Claim takes up to req.Limit pending rows that are due (available_at
 	// passed) and not under a live lease, writes a fresh claim token and a
 	// lease of req.Lease, and commits before returning. It holds no lock or
@@ -82,4 +92,16 @@ type Store interface {
 	// PurgePublished deletes up to limit published rows older than
 	// olderThan, returning how many it deleted.
 	PurgePublished(ctx context.Context, olderThan time.Duration, limit int) (int, error)
+
+	// Listen is the store's feed of commit notifications: it calls wake
+	// whenever rows may have been committed, and once each time it
+	// (re)connects, until ctx ends; then it returns ctx's error. A store
+	// without such a feed returns ErrNoWakeUps at once, and the relay
+	// finds new rows by polling. A decorator that embeds a Store passes
+	// the feed on unchanged.
+	Listen(ctx context.Context, wake func()) error
 }
+
+// ErrNoWakeUps is returned by Store.Listen when the store has no commit
+// notifications (MySQL, SQLite, DisableNotify): the relay polls.
+var ErrNoWakeUps = errors.New("outbox: the store sends no commit notifications")

@@ -168,30 +168,28 @@ func run(ctx context.Context, s settings, logger watermill.LoggerAdapter) {
 	}
 	defer db.Close()
 
-	if !retry(ctx, logger, "migrate the outbox table", func() error {
-		return outbox.Migrate(ctx, db, s.dialect, s.outbox.Table)
-	}) {
-		return
-	}
-	store, err := outbox.NewSQLStore(db, outbox.SQLStoreConfig{Dialect: s.dialect, Table: s.outbox.Table})
+	store, err := outbox.NewSQLStore(db, outbox.SQLStoreConfig{Dialect: s.dialect, Outbox: s.outbox}, logger)
 	if err != nil {
 		logger.Error("relay: store", err, nil)
 		<-ctx.Done()
 		return
 	}
+	if !retry(ctx, logger, "migrate the outbox table", func() error { return store.Migrate(ctx) }) {
+		return
+	}
 
-	var dest message.Publisher
-	if !retry(ctx, logger, "connect to the "+s.sink+" broker", func() error {
-		var err error
-		dest, err = newSink(s, logger)
-		return err
-	}) {
+	// The sinks connect on first use: a broker that is down pauses the
+	// relay (no attempt charged) until it answers.
+	dest, err := newSink(s, logger)
+	if err != nil {
+		logger.Error("relay: sink", err, nil)
+		<-ctx.Done()
 		return
 	}
 	defer dest.Close()
 
 	for backoff := time.Second; ; backoff = min(2*backoff, 30*time.Second) {
-		fwd, err := forwarder.NewForwarder(store, dest, forwarder.Config{Outbox: s.outbox}, logger)
+		fwd, err := forwarder.NewForwarder(store, dest, forwarder.Config{}, logger)
 		if err != nil {
 			logger.Error("relay: forwarder", err, nil)
 			<-ctx.Done()

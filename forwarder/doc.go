@@ -1,0 +1,43 @@
+// Package forwarder is the outbox's relay: it claims committed rows from
+// the outbox table (a watermilloutbox.Store) and republishes them to Kafka,
+// RabbitMQ or any message.Publisher, through a handler on a Watermill
+// router, its own or the caller's.
+//
+// A Forwarder is a Subscriber over the table plus a router handler:
+//
+//   - the Subscriber claims due rows in short, fenced transactions (leases
+//     that expire, so a crashed relay's rows are taken over), emits them as
+//     Watermill messages with their original UUID, payload and metadata,
+//     keeps per-key order, renews leases, and settles each row by what the
+//     handler recorded for it: published, retried with backoff, dead after
+//     MaxRetryCount attempts, or released uncharged while the destination
+//     is unavailable;
+//   - the handler publishes each message to its destination topic through
+//     retry.Middleware (the circuit that pauses while the broker is down,
+//     and in-process quick retries) and records, for that delivery, whether
+//     the destination accepted it. Router middlewares cannot change that
+//     record: a PoisonQueue, InstantAck or Deduplicator on the caller's
+//     router costs a retry, never a message.
+//
+// Every setting of the relay comes from the store's config.Config; Config
+// here holds only what is the forwarder's own (router, handler name, topic
+// filter, classifier, quick retries). See the package README for the
+// guarantees, and the fault suite (package faults) for the scenarios that
+// back them.
+//
+// The subscription loop is one goroutine that owns all of a subscription's
+// state; its parts, each in a file of its own:
+//
+//   - schedule.go: when to claim (polling, wake-ups, backlog, errors);
+//   - window.go: the claimed rows held, each in an explicit state, and the
+//     per-key chains that emit one row of a key at a time;
+//   - watch.go: one watcher per emitted message, turning its ack or nack
+//     and the handler's record into a verdict;
+//   - settle.go: the one decision of a row's fate from a verdict, and the
+//     fenced writes that carry it out;
+//   - acks.go, renew.go: batched ack writes and lease renewals;
+//   - dbretry.go: the one retry policy for every database call the loop
+//     retries;
+//   - subscription.go: the loop itself, running and draining (shutdown is
+//     a mode of the same loop).
+package forwarder

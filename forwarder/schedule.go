@@ -1,0 +1,96 @@
+package forwarder
+
+import (
+	"time"
+
+	"github.com/e0a82c8c/watermill-outbox/config"
+)
+
+// schedule decides when a subscription claims. A claim is due after a poll
+// interval, after a wake-up (a commit notification), while a backlog
+// drains (the last claim came back full), and again after a failed claim's
+// backoff; it starts once the window has room. It owns the claim timer and
+// nothing else; the loop asks it and tells it what happened.
+type schedule struct {
+	poll, notify time.Duration
+	batch        int // config BatchSize
+	threshold    int // the room a claim waits for
+	timer        *time.Timer
+
+	due      bool // a claim should start as soon as the window allows
+	claiming bool // a claim is running
+	backlog  bool // the last claim came back full: more rows are waiting
+	// A wake-up asked for the claim now running (or about to): look once
+	// more one notify interval after the wake-up arrived, for the commits
+	// whose publishers skipped their NOTIFY (see the Publisher's
+	// coalescing).
+	woken, recheck bool
+	wokeAt         time.Time
+}
+
+func newSchedule(cfg config.Config) *schedule {
+	return &schedule{
+		poll:   cfg.PollingInterval,
+		notify: cfg.NotifyInterval,
+		batch:  cfg.BatchSize,
+		// Half a batch, or half the window if that is smaller.
+		threshold: max(1, min(cfg.BatchSize, cfg.MaxInFlight)/2),
+		timer:     time.NewTimer(0),
+		due:       true, // claim at once on start
+	}
+}
+
+// C fires when the timer makes a claim due.
+func (s *schedule) C() <-chan time.Time { return s.timer.C }
+
+func (s *schedule) stop() { s.timer.Stop() }
+
+// onTimer: the poll interval, a re-check or a retry delay has passed.
+func (s *schedule) onTimer() { s.due = true }
+
+// onWake: a commit notification arrived.
+func (s *schedule) onWake(now time.Time) {
+	s.due, s.woken, s.wokeAt = true, true, now
+}
+
+// ready reports whether a claim should start now, given the free room in
+// the window: it waits until half a batch fits, so a nearly full window
+// does not claim a row at a time.
+func (s *schedule) ready(free int) bool {
+	return s.due && !s.claiming && free >= s.threshold
+}
+
+// start marks a claim as started and returns how many rows it may take:
+// BatchSize, or, while a backlog drains, as many as the window has room
+// for. A claim costs about the same for 100 rows as for 1,000 (its round
+// trips and its commit dominate), so larger claims drain a backlog faster,
+// and an idle relay still claims small batches.
+func (s *schedule) start(free int) int {
+	s.due, s.claiming = false, true
+	s.recheck, s.woken = s.recheck || s.woken, false
+	if s.backlog {
+		return min(free, config.MaxBatchSize)
+	}
+	return min(s.batch, free)
+}
+
+// onClaimed: the claim returned got rows out of the limit it asked.
+func (s *schedule) onClaimed(got, limit int) {
+	s.claiming = false
+	s.backlog = got > 0 && got >= limit
+	switch {
+	case s.backlog:
+		s.due = true
+	case s.recheck:
+		s.recheck = false
+		s.timer.Reset(max(0, min(s.notify, s.poll)-time.Since(s.wokeAt)))
+	default:
+		s.timer.Reset(s.poll)
+	}
+}
+
+// onClaimFailed: the claim failed; try again after retryIn.
+func (s *schedule) onClaimFailed(retryIn time.Duration) {
+	s.claiming = false
+	s.timer.Reset(retryIn)
+}

@@ -1,0 +1,277 @@
+package forwarder
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/e0a82c8c/watermill-outbox/config"
+	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+)
+
+// closeGrace bounds how long a closing subscription waits for messages in
+// the handler to be settled before it releases their claims.
+const closeGrace = 5 * time.Second
+
+// subscription is one Subscribe call: a loop that claims rows into its
+// window, emits them, and settles each by its verdict. The loop goroutine
+// alone touches the state below; database calls run in workers that report
+// back on the typed result channels, so acks keep flowing while a claim
+// runs and the other way round.
+type subscription struct {
+	s      *Subscriber
+	ctx    context.Context
+	topics outbox.TopicFilter
+	cfg    config.Config
+	out    chan *message.Message
+	wake   chan struct{}
+
+	// Results, one channel per kind of work.
+	claims    chan claimed
+	flushed   chan flushed
+	settled   chan settled
+	renewed   chan renewal
+	delivered chan delivered
+
+	// stop is closed when the loop has ended; workers give up their
+	// retries and watchers their waits.
+	stop chan struct{}
+	work sync.WaitGroup
+
+	win      *window
+	sched    *schedule
+	acks     acks
+	renewals renewals
+	settling int // fate writes in progress
+	retries  struct{ claim, ack, settle, renew *dbRetry }
+
+	// draining: Close or the end of ctx; no more claims or emissions, the
+	// loop only settles what it holds.
+	draining bool
+}
+
+// claimed is the result of one claim.
+type claimed struct {
+	token string
+	rows  []outbox.Row
+	limit int
+	err   error
+}
+
+func newSubscription(s *Subscriber, ctx context.Context, topics outbox.TopicFilter) *subscription {
+	cfg := s.config
+	sub := &subscription{
+		s:         s,
+		ctx:       ctx,
+		topics:    topics,
+		cfg:       cfg,
+		out:       make(chan *message.Message),
+		wake:      make(chan struct{}, 1),
+		claims:    make(chan claimed),
+		flushed:   make(chan flushed),
+		settled:   make(chan settled),
+		renewed:   make(chan renewal),
+		delivered: make(chan delivered),
+		stop:      make(chan struct{}),
+		win:       newWindow(!cfg.DisableOrdering),
+		sched:     newSchedule(cfg),
+	}
+	sub.retries.claim = newDBRetry("claim", s.logger, &s.contention)
+	sub.retries.ack = newDBRetry("ack write", s.logger, &s.contention)
+	sub.retries.settle = newDBRetry("failure or release write", s.logger, &s.contention)
+	sub.retries.renew = newDBRetry("lease renewal", s.logger, &s.contention)
+	return sub
+}
+
+// run is the loop. Running, it claims when the schedule says so and the
+// window has room, emits ready rows, and settles verdicts; draining (after
+// Close or the end of ctx) it claims and emits nothing, gives back what it
+// has not emitted, and ends once everything it holds is settled or the
+// grace is over.
+func (sub *subscription) run() {
+	defer sub.finish()
+	renewTicker := time.NewTicker(renewEvery(sub.cfg.ClaimTimeout))
+	defer renewTicker.Stop()
+	defer sub.sched.stop()
+	ctxDone, closing := sub.ctx.Done(), sub.s.closing
+	var grace <-chan time.Time
+
+	for {
+		if sub.draining {
+			if sub.idle() {
+				return
+			}
+		} else if sub.sched.ready(sub.free()) {
+			sub.claim()
+		}
+		sub.flush()
+
+		var out chan *message.Message
+		var next *message.Message
+		if h := sub.win.next(); h != nil && !sub.draining {
+			out, next = sub.out, h.msg
+		}
+
+		select {
+		case <-ctxDone:
+			ctxDone, closing = nil, nil
+			grace = sub.drain()
+		case <-closing:
+			ctxDone, closing = nil, nil
+			grace = sub.drain()
+		case <-grace:
+			return
+		case out <- next:
+			sub.win.popEmitted()
+		case <-sub.wake:
+			sub.sched.onWake(time.Now())
+		case <-sub.sched.C():
+			sub.sched.onTimer()
+		case <-renewTicker.C:
+			sub.renew()
+		case r := <-sub.claims:
+			sub.onClaimed(r)
+		case r := <-sub.flushed:
+			sub.onFlushed(r)
+		case r := <-sub.settled:
+			sub.onSettled(r)
+		case r := <-sub.renewed:
+			sub.onRenewed(r)
+		case d := <-sub.delivered:
+			sub.onDelivered(d)
+		}
+	}
+}
+
+func (sub *subscription) free() int { return sub.cfg.MaxInFlight - sub.win.size() }
+
+// claim starts a claim in a worker.
+func (sub *subscription) claim() {
+	limit := sub.sched.start(sub.free())
+	req := outbox.ClaimRequest{Topics: sub.topics, Limit: limit, Lease: sub.cfg.ClaimTimeout, Ordered: !sub.cfg.DisableOrdering}
+	sub.spawn(func() {
+		ctx, cancel := workCtx()
+		defer cancel()
+		token, rows, err := sub.s.store.Claim(ctx, req)
+		send(sub, sub.claims, claimed{token: token, rows: rows, limit: limit, err: err})
+	})
+}
+
+func (sub *subscription) onClaimed(r claimed) {
+	if r.err != nil {
+		sub.sched.onClaimFailed(sub.retries.claim.failed(r.err))
+		return
+	}
+	sub.retries.claim.succeeded()
+	sub.sched.onClaimed(len(r.rows), r.limit)
+	readied := sub.win.add(r.token, r.rows, time.Now())
+	if sub.draining {
+		// Claimed while closing: give them straight back.
+		sub.release(sub.win.unemitted())
+		sub.release(readied)
+		return
+	}
+	for _, h := range readied {
+		sub.prepare(h)
+	}
+}
+
+// onDelivered settles one emitted row by its verdict.
+func (sub *subscription) onDelivered(d delivered) {
+	h := d.h
+	h.cancel()
+	if !sub.win.holds(h) || h.state != emitted {
+		return // released meanwhile (shutdown): nothing to record
+	}
+	sub.s.warnMisuse(d)
+	dec := decide(d, sub.cfg)
+	if dec.fate == published {
+		sub.acks.add(h.token, h.row.ID)
+		if next := sub.win.published(h); next != nil {
+			if sub.draining {
+				sub.release([]*held{next})
+			} else {
+				sub.prepare(next)
+			}
+		}
+		return
+	}
+	behind := sub.win.failed(h)
+	sub.settle(h, dec)
+	if len(behind) > 0 {
+		sub.release(behind) // they must not overtake h
+	}
+}
+
+// drain switches the loop to draining: the channel closes, the rows not
+// handed out go back at once, and the grace for the others begins.
+func (sub *subscription) drain() <-chan time.Time {
+	sub.draining = true
+	close(sub.out)
+	sub.release(sub.win.unemitted())
+	return time.After(min(closeGrace, sub.cfg.ClaimTimeout/2))
+}
+
+// idle reports whether a draining loop has nothing left to settle.
+func (sub *subscription) idle() bool {
+	return sub.win.size() == 0 && !sub.sched.claiming && !sub.acks.flushing &&
+		len(sub.acks.pending) == 0 && sub.settling == 0 && !sub.renewals.running
+}
+
+// finish ends the subscription after the loop: whatever is still in the
+// handler loses its claim (a late verdict is not recorded, so the row is
+// published again later: at least once), pending acks are written, and
+// the workers are awaited.
+func (sub *subscription) finish() {
+	if !sub.draining {
+		close(sub.out)
+	}
+	var giveBack []*held
+	for _, h := range sub.win.held {
+		if h.rec != nil {
+			h.rec.Seal() // a handler that has not begun publishes nothing now
+		}
+		if h.cancel != nil {
+			h.cancel()
+		}
+		if h.state == emitted || h.state == ready || h.state == queued {
+			giveBack = append(giveBack, h)
+		}
+	}
+	close(sub.stop)
+	ctx, cancel := workCtx()
+	defer cancel()
+	keep := sub.cfg.PublishedRetention > 0
+	for token, ids := range sub.acks.pending {
+		if _, err := sub.s.store.MarkPublished(ctx, token, ids, keep); err != nil {
+			sub.s.logger.Error("Outbox ack write on close failed; the rows will be published again", err, nil)
+		}
+	}
+	for token, ids := range byToken(giveBack) {
+		if _, err := sub.s.store.Release(ctx, token, ids); err != nil {
+			sub.s.logger.Error("Outbox release on close failed; the rows return when their lease expires", err,
+				watermill.LogFields{"rows": len(ids)})
+		}
+	}
+	sub.work.Wait()
+}
+
+// spawn runs fn in a worker the subscription waits for.
+func (sub *subscription) spawn(fn func()) {
+	sub.work.Add(1)
+	go func() {
+		defer sub.work.Done()
+		fn()
+	}()
+}
+
+// send delivers a worker's result to the loop, unless the loop has ended.
+func send[T any](sub *subscription, ch chan<- T, v T) {
+	select {
+	case ch <- v:
+	case <-sub.stop:
+	}
+}

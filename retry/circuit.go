@@ -1,0 +1,130 @@
+package retry
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// circuit pauses every handler of a Middleware while the destination is
+// unavailable. Closed, calls go straight through. Open, every handler waits
+// until the pause ends; then one handler probes the destination while the
+// others keep waiting: its success (or any answer that is not Unavailable)
+// closes the circuit and releases them all, its Unavailable failure opens it
+// again for twice as long, up to max. A broker that stays down is asked
+// once per pause, not once per waiting message.
+type circuit struct {
+	min, max time.Duration
+
+	mu       sync.Mutex
+	failures int           // openings since the last close; 0: closed
+	since    time.Time     // when the current outage began
+	until    time.Time     // the pause ends then
+	probing  bool          // a handler is probing
+	closed   chan struct{} // closed when the circuit closes; new per outage
+	changed  chan struct{} // closed on every open and on a probe's end; renewed
+}
+
+func (c *circuit) init(min, max time.Duration) {
+	c.min, c.max = min, max
+	c.changed = make(chan struct{})
+}
+
+// signal wakes the waiters to look again; c.mu must be held.
+func (c *circuit) signal() {
+	close(c.changed)
+	c.changed = make(chan struct{})
+}
+
+// open opens the circuit after an Unavailable failure. A failure that began
+// before the circuit opened (not a probe, while a pause runs) changes
+// nothing: concurrent failures of one outage must not inflate the backoff.
+// opened reports whether a new pause began; failures counts them.
+func (c *circuit) open(probe bool) (delay time.Duration, failures int, opened bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := time.Now()
+	if probe {
+		c.probing = false
+	} else if c.failures > 0 && (now.Before(c.until) || c.probing) {
+		return 0, c.failures, false
+	}
+	c.failures++
+	if c.failures == 1 {
+		c.closed = make(chan struct{})
+		c.since = now
+	}
+	delay = Backoff(c.failures, c.min, c.max)
+	c.until = now.Add(delay)
+	c.signal()
+	return delay, c.failures, true
+}
+
+// close closes the circuit, releasing waiting handlers at once. It reports
+// whether the circuit was open.
+func (c *circuit) close() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.failures == 0 {
+		return false
+	}
+	c.failures, c.probing = 0, false
+	c.until, c.since = time.Time{}, time.Time{}
+	close(c.closed)
+	c.signal()
+	return true
+}
+
+// pausedSince reports whether the circuit is open, and since when.
+func (c *circuit) pausedSince() (bool, time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.failures > 0, c.since
+}
+
+// wait returns once the caller may call the destination: at once when the
+// circuit is closed, and with probe set when the pause is over and no other
+// handler is probing. It returns ctx's cause once ctx is done (checked
+// first: a message whose context ended is not handled). A prober must
+// report its result with open(true) or close.
+func (c *circuit) wait(ctx context.Context) (probe bool, err error) {
+	for {
+		if ctx.Err() != nil {
+			return false, context.Cause(ctx)
+		}
+		c.mu.Lock()
+		if c.failures == 0 {
+			c.mu.Unlock()
+			return false, nil
+		}
+		d, closed, changed := time.Until(c.until), c.closed, c.changed
+		if d <= 0 && !c.probing {
+			c.probing = true
+			c.mu.Unlock()
+			return true, nil
+		}
+		c.mu.Unlock()
+		if !waitFor(ctx, d, closed, changed) {
+			return false, context.Cause(ctx)
+		}
+	}
+}
+
+// waitFor waits until d has passed (d <= 0: not at all), closed or changed
+// is closed, or ctx is done; it reports whether ctx is still live.
+func waitFor(ctx context.Context, d time.Duration, closed, changed <-chan struct{}) bool {
+	var timer <-chan time.Time
+	if d > 0 {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		timer = t.C
+	}
+	select {
+	case <-timer:
+	case <-closed:
+	case <-changed:
+	case <-ctx.Done():
+		return false
+	}
+	return true
+}

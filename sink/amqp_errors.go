@@ -1,0 +1,88 @@
+package sink
+
+import (
+	"errors"
+	"strings"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/e0a82c8c/watermill-outbox/retry"
+)
+
+// ClassifyAMQPError marks an error of an amqp091-go (or watermill-amqp/v2)
+// publisher for retry.DefaultClassifier. AMQPPublisher does this to every
+// error it returns; call it when relaying through a publisher of your own.
+// An error marked already keeps its mark; nil stays nil.
+//
+//   - Permanent: codes 311 ContentTooLarge and 312 NoRoute, RabbitMQ's 406
+//     "message size … is larger than … max size", and "cannot marshal
+//     message …" (how watermill-amqp wraps a marshaler error).
+//   - Unavailable: amqp.ErrClosed and the connection-level codes 320
+//     ConnectionForced, 501 FrameError (amqp091 reports a broken socket
+//     so), 504 ChannelError, 505 UnexpectedFrame and 506 ResourceError;
+//     watermill-amqp's "not connected to AMQP" and "pub/sub is connection
+//     closedChan".
+//   - Everything else is left unmarked, so Transient: among them errors an
+//     operator can fix while rows wait (403 on a vhost or exchange, 404 for
+//     a missing exchange, a 406 for queue arguments that differ) and a
+//     broker's negative publisher confirm ("delivery not confirmed").
+//
+// With publisher confirms, RabbitMQ's 406 for an oversized message closes
+// the channel and reaches the publisher only as "delivery not confirmed",
+// which is Transient: such a message dies when its budget is spent.
+func ClassifyAMQPError(err error) error {
+	if err == nil {
+		return nil
+	}
+	return mark(err, amqpKind(err))
+}
+
+func amqpKind(err error) retry.Kind {
+	if k, ok := retry.MarkedKind(err); ok {
+		return k
+	}
+	if errors.Is(err, amqp.ErrClosed) {
+		return retry.Unavailable
+	}
+	if code, reason, ok := amqpError(err); ok {
+		switch code {
+		case amqp.ContentTooLarge, amqp.NoRoute:
+			return retry.Permanent
+		case amqp.PreconditionFailed:
+			// RabbitMQ: "PRECONDITION_FAILED - message size N is larger
+			// than [configured ]max size M".
+			if strings.Contains(reason, "message size") && strings.Contains(reason, "larger than") {
+				return retry.Permanent
+			}
+		case amqp.ConnectionForced, amqp.FrameError, amqp.ChannelError, amqp.UnexpectedFrame, amqp.ResourceError:
+			return retry.Unavailable
+		}
+	}
+	if anyMessage(err, func(msg string) bool { return strings.HasPrefix(msg, marshalFailed) }) {
+		return retry.Permanent
+	}
+	if anyMessage(err, func(msg string) bool { return unavailableAMQPMessages[msg] }) {
+		return retry.Unavailable
+	}
+	return retry.DefaultClassifier(err)
+}
+
+// unavailableAMQPMessages are errors watermill-amqp creates with errors.New.
+var unavailableAMQPMessages = map[string]bool{
+	"not connected to AMQP":            true, // while reconnecting
+	"pub/sub is connection closedChan": true, // after Close
+}
+
+// amqpError finds an amqp091 error in err's chain, by pointer (as amqp091
+// returns them) or by value.
+func amqpError(err error) (code int, reason string, ok bool) {
+	var p *amqp.Error
+	if errors.As(err, &p) && p != nil {
+		return p.Code, p.Reason, true
+	}
+	var v amqp.Error
+	if errors.As(err, &v) {
+		return v.Code, v.Reason, true
+	}
+	return 0, "", false
+}

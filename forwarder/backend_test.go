@@ -40,7 +40,8 @@ func forEachBackend(t *testing.T, body func(t *testing.T, env *relayEnv)) {
 	}
 }
 
-// relayEnv is one test's outbox: its own table, a publisher and a store.
+// relayEnv is one test's outbox: its own table, a publisher and a store
+// with fastConfig (with makes one with other settings).
 type relayEnv struct {
 	backend backend
 	db      *sql.DB
@@ -52,14 +53,24 @@ type relayEnv struct {
 func newRelayEnv(t *testing.T, b backend) *relayEnv {
 	t.Helper()
 	db := b.open(t)
-	table := testenv.TableName(t)
-	require.NoError(t, outbox.Migrate(context.Background(), db, b.dialect, table))
-	t.Cleanup(func() { _, _ = db.Exec(`DROP TABLE IF EXISTS ` + table) })
-	pub, err := outbox.NewPublisher(db, outbox.PublisherConfig{Dialect: b.dialect, Table: table, AutoCommit: true}, nil)
+	e := &relayEnv{backend: b, db: db, table: testenv.TableName(t)}
+	e.store = e.with(t, fastConfig())
+	require.NoError(t, e.store.Migrate(context.Background()))
+	t.Cleanup(func() { _, _ = db.Exec(`DROP TABLE IF EXISTS ` + e.table) })
+	pub, err := outbox.NewPublisher(e.store, outbox.PublisherConfig{AutoCommit: true}, nil)
 	require.NoError(t, err)
-	store, err := outbox.NewSQLStore(db, outbox.SQLStoreConfig{Dialect: b.dialect, Table: table})
+	e.pub = pub
+	return e
+}
+
+// with returns a store on the test's table with cfg (its Table is set
+// here): the relay built on it runs by cfg.
+func (e *relayEnv) with(t *testing.T, cfg config.Config) *outbox.SQLStore {
+	t.Helper()
+	cfg.Table = e.table
+	store, err := outbox.NewSQLStore(e.db, outbox.SQLStoreConfig{Dialect: e.backend.dialect, Outbox: cfg}, nil)
 	require.NoError(t, err)
-	return &relayEnv{backend: b, db: db, table: table, pub: pub, store: store}
+	return store
 }
 
 // fastConfig polls often and backs off briefly, so tests finish quickly.

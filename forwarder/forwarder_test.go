@@ -91,9 +91,9 @@ func (r *recorder) waitDistinct(t *testing.T, n int, timeout time.Duration) {
 	}
 }
 
-func runForwarder(t *testing.T, e *relayEnv, dest message.Publisher, cfg forwarder.Config) *forwarder.Forwarder {
+func runForwarder(t *testing.T, store outbox.Store, dest message.Publisher, cfg forwarder.Config) *forwarder.Forwarder {
 	t.Helper()
-	f, err := forwarder.NewForwarder(e.store, dest, cfg, watermill.NopLogger{})
+	f, err := forwarder.NewForwarder(store, dest, cfg, watermill.NopLogger{})
 	require.NoError(t, err)
 	done := make(chan error, 1)
 	go func() { done <- f.Run(context.Background()) }()
@@ -122,7 +122,7 @@ func TestForwarderDeliversIntact(t *testing.T) {
 		dest := newRecorder()
 		msgs := e.publish(t, "orders", 300, func(i int) string { return fmt.Sprint("k", i%7) })
 		more := e.publish(t, "payments", 50, nil)
-		runForwarder(t, e, dest, forwarder.Config{Outbox: fastConfig()})
+		runForwarder(t, e.store, dest, forwarder.Config{})
 		dest.waitDistinct(t, 350, 30*time.Second)
 
 		want := make(map[string]*message.Message)
@@ -162,7 +162,7 @@ func TestForwarderRetriesThenDeadLetters(t *testing.T) {
 		})
 		cfg := fastConfig()
 		cfg.MaxRetryCount = 3
-		runForwarder(t, e, dest, forwarder.Config{Outbox: cfg})
+		runForwarder(t, e.with(t, cfg), dest, forwarder.Config{})
 		dest.waitDistinct(t, 18, 30*time.Second)
 
 		waitFor(t, 30*time.Second, "poison message dead", func() bool {
@@ -185,7 +185,7 @@ func TestForwarderRetriesThenDeadLetters(t *testing.T) {
 		// Requeue gives the dead row a fresh budget; it is delivered once the
 		// destination accepts it.
 		dest.setFail(nil)
-		dead, err := e.store.ListDead(context.Background(), 10)
+		dead, err := e.store.ListDead(context.Background(), outbox.DeadQuery{Limit: 10})
 		require.NoError(t, err)
 		require.Len(t, dead, 2)
 		n, err := e.store.Requeue(context.Background(), dead[0].ID, dead[1].ID)
@@ -216,7 +216,7 @@ func TestForwarderUnavailableDestinationChargesNothing(t *testing.T) {
 		msgs := e.publish(t, "t", 5, nil)
 		cfg := fastConfig()
 		cfg.MaxRetryCount = 1
-		runForwarder(t, e, dest, forwarder.Config{Outbox: cfg})
+		runForwarder(t, e.with(t, cfg), dest, forwarder.Config{})
 		for i := 0; i < 5; i++ { // fail well past the budget of 1
 			select {
 			case <-failures:
@@ -256,7 +256,7 @@ func TestForwarderPerKeyOrderAcrossInstances(t *testing.T) {
 		cfg := fastConfig()
 		cfg.BatchSize = 37
 		for i := 0; i < 3; i++ {
-			runForwarder(t, e, dest, forwarder.Config{Outbox: cfg, HandlerName: fmt.Sprint("relay", i)})
+			runForwarder(t, e.with(t, cfg), dest, forwarder.Config{HandlerName: fmt.Sprint("relay", i)})
 		}
 		msgs := e.publish(t, "ordered", n, func(i int) string { return fmt.Sprint("key-", i%keys) })
 		dest.waitDistinct(t, n, 60*time.Second)
@@ -280,7 +280,7 @@ func TestSubscriberCloseReleasesClaims(t *testing.T) {
 	t.Parallel()
 	forEachBackend(t, func(t *testing.T, e *relayEnv) {
 		e.publish(t, "t", 10, nil)
-		sub, err := forwarder.NewSubscriber(e.store, fastConfig(), nil)
+		sub, err := forwarder.NewSubscriber(e.store, forwarder.SubscriberConfig{}, nil)
 		require.NoError(t, err)
 		ch, err := sub.Subscribe(context.Background(), "t")
 		require.NoError(t, err)
@@ -295,7 +295,7 @@ func TestSubscriberCloseReleasesClaims(t *testing.T) {
 		require.NoError(t, sub.Close(), "idempotent")
 		first.Ack() // too late: the claim was released, the ack is not recorded
 		_, err = sub.Subscribe(context.Background(), "t")
-		require.ErrorIs(t, err, forwarder.ErrClosed)
+		require.ErrorIs(t, err, outbox.ErrClosed)
 
 		require.Equal(t, 10, e.count(t, "state = 'pending'"), "nothing acked before Close is marked published")
 		require.Zero(t, e.count(t, "claim_token IS NOT NULL"), "every claim released")
@@ -305,7 +305,7 @@ func TestSubscriberCloseReleasesClaims(t *testing.T) {
 func TestSubscriberCloseBeforeSubscribe(t *testing.T) {
 	t.Parallel()
 	forEachBackend(t, func(t *testing.T, e *relayEnv) {
-		sub, err := forwarder.NewSubscriber(e.store, fastConfig(), nil)
+		sub, err := forwarder.NewSubscriber(e.store, forwarder.SubscriberConfig{}, nil)
 		require.NoError(t, err)
 		require.NoError(t, sub.Close())
 	})
@@ -314,18 +314,18 @@ func TestSubscriberCloseBeforeSubscribe(t *testing.T) {
 func TestForwarderLifecycle(t *testing.T) {
 	t.Parallel()
 	forEachBackend(t, func(t *testing.T, e *relayEnv) {
-		f, err := forwarder.NewForwarder(e.store, newRecorder(), forwarder.Config{Outbox: fastConfig()}, nil)
+		f, err := forwarder.NewForwarder(e.store, newRecorder(), forwarder.Config{}, nil)
 		require.NoError(t, err)
 		require.NoError(t, f.Close(), "safe before Run")
 		require.NoError(t, f.Close(), "idempotent")
-		require.ErrorIs(t, f.Run(context.Background()), forwarder.ErrClosed)
+		require.ErrorIs(t, f.Run(context.Background()), outbox.ErrClosed)
 
-		f = runForwarder(t, e, newRecorder(), forwarder.Config{Outbox: fastConfig()})
+		f = runForwarder(t, e.store, newRecorder(), forwarder.Config{})
 		require.ErrorIs(t, f.Run(context.Background()), forwarder.ErrRunning)
 
 		router, err := message.NewRouter(message.RouterConfig{}, nil)
 		require.NoError(t, err)
-		attached, err := forwarder.NewForwarder(e.store, newRecorder(), forwarder.Config{Outbox: fastConfig(), Router: router}, nil)
+		attached, err := forwarder.NewForwarder(e.store, newRecorder(), forwarder.Config{Router: router}, nil)
 		require.NoError(t, err)
 		require.ErrorIs(t, attached.Run(context.Background()), forwarder.ErrAttached)
 		require.NoError(t, attached.Close())
@@ -345,7 +345,7 @@ func TestForwarderOnCallersRouter(t *testing.T) {
 			}
 		})
 		dest := newRecorder()
-		_, err = forwarder.NewForwarder(e.store, dest, forwarder.Config{Outbox: fastConfig(), Router: router}, nil)
+		_, err = forwarder.NewForwarder(e.store, dest, forwarder.Config{Router: router}, nil)
 		require.NoError(t, err)
 		msgs := e.publish(t, "t", 10, nil)
 		done := make(chan error, 1)
@@ -369,9 +369,11 @@ func TestInvalidForwarderConfig(t *testing.T) {
 		require.ErrorContains(t, err, "QuickRetries")
 		cfg := fastConfig()
 		cfg.BatchSize = -1
-		_, err = forwarder.NewForwarder(e.store, newRecorder(), forwarder.Config{Outbox: cfg}, nil)
+		_, err = forwarder.NewForwarder(configured{Store: e.store, cfg: cfg}, newRecorder(), forwarder.Config{}, nil)
 		require.ErrorContains(t, err, "BatchSize")
-		_, err = forwarder.NewSubscriber(nil, fastConfig(), nil)
+		_, err = forwarder.NewForwarder(e.store, newRecorder(), forwarder.Config{Topics: []string{"a*b"}}, nil)
+		require.ErrorContains(t, err, "Topics")
+		_, err = forwarder.NewSubscriber(nil, forwarder.SubscriberConfig{}, nil)
 		require.Error(t, err)
 	})
 }
@@ -388,7 +390,7 @@ func TestForwarderSteadyStateManyInstances(t *testing.T) {
 		dest := newRecorder()
 		msgs := e.publish(t, "steady", n, func(i int) string { return fmt.Sprint("key-", i%keys) })
 		for i := 0; i < 3; i++ {
-			runForwarder(t, e, dest, forwarder.Config{Outbox: fastConfig()})
+			runForwarder(t, e.store, dest, forwarder.Config{})
 		}
 		dest.waitDistinct(t, n, 120*time.Second)
 
@@ -426,7 +428,7 @@ func TestForwarderDeliversAfterNFailures(t *testing.T) {
 		msgs := e.publish(t, "t", 1, nil)
 		cfg := fastConfig()
 		cfg.MaxRetryCount = failures + 1
-		runForwarder(t, e, dest, forwarder.Config{Outbox: cfg})
+		runForwarder(t, e.with(t, cfg), dest, forwarder.Config{})
 		dest.waitDistinct(t, 1, 30*time.Second)
 		require.Equal(t, failures+1, tries)
 		waitFor(t, 10*time.Second, "row deleted", func() bool { _, ok := e.row(t, msgs[0].UUID); return !ok })
@@ -449,7 +451,7 @@ func TestForwarderCloseMidFlightThenRestart(t *testing.T) {
 			<-blocked // the broker hangs: nothing gets confirmed
 			return errors.New("broker gone")
 		})
-		f, err := forwarder.NewForwarder(e.store, dest, forwarder.Config{Outbox: fastConfig()}, nil)
+		f, err := forwarder.NewForwarder(e.store, dest, forwarder.Config{}, nil)
 		require.NoError(t, err)
 		done := make(chan error, 1)
 		go func() { done <- f.Run(context.Background()) }()
@@ -474,7 +476,7 @@ func TestForwarderCloseMidFlightThenRestart(t *testing.T) {
 		require.Zero(t, dest.distinct())
 
 		dest.setFail(nil)
-		runForwarder(t, e, dest, forwarder.Config{Outbox: fastConfig()})
+		runForwarder(t, e.store, dest, forwarder.Config{})
 		dest.waitDistinct(t, n, 60*time.Second)
 		for _, m := range msgs {
 			require.Equal(t, 1, dest.byUUID[m.UUID])
@@ -489,13 +491,13 @@ func TestForwarderRetention(t *testing.T) {
 		e.publish(t, "t", 50, nil)
 		cfg := fastConfig()
 		cfg.PublishedRetention = time.Hour
-		f := runForwarder(t, e, dest, forwarder.Config{Outbox: cfg})
+		f := runForwarder(t, e.with(t, cfg), dest, forwarder.Config{})
 		dest.waitDistinct(t, 50, 30*time.Second)
 		waitFor(t, 10*time.Second, "rows kept as published", func() bool { return e.count(t, "state = 'published'") == 50 })
 		require.NoError(t, f.Close())
 
 		cfg.PublishedRetention = 50 * time.Millisecond
-		runForwarder(t, e, dest, forwarder.Config{Outbox: cfg})
+		runForwarder(t, e.with(t, cfg), dest, forwarder.Config{})
 		waitFor(t, 30*time.Second, "published rows purged", func() bool { return e.count(t, "1=1") == 0 })
 	})
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/e0a82c8c/watermill-outbox/config"
 	"github.com/e0a82c8c/watermill-outbox/forwarder"
+	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
 
 // requireUntouched asserts the table holds exactly n rows, all pending,
@@ -45,18 +46,18 @@ func TestForwarderMisuseWritesNothing(t *testing.T) {
 		e.publish(t, "t", 20, nil)
 		dest := newRecorder()
 
-		never, err := forwarder.NewForwarder(e.store, dest, forwarder.Config{Outbox: fastConfig()}, nil)
+		never, err := forwarder.NewForwarder(e.store, dest, forwarder.Config{}, nil)
 		require.NoError(t, err)
 		for _, err := range closeAll(never.Close) {
 			require.NoError(t, err, "Close before Run, several at once")
 		}
-		require.ErrorIs(t, never.Run(context.Background()), forwarder.ErrClosed, "Run after Close")
-		require.ErrorIs(t, never.Run(context.Background()), forwarder.ErrClosed, "Run after Close, again")
+		require.ErrorIs(t, never.Run(context.Background()), outbox.ErrClosed, "Run after Close")
+		require.ErrorIs(t, never.Run(context.Background()), outbox.ErrClosed, "Run after Close, again")
 		require.Zero(t, dest.distinct())
 		requireUntouched(t, e, 20)
 
 		// One that ran, was closed, and is asked to run again.
-		ran := runForwarder(t, e, dest, forwarder.Config{Outbox: fastConfig()})
+		ran := runForwarder(t, e.store, dest, forwarder.Config{})
 		require.ErrorIs(t, ran.Run(context.Background()), forwarder.ErrRunning, "Run twice")
 		dest.waitDistinct(t, 20, 30*time.Second)
 		waitFor(t, 10*time.Second, "acks written", func() bool { return e.count(t, "1=1") == 0 })
@@ -66,7 +67,7 @@ func TestForwarderMisuseWritesNothing(t *testing.T) {
 		require.NoError(t, ran.Close(), "Close once more")
 
 		e.publish(t, "t", 10, nil)
-		require.ErrorIs(t, ran.Run(context.Background()), forwarder.ErrClosed, "Run after Close")
+		require.ErrorIs(t, ran.Run(context.Background()), outbox.ErrClosed, "Run after Close")
 		require.Equal(t, 20, dest.distinct(), "nothing published after Close")
 		requireUntouched(t, e, 10)
 	})
@@ -77,7 +78,7 @@ func TestForwarderMisuseWritesNothing(t *testing.T) {
 func TestForwarderConcurrentRun(t *testing.T) {
 	t.Parallel()
 	forEachBackend(t, func(t *testing.T, e *relayEnv) {
-		f, err := forwarder.NewForwarder(e.store, newRecorder(), forwarder.Config{Outbox: fastConfig()}, nil)
+		f, err := forwarder.NewForwarder(e.store, newRecorder(), forwarder.Config{}, nil)
 		require.NoError(t, err)
 		results := make(chan error, 2)
 		for range 2 {
@@ -110,7 +111,7 @@ func TestSubscriberMisuseWritesNothing(t *testing.T) {
 	t.Parallel()
 	forEachBackend(t, func(t *testing.T, e *relayEnv) {
 		e.publish(t, "t", 5, nil)
-		sub, err := forwarder.NewSubscriber(e.store, fastConfig(), nil)
+		sub, err := forwarder.NewSubscriber(e.store, forwarder.SubscriberConfig{}, nil)
 		require.NoError(t, err)
 		_, err = sub.Subscribe(context.Background(), "")
 		require.ErrorContains(t, err, "empty topic")
@@ -118,15 +119,24 @@ func TestSubscriberMisuseWritesNothing(t *testing.T) {
 			require.NoError(t, err)
 		}
 		_, err = sub.Subscribe(context.Background(), forwarder.AllTopics)
-		require.ErrorIs(t, err, forwarder.ErrClosed)
+		require.ErrorIs(t, err, outbox.ErrClosed)
 		sub.Wake() // harmless after Close
 		requireUntouched(t, e, 5)
 	})
 }
 
-// TestInvalidConfigEveryFieldWritesNothing: every invalid relay setting,
-// set in code, is refused by NewForwarder and NewSubscriber with an error
-// naming the field, and no row is touched.
+// configured is a Store decorator that reports other settings.
+type configured struct {
+	outbox.Store
+	cfg config.Config
+}
+
+func (c configured) Config() config.Config { return c.cfg }
+
+// TestInvalidConfigEveryFieldWritesNothing: every invalid setting, set in
+// code, is refused by NewSQLStore, and by NewForwarder and NewSubscriber
+// when a custom Store reports it, with an error naming the field; no row is
+// touched.
 func TestInvalidConfigEveryFieldWritesNothing(t *testing.T) {
 	t.Parallel()
 	forEachBackend(t, func(t *testing.T, e *relayEnv) {
@@ -155,11 +165,18 @@ func TestInvalidConfigEveryFieldWritesNothing(t *testing.T) {
 		}
 		for _, c := range cases {
 			cfg := fastConfig()
+			cfg.Table = e.table
 			c.modify(&cfg)
-			_, err := forwarder.NewForwarder(e.store, newRecorder(), forwarder.Config{Outbox: cfg}, nil)
+			_, err := outbox.NewSQLStore(e.db, outbox.SQLStoreConfig{Dialect: e.backend.dialect, Outbox: cfg}, nil)
+			require.ErrorContains(t, err, "invalid config", "NewSQLStore")
+			if c.field != "Table" { // the store's own check names ErrInvalidTableName
+				require.ErrorContains(t, err, c.field+":", "NewSQLStore")
+			}
+			custom := configured{Store: e.store, cfg: cfg}
+			_, err = forwarder.NewForwarder(custom, newRecorder(), forwarder.Config{}, nil)
 			require.ErrorContains(t, err, c.field+":", "NewForwarder")
 			require.ErrorContains(t, err, "invalid config")
-			_, err = forwarder.NewSubscriber(e.store, cfg, nil)
+			_, err = forwarder.NewSubscriber(custom, forwarder.SubscriberConfig{}, nil)
 			require.ErrorContains(t, err, c.field+":", "NewSubscriber")
 		}
 		requireUntouched(t, e, 3)

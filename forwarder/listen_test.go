@@ -31,7 +31,7 @@ func TestWakeOnCommit(t *testing.T) {
 	cfg := fastConfig()
 	cfg.PollingInterval = time.Hour
 	dest := newRecorder()
-	runForwarder(t, e, dest, forwarder.Config{Outbox: cfg})
+	runForwarder(t, e.with(t, cfg), dest, forwarder.Config{})
 
 	var first int
 	waitFor(t, 30*time.Second, "relay listening", func() bool { first = listenerPID(t, e); return first != 0 })
@@ -56,7 +56,7 @@ func TestWakeOnCommitDisabled(t *testing.T) {
 	cfg := fastConfig()
 	cfg.DisableNotify = true
 	dest := newRecorder()
-	runForwarder(t, e, dest, forwarder.Config{Outbox: cfg})
+	runForwarder(t, e.with(t, cfg), dest, forwarder.Config{})
 	e.publish(t, "t", 3, nil)
 	dest.waitDistinct(t, 3, 30*time.Second) // by polling
 	require.Zero(t, listenerPID(t, e))
@@ -71,14 +71,28 @@ func TestNotifierWakesRelay(t *testing.T) {
 	cfg := fastConfig()
 	cfg.PollingInterval = time.Hour
 	dest := newRecorder()
-	f := runForwarder(t, e, dest, forwarder.Config{Outbox: cfg})
-	pub, err := outbox.NewPublisher(e.db, outbox.PublisherConfig{
-		Dialect: e.backend.dialect, Table: e.table, AutoCommit: true, Notifier: f.Subscriber(),
-	}, nil)
+	f := runForwarder(t, e.with(t, cfg), dest, forwarder.Config{})
+	pub, err := outbox.NewPublisher(e.store, outbox.PublisherConfig{AutoCommit: true, Notifier: f.Subscriber()}, nil)
 	require.NoError(t, err)
 	for i := range 3 {
 		e.pub = pub
 		e.publish(t, "t", 1, nil)
 		dest.waitDistinct(t, i+1, 30*time.Second)
 	}
+}
+
+// TestWakeOnCommitThroughDecoratedStore: the wake-up source is part of the
+// Store contract (Listen), so a decorator — a metrics or tracing wrapper, a
+// user's own — that embeds the store keeps the relay listening. With an
+// hour-long polling interval only the notification can bring the message.
+func TestWakeOnCommitThroughDecoratedStore(t *testing.T) {
+	t.Parallel()
+	e := newRelayEnv(t, backends[0]) // PostgreSQL
+	cfg := fastConfig()
+	cfg.PollingInterval = time.Hour
+	dest := newRecorder()
+	runForwarder(t, configured{Store: e.with(t, cfg), cfg: cfg}, dest, forwarder.Config{})
+	waitFor(t, 30*time.Second, "relay listening", func() bool { return listenerPID(t, e) != 0 })
+	e.publish(t, "t", 1, nil)
+	dest.waitDistinct(t, 1, 30*time.Second)
 }

@@ -29,9 +29,10 @@ func TestPubSub(t *testing.T) {
 			NewSubscriberReceivesOldMessages: false,
 		}, func(t *testing.T) (message.Publisher, message.Subscriber) {
 			// The suite closes both, so each call gets its own.
-			pub, err := outbox.NewPublisher(e.db, outbox.PublisherConfig{Dialect: e.backend.dialect, Table: e.table, AutoCommit: true}, nil)
+			store := e.with(t, cfg)
+			pub, err := outbox.NewPublisher(store, outbox.PublisherConfig{AutoCommit: true}, nil)
 			require.NoError(t, err)
-			sub, err := forwarder.NewSubscriber(e.store, cfg, nil)
+			sub, err := forwarder.NewSubscriber(store, forwarder.SubscriberConfig{}, nil)
 			require.NoError(t, err)
 			return pub, sub
 		}, nil)

@@ -47,7 +47,7 @@ func TestDatabaseErrorsNeverEndTheRelay(t *testing.T) {
 		store.ackFailures.Store(3)
 		e.publish(t, "t", 50, nil)
 		dest := newRecorder()
-		f, err := forwarder.NewForwarder(store, dest, forwarder.Config{Outbox: fastConfig()}, nil)
+		f, err := forwarder.NewForwarder(store, dest, forwarder.Config{}, nil)
 		require.NoError(t, err)
 		go func() { _ = f.Run(context.Background()) }()
 		t.Cleanup(func() { _ = f.Close() })
@@ -77,11 +77,11 @@ func TestLeaseRenewedWhileInFlight(t *testing.T) {
 			return nil
 		})
 		msgs := e.publish(t, "t", 1, nil)
-		runForwarder(t, e, slow, forwarder.Config{Outbox: cfg})
+		runForwarder(t, e.with(t, cfg), slow, forwarder.Config{})
 		<-entered
 
 		other := newRecorder()
-		runForwarder(t, e, other, forwarder.Config{Outbox: cfg})
+		runForwarder(t, e.with(t, cfg), other, forwarder.Config{})
 		// Hold the publish for two leases while the other relay polls.
 		deadline := time.After(2 * cfg.ClaimTimeout)
 		tick := time.NewTicker(50 * time.Millisecond)

@@ -51,7 +51,7 @@ func TestEndToEndKafka(t *testing.T) {
 		t.Cleanup(func() { _ = kafkaPub.Close() })
 
 		want, never := commitAndRollback(t, e, topic, 30, 5)
-		runForwarder(t, e, kafkaPub, forwarder.Config{Outbox: fastConfig()})
+		runForwarder(t, e.store, kafkaPub, forwarder.Config{})
 
 		records := testenv.ConsumeKafka(t, brokers, topic, len(want), 30*time.Second)
 		lastPerKey := make(map[string]int)
@@ -67,7 +67,7 @@ func TestEndToEndKafka(t *testing.T) {
 			require.Equal(t, []byte(w.Payload), r.Value)
 			require.Equal(t, w.Metadata.Get(outbox.PartitionKeyMetadataKey), string(r.Key), "partition key is the Kafka key")
 			require.Equal(t, "acme", headers["x-tenant"])
-			for _, k := range []string{outbox.OutboxIDMetadataKey, outbox.AttemptMetadataKey, forwarder.TopicMetadataKey} {
+			for _, k := range []string{outbox.OutboxIDMetadataKey, outbox.AttemptMetadataKey, outbox.TopicMetadataKey} {
 				require.NotContains(t, headers, k, "relay metadata stays out of the broker")
 			}
 			// Per key (one partition each), records keep the written order.
@@ -100,7 +100,7 @@ func TestEndToEndRabbitMQ(t *testing.T) {
 		t.Cleanup(func() { _, _ = ch.QueueDelete(topic, false, false, false) })
 
 		want, never := commitAndRollback(t, e, topic, 30, 5)
-		runForwarder(t, e, amqpPub, forwarder.Config{Outbox: fastConfig()})
+		runForwarder(t, e.store, amqpPub, forwarder.Config{})
 
 		// The sink declared the durable queue before the first publish.
 		var deliveries <-chan amqp.Delivery

@@ -99,7 +99,7 @@ func TestClaimExpiryRecoversCrashedRelay(t *testing.T) {
 		require.Len(t, rows, 5, "one key's rows are claimed together")
 		// The "crashed" relay is gone. A live one takes over after a second.
 		dest := newRecorder()
-		runForwarder(t, e, dest, forwarder.Config{Outbox: fastConfig()})
+		runForwarder(t, e.store, dest, forwarder.Config{})
 		dest.waitDistinct(t, 5, 30*time.Second)
 		for i, r := range dest.snapshot()[:5] {
 			require.Equal(t, msgs[i].UUID, r.msg.UUID, "order kept after recovery")

@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-			"time"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -21,7 +21,6 @@ const (
 	// DefaultCircuitMinBackoff is the first pause after the destination
 	// was found unavailable.
 	DefaultCircuitMinBackoff = 100 * time.Millisecond
-
 )
 
 // DefaultCircuitMaxBackoff caps the pause while the destination stays

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/e0a82c8c/watermill-outbox/internal/testenv"
+	"github.com/e0a82c8c/watermill-outbox/retry"
 	watermilloutbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
 
@@ -246,13 +247,34 @@ func TestAMQPPublisher_PublishAfterClose(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, pub.Close())
 	require.NoError(t, pub.Close(), "second Close")
-	require.Error(t, pub.Publish(testenv.TableName(t), testMessages(1, "k")...))
+	err = pub.Publish(testenv.TableName(t), testMessages(1, "k")...)
+	require.ErrorIs(t, err, watermilloutbox.ErrClosed)
+	require.Equal(t, retry.Unavailable, retry.DefaultClassifier(err))
 }
 
-func TestAMQPPublisher_Unreachable(t *testing.T) {
+// TestAMQPPublisher_StartsWhileBrokerIsDown: the constructor does not
+// connect; a publish to a broker that does not answer (or refuses the
+// credentials) fails as Unavailable, charging no row, and the publisher is
+// usable (TestAMQPPublisher_RedeclaresAfterConnectionLoss: it reconnects).
+func TestAMQPPublisher_StartsWhileBrokerIsDown(t *testing.T) {
 	t.Parallel()
-	_, err := NewAMQPPublisher(AMQPConfig{URL: "amqp://guest:guest@127.0.0.1:1/"}, nil)
+	pub, err := NewAMQPPublisher(AMQPConfig{URL: "amqp://guest:guest@127.0.0.1:1/"}, nil)
+	require.NoError(t, err, "no connection at construction")
+	t.Cleanup(func() { _ = pub.Close() })
+	err = pub.Publish("orders", testMessages(1, "k")...)
 	require.ErrorContains(t, err, "connect to AMQP")
+	require.Equal(t, retry.Unavailable, retry.DefaultClassifier(err))
+
+	url := testenv.AMQPURL(t)
+	u, err := amqp.ParseURI(url)
+	require.NoError(t, err)
+	u.Password = "wrong-" + u.Password
+	badAuth, err := NewAMQPPublisher(AMQPConfig{URL: u.String()}, nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = badAuth.Close() })
+	err = badAuth.Publish("orders", testMessages(1, "k")...)
+	require.Error(t, err)
+	require.Equal(t, retry.Unavailable, retry.DefaultClassifier(err), "refused credentials pause the relay, never dead-letter: %v", err)
 }
 
 func TestAMQPConfig_Validate(t *testing.T) {

@@ -140,8 +140,8 @@ var unavailableKafkaErrors = []error{
 // unavailableKafkaMessages are errors sarama and watermill-kafka create with
 // errors.New, so only their text identifies them.
 var unavailableKafkaMessages = map[string]bool{
-	"publisher closed":                                           true, // watermill-kafka, after Close
-	"circuit breaker is open":                                    true, // sarama (go-resiliency breaker.ErrBreakerOpen): 3 failed metadata/leader lookups in a row
+	"publisher closed":        true, // watermill-kafka, after Close
+	"circuit breaker is open": true, // sarama (go-resiliency breaker.ErrBreakerOpen): 3 failed metadata/leader lookups in a row
 	"assertion failed: message out of sequence added to a batch": true, // sarama, after another message's failure reset the sequence
 }
 

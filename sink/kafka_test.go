@@ -2,6 +2,7 @@ package sink
 
 import (
 	"fmt"
+	"net"
 	"slices"
 	"strconv"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/e0a82c8c/watermill-outbox/internal/testenv"
@@ -22,7 +24,7 @@ import (
 
 const kafkaConsumeTimeout = 30 * time.Second
 
-func newKafkaPublisher(t *testing.T, config KafkaConfig) *kafka.Publisher {
+func newKafkaPublisher(t *testing.T, config KafkaConfig) *KafkaPublisher {
 	t.Helper()
 	pub, err := NewKafkaPublisher(config, watermill.NewStdLogger(false, false))
 	require.NoError(t, err)
@@ -262,4 +264,52 @@ func TestKafkaConfig_Validate(t *testing.T) {
 			})
 		})
 	}
+}
+
+// freePort returns a local address nothing listens on (yet).
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := l.Addr().String()
+	require.NoError(t, l.Close())
+	return addr
+}
+
+// TestKafkaPublisher_StartsWhileBrokerIsDown: the constructor does not
+// connect, so a relay starts while Kafka is down; a publish meanwhile fails
+// as Unavailable (no row is charged), and the same publisher works once the
+// broker is up.
+func TestKafkaPublisher_StartsWhileBrokerIsDown(t *testing.T) {
+	t.Parallel()
+	addr := freePort(t)
+	pub := newKafkaPublisher(t, KafkaConfig{Brokers: []string{addr}, Timeout: time.Second})
+
+	err := pub.Publish("orders", message.NewMessage(watermill.NewUUID(), []byte("x")))
+	require.ErrorContains(t, err, "connect to Kafka")
+	require.Equal(t, retry.Unavailable, retry.DefaultClassifier(err))
+
+	_, port, err := net.SplitHostPort(addr)
+	require.NoError(t, err)
+	p, err := strconv.Atoi(port)
+	require.NoError(t, err)
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.Ports(p), kfake.AllowAutoTopicCreation(),
+		kfake.SeedTopics(1, "orders"))
+	require.NoError(t, err)
+	t.Cleanup(cluster.Close)
+
+	require.NoError(t, pub.Publish("orders", message.NewMessage(watermill.NewUUID(), []byte("up"))))
+	records := testenv.ConsumeKafka(t, []string{addr}, "orders", 1, kafkaConsumeTimeout)
+	require.Equal(t, "up", string(records[0].Value))
+}
+
+func TestKafkaPublisher_PublishAfterClose(t *testing.T) {
+	t.Parallel()
+	pub, err := NewKafkaPublisher(KafkaConfig{Brokers: []string{freePort(t)}}, nil)
+	require.NoError(t, err)
+	require.NoError(t, pub.Close(), "close before any connection")
+	require.NoError(t, pub.Close(), "second Close")
+	err = pub.Publish("orders", message.NewMessage(watermill.NewUUID(), []byte("x")))
+	require.ErrorIs(t, err, watermilloutbox.ErrClosed)
+	require.Equal(t, retry.Unavailable, retry.DefaultClassifier(err))
 }

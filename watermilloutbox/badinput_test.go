@@ -11,6 +11,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/stretchr/testify/require"
 
+	"github.com/e0a82c8c/watermill-outbox/config"
 	"github.com/e0a82c8c/watermill-outbox/internal/testenv"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
@@ -47,10 +48,9 @@ func TestBadInputWritesNothingOnEveryDialect(t *testing.T) {
 			t.Parallel()
 			ctx := context.Background()
 			db := b.open(t)
-			table := testenv.TableName(t)
-			require.NoError(t, outbox.Migrate(ctx, db, b.dialect, table))
-			t.Cleanup(func() { _, _ = db.Exec(`DROP TABLE IF EXISTS ` + table) })
-			pub, err := outbox.NewPublisher(db, outbox.PublisherConfig{Dialect: b.dialect, Table: table, MaxPayloadBytes: 8}, nil)
+			store := newStore(t, db, b.dialect, config.Config{MaxPayloadBytes: 8})
+			table := store.Config().Table
+			pub, err := outbox.NewPublisher(store, outbox.PublisherConfig{}, nil)
 			require.NoError(t, err)
 			good := func() *message.Message { return message.NewMessage(watermill.NewUUID(), []byte("ok")) }
 			inCtx := func(m *message.Message, tx *sql.Tx) *message.Message {
@@ -148,7 +148,7 @@ func TestBadInputWritesNothingOnEveryDialect(t *testing.T) {
 			}
 
 			t.Run("closed publisher", func(t *testing.T) {
-				closing, err := outbox.NewPublisher(db, outbox.PublisherConfig{Dialect: b.dialect, Table: table}, nil)
+				closing, err := outbox.NewPublisher(store, outbox.PublisherConfig{}, nil)
 				require.NoError(t, err)
 				tx, err := db.Begin()
 				require.NoError(t, err)
@@ -179,7 +179,6 @@ func TestBadTableNamesTouchNothing(t *testing.T) {
 	for _, b := range badInputDBs {
 		t.Run(b.name, func(t *testing.T) {
 			t.Parallel()
-			ctx := context.Background()
 			db := b.open(t)
 			canary := testenv.TableName(t)
 			_, err := db.Exec(`CREATE TABLE ` + canary + ` (id INTEGER)`)
@@ -210,11 +209,8 @@ func TestBadTableNamesTouchNothing(t *testing.T) {
 			} {
 				_, err := outbox.DDL(b.dialect, name)
 				require.ErrorIs(t, err, outbox.ErrInvalidTableName, "DDL %q", name)
-				require.ErrorIs(t, outbox.Migrate(ctx, db, b.dialect, name), outbox.ErrInvalidTableName, "Migrate %q", name)
-				_, err = outbox.NewSQLStore(db, outbox.SQLStoreConfig{Dialect: b.dialect, Table: name})
+				_, err = outbox.NewSQLStore(db, outbox.SQLStoreConfig{Dialect: b.dialect, Outbox: config.Config{Table: name}}, nil)
 				require.ErrorIs(t, err, outbox.ErrInvalidTableName, "NewSQLStore %q", name)
-				_, err = outbox.NewPublisher(db, outbox.PublisherConfig{Dialect: b.dialect, Table: name}, nil)
-				require.ErrorIs(t, err, outbox.ErrInvalidTableName, "NewPublisher %q", name)
 				require.ErrorContains(t, err, "invalid config")
 			}
 			require.Equal(t, 1, countRows(t, db, canary), "the canary table is intact")

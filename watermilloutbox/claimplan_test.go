@@ -7,6 +7,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/e0a82c8c/watermill-outbox/config"
 	"github.com/e0a82c8c/watermill-outbox/internal/testenv"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
@@ -36,10 +37,10 @@ FROM generate_series(1, $1) g`, n)
 	exec(`ALTER TABLE ` + table + ` SET (autovacuum_enabled = false)`)
 	insert(20000)
 
-	store, err := outbox.NewSQLStore(db, outbox.SQLStoreConfig{Dialect: outbox.PostgreSQL, Table: table})
+	store, err := outbox.NewSQLStore(db, outbox.SQLStoreConfig{Dialect: outbox.PostgreSQL, Outbox: config.Config{Table: table}}, nil)
 	require.NoError(t, err)
 	for _, ordered := range []bool{false, true} {
-		req := outbox.ClaimRequest{Topic: "t", Limit: 100, Lease: time.Minute, Ordered: ordered}
+		req := outbox.ClaimRequest{Topics: outbox.TopicFilter{Names: []string{"t"}}, Limit: 100, Lease: time.Minute, Ordered: ordered}
 		unprepared, err := outbox.ExplainPostgresClaim(ctx, store, req, false)
 		require.NoError(t, err)
 		t.Logf("ordered=%v, plan the statistics suggest:\n%s", ordered, unprepared)

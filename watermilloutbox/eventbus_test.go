@@ -15,7 +15,6 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/e0a82c8c/watermill-outbox/internal/testenv"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
 
@@ -55,13 +54,7 @@ type ebRow struct {
 // ebOutbox gives a test its own migrated table and a Publisher on it.
 func ebOutbox(t *testing.T) (*sql.DB, *outbox.Publisher, string) {
 	t.Helper()
-	db := testenv.Postgres(t)
-	table := testenv.TableName(t)
-	require.NoError(t, outbox.Migrate(context.Background(), db, outbox.PostgreSQL, table))
-	t.Cleanup(func() { _, _ = db.Exec(`DROP TABLE IF EXISTS ` + table) })
-	pub, err := outbox.NewPublisher(db, outbox.PublisherConfig{Dialect: outbox.PostgreSQL, Table: table}, nil)
-	require.NoError(t, err)
-	return db, pub, table
+	return pgOutbox(t, outbox.PublisherConfig{})
 }
 
 func ebRows(t *testing.T, db *sql.DB, table string) []ebRow {
@@ -435,9 +428,9 @@ func TestEventBusDomainEventShapes(t *testing.T) {
 	require.NoError(t, bus.AddDomainHandler(cqrs.NewEventHandler("other",
 		func(_ context.Context, e *ebAuditNoted) error { got = append(got, *e); return nil })))
 
-	// Value and pointer events both reach a *T handler; unknown ones are ignored.
+	// Value and pointer events both reach a *T handler.
 	require.NoError(t, bus.Publish(context.Background(),
-		ebStockReserved{SKU: "v"}, &ebStockReserved{SKU: "p"}, ebAuditNoted{Note: "n"}, struct{ X int }{1}))
+		ebStockReserved{SKU: "v"}, &ebStockReserved{SKU: "p"}, ebAuditNoted{Note: "n"}))
 	require.Equal(t, []any{ebStockReserved{SKU: "v"}, ebStockReserved{SKU: "p"}, ebAuditNoted{Note: "n"}}, got)
 	require.Empty(t, rec.recorded())
 
@@ -486,4 +479,25 @@ func TestNewEventBusInvalid(t *testing.T) {
 	require.ErrorContains(t, err, "invalid config: Marshaler")
 
 	require.NoError(t, outbox.EventBusConfig{}.Validate(), "zero config: all defaults")
+}
+
+// TestEventBusUnhandledEventIsAnError: an event that is neither an
+// integration event nor has a domain handler would go nowhere. Publish says
+// so (ErrUnhandledEvent), before anything is written or handled.
+func TestEventBusUnhandledEventIsAnError(t *testing.T) {
+	t.Parallel()
+	db, pub, table := ebOutbox(t)
+	bus, err := outbox.NewEventBus(pub, outbox.EventBusConfig{}, nil)
+	require.NoError(t, err)
+	var handled int
+	require.NoError(t, bus.AddDomainHandler(cqrs.NewEventHandler("stock",
+		func(context.Context, *ebStockReserved) error { handled++; return nil })))
+
+	tx := begin(t, db)
+	err = bus.PublishTx(context.Background(), tx, ebOrderPlaced{OrderID: "o-1"}, &ebStockReserved{SKU: "x"}, struct{ X int }{1})
+	require.ErrorIs(t, err, outbox.ErrUnhandledEvent)
+	require.ErrorContains(t, err, "struct { X int }")
+	require.NoError(t, tx.Commit())
+	require.Zero(t, handled, "no handler ran")
+	require.Empty(t, ebRows(t, db, table), "nothing written")
 }

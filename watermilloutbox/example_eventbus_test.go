@@ -30,7 +30,11 @@ func ExampleEventBus_PublishTx() {
 	if err != nil {
 		panic(err)
 	}
-	pub, err := watermilloutbox.NewPublisher(db, watermilloutbox.PublisherConfig{Dialect: watermilloutbox.PostgreSQL}, nil)
+	store, err := watermilloutbox.NewSQLStore(db, watermilloutbox.SQLStoreConfig{Dialect: watermilloutbox.PostgreSQL}, nil)
+	if err != nil {
+		panic(err)
+	}
+	pub, err := watermilloutbox.NewPublisher(store, watermilloutbox.PublisherConfig{}, nil)
 	if err != nil {
 		panic(err)
 	}

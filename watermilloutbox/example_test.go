@@ -9,6 +9,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	_ "github.com/jackc/pgx/v5/stdlib"
 
+	"github.com/e0a82c8c/watermill-outbox/config"
 	"github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
 
@@ -23,12 +24,20 @@ func ExamplePublisher_WithTx() {
 	if err != nil {
 		panic(err)
 	}
-	if err := watermilloutbox.Migrate(ctx, db, watermilloutbox.PostgreSQL, "watermill_outbox"); err != nil {
+	// The dialect, the table (config.DefaultTable here) and every other
+	// setting are given once, to the store; the publisher and the relay
+	// take them from it.
+	store, err := watermilloutbox.NewSQLStore(db, watermilloutbox.SQLStoreConfig{
+		Dialect: watermilloutbox.PostgreSQL,
+		Outbox:  config.Default(), // or config.FromEnv()
+	}, logger)
+	if err != nil {
 		panic(err)
 	}
-	pub, err := watermilloutbox.NewPublisher(db, watermilloutbox.PublisherConfig{
-		Dialect: watermilloutbox.PostgreSQL,
-	}, logger)
+	if err := store.Migrate(ctx); err != nil {
+		panic(err)
+	}
+	pub, err := watermilloutbox.NewPublisher(store, watermilloutbox.PublisherConfig{}, logger)
 	if err != nil {
 		panic(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/stretchr/testify/require"
 
+	"github.com/e0a82c8c/watermill-outbox/config"
 	"github.com/e0a82c8c/watermill-outbox/internal/testenv"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
@@ -23,10 +24,9 @@ func TestMySQLClaimDoesNotBlockInserts(t *testing.T) {
 	t.Parallel()
 	db := testenv.MySQL(t)
 	ctx := context.Background()
-	table := migratedTable(t, db, outbox.MySQL)
-	pub, err := outbox.NewPublisher(db, outbox.PublisherConfig{Dialect: outbox.MySQL, Table: table, AutoCommit: true}, nil)
-	require.NoError(t, err)
-	store, err := outbox.NewSQLStore(db, outbox.SQLStoreConfig{Dialect: outbox.MySQL, Table: table})
+	store := newStore(t, db, outbox.MySQL, config.Config{})
+	table := store.Config().Table
+	pub, err := outbox.NewPublisher(store, outbox.PublisherConfig{AutoCommit: true}, nil)
 	require.NoError(t, err)
 
 	for i := 0; i < 10; i++ {

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
+	"github.com/e0a82c8c/watermill-outbox/config"
 	"github.com/e0a82c8c/watermill-outbox/internal/testenv"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
@@ -20,9 +21,11 @@ import (
 // delivered when it commits, on the table's channel.
 func TestPublisherNotifiesOnCommit(t *testing.T) {
 	t.Parallel()
-	// An interval of 1ns: every Publish notifies, so the rolled-back
-	// transaction cannot hold the interval against the committed one.
-	db, pub, table := pgOutbox(t, outbox.PublisherConfig{NotifyInterval: time.Nanosecond})
+	// The shortest interval, let pass before the second Publish: both
+	// notify, so the rolled-back transaction cannot hold the interval
+	// against the committed one.
+	const interval = 100 * time.Microsecond
+	db, pub, table := pgOutboxWith(t, config.Config{NotifyInterval: interval}, outbox.PublisherConfig{})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	conn, err := pgx.Connect(ctx, testenv.PostgresDSN())
@@ -34,6 +37,8 @@ func TestPublisherNotifiesOnCommit(t *testing.T) {
 	tx := begin(t, db)
 	require.NoError(t, pub.WithTx(tx).Publish("t", message.NewMessage(watermill.NewUUID(), []byte("x"))))
 	require.NoError(t, tx.Rollback())
+	for start := time.Now(); time.Since(start) <= interval; {
+	}
 	tx = begin(t, db)
 	require.NoError(t, pub.WithTx(tx).Publish("t", message.NewMessage(watermill.NewUUID(), []byte("y"))))
 	require.NoError(t, tx.Commit())
@@ -59,7 +64,7 @@ func (r *recordingNotifier) Notify(committed bool) {
 func TestPublisherTellsNotifier(t *testing.T) {
 	t.Parallel()
 	n := &recordingNotifier{}
-	db, pub, _ := pgOutbox(t, outbox.PublisherConfig{Notifier: n, AutoCommit: true, DisableNotify: true})
+	db, pub, _ := pgOutboxWith(t, config.Config{DisableNotify: true}, outbox.PublisherConfig{Notifier: n, AutoCommit: true})
 	tx := begin(t, db)
 	require.NoError(t, pub.WithTx(tx).Publish("t", message.NewMessage(watermill.NewUUID(), []byte("x"))))
 	require.NoError(t, tx.Commit())

@@ -12,6 +12,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/stretchr/testify/require"
 
+	"github.com/e0a82c8c/watermill-outbox/config"
 	"github.com/e0a82c8c/watermill-outbox/internal/testenv"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
@@ -25,24 +26,47 @@ type storedRow struct {
 	Attempts    int
 }
 
+// newStore gives a test its own migrated table on db, dropped when it
+// ends, and the store of it with cfg (cfg.Table is set here).
+func newStore(t *testing.T, db *sql.DB, dialect outbox.Dialect, cfg config.Config) *outbox.SQLStore {
+	t.Helper()
+	cfg.Table = testenv.TableName(t)
+	t.Cleanup(func() { _, _ = db.Exec(`DROP TABLE IF EXISTS ` + cfg.Table) })
+	store, err := outbox.NewSQLStore(db, outbox.SQLStoreConfig{Dialect: dialect, Outbox: cfg}, nil)
+	require.NoError(t, err)
+	require.NoError(t, store.Migrate(context.Background()))
+	return store
+}
+
+// migrate runs Migrate for table on db, through a store.
+func migrate(ctx context.Context, db *sql.DB, d outbox.Dialect, table string) error {
+	store, err := outbox.NewSQLStore(db, outbox.SQLStoreConfig{Dialect: d, Outbox: config.Config{Table: table}}, nil)
+	if err != nil {
+		return err
+	}
+	return store.Migrate(ctx)
+}
+
 // migratedTable gives a test its own table on db, dropped when it ends.
 func migratedTable(t *testing.T, db *sql.DB, dialect outbox.Dialect) string {
 	t.Helper()
-	table := testenv.TableName(t)
-	t.Cleanup(func() { _, _ = db.Exec(`DROP TABLE IF EXISTS ` + table) })
-	require.NoError(t, outbox.Migrate(context.Background(), db, dialect, table))
-	return table
+	return newStore(t, db, dialect, config.Config{}).Config().Table
 }
 
 // pgOutbox gives a test its own migrated table and a publisher on it.
-func pgOutbox(t *testing.T, cfg outbox.PublisherConfig) (*sql.DB, *outbox.Publisher, string) {
+func pgOutbox(t *testing.T, pcfg outbox.PublisherConfig) (*sql.DB, *outbox.Publisher, string) {
+	t.Helper()
+	return pgOutboxWith(t, config.Config{}, pcfg)
+}
+
+// pgOutboxWith is pgOutbox with outbox settings.
+func pgOutboxWith(t *testing.T, cfg config.Config, pcfg outbox.PublisherConfig) (*sql.DB, *outbox.Publisher, string) {
 	t.Helper()
 	db := testenv.Postgres(t)
-	table := migratedTable(t, db, outbox.PostgreSQL)
-	cfg.Dialect, cfg.Table = outbox.PostgreSQL, table
-	pub, err := outbox.NewPublisher(db, cfg, watermill.NopLogger{})
+	store := newStore(t, db, outbox.PostgreSQL, cfg)
+	pub, err := outbox.NewPublisher(store, pcfg, watermill.NopLogger{})
 	require.NoError(t, err)
-	return db, pub, table
+	return db, pub, store.Config().Table
 }
 
 func readRows(t *testing.T, db *sql.DB, table string) []storedRow {
@@ -217,7 +241,7 @@ func TestPublishAutoCommit(t *testing.T) {
 
 func TestPublishBadInputWritesNothing(t *testing.T) {
 	t.Parallel()
-	db, pub, table := pgOutbox(t, outbox.PublisherConfig{MaxPayloadBytes: 8})
+	db, pub, table := pgOutboxWith(t, config.Config{MaxPayloadBytes: 8}, outbox.PublisherConfig{})
 	newMsg := func() *message.Message { return message.NewMessage(watermill.NewUUID(), []byte("x")) }
 
 	t.Run("no transaction", func(t *testing.T) {
@@ -285,22 +309,25 @@ func TestPublishBadInputWritesNothing(t *testing.T) {
 	require.Empty(t, readRows(t, db, table))
 }
 
-func TestNewPublisherInvalidConfig(t *testing.T) {
+func TestNewStoreInvalidConfig(t *testing.T) {
 	t.Parallel()
-	for name, cfg := range map[string]outbox.PublisherConfig{
-		"no dialect":       {Table: "x"},
+	db := testenv.Postgres(t)
+	for name, c := range map[string]outbox.SQLStoreConfig{
+		"no dialect":       {Outbox: config.Config{Table: "x"}},
 		"unknown dialect":  {Dialect: "oracle"},
-		"injection":        {Dialect: outbox.PostgreSQL, Table: "x; DROP TABLE y"},
-		"quoted":           {Dialect: outbox.PostgreSQL, Table: `"a"`},
-		"space":            {Dialect: outbox.PostgreSQL, Table: "a b"},
-		"three parts":      {Dialect: outbox.PostgreSQL, Table: "a.b.c"},
-		"negative payload": {Dialect: outbox.PostgreSQL, MaxPayloadBytes: -1},
+		"injection":        {Dialect: outbox.PostgreSQL, Outbox: config.Config{Table: "x; DROP TABLE y"}},
+		"quoted":           {Dialect: outbox.PostgreSQL, Outbox: config.Config{Table: `"a"`}},
+		"space":            {Dialect: outbox.PostgreSQL, Outbox: config.Config{Table: "a b"}},
+		"three parts":      {Dialect: outbox.PostgreSQL, Outbox: config.Config{Table: "a.b.c"}},
+		"negative payload": {Dialect: outbox.PostgreSQL, Outbox: config.Config{MaxPayloadBytes: -1}},
 	} {
-		_, err := outbox.NewPublisher(nil, cfg, nil)
+		_, err := outbox.NewSQLStore(db, c, nil)
 		require.ErrorContains(t, err, "invalid config", name)
 	}
-	_, err := outbox.NewPublisher(nil, outbox.PublisherConfig{Dialect: outbox.PostgreSQL, Table: "x; DROP TABLE y"}, nil)
+	_, err := outbox.NewSQLStore(db, outbox.SQLStoreConfig{Dialect: outbox.PostgreSQL, Outbox: config.Config{Table: "x; DROP TABLE y"}}, nil)
 	require.ErrorIs(t, err, outbox.ErrInvalidTableName)
-	_, err = outbox.NewPublisher(nil, outbox.PublisherConfig{Dialect: outbox.PostgreSQL, AutoCommit: true}, nil)
-	require.ErrorContains(t, err, "AutoCommit")
+	_, err = outbox.NewSQLStore(nil, outbox.SQLStoreConfig{Dialect: outbox.PostgreSQL}, nil)
+	require.ErrorContains(t, err, "db is nil")
+	_, err = outbox.NewPublisher(nil, outbox.PublisherConfig{}, nil)
+	require.ErrorContains(t, err, "store is nil")
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/e0a82c8c/watermill-outbox/config"
 	"github.com/e0a82c8c/watermill-outbox/internal/testenv"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
@@ -14,11 +15,15 @@ import (
 func TestValidateTableName(t *testing.T) {
 	t.Parallel()
 	for _, ok := range []string{"outbox", "public.outbox", "_x1", "Order"} {
-		require.NoError(t, outbox.ValidateTableName(ok), ok)
+		require.True(t, config.ValidTableName(ok), ok)
+		_, err := outbox.DDL(outbox.PostgreSQL, ok)
+		require.NoError(t, err, ok)
 	}
 	for _, bad := range []string{"", "x; DROP TABLE y", `"a"`, "a b", "a.b.c", "1a", "a-b", "a.", ".a", "a`b", "a'b",
 		"abcdefghijabcdefghijabcdefghijabcdefghijabcdefghij"} {
-		require.ErrorIs(t, outbox.ValidateTableName(bad), outbox.ErrInvalidTableName, bad)
+		require.False(t, config.ValidTableName(bad), bad)
+		_, err := outbox.DDL(outbox.PostgreSQL, bad)
+		require.ErrorIs(t, err, outbox.ErrInvalidTableName, bad)
 	}
 }
 
@@ -29,7 +34,8 @@ func TestDDLRejectsBadInputBeforeSQL(t *testing.T) {
 	_, err = outbox.DDL("oracle", "x")
 	require.ErrorIs(t, err, outbox.ErrUnknownDialect)
 	// nil db: the name is checked first, so no SQL could have run.
-	require.ErrorIs(t, outbox.Migrate(context.Background(), nil, outbox.PostgreSQL, `"a"`), outbox.ErrInvalidTableName)
+	_, err = outbox.NewSQLStore(nil, outbox.SQLStoreConfig{Dialect: outbox.PostgreSQL, Outbox: config.Config{Table: `"a"`}}, nil)
+	require.Error(t, err)
 
 	for _, d := range []outbox.Dialect{outbox.PostgreSQL, outbox.MySQL, outbox.SQLite} {
 		ddl, err := outbox.DDL(d, "app.outbox")
@@ -45,8 +51,8 @@ func TestMigrateIsIdempotentAndConcurrent(t *testing.T) {
 
 	table := testenv.TableName(t)
 	t.Cleanup(func() { _, _ = db.Exec(`DROP TABLE IF EXISTS ` + table) })
-	require.NoError(t, outbox.Migrate(ctx, db, outbox.PostgreSQL, table))
-	require.NoError(t, outbox.Migrate(ctx, db, outbox.PostgreSQL, table))
+	require.NoError(t, migrate(ctx, db, outbox.PostgreSQL, table))
+	require.NoError(t, migrate(ctx, db, outbox.PostgreSQL, table))
 
 	concurrent := testenv.TableName(t)
 	t.Cleanup(func() { _, _ = db.Exec(`DROP TABLE IF EXISTS ` + concurrent) })
@@ -56,7 +62,7 @@ func TestMigrateIsIdempotentAndConcurrent(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = outbox.Migrate(ctx, db, outbox.PostgreSQL, concurrent)
+			errs[i] = migrate(ctx, db, outbox.PostgreSQL, concurrent)
 		}()
 	}
 	wg.Wait()
@@ -85,7 +91,7 @@ func TestMigratePostgresFillfactor(t *testing.T) {
 
 	_, err := db.Exec(`ALTER TABLE ` + table + ` SET (fillfactor = 80)`)
 	require.NoError(t, err)
-	require.NoError(t, outbox.Migrate(ctx, db, outbox.PostgreSQL, table))
+	require.NoError(t, migrate(ctx, db, outbox.PostgreSQL, table))
 	require.Equal(t, "fillfactor=80", fillfactor())
 }
 
@@ -96,7 +102,7 @@ func TestMigrateSchemaQualifiedTable(t *testing.T) {
 	_, err := db.Exec(`CREATE SCHEMA IF NOT EXISTS ` + schema)
 	require.NoError(t, err)
 	t.Cleanup(func() { _, _ = db.Exec(`DROP SCHEMA IF EXISTS ` + schema + ` CASCADE`) })
-	require.NoError(t, outbox.Migrate(context.Background(), db, outbox.PostgreSQL, schema+".order"))
+	require.NoError(t, migrate(context.Background(), db, outbox.PostgreSQL, schema+".order"))
 	_, err = db.Exec(`SELECT 1 FROM ` + schema + `."order"`)
 	require.NoError(t, err)
 }

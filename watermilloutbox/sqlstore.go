@@ -69,11 +69,12 @@ func NewSQLStore(db *sql.DB, config SQLStoreConfig, logger watermill.LoggerAdapt
 		return nil, errors.New("invalid config: db is nil")
 	}
 	config.Outbox.SetDefaults()
-	if err := config.Outbox.Validate(); err != nil {
-		return nil, fmt.Errorf("invalid config: %w", err)
-	}
+	// The table first: its error is ErrInvalidTableName.
 	t, err := newTable(config.Dialect, config.Outbox.Table)
 	if err != nil {
+		return nil, fmt.Errorf("invalid config: %w", err)
+	}
+	if err := config.Outbox.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid config: %w", err)
 	}
 	if logger == nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/stretchr/testify/require"
 
+	"github.com/e0a82c8c/watermill-outbox/config"
 	"github.com/e0a82c8c/watermill-outbox/internal/testenv"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
@@ -72,10 +73,11 @@ func newScenario(t *testing.T, dialect outbox.Dialect) *scenario {
 	}
 	s.table = testenv.TableName(t)
 	s.topic = "faults_" + strings.TrimPrefix(s.table, "t_")
-	require.NoError(t, outbox.Migrate(context.Background(), s.db, dialect, s.table))
+	store, err := outbox.NewSQLStore(s.db, outbox.SQLStoreConfig{Dialect: dialect, Outbox: config.Config{Table: s.table}}, nil)
+	require.NoError(t, err)
+	require.NoError(t, store.Migrate(context.Background()))
 	t.Cleanup(func() { _, _ = s.db.Exec(`DROP TABLE IF EXISTS ` + s.table) })
-	var err error
-	s.pub, err = outbox.NewPublisher(s.db, outbox.PublisherConfig{Dialect: dialect, Table: s.table}, nil)
+	s.pub, err = outbox.NewPublisher(store, outbox.PublisherConfig{}, nil)
 	require.NoError(t, err)
 	return s
 }

@@ -49,18 +49,15 @@ func newOurSide(db *sql.DB, id string, cfg config.Config) *ourSide {
 func (s *ourSide) name() string { return "outbox" }
 
 func (s *ourSide) setup(ctx context.Context) error {
-	if err := outbox.Migrate(ctx, s.db, outbox.PostgreSQL, s.table); err != nil {
-		return err
-	}
 	var err error
-	s.store, err = outbox.NewSQLStore(s.db, outbox.SQLStoreConfig{Dialect: outbox.PostgreSQL, Table: s.table})
+	s.store, err = outbox.NewSQLStore(s.db, outbox.SQLStoreConfig{Dialect: outbox.PostgreSQL, Outbox: s.cfg}, nil)
 	if err != nil {
 		return err
 	}
-	s.pub, err = outbox.NewPublisher(s.db, outbox.PublisherConfig{
-		Dialect: outbox.PostgreSQL, Table: s.table,
-		DisableNotify: s.cfg.DisableNotify, NotifyInterval: s.cfg.NotifyInterval,
-	}, nil)
+	if err := s.store.Migrate(ctx); err != nil {
+		return err
+	}
+	s.pub, err = outbox.NewPublisher(s.store, outbox.PublisherConfig{}, nil)
 	return err
 }
 
@@ -69,7 +66,7 @@ func (s *ourSide) publish(tx *sql.Tx, topic string, msgs ...*message.Message) er
 }
 
 func (s *ourSide) startRelay(dest message.Publisher) (func(), error) {
-	f, err := ourfwd.NewForwarder(s.store, dest, ourfwd.Config{Outbox: s.cfg}, nil)
+	f, err := ourfwd.NewForwarder(s.store, dest, ourfwd.Config{}, nil)
 	if err != nil {
 		return nil, err
 	}

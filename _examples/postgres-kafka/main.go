@@ -71,7 +71,13 @@ func run(duration time.Duration) error {
 	if err := db.PingContext(pingCtx); err != nil {
 		return fmt.Errorf("OUTBOX_DATABASE_URL: %w", err)
 	}
-	if err := outbox.Migrate(ctx, db, outbox.PostgreSQL, cfg.Table); err != nil {
+	// The dialect, the table and every setting are stated once, here: the
+	// publisher and the relay take them from the store.
+	store, err := outbox.NewSQLStore(db, outbox.SQLStoreConfig{Dialect: outbox.PostgreSQL, Outbox: cfg}, logger)
+	if err != nil {
+		return err
+	}
+	if err := store.Migrate(ctx); err != nil {
 		return err
 	}
 	if _, err := db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS orders
@@ -86,27 +92,22 @@ func run(duration time.Duration) error {
 	}
 	defer kafkaPub.Close()
 
-	// The service's router. Middlewares added before NewForwarder wrap the
-	// forwarder's retry middleware, so they see each message's final outcome.
-	// Never add PoisonQueue, InstantAck or Deduplicator to it.
+	// The service's router, with its own middlewares: the forwarder's
+	// handler records whether Kafka took each message, and the row follows
+	// that record whatever a middleware makes of the ack.
 	router, err := message.NewRouter(message.RouterConfig{}, logger)
 	if err != nil {
 		return err
 	}
 	router.AddMiddleware(logRelay(logger))
-	store, err := outbox.NewSQLStore(db, outbox.SQLStoreConfig{Dialect: outbox.PostgreSQL, Table: cfg.Table})
-	if err != nil {
-		return err
-	}
-	fwd, err := forwarder.NewForwarder(store, kafkaPub, forwarder.Config{Outbox: cfg, Router: router}, logger)
+	fwd, err := forwarder.NewForwarder(store, kafkaPub, forwarder.Config{Router: router}, logger)
 	if err != nil {
 		return err
 	}
 	defer fwd.Close() // after the router stopped: releases the claims still held
 
-	pub, err := outbox.NewPublisher(db, outbox.PublisherConfig{
-		Dialect: outbox.PostgreSQL, Table: cfg.Table, MaxPayloadBytes: cfg.MaxPayloadBytes,
-	}, logger)
+	// Notifier: the relay in this process hears of each commit at once.
+	pub, err := outbox.NewPublisher(store, outbox.PublisherConfig{Notifier: fwd.Subscriber()}, logger)
 	if err != nil {
 		return err
 	}
@@ -162,7 +163,7 @@ func logRelay(logger watermill.LoggerAdapter) message.HandlerMiddleware {
 	return func(h message.HandlerFunc) message.HandlerFunc {
 		return func(msg *message.Message) ([]*message.Message, error) {
 			out, err := h(msg)
-			fields := watermill.LogFields{"uuid": msg.UUID, "topic": msg.Metadata.Get(forwarder.TopicMetadataKey),
+			fields := watermill.LogFields{"uuid": msg.UUID, "topic": msg.Metadata.Get(outbox.TopicMetadataKey),
 				"attempt": msg.Metadata.Get(outbox.AttemptMetadataKey)}
 			if err != nil {
 				fields["error"] = err.Error()

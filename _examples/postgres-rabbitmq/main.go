@@ -75,7 +75,13 @@ func run(duration time.Duration) error {
 	if err := db.PingContext(pingCtx); err != nil {
 		return fmt.Errorf("OUTBOX_DATABASE_URL: %w", err)
 	}
-	if err := outbox.Migrate(ctx, db, outbox.PostgreSQL, cfg.Table); err != nil {
+	// The dialect, the table and every setting are stated once, here: the
+	// publisher and the relay take them from the store.
+	store, err := outbox.NewSQLStore(db, outbox.SQLStoreConfig{Dialect: outbox.PostgreSQL, Outbox: cfg}, logger)
+	if err != nil {
+		return err
+	}
+	if err := store.Migrate(ctx); err != nil {
 		return err
 	}
 	if _, err := db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS orders
@@ -94,11 +100,7 @@ func run(duration time.Duration) error {
 	}
 	defer amqpPub.Close()
 
-	store, err := outbox.NewSQLStore(db, outbox.SQLStoreConfig{Dialect: outbox.PostgreSQL, Table: cfg.Table})
-	if err != nil {
-		return err
-	}
-	fwd, err := forwarder.NewForwarder(store, amqpPub, forwarder.Config{Outbox: cfg}, logger)
+	fwd, err := forwarder.NewForwarder(store, amqpPub, forwarder.Config{}, logger)
 	if err != nil {
 		return err
 	}
@@ -106,9 +108,8 @@ func run(duration time.Duration) error {
 	fwdErr := make(chan error, 1)
 	go func() { fwdErr <- fwd.Run(ctx) }()
 
-	pub, err := outbox.NewPublisher(db, outbox.PublisherConfig{
-		Dialect: outbox.PostgreSQL, Table: cfg.Table, MaxPayloadBytes: cfg.MaxPayloadBytes,
-	}, logger)
+	// Notifier: the relay in this process hears of each commit at once.
+	pub, err := outbox.NewPublisher(store, outbox.PublisherConfig{Notifier: fwd.Subscriber()}, logger)
 	if err != nil {
 		return err
 	}

@@ -40,8 +40,15 @@ const (
 	rollbackEvery  = 4 // every 4th transaction is rolled back on purpose
 	receiveTimeout = 30 * time.Second
 	// demoPollingInterval replaces the 1 s default so the demo is snappy; an
-	// explicit OUTBOX_POLLING_INTERVAL_SECONDS wins.
+	// explicit OUTBOX_POLLING_INTERVAL_SECONDS wins. With the Notifier
+	// below, polling is only the fallback.
 	demoPollingInterval = 50 * time.Millisecond
+	// demoNotifyInterval: a publisher in the relay's process tells it of
+	// each Publish inside a transaction, and the relay looks one
+	// NotifyInterval later, when the transaction has committed. The demo's
+	// transactions commit within a millisecond; an explicit
+	// OUTBOX_NOTIFY_INTERVAL_SECONDS wins.
+	demoNotifyInterval = time.Millisecond
 )
 
 // OrderPlaced is consumed by other services, so it is an integration event:
@@ -94,6 +101,9 @@ func run(ctx context.Context) error {
 		cfg.PollingInterval = demoPollingInterval
 		pollNote += " unset, demo default"
 	}
+	if os.Getenv("OUTBOX_NOTIFY_INTERVAL_SECONDS") == "" {
+		cfg.NotifyInterval = demoNotifyInterval
+	}
 	logger := newLogger()
 
 	db, err := openDatabase(ctx)
@@ -123,29 +133,17 @@ func run(ctx context.Context) error {
 	fmt.Printf("quickstart: database %s, broker %s, topic %s\n", db.desc, br.desc, topic)
 	fmt.Printf("quickstart: outbox table %s, polling interval %s (%s)\n", cfg.Table, cfg.PollingInterval, pollNote)
 
-	if err := migrate(ctx, db, cfg.Table, ordersTable); err != nil {
+	// The dialect, the table and every setting are stated once, here: the
+	// publisher and the relay take them from the store.
+	store, err := watermilloutbox.NewSQLStore(db.db, watermilloutbox.SQLStoreConfig{Dialect: db.dialect, Outbox: cfg}, logger)
+	if err != nil {
+		return err
+	}
+	if err := migrate(ctx, db, store, ordersTable); err != nil {
 		return err
 	}
 	if db.shared {
 		defer db.dropTables(ordersTable, cfg.Table, os.Getenv("OUTBOX_TABLE") == "")
-	}
-
-	pub, err := watermilloutbox.NewPublisher(db.db, watermilloutbox.PublisherConfig{
-		Dialect: db.dialect, Table: cfg.Table, MaxPayloadBytes: cfg.MaxPayloadBytes,
-	}, logger)
-	if err != nil {
-		return err
-	}
-	defer pub.Close()
-	bus, err := watermilloutbox.NewEventBus(pub, watermilloutbox.EventBusConfig{
-		GenerateTopic: func(string, any) (string, error) { return topic, nil },
-	}, logger)
-	if err != nil {
-		return err
-	}
-	store, err := watermilloutbox.NewSQLStore(db.db, watermilloutbox.SQLStoreConfig{Dialect: db.dialect, Table: cfg.Table})
-	if err != nil {
-		return err
 	}
 
 	// Consume before anything is relayed, so nothing is missed.
@@ -159,8 +157,8 @@ func run(ctx context.Context) error {
 	defer stopConsuming()
 
 	// The forwarder runs from before the first commit, so the latency
-	// printed is commit → received, polling delay included.
-	fwd, err := forwarder.NewForwarder(store, br.publisher, forwarder.Config{Outbox: cfg}, logger)
+	// printed is commit → received.
+	fwd, err := forwarder.NewForwarder(store, br.publisher, forwarder.Config{}, logger)
 	if err != nil {
 		return err
 	}
@@ -177,6 +175,21 @@ func run(ctx context.Context) error {
 		return fmt.Errorf("forwarder: %w", err)
 	case <-ctx.Done():
 		return ctx.Err()
+	}
+
+	// Notifier: publisher and relay share this process, so each commit
+	// wakes the relay at once (about a millisecond from commit to broker)
+	// instead of at its next poll, on SQLite and MySQL too.
+	pub, err := watermilloutbox.NewPublisher(store, watermilloutbox.PublisherConfig{Notifier: fwd.Subscriber()}, logger)
+	if err != nil {
+		return err
+	}
+	defer pub.Close()
+	bus, err := watermilloutbox.NewEventBus(pub, watermilloutbox.EventBusConfig{
+		GenerateTopic: func(string, any) (string, error) { return topic, nil },
+	}, logger)
+	if err != nil {
+		return err
 	}
 
 	l := &ledger{committed: map[string]time.Time{}, rolledBack: map[string]bool{}}
@@ -349,10 +362,10 @@ type delivery struct {
 	at         time.Time
 }
 
-func migrate(ctx context.Context, db *database, outboxTable, ordersTable string) error {
+func migrate(ctx context.Context, db *database, store *watermilloutbox.SQLStore, ordersTable string) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	if err := watermilloutbox.Migrate(ctx, db.db, db.dialect, outboxTable); err != nil {
+	if err := store.Migrate(ctx); err != nil {
 		return err
 	}
 	ddl := "CREATE TABLE IF NOT EXISTS " + ordersTable + " (id VARCHAR(64) PRIMARY KEY, customer VARCHAR(255) NOT NULL, total_cents BIGINT NOT NULL)"

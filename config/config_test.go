@@ -31,6 +31,8 @@ func TestDefault(t *testing.T) {
 		MaxPayloadBytes:    0,
 		DisableNotify:      false,
 		NotifyInterval:     config.DefaultNotifyInterval,
+
+		UnavailableBackoffMax: config.DefaultUnavailableBackoffMax,
 	}, c)
 	require.NoError(t, c.Validate())
 
@@ -45,6 +47,7 @@ func TestDefault(t *testing.T) {
 	require.Equal(t, 60*time.Second, c.RetryBackoffMax)
 	require.Equal(t, 1000, c.MaxInFlight)
 	require.Equal(t, 5*time.Millisecond, c.NotifyInterval)
+	require.Equal(t, time.Second, c.UnavailableBackoffMax)
 }
 
 func TestSetDefaults(t *testing.T) {
@@ -73,6 +76,8 @@ func TestSetDefaults(t *testing.T) {
 			MaxPayloadBytes:    1 << 20,
 			DisableNotify:      true,
 			NotifyInterval:     20 * time.Millisecond,
+
+			UnavailableBackoffMax: 5 * time.Second,
 		}
 		want := c
 		c.SetDefaults()
@@ -243,6 +248,8 @@ func TestFromEnvMap_allVariables(t *testing.T) {
 		"OUTBOX_MAX_PAYLOAD_BYTES":           "1048576",
 		"OUTBOX_DISABLE_NOTIFY":              "true",
 		"OUTBOX_NOTIFY_INTERVAL_SECONDS":     "0.002",
+
+		"OUTBOX_UNAVAILABLE_BACKOFF_MAX_SECONDS": "2.5",
 	})
 
 	require.NoError(t, err)
@@ -260,6 +267,8 @@ func TestFromEnvMap_allVariables(t *testing.T) {
 		MaxPayloadBytes:    1 << 20,
 		DisableNotify:      true,
 		NotifyInterval:     2 * time.Millisecond,
+
+		UnavailableBackoffMax: 2500 * time.Millisecond,
 	}, c)
 }
 

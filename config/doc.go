@@ -1,6 +1,8 @@
-// Package config holds the settings shared by the outbox's publisher and
-// relay: which table to use, how the relay polls, claims and retries rows,
-// and how long published rows are kept.
+// Package config holds the settings shared by the outbox's store,
+// publisher and relay: which table to use, how the relay polls, claims and
+// retries rows, and how long published rows are kept. A Config is given
+// once, to the store (watermilloutbox.NewSQLStore); the publisher and the
+// relay built on the store take their settings from it.
 //
 // A zero field means "use the default", except where a field's comment says
 // zero has a meaning of its own. Code that builds a Config calls SetDefaults
@@ -29,6 +31,7 @@
 //	OUTBOX_MAX_PAYLOAD_BYTES           MaxPayloadBytes     0                 no limit
 //	OUTBOX_DISABLE_NOTIFY              DisableNotify       false             -
 //	OUTBOX_NOTIFY_INTERVAL_SECONDS     NotifyInterval      0.005             error
+//	OUTBOX_UNAVAILABLE_BACKOFF_MAX_SECONDS UnavailableBackoffMax 1           error
 //
 // The *_SECONDS variables take a non-negative decimal number of seconds
 // ("1.5", "300", "0.25") or a Go duration ("1500ms", "5m"). Booleans take

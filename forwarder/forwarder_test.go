@@ -66,6 +66,13 @@ func (r *recorder) setFail(f func(topic string, msg *message.Message) error) {
 	r.mu.Unlock()
 }
 
+// count returns how often the message was accepted.
+func (r *recorder) count(uuid string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.byUUID[uuid]
+}
+
 func (r *recorder) distinct() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -35,8 +35,9 @@ func newSchedule(cfg config.Config) *schedule {
 		batch:  cfg.BatchSize,
 		// Half a batch, or half the window if that is smaller.
 		threshold: max(1, min(cfg.BatchSize, cfg.MaxInFlight)/2),
-		timer:     time.NewTimer(0),
-		due:       true, // claim at once on start
+		// Claim at once on start; the timer is reset after each claim.
+		timer: time.NewTimer(cfg.PollingInterval),
+		due:   true,
 	}
 }
 

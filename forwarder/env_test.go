@@ -1,0 +1,316 @@
+package forwarder_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/e0a82c8c/watermill-outbox/config"
+	"github.com/e0a82c8c/watermill-outbox/forwarder"
+	"github.com/e0a82c8c/watermill-outbox/internal/testenv"
+	"github.com/e0a82c8c/watermill-outbox/retry"
+	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+)
+
+// spy is a Store decorator that records what the relay asks of the store.
+type spy struct {
+	outbox.Store
+	mu     sync.Mutex
+	claims []outbox.ClaimRequest
+	delays []time.Duration
+}
+
+func (s *spy) Claim(ctx context.Context, req outbox.ClaimRequest) (string, []outbox.Row, error) {
+	s.mu.Lock()
+	s.claims = append(s.claims, req)
+	s.mu.Unlock()
+	return s.Store.Claim(ctx, req)
+}
+
+func (s *spy) RecordFailure(ctx context.Context, token string, id int64, lastError string, delay time.Duration) (int, error) {
+	s.mu.Lock()
+	s.delays = append(s.delays, delay)
+	s.mu.Unlock()
+	return s.Store.RecordFailure(ctx, token, id, lastError, delay)
+}
+
+func (s *spy) claimCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.claims)
+}
+
+func (s *spy) firstClaim(t *testing.T) outbox.ClaimRequest {
+	t.Helper()
+	waitFor(t, 30*time.Second, "a claim", func() bool { return s.claimCount() > 0 })
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.claims[0]
+}
+
+func (s *spy) failureDelays() []time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]time.Duration(nil), s.delays...)
+}
+
+// fromEnv is the store of e's table with the settings of the environment
+// vars (prefix OUTBOX_), as a program using config.FromEnv gets them.
+func fromEnv(t *testing.T, e *relayEnv, vars map[string]string) *outbox.SQLStore {
+	t.Helper()
+	cfg, err := config.FromEnvMap("OUTBOX_", vars)
+	require.NoError(t, err)
+	return e.with(t, cfg)
+}
+
+// TestEveryEnvironmentVariableChangesBehaviour: each variable of the
+// README's configuration table, read by config.FromEnv and given once to
+// the store, changes what the publisher or the relay does.
+func TestEveryEnvironmentVariableChangesBehaviour(t *testing.T) {
+	t.Parallel()
+	fast := func(extra map[string]string) map[string]string {
+		vars := map[string]string{
+			"OUTBOX_POLLING_INTERVAL_SECONDS":  "0.01",
+			"OUTBOX_RETRY_BACKOFF_MIN_SECONDS": "0.005",
+			"OUTBOX_RETRY_BACKOFF_MAX_SECONDS": "0.02",
+		}
+		for k, v := range extra {
+			vars[k] = v
+		}
+		return vars
+	}
+	failing := func() *recorder {
+		dest := newRecorder()
+		dest.setFail(func(string, *message.Message) error { return errors.New("refused") })
+		return dest
+	}
+
+	t.Run("OUTBOX_TABLE", func(t *testing.T) {
+		t.Parallel()
+		db := testenv.SQLite(t)
+		cfg, err := config.FromEnvMap("OUTBOX_", map[string]string{"OUTBOX_TABLE": "from_env_outbox"})
+		require.NoError(t, err)
+		store, err := outbox.NewSQLStore(db, outbox.SQLStoreConfig{Dialect: outbox.SQLite, Outbox: cfg}, nil)
+		require.NoError(t, err)
+		require.NoError(t, store.Migrate(context.Background()))
+		pub, err := outbox.NewPublisher(store, outbox.PublisherConfig{AutoCommit: true}, nil)
+		require.NoError(t, err)
+		require.NoError(t, pub.Publish("t", message.NewMessage(watermill.NewUUID(), []byte("x"))))
+		var n int
+		require.NoError(t, db.QueryRow(`SELECT count(*) FROM from_env_outbox`).Scan(&n))
+		require.Equal(t, 1, n)
+	})
+
+	t.Run("OUTBOX_POLLING_INTERVAL_SECONDS", func(t *testing.T) {
+		t.Parallel()
+		e := newRelayEnv(t, backends[2])
+		quick := &spy{Store: fromEnv(t, e, map[string]string{"OUTBOX_POLLING_INTERVAL_SECONDS": "0.01", "OUTBOX_DISABLE_NOTIFY": "true"})}
+		slow := &spy{Store: fromEnv(t, e, map[string]string{"OUTBOX_POLLING_INTERVAL_SECONDS": "3600", "OUTBOX_DISABLE_NOTIFY": "true"})}
+		runForwarder(t, slow, newRecorder(), forwarder.Config{})
+		waitFor(t, 30*time.Second, "the slow relay's first claim", func() bool { return slow.claimCount() == 1 })
+		runForwarder(t, quick, newRecorder(), forwarder.Config{})
+		waitFor(t, 30*time.Second, "20 polls of the quick relay", func() bool { return quick.claimCount() >= 20 })
+		require.Equal(t, 1, slow.claimCount(), "meanwhile the hour-long interval polled once, at start")
+	})
+
+	t.Run("OUTBOX_BATCH_SIZE", func(t *testing.T) {
+		t.Parallel()
+		e := newRelayEnv(t, backends[2])
+		s := &spy{Store: fromEnv(t, e, fast(map[string]string{"OUTBOX_BATCH_SIZE": "7"}))}
+		runForwarder(t, s, newRecorder(), forwarder.Config{})
+		require.Equal(t, 7, s.firstClaim(t).Limit)
+	})
+
+	t.Run("OUTBOX_MAX_RETRY_COUNT", func(t *testing.T) {
+		t.Parallel()
+		e := newRelayEnv(t, backends[2])
+		runForwarder(t, fromEnv(t, e, fast(map[string]string{"OUTBOX_MAX_RETRY_COUNT": "2"})), failing(), forwarder.Config{})
+		e.publish(t, "t", 1, nil)
+		waitFor(t, 30*time.Second, "dead after 2 attempts", func() bool { return e.count(t, "state = 'dead' AND attempts = 2") == 1 })
+	})
+
+	t.Run("OUTBOX_CLAIM_TIMEOUT_SECONDS", func(t *testing.T) {
+		t.Parallel()
+		e := newRelayEnv(t, backends[2])
+		s := &spy{Store: fromEnv(t, e, fast(map[string]string{"OUTBOX_CLAIM_TIMEOUT_SECONDS": "42"}))}
+		runForwarder(t, s, newRecorder(), forwarder.Config{})
+		require.Equal(t, 42*time.Second, s.firstClaim(t).Lease)
+	})
+
+	// One failed attempt of a row that failed ten times before: the delay
+	// is between min/2 and max.
+	backoffAfterTenFailures := func(t *testing.T, vars map[string]string) time.Duration {
+		e := newRelayEnv(t, backends[2])
+		vars["OUTBOX_MAX_RETRY_COUNT"] = "100"
+		vars["OUTBOX_POLLING_INTERVAL_SECONDS"] = "0.01"
+		s := &spy{Store: fromEnv(t, e, vars)}
+		e.publish(t, "t", 1, nil)
+		_, err := e.db.Exec(`UPDATE ` + e.table + ` SET attempts = 10`)
+		require.NoError(t, err)
+		runForwarder(t, s, failing(), forwarder.Config{})
+		waitFor(t, 30*time.Second, "a failure", func() bool { return len(s.failureDelays()) > 0 })
+		return s.failureDelays()[0]
+	}
+
+	t.Run("OUTBOX_RETRY_BACKOFF_MIN_SECONDS", func(t *testing.T) {
+		t.Parallel()
+		e := newRelayEnv(t, backends[2])
+		s := &spy{Store: fromEnv(t, e, map[string]string{"OUTBOX_POLLING_INTERVAL_SECONDS": "0.01", "OUTBOX_RETRY_BACKOFF_MIN_SECONDS": "40"})}
+		e.publish(t, "t", 1, nil)
+		runForwarder(t, s, failing(), forwarder.Config{})
+		waitFor(t, 30*time.Second, "a failure", func() bool { return len(s.failureDelays()) > 0 })
+		d := s.failureDelays()[0]
+		require.True(t, d >= 20*time.Second && d <= 40*time.Second, "first retry after min/2..min, got %s", d)
+	})
+
+	t.Run("OUTBOX_RETRY_BACKOFF_MAX_SECONDS", func(t *testing.T) {
+		t.Parallel()
+		d := backoffAfterTenFailures(t, map[string]string{"OUTBOX_RETRY_BACKOFF_MAX_SECONDS": "2"})
+		require.LessOrEqual(t, d, 2*time.Second, "capped by the variable")
+		d = backoffAfterTenFailures(t, map[string]string{})
+		require.GreaterOrEqual(t, d, 30*time.Second, "the default cap, 60s, for comparison")
+	})
+
+	t.Run("OUTBOX_PUBLISHED_RETENTION_SECONDS", func(t *testing.T) {
+		t.Parallel()
+		e := newRelayEnv(t, backends[2])
+		dest := newRecorder()
+		runForwarder(t, fromEnv(t, e, fast(map[string]string{"OUTBOX_PUBLISHED_RETENTION_SECONDS": "3600"})), dest, forwarder.Config{})
+		e.publish(t, "t", 3, nil)
+		dest.waitDistinct(t, 3, 30*time.Second)
+		waitFor(t, 30*time.Second, "kept as published", func() bool { return e.count(t, "state = 'published'") == 3 })
+	})
+
+	t.Run("OUTBOX_MAX_IN_FLIGHT", func(t *testing.T) {
+		t.Parallel()
+		e := newRelayEnv(t, backends[2])
+		s := &spy{Store: fromEnv(t, e, fast(map[string]string{"OUTBOX_MAX_IN_FLIGHT": "1"}))}
+		runForwarder(t, s, newRecorder(), forwarder.Config{})
+		require.Equal(t, 1, s.firstClaim(t).Limit, "a claim takes what the window has room for")
+	})
+
+	t.Run("OUTBOX_DISABLE_ORDERING", func(t *testing.T) {
+		t.Parallel()
+		e := newRelayEnv(t, backends[2])
+		ordered := &spy{Store: fromEnv(t, e, fast(nil))}
+		unordered := &spy{Store: fromEnv(t, e, fast(map[string]string{"OUTBOX_DISABLE_ORDERING": "true"}))}
+		runForwarder(t, ordered, newRecorder(), forwarder.Config{HandlerName: "o"})
+		runForwarder(t, unordered, newRecorder(), forwarder.Config{HandlerName: "u"})
+		require.True(t, ordered.firstClaim(t).Ordered)
+		require.False(t, unordered.firstClaim(t).Ordered)
+	})
+
+	t.Run("OUTBOX_MAX_PAYLOAD_BYTES", func(t *testing.T) {
+		t.Parallel()
+		e := newRelayEnv(t, backends[2])
+		pub, err := outbox.NewPublisher(fromEnv(t, e, map[string]string{"OUTBOX_MAX_PAYLOAD_BYTES": "10"}), outbox.PublisherConfig{AutoCommit: true}, nil)
+		require.NoError(t, err)
+		require.NoError(t, pub.Publish("t", message.NewMessage(watermill.NewUUID(), make([]byte, 10))))
+		for range 9 {
+			err := pub.Publish("t", message.NewMessage(watermill.NewUUID(), make([]byte, 11)))
+			require.ErrorIs(t, err, outbox.ErrPayloadTooLarge)
+		}
+		require.Equal(t, 1, e.count(t, "1=1"))
+	})
+
+	t.Run("OUTBOX_DISABLE_NOTIFY", func(t *testing.T) {
+		t.Parallel()
+		e := newRelayEnv(t, backends[0]) // PostgreSQL
+		// The relay: no LISTEN.
+		runForwarder(t, fromEnv(t, e, fast(map[string]string{"OUTBOX_DISABLE_NOTIFY": "true"})), newRecorder(), forwarder.Config{})
+		// The publisher: no NOTIFY.
+		pub, err := outbox.NewPublisher(fromEnv(t, e, map[string]string{"OUTBOX_DISABLE_NOTIFY": "true"}), outbox.PublisherConfig{AutoCommit: true}, nil)
+		require.NoError(t, err)
+		require.Zero(t, notificationsBetween(t, e, func() {
+			require.NoError(t, pub.Publish("t", message.NewMessage(watermill.NewUUID(), []byte("x"))))
+		}))
+		require.Zero(t, listenerPID(t, e), "the relay did not LISTEN")
+		// Without the variable, both.
+		notifying, err := outbox.NewPublisher(fromEnv(t, e, nil), outbox.PublisherConfig{AutoCommit: true}, nil)
+		require.NoError(t, err)
+		require.Equal(t, 1, notificationsBetween(t, e, func() {
+			require.NoError(t, notifying.Publish("t", message.NewMessage(watermill.NewUUID(), []byte("x"))))
+		}))
+	})
+
+	t.Run("OUTBOX_NOTIFY_INTERVAL_SECONDS", func(t *testing.T) {
+		t.Parallel()
+		e := newRelayEnv(t, backends[0]) // PostgreSQL
+		coalescing, err := outbox.NewPublisher(fromEnv(t, e, map[string]string{"OUTBOX_NOTIFY_INTERVAL_SECONDS": "1"}), outbox.PublisherConfig{AutoCommit: true}, nil)
+		require.NoError(t, err)
+		require.Equal(t, 1, notificationsBetween(t, e, func() {
+			for range 3 {
+				require.NoError(t, coalescing.Publish("t", message.NewMessage(watermill.NewUUID(), []byte("x"))))
+			}
+		}), "one NOTIFY per second at most")
+		eager, err := outbox.NewPublisher(fromEnv(t, e, map[string]string{"OUTBOX_NOTIFY_INTERVAL_SECONDS": "0.0001"}), outbox.PublisherConfig{AutoCommit: true}, nil)
+		require.NoError(t, err)
+		require.Equal(t, 3, notificationsBetween(t, e, func() {
+			for range 3 {
+				require.NoError(t, eager.Publish("t", message.NewMessage(watermill.NewUUID(), []byte("x"))))
+				for start := time.Now(); time.Since(start) <= 100*time.Microsecond; {
+				}
+			}
+		}), "one per Publish when they are further apart than the interval")
+	})
+
+	t.Run("OUTBOX_UNAVAILABLE_BACKOFF_MAX_SECONDS", func(t *testing.T) {
+		t.Parallel()
+		e := newRelayEnv(t, backends[2])
+		down := func() (*recorder, *atomic.Int32) {
+			var probes atomic.Int32
+			dest := newRecorder()
+			dest.setFail(func(string, *message.Message) error {
+				probes.Add(1)
+				return retry.UnavailableError(errors.New("broker down"))
+			})
+			return dest, &probes
+		}
+		quickDest, quick := down()
+		slowDest, slow := down()
+		e.publish(t, "quick", 1, nil)
+		e.publish(t, "slow", 1, nil)
+		runForwarder(t, fromEnv(t, e, fast(map[string]string{"OUTBOX_UNAVAILABLE_BACKOFF_MAX_SECONDS": "0.02"})), quickDest,
+			forwarder.Config{HandlerName: "quick", Topics: []string{"quick"}})
+		runForwarder(t, fromEnv(t, e, fast(map[string]string{"OUTBOX_UNAVAILABLE_BACKOFF_MAX_SECONDS": "60"})), slowDest,
+			forwarder.Config{HandlerName: "slow", Topics: []string{"slow"}})
+		waitFor(t, 30*time.Second, "30 probes with a 20ms cap", func() bool { return quick.Load() >= 30 })
+		require.Less(t, slow.Load(), int32(15), "with a 60s cap the pauses grow past the 20ms cap's")
+		require.Zero(t, e.count(t, "attempts > 0"), "an unavailable broker charges nothing")
+	})
+}
+
+// notificationsBetween counts the NOTIFYs on e's channel that fn causes:
+// it listens, runs fn, then notifies a sentinel itself and counts what came
+// before it.
+func notificationsBetween(t *testing.T, e *relayEnv, fn func()) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, testenv.PostgresDSN())
+	require.NoError(t, err)
+	defer conn.Close(context.Background())
+	channel := outbox.NotifyChannel(e.table)
+	_, err = conn.Exec(ctx, "LISTEN "+pgx.Identifier{channel}.Sanitize())
+	require.NoError(t, err)
+	fn()
+	_, err = e.db.Exec(`SELECT pg_notify($1, 'sentinel')`, channel)
+	require.NoError(t, err)
+	n := 0
+	for {
+		note, err := conn.WaitForNotification(ctx)
+		require.NoError(t, err)
+		if note.Payload == "sentinel" {
+			return n
+		}
+		n++
+	}
+}

@@ -70,8 +70,8 @@ func (k *kafka) start() {
 
 // outage closes the broker (its listener and every connection), keeps it
 // down for downFor, and starts it again on the same address with the same
-// data.
-func (k *kafka) outage(downFor time.Duration) {
+// data. It returns when the broker listened again.
+func (k *kafka) outage(downFor time.Duration) (back time.Time) {
 	k.t.Helper()
 	began := time.Now()
 	k.cluster.Close()
@@ -80,11 +80,13 @@ func (k *kafka) outage(downFor time.Duration) {
 	// The port was just released; binding it again can race with the
 	// kernel, so retry briefly.
 	var err error
-	waitFor(k.t, 30*time.Second, "kfake to listen again", func() bool {
+	waitFast(k.t, 30*time.Second, "kfake to listen again", func() bool {
 		k.cluster, err = kfake.NewCluster(k.opts...)
 		return err == nil
 	})
-	k.t.Logf("Kafka (kfake) up again after %s", time.Since(began).Round(100*time.Millisecond))
+	back = time.Now()
+	k.t.Logf("Kafka (kfake) up again after %s", back.Sub(began).Round(100*time.Millisecond))
+	return back
 }
 
 // consumeKafka reads topic from its start to its end (the end offsets when

@@ -4,11 +4,14 @@ package faults_test
 
 import (
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
+	"time"
 )
 
 // relayBin is the relay binary (internal/relayproc), built once by TestMain.
@@ -35,7 +38,15 @@ type result struct {
 var (
 	resultsMu sync.Mutex
 	results   []result
+	resumes   = map[string]time.Duration{} // broker → time from its return to the first publish
 )
+
+// recordResume adds a broker outage's resume figure to the summary.
+func recordResume(broker string, d time.Duration) {
+	resultsMu.Lock()
+	defer resultsMu.Unlock()
+	resumes[broker] = d
+}
 
 // record adds a scenario's counts to the summary; scenarios call it before
 // asserting, so a failing scenario is counted too.
@@ -60,8 +71,15 @@ func summary() string {
 		sum.reordered += r.reordered
 		sum.deadWrongly += r.deadWrongly
 	}
-	return fmt.Sprintf("faults: scenarios=%d lost=%d duplicates=%d reordered=%d dead_wrongly=%d",
+	line := fmt.Sprintf("faults: scenarios=%d lost=%d duplicates=%d reordered=%d dead_wrongly=%d",
 		len(results), sum.lost, sum.duplicates, sum.reordered, sum.deadWrongly)
+	if len(resumes) > 0 {
+		line += "\nfaults: first publish after the broker's return:"
+		for _, b := range slices.Sorted(maps.Keys(resumes)) {
+			line += fmt.Sprintf(" %s=%.2fs", b, resumes[b].Seconds())
+		}
+	}
+	return line
 }
 
 func TestMain(m *testing.M) {

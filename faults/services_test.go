@@ -111,7 +111,7 @@ type service struct {
 // outage takes svc down for downFor, then starts it again and waits until
 // it answers; it restores the service even if t fails on the way. The
 // caller holds the services lock (lockServices) across it.
-func outage(t *testing.T, svc service, downFor time.Duration) {
+func outage(t *testing.T, svc service, downFor time.Duration) (back time.Time) {
 	t.Helper()
 	restored := false
 	defer func() {
@@ -122,40 +122,44 @@ func outage(t *testing.T, svc service, downFor time.Duration) {
 		if err := svc.start(); err != nil {
 			t.Errorf("restore %s: %v", svc.name, err)
 		}
-		if err := waitService(svc.up, true, 2*time.Minute); err != nil {
+		if _, err := waitService(svc.up, true, 2*time.Minute); err != nil {
 			t.Errorf("restore %s: %v", svc.name, err)
 		}
 	}()
 
 	began := time.Now()
 	require.NoError(t, svc.stop(), "stop %s", svc.name)
-	require.NoError(t, waitService(svc.up, false, time.Minute), "%s still answers after stop", svc.name)
+	_, err := waitService(svc.up, false, time.Minute)
+	require.NoError(t, err, "%s still answers after stop", svc.name)
 	t.Logf("%s down", svc.name)
 	// The outage itself lasts downFor: a duration the scenario chooses, not
 	// a wait for some condition.
 	<-time.After(time.Until(began.Add(downFor)))
 	require.NoError(t, svc.start(), "start %s", svc.name)
-	require.NoError(t, waitService(svc.up, true, 2*time.Minute), "%s does not answer after start", svc.name)
+	back, err = waitService(svc.up, true, 2*time.Minute)
+	require.NoError(t, err, "%s does not answer after start", svc.name)
 	restored = true
-	t.Logf("%s up again after %s", svc.name, time.Since(began).Round(100*time.Millisecond))
+	t.Logf("%s up again after %s", svc.name, back.Sub(began).Round(100*time.Millisecond))
+	return back
 }
 
-// waitService polls up until it reports the wanted state or timeout passes.
-func waitService(up func() error, want bool, timeout time.Duration) error {
+// waitService polls up until it reports the wanted state or timeout passes,
+// and returns when it first did.
+func waitService(up func() error, want bool, timeout time.Duration) (time.Time, error) {
 	deadline := time.After(timeout)
-	tick := time.NewTicker(250 * time.Millisecond)
+	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		err := up()
 		if (err == nil) == want {
-			return nil
+			return time.Now(), nil
 		}
 		select {
 		case <-deadline:
 			if want {
-				return fmt.Errorf("not answering after %s: %v", timeout, err)
+				return time.Time{}, fmt.Errorf("not answering after %s: %v", timeout, err)
 			}
-			return fmt.Errorf("still answering after %s", timeout)
+			return time.Time{}, fmt.Errorf("still answering after %s", timeout)
 		case <-tick.C:
 		}
 	}

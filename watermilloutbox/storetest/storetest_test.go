@@ -115,4 +115,3 @@ func TestDecoratedStorePassesTheKit(t *testing.T) {
 	}
 	require.Positive(t, claims)
 }
-

@@ -23,7 +23,7 @@ func TestMySQLRelaysDoNotDeadlock(t *testing.T) {
 	n := 10000
 	e.publish(t, "steady", n, func(i int) string { return fmt.Sprint("key-", i%200) })
 	dest := newRecorder()
-	logger := watermill.NewCaptureLogger()
+	logger := newLogs()
 	var fwds []*forwarder.Forwarder
 	for range 3 {
 		f, err := forwarder.NewForwarder(e.store, dest, forwarder.Config{}, logger)
@@ -37,5 +37,5 @@ func TestMySQLRelaysDoNotDeadlock(t *testing.T) {
 	for _, f := range fwds {
 		require.Zero(t, f.Subscriber().Contention(), "contention met")
 	}
-	require.Empty(t, logger.Captured()[watermill.ErrorLogLevel])
+	require.Empty(t, logger.at(watermill.ErrorLogLevel))
 }

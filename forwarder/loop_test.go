@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/stretchr/testify/require"
 
@@ -371,4 +372,49 @@ func TestLoopShutdownWithAckInFlight(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Close did not return")
 	}
+}
+
+// TestLoopAckWritesBackOff: a failing ack write is retried with the one
+// database backoff (50ms doubling), not every 50ms, and logged at error
+// level once, however long it fails; its recovery is logged once.
+func TestLoopAckWritesBackOff(t *testing.T) {
+	t.Parallel()
+	s := newFakeStore(t, loopConfig())
+	logger := newLogs()
+	sub, err := forwarder.NewSubscriber(s, forwarder.SubscriberConfig{}, logger)
+	require.NoError(t, err)
+	t.Cleanup(func() { go func() { _ = sub.Close() }() })
+	ch, err := sub.Subscribe(context.Background(), forwarder.AllTopics)
+	require.NoError(t, err)
+	s.next(t, opClaim).answer(reply{rows: rows(1)})
+	receive(t, ch).Ack()
+
+	var at []time.Time
+	for range 6 {
+		c := s.next(t, opPublished)
+		at = append(at, time.Now())
+		c.answer(reply{err: errors.New("database down")})
+	}
+	c := s.next(t, opPublished)
+	c.answer(reply{n: 1})
+	require.Greater(t, at[5].Sub(at[4]), at[1].Sub(at[0]), "the pauses grow")
+	require.GreaterOrEqual(t, at[5].Sub(at[4]), 200*time.Millisecond, "the fifth pause is at least 400ms/2")
+
+	waitLogs := func(substr string, n int) {
+		t.Helper()
+		deadline := time.After(10 * time.Second)
+		tick := time.NewTicker(5 * time.Millisecond)
+		defer tick.Stop()
+		for countLogs(logger, substr) < n {
+			select {
+			case <-deadline:
+				t.Fatalf("%q logged %d times, want %d", substr, countLogs(logger, substr), n)
+			case <-tick.C:
+			}
+		}
+	}
+	waitLogs("works again", 1)
+	errs := logger.at(watermill.ErrorLogLevel)
+	require.Len(t, errs, 1, "one error-level line for six failures")
+	require.Contains(t, errs[0].msg, "ack write failed")
 }

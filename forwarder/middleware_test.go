@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -81,7 +82,7 @@ func TestRouterMiddlewaresCannotLoseRows(t *testing.T) {
 					}
 					return nil
 				})
-				logger := watermill.NewCaptureLogger()
+				logger := newLogs()
 				router, err := message.NewRouter(message.RouterConfig{}, logger)
 				require.NoError(t, err)
 				router.AddMiddleware(setup.mw)
@@ -127,7 +128,7 @@ func TestDeduplicatorCannotLoseRows(t *testing.T) {
 		cfg := fastConfig()
 		cfg.MaxRetryCount = 2
 		dest := newRecorder()
-		logger := watermill.NewCaptureLogger()
+		logger := newLogs()
 		router, err := message.NewRouter(message.RouterConfig{}, logger)
 		require.NoError(t, err)
 		router.AddMiddleware((&middleware.Deduplicator{}).Middleware)
@@ -207,13 +208,55 @@ func TestSecondForwarderNeedsItsOwnHandlerName(t *testing.T) {
 	require.NoError(t, err, "with a name of its own")
 }
 
-func countLogs(logger *watermill.CaptureLoggerAdapter, substr string) int {
+// logs is a logger recording every line, safe to read while the relay
+// logs (Watermill's CaptureLoggerAdapter hands out its map unlocked).
+type logs struct {
+	mu    sync.Mutex
+	lines []logLine
+}
+
+type logLine struct {
+	level watermill.LogLevel
+	msg   string
+	err   error
+}
+
+func newLogs() *logs { return &logs{} }
+
+func (l *logs) add(level watermill.LogLevel, msg string, err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lines = append(l.lines, logLine{level, msg, err})
+}
+
+func (l *logs) Error(msg string, err error, _ watermill.LogFields) {
+	l.add(watermill.ErrorLogLevel, msg, err)
+}
+func (l *logs) Info(msg string, _ watermill.LogFields)           { l.add(watermill.InfoLogLevel, msg, nil) }
+func (l *logs) Debug(msg string, _ watermill.LogFields)          { l.add(watermill.DebugLogLevel, msg, nil) }
+func (l *logs) Trace(msg string, _ watermill.LogFields)          { l.add(watermill.TraceLogLevel, msg, nil) }
+func (l *logs) With(watermill.LogFields) watermill.LoggerAdapter { return l }
+
+// at returns the lines logged at level.
+func (l *logs) at(level watermill.LogLevel) []logLine {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []logLine
+	for _, line := range l.lines {
+		if line.level == level {
+			out = append(out, line)
+		}
+	}
+	return out
+}
+
+func countLogs(l *logs, substr string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	n := 0
-	for _, msgs := range logger.Captured() {
-		for _, m := range msgs {
-			if strings.Contains(m.Msg, substr) {
-				n++
-			}
+	for _, line := range l.lines {
+		if strings.Contains(line.msg, substr) {
+			n++
 		}
 	}
 	return n

@@ -4,16 +4,18 @@
 // against what was committed. Its tests carry the build tag "faults" and
 // restart shared services, so they run alone:
 //
-//	go test -count=1 -p 1 -tags faults ./...
+//	go test -count=1 -p 1 -tags faults ./faults/
 //
 // Each outage holds /tmp/outbox-services.lock exclusively (tests of others
 // hold it shared); on a busy machine the wait for it can pass go test's
 // default 10-minute timeout, so .ci/run adds -timeout 30m.
 //
-// The suite ends with one line,
+// The suite ends with its summary,
 //
 //	faults: scenarios=<k> lost=<n> duplicates=<n> reordered=<n> dead_wrongly=<n>
+//	faults: first publish after the broker's return: kafka=<s> rabbitmq=<s>
 //
-// also written to the file named by OUTBOX_FAULTS_SUMMARY when set.
-// GUARANTEES.md states what the scenarios prove.
+// also written to the file named by OUTBOX_FAULTS_SUMMARY when set. The
+// README's "Guarantees" section states what the scenarios prove, each
+// sentence with the scenario behind it.
 package faults

@@ -20,4 +20,11 @@
 //
 // Both put the Watermill message UUID in the "_watermill_message_uuid"
 // header, so Watermill subscribers read the message back unchanged.
+//
+// Both connect on first use, not in their constructors: a relay starts while
+// its broker is down, and pauses (charging no row) until it answers. Both
+// mark their errors for retry.DefaultClassifier (ClassifyKafkaError,
+// ClassifyAMQPError): what the broker can never take is Permanent, an
+// unreachable broker Unavailable, the rest Transient. After Close, Publish
+// fails with an error wrapping watermilloutbox.ErrClosed.
 package sink

@@ -120,29 +120,20 @@ func (s *SQLStore) now() string {
 	}
 }
 
-// plus returns the SQL for "now + the duration bound at placeholder n".
-func (s *SQLStore) plus(n int) string {
-	p := s.t.dialect.placeholder(n)
-	switch s.t.dialect {
-	case PostgreSQL:
-		return "now() + (" + p + "::bigint * interval '1 microsecond')"
-	case MySQL:
-		return "UTC_TIMESTAMP(6) + INTERVAL " + p + " MICROSECOND"
-	default:
-		return "(" + s.now() + " + " + p + ")"
-	}
-}
+// plus returns the SQL for "now + the duration bound at placeholder n",
+// in microseconds; minus for "now - …".
+func (s *SQLStore) plus(n int) string  { return s.shifted("+", n) }
+func (s *SQLStore) minus(n int) string { return s.shifted("-", n) }
 
-// minus returns the SQL for "now - the duration bound at placeholder n".
-func (s *SQLStore) minus(n int) string {
+func (s *SQLStore) shifted(sign string, n int) string {
 	p := s.t.dialect.placeholder(n)
 	switch s.t.dialect {
 	case PostgreSQL:
-		return "now() - (" + p + "::bigint * interval '1 microsecond')"
+		return "now() " + sign + " (" + p + "::bigint * interval '1 microsecond')"
 	case MySQL:
-		return "UTC_TIMESTAMP(6) - INTERVAL " + p + " MICROSECOND"
+		return "UTC_TIMESTAMP(6) " + sign + " INTERVAL " + p + " MICROSECOND"
 	default:
-		return "(" + s.now() + " - " + p + ")"
+		return "(" + s.now() + " " + sign + " " + p + ")"
 	}
 }
 

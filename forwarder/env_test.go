@@ -28,7 +28,7 @@ type spy struct {
 	delays []time.Duration
 }
 
-func (s *spy) Claim(ctx context.Context, req outbox.ClaimRequest) (string, []outbox.Row, error) {
+func (s *spy) Claim(ctx context.Context, req outbox.ClaimRequest) (outbox.Claimed, error) {
 	s.mu.Lock()
 	s.claims = append(s.claims, req)
 	s.mu.Unlock()

@@ -77,9 +77,9 @@ func (s *fakeStore) do(c call) reply {
 
 func (s *fakeStore) Config() config.Config { return s.cfg }
 
-func (s *fakeStore) Claim(_ context.Context, req outbox.ClaimRequest) (string, []outbox.Row, error) {
+func (s *fakeStore) Claim(_ context.Context, req outbox.ClaimRequest) (outbox.Claimed, error) {
 	r := s.do(call{op: opClaim, req: req})
-	return "token", r.rows, r.err
+	return outbox.Claimed{Token: "token", Rows: r.rows}, r.err
 }
 
 func (s *fakeStore) MarkPublished(_ context.Context, token string, ids []int64, _ bool) (int, error) {

@@ -23,9 +23,9 @@ type flakyStore struct {
 
 var errDatabaseDown = errors.New("connection refused")
 
-func (s *flakyStore) Claim(ctx context.Context, req outbox.ClaimRequest) (string, []outbox.Row, error) {
+func (s *flakyStore) Claim(ctx context.Context, req outbox.ClaimRequest) (outbox.Claimed, error) {
 	if s.claimFailures.Add(-1) >= 0 {
-		return "", nil, errDatabaseDown
+		return outbox.Claimed{}, errDatabaseDown
 	}
 	return s.Store.Claim(ctx, req)
 }

@@ -19,7 +19,7 @@ type schedule struct {
 
 	due      bool // a claim should start as soon as the window allows
 	claiming bool // a claim is running
-	backlog  bool // the last claim came back full: more rows are waiting
+	backlog  bool // the last claim came back full or said more rows are due
 	// A wake-up asked for the claim now running (or about to): look once
 	// more one notify interval after the wake-up arrived, for the commits
 	// whose publishers skipped their NOTIFY (see the Publisher's
@@ -75,10 +75,11 @@ func (s *schedule) start(free int) int {
 	return min(s.batch, free)
 }
 
-// onClaimed: the claim returned got rows out of the limit it asked.
-func (s *schedule) onClaimed(got, limit int) {
+// onClaimed: the claim returned got rows out of the limit it asked, and
+// more when the store said more rows may be due.
+func (s *schedule) onClaimed(got, limit int, more bool) {
 	s.claiming = false
-	s.backlog = got > 0 && got >= limit
+	s.backlog = more || got > 0 && got >= limit
 	switch {
 	case s.backlog:
 		s.due = true

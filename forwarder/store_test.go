@@ -22,7 +22,8 @@ func TestClaimExpiryRecoversCrashedRelay(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, e *relayEnv) {
 		ctx := context.Background()
 		msgs := e.publish(t, "t", 5, func(i int) string { return "same-key" })
-		_, rows, err := e.store.Claim(ctx, outbox.ClaimRequest{Limit: 5, Lease: time.Second, Ordered: true})
+		c, err := e.store.Claim(ctx, outbox.ClaimRequest{Limit: 5, Lease: time.Second, Ordered: true})
+		rows := c.Rows
 		require.NoError(t, err)
 		require.Len(t, rows, 5, "one key's rows are claimed together")
 		// The "crashed" relay is gone. A live one takes over after a second.

@@ -57,6 +57,7 @@ type subscription struct {
 type claimed struct {
 	token string
 	rows  []outbox.Row
+	more  bool // the store says more rows may be due
 	limit int
 	err   error
 }
@@ -155,8 +156,8 @@ func (sub *subscription) claim() {
 	sub.spawn(func() {
 		ctx, cancel := workCtx()
 		defer cancel()
-		token, rows, err := sub.s.store.Claim(ctx, req)
-		send(sub, sub.claims, claimed{token: token, rows: rows, limit: limit, err: err})
+		c, err := sub.s.store.Claim(ctx, req)
+		send(sub, sub.claims, claimed{token: c.Token, rows: c.Rows, more: c.More, limit: limit, err: err})
 	})
 }
 
@@ -166,7 +167,7 @@ func (sub *subscription) onClaimed(r claimed) {
 		return
 	}
 	sub.retries.claim.succeeded()
-	sub.sched.onClaimed(len(r.rows), r.limit)
+	sub.sched.onClaimed(len(r.rows), r.limit, r.more)
 	readied := sub.win.add(r.token, r.rows, time.Now())
 	if sub.draining {
 		// Claimed while closing: give them straight back.

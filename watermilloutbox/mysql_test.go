@@ -43,7 +43,8 @@ func TestMySQLClaimDoesNotBlockInserts(t *testing.T) {
 	})
 	claimed := make(chan int, 1)
 	go func() {
-		_, rows, err := store.Claim(ctx, outbox.ClaimRequest{Limit: 5, Lease: time.Minute, Ordered: true})
+		c, err := store.Claim(ctx, outbox.ClaimRequest{Limit: 5, Lease: time.Minute, Ordered: true})
+		rows := c.Rows
 		if err != nil {
 			t.Error(err)
 		}

@@ -50,7 +50,7 @@ func TestDialectMismatchIsNamed(t *testing.T) {
 			require.ErrorContains(t, err, "dialect "+string(c.dialect))
 			require.ErrorContains(t, err, c.driver)
 
-			_, _, err = store.Claim(ctx, outbox.ClaimRequest{Limit: 1, Lease: time.Minute})
+			_, err = store.Claim(ctx, outbox.ClaimRequest{Limit: 1, Lease: time.Minute})
 			require.ErrorIs(t, err, outbox.ErrDialectMismatch)
 
 			pub, err := outbox.NewPublisher(store, outbox.PublisherConfig{AutoCommit: true}, nil)

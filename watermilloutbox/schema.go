@@ -1,11 +1,13 @@
 package watermilloutbox
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"slices"
 	"strings"
 	"time"
 
@@ -47,6 +49,15 @@ func (t table) index(suffix string) string {
 	return t.dialect.quoteIdent(name)
 }
 
+// The claim reads three partial indexes, each holding only rows a claim may
+// take, so that what a claim costs follows the rows it returns
+// (claim.go): unkeyed_idx, keyless rows in id order; keyed_idx, keyed rows
+// by key, which claims walk one key at a time (a key whose head is blocked
+// costs one index descent, its tail nothing); and, for rows backing off
+// (waiting = 1, still state 'pending'), waiting_idx by the time they are
+// due again and waiting_key_idx by key, which the ordered claims consult.
+// A claim changes only claim_token and claimed_until, which no index
+// covers, so on PostgreSQL it stays a HOT update (see fillfactor below).
 func (t table) ddl() []string {
 	switch t.dialect {
 	case PostgreSQL:
@@ -72,21 +83,22 @@ func (t table) ddl() []string {
     claimed_until TIMESTAMPTZ,
     published_at  TIMESTAMPTZ,
     state         TEXT        NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'published', 'dead')),
-    last_error    TEXT
+    last_error    TEXT,
+    waiting       SMALLINT    NOT NULL DEFAULT 0
 ) WITH (fillfactor = 50)`,
-			// The claim path: pending rows in id order. Partial, so the index
-			// stays as small as the backlog.
-			`CREATE INDEX IF NOT EXISTS ` + t.index("pending_idx") + ` ON ` + t.quoted + ` (id) WHERE state = 'pending'`,
-			// The per-key order check: earlier pending rows of the same key.
-			`CREATE INDEX IF NOT EXISTS ` + t.index("key_idx") + ` ON ` + t.quoted + ` (topic, partition_key, id) WHERE state = 'pending' AND partition_key IS NOT NULL`,
-			// Retention purge of published rows.
+			`CREATE INDEX IF NOT EXISTS ` + t.index("unkeyed_idx") + ` ON ` + t.quoted + ` (id) WHERE ` + unkeyedPredicate,
+			`CREATE INDEX IF NOT EXISTS ` + t.index("keyed_idx") + ` ON ` + t.quoted + ` (topic, partition_key, id) WHERE ` + keyedPredicate,
+			`CREATE INDEX IF NOT EXISTS ` + t.index("waiting_idx") + ` ON ` + t.quoted + ` (available_at) WHERE ` + waitingPredicate,
+			`CREATE INDEX IF NOT EXISTS ` + t.index("waiting_key_idx") + ` ON ` + t.quoted + ` (topic, partition_key, id) WHERE ` + waitingKeyPredicate,
 			`CREATE INDEX IF NOT EXISTS ` + t.index("published_idx") + ` ON ` + t.quoted + ` (published_at) WHERE state = 'published'`,
 		}
 	case MySQL:
 		// MySQL has no partial indexes and no CREATE INDEX IF NOT EXISTS, so
-		// the indexes are declared with the table. Times are UTC whatever the
-		// session time zone, as the relay compares them with UTC_TIMESTAMP. The binary collation keeps
-		// topics and keys byte-exact, as on the other dialects.
+		// the indexes are declared with the table, led by the columns the
+		// partial indexes of the other dialects filter on. Times are UTC
+		// whatever the session time zone, as the relay compares them with
+		// UTC_TIMESTAMP. The binary collation keeps topics and keys
+		// byte-exact, as on the other dialects.
 		return []string{
 			`CREATE TABLE IF NOT EXISTS ` + t.quoted + ` (
     id            BIGINT       NOT NULL AUTO_INCREMENT PRIMARY KEY,
@@ -103,9 +115,8 @@ func (t table) ddl() []string {
     published_at  DATETIME(6)  NULL,
     state         VARCHAR(16)  NOT NULL DEFAULT 'pending',
     last_error    TEXT         NULL,
-    KEY ` + t.index("pending_idx") + ` (state, id),
-    KEY ` + t.index("key_idx") + ` (topic, partition_key, state, id),
-    KEY ` + t.index("published_idx") + ` (state, published_at)
+    waiting       TINYINT      NOT NULL DEFAULT 0,
+    ` + mysqlIndexes(t, ",\n    ") + `
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin`,
 		}
 	default: // SQLite
@@ -128,14 +139,50 @@ func (t table) ddl() []string {
     claimed_until INTEGER,
     published_at  INTEGER,
     state         TEXT    NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'published', 'dead')),
-    last_error    TEXT
+    last_error    TEXT,
+    waiting       INTEGER NOT NULL DEFAULT 0
 )`,
-			`CREATE INDEX IF NOT EXISTS ` + t.index("pending_idx") + ` ON ` + t.base + ` (id) WHERE state = 'pending'`,
-			`CREATE INDEX IF NOT EXISTS ` + t.index("key_idx") + ` ON ` + t.base + ` (topic, partition_key, id) WHERE state = 'pending' AND partition_key IS NOT NULL`,
+			`CREATE INDEX IF NOT EXISTS ` + t.index("unkeyed_idx") + ` ON ` + t.base + ` (id) WHERE ` + unkeyedPredicate,
+			`CREATE INDEX IF NOT EXISTS ` + t.index("keyed_idx") + ` ON ` + t.base + ` (topic, partition_key, id) WHERE ` + keyedPredicate,
+			`CREATE INDEX IF NOT EXISTS ` + t.index("waiting_idx") + ` ON ` + t.base + ` (available_at) WHERE ` + waitingPredicate,
+			`CREATE INDEX IF NOT EXISTS ` + t.index("waiting_key_idx") + ` ON ` + t.base + ` (topic, partition_key, id) WHERE ` + waitingKeyPredicate,
 			`CREATE INDEX IF NOT EXISTS ` + t.index("published_idx") + ` ON ` + t.base + ` (published_at) WHERE state = 'published'`,
 		}
 	}
 }
+
+// The partial indexes' predicates. The claim's queries repeat them word for
+// word, so that PostgreSQL and SQLite see that an index applies.
+const (
+	unkeyedPredicate    = `state = 'pending' AND waiting = 0 AND partition_key IS NULL`
+	keyedPredicate      = `state = 'pending' AND waiting = 0 AND partition_key IS NOT NULL`
+	waitingPredicate    = `state = 'pending' AND waiting = 1`
+	waitingKeyPredicate = `state = 'pending' AND waiting = 1 AND partition_key IS NOT NULL`
+)
+
+// mysqlIndex is one of MySQL's indexes: its name suffix and columns.
+type mysqlIndex struct{ suffix, columns string }
+
+// mysqlIndexList is MySQL's version of the partial indexes: keyed_idx also
+// serves the per-key lookups of waiting rows (waiting = 1).
+var mysqlIndexList = []mysqlIndex{
+	{"unkeyed_idx", "state, waiting, partition_key, id"},
+	{"keyed_idx", "state, waiting, topic, partition_key, id"},
+	{"waiting_idx", "state, waiting, available_at"},
+	{"published_idx", "state, published_at"},
+}
+
+func mysqlIndexes(t table, sep string) string {
+	parts := make([]string, len(mysqlIndexList))
+	for i, ix := range mysqlIndexList {
+		parts[i] = "KEY " + t.index(ix.suffix) + " (" + ix.columns + ")"
+	}
+	return strings.Join(parts, sep)
+}
+
+// obsoleteIndexes are the index suffixes an earlier version created, which
+// Migrate drops: the claim no longer reads them, and each cost every insert.
+var obsoleteIndexes = []string{"pending_idx", "key_idx"}
 
 // DDL returns the statements that create the outbox table and its indexes,
 // separated by ";\n", for pasting into a migration tool; SQLStore.Migrate
@@ -167,7 +214,12 @@ func (t table) migrate(ctx context.Context, db *sql.DB) error {
 			if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, t.lockKey()); err != nil {
 				return err
 			}
-			return execAll(ctx, tx, t.ddl())
+			return t.create(ctx, tx, func(column string) (bool, error) {
+				var n int
+				err := tx.QueryRowContext(ctx, `SELECT count(*) FROM pg_attribute WHERE attrelid = $1::regclass AND attname = $2 AND NOT attisdropped`,
+					t.quoted, column).Scan(&n)
+				return n > 0, err
+			}, nil)
 		})
 	case MySQL:
 		// DDL commits implicitly on MySQL, so the lock is a session lock
@@ -186,7 +238,22 @@ func (t table) migrate(ctx context.Context, db *sql.DB) error {
 			return errors.New("could not take the migration lock within a minute")
 		}
 		defer conn.ExecContext(context.WithoutCancel(ctx), `SELECT RELEASE_LOCK(?)`, name) //nolint:errcheck // released with the session anyway
-		return execAll(ctx, conn, t.ddl())
+		// information_schema names the schema; an unqualified table is in
+		// the connection's database.
+		schema, schemaArgs := "DATABASE()", []any{}
+		if t.schema != "" {
+			schema, schemaArgs = "?", []any{t.schema}
+		}
+		count := func(q string, args ...any) (bool, error) {
+			var n int
+			err := conn.QueryRowContext(ctx, q, append(slices.Clone(schemaArgs), args...)...).Scan(&n)
+			return n > 0, err
+		}
+		return t.create(ctx, conn, func(column string) (bool, error) {
+			return count(`SELECT count(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = `+schema+` AND TABLE_NAME = ? AND COLUMN_NAME = ?`, t.base, column)
+		}, func(index string) (bool, error) {
+			return count(`SELECT count(*) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = `+schema+` AND TABLE_NAME = ? AND INDEX_NAME = ?`, t.base, index)
+		})
 	default:
 		// WAL lets readers (the relay's claims, the application) run
 		// beside the one writer; it is a property of the file, so setting
@@ -196,8 +263,98 @@ func (t table) migrate(ctx context.Context, db *sql.DB) error {
 			return err
 		}
 		// SQLite serialises writers; one transaction makes it atomic.
-		return inTx(ctx, db, func(tx *sql.Tx) error { return execAll(ctx, tx, t.ddl()) })
+		return inTx(ctx, db, func(tx *sql.Tx) error {
+			return t.create(ctx, tx, func(column string) (bool, error) {
+				var n int
+				err := tx.QueryRowContext(ctx, `SELECT count(*) FROM pragma_table_info(?, ?) WHERE name = ?`,
+					t.base, cmp.Or(t.schema, "main"), column).Scan(&n)
+				return n > 0, err
+			}, nil)
+		})
 	}
+}
+
+// create runs the DDL, then brings a table an earlier version created up
+// to date: it adds the waiting column (marking the rows then backing off),
+// the claim's indexes, and drops the indexes the claim no longer reads.
+// hasColumn and hasIndex look in the catalog; hasIndex is nil where
+// CREATE INDEX IF NOT EXISTS and DROP INDEX IF EXISTS do the looking.
+func (t table) create(ctx context.Context, db queryExecer, hasColumn, hasIndex func(name string) (bool, error)) error {
+	if err := execAll(ctx, db, t.ddl()); err != nil {
+		return err
+	}
+	has, err := hasColumn("waiting")
+	if err != nil {
+		return fmt.Errorf("look up the waiting column: %w", err)
+	}
+	if !has {
+		column := map[Dialect]string{PostgreSQL: "SMALLINT", MySQL: "TINYINT", SQLite: "INTEGER"}[t.dialect]
+		if err := execAll(ctx, db, []string{
+			`ALTER TABLE ` + t.quoted + ` ADD COLUMN waiting ` + column + ` NOT NULL DEFAULT 0`,
+			// Rows backing off are out of the claim's indexes from now on.
+			`UPDATE ` + t.quoted + ` SET waiting = 1 WHERE state = 'pending' AND claim_token IS NULL AND available_at > ` + t.now(),
+		}); err != nil {
+			return err
+		}
+	}
+	if t.dialect != MySQL {
+		// The CREATE INDEX IF NOT EXISTS statements of the DDL ran on the
+		// old table too.
+		var drops []string
+		for _, suffix := range obsoleteIndexes {
+			drops = append(drops, `DROP INDEX IF EXISTS `+t.qualifiedIndex(suffix))
+		}
+		return execAll(ctx, db, drops)
+	}
+	var alter []string
+	for _, ix := range mysqlIndexList {
+		has, err := hasIndex(t.base + "_" + ix.suffix)
+		if err != nil {
+			return err
+		}
+		if !has {
+			alter = append(alter, "ADD KEY "+t.index(ix.suffix)+" ("+ix.columns+")")
+		}
+	}
+	for _, suffix := range obsoleteIndexes {
+		has, err := hasIndex(t.base + "_" + suffix)
+		if err != nil {
+			return err
+		}
+		if has {
+			alter = append(alter, "DROP KEY "+t.index(suffix))
+		}
+	}
+	if len(alter) == 0 {
+		return nil
+	}
+	return execAll(ctx, db, []string{`ALTER TABLE ` + t.quoted + ` ` + strings.Join(alter, ", ")})
+}
+
+// qualifiedIndex names one of the table's indexes for DROP INDEX, which
+// wants the schema on PostgreSQL too.
+func (t table) qualifiedIndex(suffix string) string {
+	if t.dialect == PostgreSQL && t.schema != "" {
+		return t.dialect.quoteIdent(t.schema + "." + t.base + "_" + suffix)
+	}
+	return t.index(suffix)
+}
+
+// now is the database clock, in the form the dialect compares times with.
+func (t table) now() string {
+	switch t.dialect {
+	case PostgreSQL:
+		return "now()"
+	case MySQL:
+		return "UTC_TIMESTAMP(6)"
+	default:
+		return "CAST(unixepoch('subsec') * 1000000 AS INTEGER)"
+	}
+}
+
+type queryExecer interface {
+	execer
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
 }
 
 type execer interface {

@@ -6,12 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
-	"github.com/google/uuid"
 
 	"github.com/e0a82c8c/watermill-outbox/config"
 )
@@ -53,6 +51,8 @@ type SQLStore struct {
 	t      table
 	logger watermill.LoggerAdapter
 	probe  dialectProbe
+	q      claimSQL
+	cursor keyCursor // where the last walk over the keys stopped
 
 	// claimHook, when set (tests only), runs inside the MySQL claim
 	// transaction just before it commits.
@@ -80,7 +80,7 @@ func NewSQLStore(db *sql.DB, config SQLStoreConfig, logger watermill.LoggerAdapt
 	if logger == nil {
 		logger = watermill.NopLogger{}
 	}
-	return &SQLStore{db: db, config: config.Outbox, t: t, logger: logger}, nil
+	return &SQLStore{db: db, config: config.Outbox, t: t, logger: logger, q: claimSQL{t}}, nil
 }
 
 // Config implements Store: the settings the store was built with, defaults
@@ -109,16 +109,7 @@ func (s *SQLStore) Migrate(ctx context.Context) error {
 }
 
 // now is the database clock, in the form the dialect compares times with.
-func (s *SQLStore) now() string {
-	switch s.t.dialect {
-	case PostgreSQL:
-		return "now()"
-	case MySQL:
-		return "UTC_TIMESTAMP(6)"
-	default:
-		return "CAST(unixepoch('subsec') * 1000000 AS INTEGER)"
-	}
-}
+func (s *SQLStore) now() string { return s.t.now() }
 
 // plus returns the SQL for "now + the duration bound at placeholder n",
 // in microseconds; minus for "now - …".
@@ -169,198 +160,12 @@ func (s *SQLStore) idList(n int, ids []int64) (string, []any) {
 	return b.String(), args
 }
 
-// claimFilter is the WHERE clause of due, unleased pending rows; topics is
-// the condition of the topic filter ("" for all topics).
-func (s *SQLStore) claimFilter(topics string, ordered bool) string {
-	now := s.now()
-	w := "o.state = 'pending' AND o.available_at <= " + now +
-		" AND (o.claimed_until IS NULL OR o.claimed_until < " + now + ")"
-	if topics != "" {
-		w += " AND " + topics
-	}
-	if ordered {
-		// A keyed row waits while an earlier row of its key is leased or
-		// backing off. Earlier rows that are due come first in id order, so
-		// they are claimed in the same call (or this row is not).
-		w += " AND (o.partition_key IS NULL OR NOT EXISTS (SELECT 1 FROM " + s.t.quoted + " e" +
-			" WHERE e.topic = o.topic AND e.partition_key = o.partition_key AND e.state = 'pending' AND e.id < o.id" +
-			" AND (e.available_at > " + now + " OR e.claimed_until >= " + now + ")))"
-	}
-	return w
-}
-
 // rowColumns lists what queryRows scans, each column prefixed with alias
 // ("t." or "").
 func (s *SQLStore) rowColumns(alias string) string {
 	a := alias
 	return a + "id, " + a + "uuid, " + a + "topic, " + a + "partition_key, " + a + "payload, " + a + "metadata, " +
 		s.createdMicros(alias) + ", " + a + "attempts"
-}
-
-// Claim implements Store.
-func (s *SQLStore) Claim(ctx context.Context, req ClaimRequest) (string, []Row, error) {
-	if req.Limit < 1 {
-		return "", nil, fmt.Errorf("outbox: claim: limit must be at least 1, got %d", req.Limit)
-	}
-	if req.Lease <= 0 {
-		return "", nil, fmt.Errorf("outbox: claim: lease must be positive, got %s", req.Lease)
-	}
-	if err := s.checkDialect(ctx); err != nil {
-		return "", nil, fmt.Errorf("outbox: claim: %w", err)
-	}
-	token := uuid.NewString()
-	var rows []Row
-	var err error
-	switch s.t.dialect {
-	case PostgreSQL:
-		rows, err = s.claimPostgres(ctx, token, req)
-	case MySQL:
-		rows, err = s.claimMySQL(ctx, token, req)
-	default:
-		rows, err = s.claimSQLite(ctx, token, req)
-	}
-	if err != nil {
-		return "", nil, fmt.Errorf("outbox: claim: %w", markContention(err))
-	}
-	slices.SortFunc(rows, func(a, b Row) int { return int(a.ID - b.ID) })
-	return token, rows, nil
-}
-
-func (s *SQLStore) claimPostgres(ctx context.Context, token string, req ClaimRequest) ([]Row, error) {
-	c := s.postgresClaim(token, req)
-	var rows []Row
-	err := inTx(ctx, s.db, func(tx *sql.Tx) error {
-		if _, err := tx.ExecContext(ctx, c.prepare, c.prepareArgs...); err != nil {
-			return err
-		}
-		var err error
-		rows, err = s.queryRows(ctx, tx, c.query, c.args)
-		return err
-	})
-	return rows, err
-}
-
-// postgresClaim is a PostgreSQL claim: prepare runs first in the claim's
-// transaction, then query returns the claimed rows.
-type postgresClaim struct {
-	prepare     string
-	prepareArgs []any
-	query       string
-	args        []any
-}
-
-func (s *SQLStore) postgresClaim(token string, req ClaimRequest) postgresClaim {
-	args := []any{token, req.Limit, req.Lease.Microseconds()}
-	topics, topicArgs := req.Topics.sql(s.t.dialect, "o.topic", 4)
-	args = append(args, topicArgs...)
-	q := `WITH c AS (SELECT o.id FROM ` + s.t.quoted + ` o WHERE ` + s.claimFilter(topics, req.Ordered) +
-		` ORDER BY o.id LIMIT $2 FOR UPDATE SKIP LOCKED)
-UPDATE ` + s.t.quoted + ` t SET claim_token = $1, claimed_until = ` + s.plus(3) + ` FROM c WHERE t.id = c.id
-RETURNING ` + s.rowColumns("t.")
-	// The claim must walk pending_idx in id order and stop at the limit. A
-	// queue table's statistics are nearly always stale (a backlog appears
-	// and drains between two autovacuum runs), and with an estimate of a few
-	// pending rows the planner prefers a bitmap scan of every pending row
-	// plus a sort, evaluating the ordered filter on each: measured 200 ms
-	// instead of 4 ms per claim on a fresh 20,000-row backlog. Plan
-	// settings local to the transaction rule that out (and suit a pooler in
-	// transaction mode).
-	//
-	// Ordered claims are also serialised per table: a claim that ran beside
-	// another could see a key's head row as free while the other takes it,
-	// and claim the rows behind it. The lock is held until the claim
-	// commits, right after its one statement.
-	c := postgresClaim{
-		prepare: `SELECT set_config('enable_bitmapscan', 'off', true), set_config('enable_seqscan', 'off', true)`,
-		query:   q,
-		args:    args,
-	}
-	if req.Ordered {
-		c.prepare += `, pg_advisory_xact_lock($1)`
-		c.prepareArgs = append(c.prepareArgs, s.t.lockKey()+1)
-	}
-	return c
-}
-
-func (s *SQLStore) claimMySQL(ctx context.Context, token string, req ClaimRequest) ([]Row, error) {
-	conn, err := s.db.Conn(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close()
-	if req.Ordered {
-		// See claimPostgres; MySQL's named lock is per session, so it is
-		// taken on this connection and released after the commit.
-		name := fmt.Sprintf("watermill-outbox-claim-%x", s.t.lockKey())
-		var got sql.NullInt64
-		if err := conn.QueryRowContext(ctx, `SELECT GET_LOCK(?, 30)`, name).Scan(&got); err != nil {
-			return nil, err
-		}
-		if got.Int64 != 1 {
-			return nil, errors.New("claim lock not taken within 30s")
-		}
-		defer conn.ExecContext(context.WithoutCancel(ctx), `SELECT RELEASE_LOCK(?)`, name) //nolint:errcheck // freed with the session too
-	}
-	// READ COMMITTED: the locking read takes record locks only, no gap
-	// locks that would block application INSERTs into the table.
-	tx, err := conn.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
-	if err != nil {
-		return nil, err
-	}
-	defer tx.Rollback() //nolint:errcheck // no-op after Commit
-	// Candidates first, by a plain read, which locks nothing; then the
-	// candidates are locked by primary key, in id order, and checked
-	// again. An ack locks the primary key record before the pending index
-	// entry; a locking scan of the pending index would lock them the other
-	// way round, and the two deadlocked (measured: one to six "Error 1213"
-	// per run of three relays on MariaDB).
-	topics, topicArgs := req.Topics.sql(s.t.dialect, "o.topic", 1)
-	filter := s.claimFilter(topics, req.Ordered)
-	candidates, err := queryIDs(ctx, tx, `SELECT o.id FROM `+s.t.quoted+` o WHERE `+filter+` ORDER BY o.id LIMIT ?`,
-		append(slices.Clone(topicArgs), req.Limit))
-	if err != nil || len(candidates) == 0 {
-		return nil, err
-	}
-	// Ordered claims are serialised by the named lock, so they need not
-	// skip locked rows, and must not: InnoDB briefly locks rows an ack's
-	// DELETE examines without deleting them, and skipping such a row (a
-	// key's unleased head) would let the claim take the rows behind it.
-	skipLocked := " SKIP LOCKED"
-	if req.Ordered {
-		skipLocked = ""
-	}
-	in, idArgs := s.idList(1, candidates) // MySQL binds in textual order
-	q := `SELECT ` + s.rowColumns("o.") + ` FROM ` + s.t.quoted + ` o WHERE o.` + in +
-		` AND ` + filter + ` ORDER BY o.id FOR UPDATE` + skipLocked
-	rows, err := s.queryRows(ctx, tx, q, append(idArgs, topicArgs...))
-	if err != nil || len(rows) == 0 {
-		return nil, err
-	}
-	ids := make([]int64, len(rows))
-	for i, r := range rows {
-		ids[i] = r.ID
-	}
-	in, idArgs = s.idList(3, ids)
-	if _, err := tx.ExecContext(ctx, `UPDATE `+s.t.quoted+` SET claim_token = ?, claimed_until = `+s.plus(2)+` WHERE `+in,
-		append([]any{token, req.Lease.Microseconds()}, idArgs...)...); err != nil {
-		return nil, err
-	}
-	if s.claimHook != nil {
-		s.claimHook()
-	}
-	return rows, tx.Commit()
-}
-
-func (s *SQLStore) claimSQLite(ctx context.Context, token string, req ClaimRequest) ([]Row, error) {
-	// One statement under SQLite's single write lock: claims never overlap,
-	// so the ordered filter needs no extra lock.
-	args := []any{token, req.Lease.Microseconds()}
-	topics, topicArgs := req.Topics.sql(s.t.dialect, "o.topic", 3)
-	args = append(append(args, topicArgs...), req.Limit)
-	q := `UPDATE ` + s.t.quoted + ` SET claim_token = ?, claimed_until = ` + s.plus(2) +
-		` WHERE id IN (SELECT o.id FROM ` + s.t.quoted + ` o WHERE ` + s.claimFilter(topics, req.Ordered) +
-		` ORDER BY o.id LIMIT ?) RETURNING ` + s.rowColumns("")
-	return s.queryRows(ctx, s.db, q, args)
 }
 
 type querier interface {
@@ -460,7 +265,7 @@ func (s *SQLStore) MarkPublished(ctx context.Context, token string, ids []int64,
 func (s *SQLStore) RecordFailure(ctx context.Context, token string, id int64, lastError string, delay time.Duration) (int, error) {
 	p := s.t.dialect.placeholder
 	return s.exec(ctx, "record failure", `UPDATE `+s.t.quoted+` SET attempts = attempts + 1, last_error = `+p(1)+
-		`, available_at = `+s.plus(2)+`, claim_token = NULL, claimed_until = NULL WHERE claim_token = `+p(3)+` AND id = `+p(4),
+		`, available_at = `+s.plus(2)+`, waiting = 1, claim_token = NULL, claimed_until = NULL WHERE claim_token = `+p(3)+` AND id = `+p(4),
 		truncateError(lastError), max(delay, 0).Microseconds(), token, id)
 }
 
@@ -509,74 +314,6 @@ func (s *SQLStore) PurgePublished(ctx context.Context, olderThan time.Duration, 
 	return s.exec(ctx, "purge published", `DELETE FROM `+s.t.quoted+` WHERE id IN (SELECT id FROM `+s.t.quoted+
 		` WHERE state = 'published' AND published_at <= `+s.minus(1)+` ORDER BY published_at LIMIT `+p(2)+`)`,
 		olderThan.Microseconds(), limit)
-}
-
-// DeadRow is a row the relay gave up on.
-type DeadRow struct {
-	Row
-	LastError string
-}
-
-// DeadQuery pages through dead rows.
-type DeadQuery struct {
-	// Topic limits the list to one destination topic; "" lists all.
-	Topic string
-	// AfterID is the cursor: only rows with a larger id are listed. Pass
-	// the last ID of the previous page; zero starts at the beginning.
-	AfterID int64
-	// Limit is the page size, in rows. Default 100; zero means the
-	// default. At most 10,000.
-	Limit int
-}
-
-// ListDead returns one page of dead rows, in id order (oldest first), for
-// inspection.
-func (s *SQLStore) ListDead(ctx context.Context, q DeadQuery) ([]DeadRow, error) {
-	if q.Limit == 0 {
-		q.Limit = 100
-	}
-	if q.Limit < 0 || q.Limit > config.MaxBatchSize {
-		return nil, fmt.Errorf("outbox: list dead: limit must be between 1 and %d, got %d", config.MaxBatchSize, q.Limit)
-	}
-	p := s.t.dialect.placeholder
-	where := `state = 'dead' AND id > ` + p(1)
-	args := []any{q.AfterID}
-	if q.Topic != "" {
-		where += ` AND topic = ` + p(2)
-		args = append(args, q.Topic)
-	}
-	args = append(args, q.Limit)
-	query := `SELECT ` + s.rowColumns("") + `, last_error FROM ` + s.t.quoted +
-		` WHERE ` + where + ` ORDER BY id LIMIT ` + p(len(args))
-	var out []DeadRow
-	err := s.scanRows(ctx, s.db, query, args, func(r Row, lastErr sql.NullString) {
-		out = append(out, DeadRow{Row: r, LastError: lastErr.String})
-	}, true)
-	if err != nil {
-		return nil, fmt.Errorf("outbox: list dead: %w", err)
-	}
-	return out, nil
-}
-
-// Requeue makes dead rows pending and due again with a fresh retry
-// budget; last_error is kept until the next failure. It returns how many
-// rows it requeued (rows that are not dead are left alone).
-func (s *SQLStore) Requeue(ctx context.Context, ids ...int64) (int, error) {
-	if len(ids) == 0 {
-		return 0, nil
-	}
-	in, args := s.idList(1, ids)
-	return s.exec(ctx, "requeue", `UPDATE `+s.t.quoted+` SET state = 'pending', attempts = 0, available_at = `+s.now()+
-		`, claim_token = NULL, claimed_until = NULL WHERE state = 'dead' AND `+in, args...)
-}
-
-// PurgeDead deletes dead rows for good, returning how many it deleted.
-func (s *SQLStore) PurgeDead(ctx context.Context, ids ...int64) (int, error) {
-	if len(ids) == 0 {
-		return 0, nil
-	}
-	in, args := s.idList(1, ids)
-	return s.exec(ctx, "purge dead", `DELETE FROM `+s.t.quoted+` WHERE state = 'dead' AND `+in, args...)
 }
 
 func truncateError(s string) string {

@@ -28,6 +28,19 @@ type Row struct {
 	Attempts int
 }
 
+// Claimed is what one Store.Claim took.
+type Claimed struct {
+	// Token is the claim's fencing token: every later write for the rows
+	// names it (see Store).
+	Token string
+	// Rows are the claimed rows, in id order.
+	Rows []Row
+	// More reports that due rows may remain which this claim did not take:
+	// it took as many as it was allowed, or stopped at its scan budget. The
+	// relay then claims again at once instead of waiting for its next poll.
+	More bool
+}
+
 // ClaimRequest says which rows Store.Claim may take.
 type ClaimRequest struct {
 	// Topics restricts the claim to some destination topics; the zero
@@ -65,8 +78,10 @@ type Store interface {
 	// Claim takes up to req.Limit pending rows that are due (available_at
 	// passed) and not under a live lease, writes a fresh claim token and a
 	// lease of req.Lease, and commits before returning. It holds no lock or
-	// transaction afterwards.
-	Claim(ctx context.Context, req ClaimRequest) (token string, rows []Row, err error)
+	// transaction afterwards. Its cost should follow the rows it returns,
+	// not the rows it passes over (backing off, leased, or queued behind a
+	// key whose head is blocked); SQLStore's does.
+	Claim(ctx context.Context, req ClaimRequest) (Claimed, error)
 
 	// MarkPublished records that the broker confirmed the rows: with keep
 	// they become published (published_at set, for PurgePublished to delete
@@ -74,7 +89,9 @@ type Store interface {
 	MarkPublished(ctx context.Context, token string, ids []int64, keep bool) (int, error)
 
 	// RecordFailure charges one failed attempt to the row, stores lastError,
-	// makes it due again after delay, and releases the claim at once.
+	// makes it due again after delay, and releases the claim at once. The
+	// row stays pending; while it waits out the delay, a later row of its
+	// key is not claimed by an ordered claim.
 	RecordFailure(ctx context.Context, token string, id int64, lastError string, delay time.Duration) (int, error)
 
 	// MarkDead charges the final attempt and moves the row to the dead

@@ -116,8 +116,9 @@ func ids(rows []outbox.Row) []int64 {
 
 func claim(t *testing.T, s outbox.Store, req outbox.ClaimRequest) (string, []outbox.Row) {
 	t.Helper()
-	token, rows, err := s.Claim(ctx(t), req)
+	c, err := s.Claim(ctx(t), req)
 	require.NoError(t, err)
+	token, rows := c.Token, c.Rows
 	for i := 1; i < len(rows); i++ {
 		require.Less(t, rows[i-1].ID, rows[i].ID, "rows come back in id order")
 	}
@@ -184,9 +185,9 @@ func testClaimLeased(t *testing.T, h Harness) {
 	require.Len(t, rest, 2, "only the rows nobody holds")
 	_, none := claim(t, s, all)
 	require.Empty(t, none)
-	_, _, err := s.Claim(ctx(t), outbox.ClaimRequest{Limit: 0, Lease: lease})
+	_, err := s.Claim(ctx(t), outbox.ClaimRequest{Limit: 0, Lease: lease})
 	require.Error(t, err, "Limit 0")
-	_, _, err = s.Claim(ctx(t), outbox.ClaimRequest{Limit: 1})
+	_, err = s.Claim(ctx(t), outbox.ClaimRequest{Limit: 1})
 	require.Error(t, err, "no lease")
 }
 

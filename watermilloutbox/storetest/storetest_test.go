@@ -84,13 +84,13 @@ type counting struct {
 	claims, rows atomic.Int64
 }
 
-func (c *counting) Claim(ctx context.Context, req outbox.ClaimRequest) (string, []outbox.Row, error) {
-	token, rows, err := c.Store.Claim(ctx, req)
+func (c *counting) Claim(ctx context.Context, req outbox.ClaimRequest) (outbox.Claimed, error) {
+	claimed, err := c.Store.Claim(ctx, req)
 	if err == nil {
 		c.claims.Add(1)
-		c.rows.Add(int64(len(rows)))
+		c.rows.Add(int64(len(claimed.Rows)))
 	}
-	return token, rows, err
+	return claimed, err
 }
 
 // TestDecoratedStorePassesTheKit: a custom Store (the decorator above, on

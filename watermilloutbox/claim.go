@@ -1,0 +1,478 @@
+package watermilloutbox
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"slices"
+	"sync"
+
+	"github.com/google/uuid"
+)
+
+// How a claim finds its rows, and why its cost follows the rows it returns.
+//
+// A claim that walked the pending rows in id order and tested each one paid
+// for every row it skipped: rows backing off, rows leased by other relays,
+// and, with per-key order, every row queued behind a key whose head was
+// stuck (100,000 of them behind one poison message made each claim take
+// over a second, under a lock every relay waited on). So each kind of row
+// has its own path, and none walks rows it cannot take:
+//
+//   - Rows backing off are marked waiting (RecordFailure) and so are in
+//     none of the indexes the claim walks. Each claim first makes those
+//     whose delay has passed plain pending rows again (promote), reading
+//     only those, through waiting_idx.
+//   - Keyless rows come from unkeyed_idx in id order (oldest first).
+//   - Keyed rows come key by key from keyed_idx: one index descent finds a
+//     key's first row (its head), the next descent the next key. A key
+//     whose head is leased or not yet due, or has an earlier row waiting
+//     (waiting_key_idx), is passed over at the cost of those descents, its
+//     tail never read. From each key whose head is free the claim takes the
+//     run of free rows that starts at the head (ordered) or its free rows
+//     (unordered), as many as its share of the limit. The walk starts
+//     where the store's last one stopped and goes round the key space, so
+//     every key gets its turn while a backlog lasts.
+//   - Rows leased by live relays are still met on the keyless path; there
+//     are at most as many as the relays' in-flight windows.
+//
+// The candidates are read without locks, then locked with SKIP LOCKED and
+// checked again in the same statement. A candidate lost on the way (taken by
+// another claim meanwhile, or locked by a late ack) cuts its key's run: the
+// rows of that key behind it are not taken. That cut keeps per-key order
+// without serialising claims, so several relays claim at once.
+//
+// A claim walks at most walkBudget(limit) keys. When it stops at that
+// budget, or took all it was allowed, Claimed.More asks the relay to claim
+// again at once.
+
+// maxChainKeys bounds how many keys one claim reads more than the head of,
+// on MySQL and SQLite, which read each key's run with a statement part of
+// its own (PostgreSQL's LATERAL join reads any number in one).
+const maxChainKeys = 64
+
+// walkBudget is how many keys a claim of limit rows visits at most: as many
+// as it could take rows from, and some more for keys passed over.
+func walkBudget(limit int) int { return limit + limit/2 + 16 }
+
+// keyPos is a position in the key space: a topic and a partition key.
+type keyPos struct{ topic, key string }
+
+func (p keyPos) less(q keyPos) bool {
+	return p.topic < q.topic || p.topic == q.topic && p.key < q.key
+}
+
+// keyCursor is where the last walk over the keys stopped; the next walk
+// starts just after it. It is shared by the store's claims.
+type keyCursor struct {
+	mu  sync.Mutex
+	pos keyPos
+}
+
+func (c *keyCursor) get() keyPos {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.pos
+}
+
+func (c *keyCursor) set(p keyPos) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.pos = p
+}
+
+// keyHead is a visited key: its first non-waiting pending row.
+type keyHead struct {
+	keyPos
+	id   int64
+	free bool  // due and not leased
+	wait int64 // the key's first waiting row, 0 when none
+}
+
+// claimable: ordered claims take from a key only when its head is free and
+// no earlier row of it is backing off.
+func (h keyHead) claimable() bool { return h.free && (h.wait == 0 || h.id < h.wait) }
+
+// candidate is a row a claim means to take.
+type candidate struct {
+	id int64
+	// run names the key whose run of rows it belongs to in an ordered claim
+	// (topic, NUL, key); "" for rows that need no order.
+	run string
+}
+
+// Claim implements Store.
+func (s *SQLStore) Claim(ctx context.Context, req ClaimRequest) (Claimed, error) {
+	if req.Limit < 1 {
+		return Claimed{}, fmt.Errorf("outbox: claim: limit must be at least 1, got %d", req.Limit)
+	}
+	if req.Lease <= 0 {
+		return Claimed{}, fmt.Errorf("outbox: claim: lease must be positive, got %s", req.Lease)
+	}
+	if err := s.checkDialect(ctx); err != nil {
+		return Claimed{}, fmt.Errorf("outbox: claim: %w", err)
+	}
+	c := Claimed{Token: uuid.NewString()}
+	// READ COMMITTED on MySQL: the locking read takes record locks only, no
+	// gap locks that would block application INSERTs into the table.
+	tx, err := s.db.BeginTx(ctx, &sql.TxOptions{Isolation: map[bool]sql.IsolationLevel{true: sql.LevelReadCommitted}[s.t.dialect == MySQL]})
+	if err == nil {
+		err = s.claim(ctx, tx, req, &c)
+		if err == nil {
+			if s.claimHook != nil {
+				s.claimHook()
+			}
+			err = tx.Commit()
+		} else {
+			_ = tx.Rollback()
+		}
+	}
+	if err != nil {
+		return Claimed{}, fmt.Errorf("outbox: claim: %w", markContention(err))
+	}
+	slices.SortFunc(c.Rows, func(a, b Row) int { return int(a.ID - b.ID) })
+	return c, nil
+}
+
+// claim runs one claim's steps in tx: promote, find the candidates, take
+// them.
+func (s *SQLStore) claim(ctx context.Context, tx *sql.Tx, req ClaimRequest, c *Claimed) error {
+	q, args := s.q.promote(req.Limit)
+	if _, err := tx.ExecContext(ctx, q, args...); err != nil {
+		return fmt.Errorf("promote due rows: %w", err)
+	}
+	cands, more, err := s.candidates(ctx, tx, req)
+	if err != nil {
+		return err
+	}
+	if len(cands) > req.Limit {
+		cands, more = cands[:req.Limit], true
+	}
+	c.More = more
+	if len(cands) == 0 {
+		return nil
+	}
+	c.Rows, err = s.take(ctx, tx, c.Token, req, cands)
+	return err
+}
+
+// candidates returns the rows a claim means to take, in id order, and
+// whether more may be due than it found.
+func (s *SQLStore) candidates(ctx context.Context, tx *sql.Tx, req ClaimRequest) ([]candidate, bool, error) {
+	keyless, err := s.keyless(ctx, tx, req)
+	if err != nil {
+		return nil, false, fmt.Errorf("keyless rows: %w", err)
+	}
+	more := len(keyless) >= req.Limit
+	var keyed []candidate
+	var keyedMore bool
+	if req.Ordered {
+		keyed, keyedMore, err = s.keyedRuns(ctx, tx, req)
+	} else {
+		keyed, keyedMore, err = s.keyedRows(ctx, tx, req)
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("keyed rows: %w", err)
+	}
+	all := append(keyless, keyed...)
+	// Oldest first across both paths. Within a key's run the ids rise, so
+	// cutting the list at the limit keeps each run a run.
+	slices.SortFunc(all, func(a, b candidate) int { return int(a.id - b.id) })
+	return all, more || keyedMore, nil
+}
+
+// keyless reads up to req.Limit due, unleased keyless rows, oldest first.
+func (s *SQLStore) keyless(ctx context.Context, tx *sql.Tx, req ClaimRequest) ([]candidate, error) {
+	q, args := s.q.keyless(req.Topics, req.Limit)
+	ids, err := queryIDs(ctx, tx, q, args)
+	out := make([]candidate, len(ids))
+	for i, id := range ids {
+		out[i] = candidate{id: id}
+	}
+	return out, err
+}
+
+// keyedRuns walks the keys for an ordered claim and returns, for each key
+// it may take from, the run of free rows starting at the key's head: at
+// most its share of the limit, and never reaching a leased, not yet due or
+// waiting row.
+func (s *SQLStore) keyedRuns(ctx context.Context, tx *sql.Tx, req ClaimRequest) ([]candidate, bool, error) {
+	heads, more, err := s.walkKeys(ctx, tx, req.Topics, walkBudget(req.Limit))
+	if err != nil {
+		return nil, false, err
+	}
+	var open []keyHead
+	for _, h := range heads {
+		if h.claimable() {
+			open = append(open, h)
+		}
+	}
+	if len(open) == 0 {
+		return nil, more, nil
+	}
+	share := (req.Limit + len(open) - 1) / len(open)
+	chained := open
+	if share > 1 && s.t.dialect != PostgreSQL {
+		chained = open[:min(len(open), maxChainKeys)]
+	}
+	var runs map[keyPos][]runRow
+	if share > 1 {
+		if runs, err = s.runs(ctx, tx, chained, share); err != nil {
+			return nil, false, err
+		}
+	}
+	var out []candidate
+	for _, h := range open {
+		run := h.topic + "\x00" + h.key
+		rows, ok := runs[h.keyPos]
+		if !ok {
+			out = append(out, candidate{id: h.id, run: run})
+			continue
+		}
+		for _, r := range rows {
+			if !r.free || r.id < h.id || (h.wait != 0 && r.id > h.wait) {
+				break
+			}
+			out = append(out, candidate{id: r.id, run: run})
+		}
+		if len(rows) >= share {
+			more = true // the key may have more free rows
+		}
+	}
+	return out, more, nil
+}
+
+// runRow is one row of a key's run: its id and whether it is free.
+type runRow struct {
+	id   int64
+	free bool
+}
+
+// runs reads, for each key, up to n non-waiting pending rows from its head
+// on, in id order.
+func (s *SQLStore) runs(ctx context.Context, tx *sql.Tx, heads []keyHead, n int) (map[keyPos][]runRow, error) {
+	q, args := s.q.runs(heads, n)
+	rs, err := tx.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rs.Close()
+	out := make(map[keyPos][]runRow, len(heads))
+	for rs.Next() {
+		var p keyPos
+		var r runRow
+		if err := rs.Scan(&p.topic, &p.key, &r.id, &r.free); err != nil {
+			return nil, err
+		}
+		out[p] = append(out[p], r)
+	}
+	return out, rs.Err()
+}
+
+// segments returns the parts of the key space a claim walks, in key
+// order: every topic at once (nil), or, with a topic filter, each matching
+// topic that has keyed rows, so that the walk never reads another topic's
+// keys.
+func (s *SQLStore) segments(ctx context.Context, tx *sql.Tx, topics TopicFilter) ([]*string, error) {
+	if topics.All() {
+		return []*string{nil}, nil
+	}
+	rs, err := tx.QueryContext(ctx, s.q.keyedTopics())
+	if err != nil {
+		return nil, err
+	}
+	defer rs.Close()
+	var out []*string
+	for rs.Next() {
+		var name string
+		if err := rs.Scan(&name); err != nil {
+			return nil, err
+		}
+		if topics.Match(name) {
+			out = append(out, &name)
+		}
+	}
+	return out, rs.Err()
+}
+
+// round calls visit on the key space from just after the store's cursor
+// to its end, then from its start round to the cursor (upTo, inclusive),
+// until visit reports that it is done. visit drops what lies past upTo.
+func (s *SQLStore) round(ctx context.Context, tx *sql.Tx, topics TopicFilter, visit func(seg *string, after keyPos, upTo *keyPos) (bool, error)) error {
+	segs, err := s.segments(ctx, tx, topics)
+	if err != nil {
+		return err
+	}
+	cursor := s.cursor.get()
+	for _, seg := range segs {
+		if seg != nil && *seg < cursor.topic {
+			continue
+		}
+		after := cursor
+		if seg != nil && *seg != cursor.topic {
+			after = keyPos{topic: *seg}
+		}
+		if done, err := visit(seg, after, nil); err != nil || done {
+			return err
+		}
+	}
+	if cursor == (keyPos{}) {
+		return nil
+	}
+	for _, seg := range segs {
+		if seg != nil && cursor.topic < *seg {
+			return nil
+		}
+		start := keyPos{}
+		if seg != nil {
+			start = keyPos{topic: *seg}
+		}
+		if done, err := visit(seg, start, &cursor); err != nil || done {
+			return err
+		}
+	}
+	return nil
+}
+
+// walkKeys visits up to budget keys with non-waiting pending rows, in key
+// order, once round from the cursor, and moves the cursor to the last key
+// visited. more reports that it stopped at the budget.
+func (s *SQLStore) walkKeys(ctx context.Context, tx *sql.Tx, topics TopicFilter, budget int) ([]keyHead, bool, error) {
+	var heads []keyHead
+	err := s.round(ctx, tx, topics, func(seg *string, after keyPos, upTo *keyPos) (bool, error) {
+		q, args := s.q.walk(seg, after, budget-len(heads))
+		rs, err := tx.QueryContext(ctx, q, args...)
+		if err != nil {
+			return false, err
+		}
+		defer rs.Close()
+		for rs.Next() {
+			var h keyHead
+			if err := rs.Scan(&h.topic, &h.key, &h.id, &h.free, &h.wait); err != nil {
+				return false, err
+			}
+			if upTo != nil && upTo.less(h.keyPos) {
+				return true, nil
+			}
+			heads = append(heads, h)
+		}
+		return len(heads) >= budget, rs.Err()
+	})
+	if err != nil {
+		return nil, false, err
+	}
+	if len(heads) > 0 {
+		s.cursor.set(heads[len(heads)-1].keyPos)
+	}
+	return heads, len(heads) >= budget, nil
+}
+
+// keyedRows reads, for an unordered claim, up to req.Limit free keyed rows
+// in key order, once round from the cursor, and moves the cursor to the
+// key of the last.
+func (s *SQLStore) keyedRows(ctx context.Context, tx *sql.Tx, req ClaimRequest) ([]candidate, bool, error) {
+	var out []candidate
+	var last keyPos
+	err := s.round(ctx, tx, req.Topics, func(seg *string, after keyPos, upTo *keyPos) (bool, error) {
+		q, args := s.q.keyedRows(seg, after, req.Limit-len(out))
+		rs, err := tx.QueryContext(ctx, q, args...)
+		if err != nil {
+			return false, err
+		}
+		defer rs.Close()
+		for rs.Next() {
+			var id int64
+			var pos keyPos
+			if err := rs.Scan(&id, &pos.topic, &pos.key); err != nil {
+				return false, err
+			}
+			if upTo != nil && upTo.less(pos) {
+				return true, nil
+			}
+			out, last = append(out, candidate{id: id}), pos
+		}
+		return len(out) >= req.Limit, rs.Err()
+	})
+	if err != nil {
+		return nil, false, err
+	}
+	if len(out) > 0 {
+		s.cursor.set(last)
+	}
+	return out, len(out) >= req.Limit, nil
+}
+
+// take locks the candidates that are still free (skipping rows locked by
+// others), claims them, and returns them. In an ordered claim, a run that
+// lost a row keeps only the rows before it: the rest are not claimed.
+func (s *SQLStore) take(ctx context.Context, tx *sql.Tx, token string, req ClaimRequest, cands []candidate) ([]Row, error) {
+	ids := make([]int64, len(cands))
+	for i, c := range cands {
+		ids[i] = c.id
+	}
+	if s.t.dialect == MySQL {
+		// Lock by primary key in id order, as acks lock rows, so claims and
+		// acks never deadlock; then claim what the cut keeps.
+		q, args := s.q.lockFree(s, ids)
+		locked, err := s.queryRows(ctx, tx, q, args)
+		if err != nil {
+			return nil, err
+		}
+		kept, _ := cut(cands, locked)
+		if len(kept) == 0 {
+			return nil, nil
+		}
+		q, args = s.q.claimIDs(s, token, req.Lease, rowIDs(kept))
+		if _, err := tx.ExecContext(ctx, q, args...); err != nil {
+			return nil, err
+		}
+		return kept, nil
+	}
+	q, args := s.q.claimFree(s, token, req.Lease, ids)
+	taken, err := s.queryRows(ctx, tx, q, args)
+	if err != nil {
+		return nil, err
+	}
+	kept, dropped := cut(cands, taken)
+	if len(dropped) > 0 {
+		q, args := s.q.unclaim(s, token, dropped)
+		if _, err := tx.ExecContext(ctx, q, args...); err != nil {
+			return nil, err
+		}
+	}
+	return kept, nil
+}
+
+// cut keeps per-key order when a claim lost candidates between reading
+// and locking them: in each run, the rows behind the first lost one are
+// dropped, since they may not go before it. It returns the rows to keep and
+// the ids of the taken rows to give back.
+func cut(cands []candidate, taken []Row) (kept []Row, dropped []int64) {
+	got := make(map[int64]Row, len(taken))
+	for _, r := range taken {
+		got[r.ID] = r
+	}
+	broken := make(map[string]bool)
+	for _, c := range cands { // id order, so each run in order
+		r, ok := got[c.id]
+		switch {
+		case c.run != "" && broken[c.run]:
+			if ok {
+				dropped = append(dropped, c.id)
+			}
+		case ok:
+			kept = append(kept, r)
+		case c.run != "":
+			broken[c.run] = true
+		}
+	}
+	return kept, dropped
+}
+
+func rowIDs(rows []Row) []int64 {
+	out := make([]int64, len(rows))
+	for i, r := range rows {
+		out[i] = r.ID
+	}
+	return out
+}

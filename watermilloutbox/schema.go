@@ -49,7 +49,7 @@ func (t table) index(suffix string) string {
 	return t.dialect.quoteIdent(name)
 }
 
-// The claim reads three partial indexes, each holding only rows a claim may
+// The claim reads partial indexes that each hold only rows a claim may
 // take, so that what a claim costs follows the rows it returns
 // (claim.go): unkeyed_idx, keyless rows in id order; keyed_idx, keyed rows
 // by key, which claims walk one key at a time (a key whose head is blocked
@@ -58,6 +58,10 @@ func (t table) index(suffix string) string {
 // due again and waiting_key_idx by key, which the ordered claims consult.
 // A claim changes only claim_token and claimed_until, which no index
 // covers, so on PostgreSQL it stays a HOT update (see fillfactor below).
+//
+// backlog_idx and dead_idx hold the undelivered and the dead rows by topic,
+// oldest first: Stats reads each topic's oldest rows through them (never
+// the published rows), ListDead pages through a topic's dead rows.
 func (t table) ddl() []string {
 	switch t.dialect {
 	case PostgreSQL:
@@ -91,6 +95,8 @@ func (t table) ddl() []string {
 			`CREATE INDEX IF NOT EXISTS ` + t.index("waiting_idx") + ` ON ` + t.quoted + ` (available_at) WHERE ` + waitingPredicate,
 			`CREATE INDEX IF NOT EXISTS ` + t.index("waiting_key_idx") + ` ON ` + t.quoted + ` (topic, partition_key, id) WHERE ` + waitingKeyPredicate,
 			`CREATE INDEX IF NOT EXISTS ` + t.index("published_idx") + ` ON ` + t.quoted + ` (published_at) WHERE state = 'published'`,
+			`CREATE INDEX IF NOT EXISTS ` + t.index("backlog_idx") + ` ON ` + t.quoted + ` (topic, id) WHERE state = 'pending'`,
+			`CREATE INDEX IF NOT EXISTS ` + t.index("dead_idx") + ` ON ` + t.quoted + ` (topic, id) WHERE state = 'dead'`,
 		}
 	case MySQL:
 		// MySQL has no partial indexes and no CREATE INDEX IF NOT EXISTS, so
@@ -147,6 +153,8 @@ func (t table) ddl() []string {
 			`CREATE INDEX IF NOT EXISTS ` + t.index("waiting_idx") + ` ON ` + t.base + ` (available_at) WHERE ` + waitingPredicate,
 			`CREATE INDEX IF NOT EXISTS ` + t.index("waiting_key_idx") + ` ON ` + t.base + ` (topic, partition_key, id) WHERE ` + waitingKeyPredicate,
 			`CREATE INDEX IF NOT EXISTS ` + t.index("published_idx") + ` ON ` + t.base + ` (published_at) WHERE state = 'published'`,
+			`CREATE INDEX IF NOT EXISTS ` + t.index("backlog_idx") + ` ON ` + t.base + ` (topic, id) WHERE state = 'pending'`,
+			`CREATE INDEX IF NOT EXISTS ` + t.index("dead_idx") + ` ON ` + t.base + ` (topic, id) WHERE state = 'dead'`,
 		}
 	}
 }
@@ -164,12 +172,14 @@ const (
 type mysqlIndex struct{ suffix, columns string }
 
 // mysqlIndexList is MySQL's version of the partial indexes: keyed_idx also
-// serves the per-key lookups of waiting rows (waiting = 1).
+// serves the per-key lookups of waiting rows (waiting = 1), backlog_idx the
+// dead rows by topic (state 'dead') too.
 var mysqlIndexList = []mysqlIndex{
 	{"unkeyed_idx", "state, waiting, partition_key, id"},
 	{"keyed_idx", "state, waiting, topic, partition_key, id"},
 	{"waiting_idx", "state, waiting, available_at"},
 	{"published_idx", "state, published_at"},
+	{"backlog_idx", "state, topic, id"},
 }
 
 func mysqlIndexes(t table, sep string) string {

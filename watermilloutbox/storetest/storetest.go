@@ -49,6 +49,8 @@ type Harness struct {
 	// Requeue makes dead rows pending again with a fresh budget
 	// (SQLStore.Requeue).
 	Requeue func(ctx context.Context, s outbox.Store, ids ...int64) (int, error)
+	// Stats reads the store's state per topic (SQLStore.Stats).
+	Stats func(ctx context.Context, s outbox.Store) (outbox.Stats, error)
 }
 
 // Run runs every test of the kit against h's stores.
@@ -71,6 +73,10 @@ func Run(t *testing.T, h Harness) {
 		{"RequeueGivesDeadRowsAFreshBudget", testRequeue},
 		{"OrderedClaimHoldsBackOnlyTheBlockedKey", testOrderedBlocked},
 		{"OrderedClaimTakesKeysWhole", testOrderedPrefix},
+		{"OrderedClaimPassesAStuckKey", testStuckKey},
+		{"WaitingRowsReturnWhenDue", testWaiting},
+		{"ClaimSaysWhenMoreMayBeDue", testMore},
+		{"StatsCountEachState", testStats},
 		{"TopicFilter", testTopicFilter},
 		{"ListenAnswers", testListen},
 		{"ConfigIsValid", testConfig},
@@ -399,6 +405,123 @@ func testOrderedPrefix(t *testing.T, h Harness) {
 		}
 		require.Equal(t, want, seqs, "key %s: a prefix of its rows, in order", k)
 	}
+}
+
+// testStuckKey: a key whose head backs off holds back its own later rows
+// and nothing else, whatever the length of its tail; without ordering the
+// tail goes.
+func testStuckKey(t *testing.T, h Harness) {
+	s, insert := h.New(t)
+	insert(t, "t", messages(300, func(int) string { return "hot" })...)
+	insert(t, "t", messages(40, func(i int) string { return fmt.Sprint("k", i%8) })...)
+	insert(t, "t", messages(5, nil)...)
+	token, head := claim(t, s, outbox.ClaimRequest{Limit: 1, Lease: time.Hour, Ordered: true})
+	require.Len(t, head, 1)
+	require.Equal(t, "hot", head[0].PartitionKey, "the oldest key comes first")
+	_, err := s.RecordFailure(ctx(t), token, head[0].ID, "poison", time.Hour)
+	require.NoError(t, err)
+
+	seen := map[string]int{}
+	for range 20 {
+		token, rows := claim(t, s, outbox.ClaimRequest{Limit: 7, Lease: time.Hour, Ordered: true})
+		for _, r := range rows {
+			require.NotEqual(t, "hot", r.PartitionKey, "no row behind the stuck head")
+			seen[r.PartitionKey]++
+		}
+		_, err := s.MarkPublished(ctx(t), token, ids(rows), false) // so each key moves on
+		require.NoError(t, err)
+	}
+	require.Equal(t, 45, seen["k0"]+seen["k1"]+seen["k2"]+seen["k3"]+seen["k4"]+seen["k5"]+seen["k6"]+seen["k7"]+seen[""],
+		"every other row, keyed or not: %v", seen)
+	_, tail := claim(t, s, outbox.ClaimRequest{Limit: 1000, Lease: time.Hour})
+	require.Len(t, tail, 299, "unordered, the stuck key's tail goes")
+}
+
+// testWaiting: a row backing off is not claimed before its delay passes,
+// and is claimed once it has, with its attempt counted; a row with a long
+// delay stays out meanwhile.
+func testWaiting(t *testing.T, h Harness) {
+	s, insert := h.New(t)
+	insert(t, "t", messages(3, func(i int) string { return []string{"", "k", ""}[i] })...)
+	token, rows := claim(t, s, all)
+	require.Len(t, rows, 3)
+	for i, delay := range []time.Duration{time.Second, time.Second, time.Hour} {
+		_, err := s.RecordFailure(ctx(t), token, rows[i].ID, "boom", delay)
+		require.NoError(t, err)
+	}
+	_, none := claim(t, s, outbox.ClaimRequest{Limit: 10, Lease: lease, Ordered: true})
+	require.Empty(t, none, "nothing is due yet")
+	_, again := eventually(t, s, outbox.ClaimRequest{Limit: 10, Lease: lease, Ordered: true}, "the short delays to pass", n(2))
+	require.Equal(t, ids(rows[:2]), ids(again))
+	for _, r := range again {
+		require.Equal(t, 1, r.Attempts)
+	}
+}
+
+// testMore: a claim that took its limit says more may be due; one that
+// took everything does not.
+func testMore(t *testing.T, h Harness) {
+	s, insert := h.New(t)
+	insert(t, "t", messages(5, func(i int) string { return []string{"", "a", "b", "", "a"}[i] })...)
+	for _, ordered := range []bool{false, true} {
+		c, err := s.Claim(ctx(t), outbox.ClaimRequest{Limit: 2, Lease: time.Second, Ordered: ordered})
+		require.NoError(t, err)
+		require.Len(t, c.Rows, 2)
+		require.True(t, c.More, "ordered=%v: stopped at the limit", ordered)
+		_, err = s.Release(ctx(t), c.Token, ids(c.Rows))
+		require.NoError(t, err)
+	}
+	c, err := s.Claim(ctx(t), outbox.ClaimRequest{Limit: 100, Lease: lease, Ordered: true})
+	require.NoError(t, err)
+	require.Len(t, c.Rows, 5)
+	require.False(t, c.More, "took everything")
+}
+
+// testStats: the counts of each state, per topic, after a mix of
+// outcomes; published rows are not counted.
+func testStats(t *testing.T, h Harness) {
+	if h.Stats == nil {
+		t.Skip("Harness.Stats is nil")
+	}
+	s, insert := h.New(t)
+	insert(t, "a", messages(5, nil)...)
+	insert(t, "b", messages(3, nil)...)
+	insert(t, "c", messages(2, func(int) string { return "k" })...)
+	insert(t, "d", messages(1, nil)...)
+	c := ctx(t)
+	only := func(topic string) outbox.TopicFilter { return outbox.TopicFilter{Names: []string{topic}} }
+	token, a := claim(t, s, outbox.ClaimRequest{Topics: only("a"), Limit: 2, Lease: time.Hour})
+	_, err := s.RecordFailure(c, token, a[0].ID, "boom", time.Hour)
+	require.NoError(t, err)
+	token, b := claim(t, s, outbox.ClaimRequest{Topics: only("b"), Limit: 3, Lease: time.Hour})
+	_, err = s.MarkPublished(c, token, ids(b[:1]), true)
+	require.NoError(t, err)
+	_, err = s.MarkDead(c, token, b[1].ID, "dead")
+	require.NoError(t, err)
+	token, d := claim(t, s, outbox.ClaimRequest{Topics: only("d"), Limit: 1, Lease: time.Hour})
+	_, err = s.MarkPublished(c, token, ids(d), true)
+	require.NoError(t, err)
+
+	st, err := h.Stats(c, s)
+	require.NoError(t, err)
+	got := map[string][4]int{}
+	for _, ts := range st.Topics {
+		got[ts.Topic] = [4]int{ts.Pending, ts.Waiting, ts.Leased, ts.Dead}
+		require.False(t, ts.BacklogCapped || ts.DeadCapped)
+		if ts.Undelivered() > 0 {
+			require.Less(t, ts.OldestPending, time.Minute, ts.Topic)
+		} else {
+			require.Zero(t, ts.OldestPending, ts.Topic)
+		}
+		if ts.Dead > 0 {
+			require.Less(t, ts.OldestDead, time.Minute, ts.Topic)
+		}
+	}
+	require.Equal(t, map[string][4]int{
+		"a": {3, 1, 1, 0}, // pending, waiting, leased, dead
+		"b": {0, 0, 1, 1},
+		"c": {2, 0, 0, 0},
+	}, got, "topic d has only a published row")
 }
 
 func testTopicFilter(t *testing.T, h Harness) {

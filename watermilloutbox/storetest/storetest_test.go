@@ -29,6 +29,9 @@ func sqlHarness(dialect outbox.Dialect, open func(t testing.TB) *sql.DB) storete
 		Requeue: func(ctx context.Context, s outbox.Store, ids ...int64) (int, error) {
 			return sqlStoreOf(s).Requeue(ctx, ids...)
 		},
+		Stats: func(ctx context.Context, s outbox.Store) (outbox.Stats, error) {
+			return sqlStoreOf(s).Stats(ctx)
+		},
 	}
 }
 

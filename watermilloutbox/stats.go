@@ -1,0 +1,176 @@
+package watermilloutbox
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// StatsLimit is the most rows of one topic Stats reads per state group
+// (undelivered, dead): its cost is bounded by it whatever the backlog.
+const StatsLimit = 10000
+
+// Stats is the state of the outbox table per destination topic, read in
+// one bounded pass (see SQLStore.Stats).
+type Stats struct {
+	// Topics has an entry per topic with undelivered or dead rows, in
+	// topic order.
+	Topics []TopicStats
+}
+
+// TopicStats is the state of one topic's rows. An undelivered row is in
+// exactly one of Pending, Waiting and Leased.
+type TopicStats struct {
+	Topic string
+	// Pending counts the rows due now (available_at passed) that no relay
+	// holds: what the relays have still to take.
+	Pending int
+	// Waiting counts the rows backing off after a failed attempt, not due
+	// yet.
+	Waiting int
+	// Leased counts the rows a relay has claimed and holds a live lease on.
+	Leased int
+	// Dead counts the rows the relay gave up on (see ListDead, Requeue).
+	Dead int
+	// OldestPending is the age of the topic's oldest undelivered row
+	// (pending, waiting or leased), by the database's clock; zero when there
+	// is none. It is what to alert on: a relay that is down or stuck shows
+	// as a growing age whatever the rate.
+	OldestPending time.Duration
+	// OldestDead is the age of the topic's oldest dead row since it was
+	// written; zero when there is none.
+	OldestDead time.Duration
+	// BacklogCapped reports that the topic has more undelivered rows than
+	// StatsLimit: Pending, Waiting and Leased then count its StatsLimit
+	// oldest ones, and their sum is StatsLimit. OldestPending is exact.
+	BacklogCapped bool
+	// DeadCapped: likewise for Dead.
+	DeadCapped bool
+}
+
+// Undelivered is Pending + Waiting + Leased.
+func (t TopicStats) Undelivered() int { return t.Pending + t.Waiting + t.Leased }
+
+// Stats reads the table's state per topic. Its cost is bounded whatever
+// the backlog: one index descent per topic finds the topics (backlog_idx,
+// dead_idx), and each topic's oldest StatsLimit undelivered and dead rows
+// are read through the same indexes, oldest first; published rows (kept
+// for PublishedRetention) are never read. Two statements: the topics, then
+// their rows.
+func (s *SQLStore) Stats(ctx context.Context) (Stats, error) {
+	if err := s.checkDialect(ctx); err != nil {
+		return Stats{}, fmt.Errorf("outbox: stats: %w", err)
+	}
+	topics, err := s.statsTopics(ctx)
+	if err != nil {
+		return Stats{}, fmt.Errorf("outbox: stats: topics: %w", err)
+	}
+	out := Stats{Topics: make([]TopicStats, len(topics))}
+	if len(topics) == 0 {
+		return out, nil
+	}
+	for i, name := range topics {
+		out.Topics[i].Topic = name
+	}
+	q, args := s.statsQuery(topics)
+	rs, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return Stats{}, fmt.Errorf("outbox: stats: %w", err)
+	}
+	defer rs.Close()
+	for rs.Next() {
+		var part, n, pending, waiting, leased int
+		var oldest *int64
+		if err := rs.Scan(&part, &n, &pending, &waiting, &leased, &oldest); err != nil {
+			return Stats{}, fmt.Errorf("outbox: stats: %w", err)
+		}
+		ts := &out.Topics[part/2]
+		var age time.Duration
+		if oldest != nil {
+			age = max(time.Duration(*oldest)*time.Microsecond, 0)
+		}
+		if part%2 == 0 {
+			ts.Pending, ts.Waiting, ts.Leased, ts.OldestPending, ts.BacklogCapped = pending, waiting, leased, age, n >= StatsLimit
+		} else {
+			ts.Dead, ts.OldestDead, ts.DeadCapped = n, age, n >= StatsLimit
+		}
+	}
+	if err := rs.Err(); err != nil {
+		return Stats{}, fmt.Errorf("outbox: stats: %w", err)
+	}
+	return out, nil
+}
+
+// statsTopics lists the topics with undelivered or dead rows, in order.
+func (s *SQLStore) statsTopics(ctx context.Context) ([]string, error) {
+	var q string
+	t := s.t
+	if t.dialect == MySQL {
+		// A loose index scan of backlog_idx: one descent per group.
+		q = `SELECT topic FROM ` + t.quoted + ` WHERE state IN ('pending', 'dead') GROUP BY state, topic`
+	} else {
+		walk := func(state string) string {
+			return `SELECT (SELECT topic FROM ` + t.quoted + ` WHERE state = '` + state + `' ORDER BY topic LIMIT 1)
+  UNION ALL
+  SELECT (SELECT o.topic FROM ` + t.quoted + ` o WHERE o.state = '` + state + `' AND o.topic > tp.topic ORDER BY o.topic LIMIT 1) FROM `
+		}
+		q = `WITH RECURSIVE bt(topic) AS (` + walk("pending") + `bt tp WHERE tp.topic IS NOT NULL),
+dt(topic) AS (` + walk("dead") + `dt tp WHERE tp.topic IS NOT NULL)
+SELECT topic FROM bt WHERE topic IS NOT NULL UNION SELECT topic FROM dt WHERE topic IS NOT NULL`
+	}
+	names, err := queryStrings(ctx, s.db, q)
+	if err != nil {
+		return nil, err
+	}
+	slices.Sort(names)
+	return slices.Compact(names), nil
+}
+
+// statsQuery reads, for each topic, its oldest StatsLimit undelivered rows
+// (part 2i) and dead rows (part 2i+1), as counts and the oldest age in
+// microseconds.
+func (s *SQLStore) statsQuery(topics []string) (string, []any) {
+	t := s.t
+	now := t.now()
+	nowMicros := map[Dialect]string{
+		PostgreSQL: "(extract(epoch FROM now()) * 1000000)::bigint",
+		MySQL:      "TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(6))",
+		SQLite:     now,
+	}[t.dialect]
+	flag := func(cond string) string { return "CASE WHEN " + cond + " THEN 1 ELSE 0 END" }
+	unleased := "(claimed_until IS NULL OR claimed_until < " + now + ")"
+	var parts []string
+	var args []any
+	for i, name := range topics {
+		for j, state := range []string{"pending", "dead"} {
+			args = append(args, name, StatsLimit)
+			parts = append(parts, `SELECT `+strconv.Itoa(2*i+j)+`, count(*), coalesce(sum(due), 0), coalesce(sum(backoff), 0), coalesce(sum(leased), 0), `+
+				nowMicros+` - min(created) FROM (SELECT `+flag("available_at <= "+now+" AND "+unleased)+` AS due, `+
+				flag("available_at > "+now+" AND "+unleased)+` AS backoff, `+flag("claimed_until >= "+now)+` AS leased, `+
+				s.createdMicros("")+` AS created FROM `+t.quoted+` WHERE state = '`+state+`' AND topic = `+t.dialect.placeholder(len(args)-1)+
+				` ORDER BY id LIMIT `+t.dialect.placeholder(len(args))+`) r`+strconv.Itoa(2*i+j))
+		}
+	}
+	return strings.Join(parts, "\nUNION ALL\n"), args
+}
+
+// queryStrings runs q, which selects one text column.
+func queryStrings(ctx context.Context, db querier, q string, args ...any) ([]string, error) {
+	rs, err := db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rs.Close()
+	var out []string
+	for rs.Next() {
+		var v string
+		if err := rs.Scan(&v); err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rs.Err()
+}

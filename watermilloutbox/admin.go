@@ -46,9 +46,9 @@ func (s *SQLStore) ListDead(ctx context.Context, q DeadQuery) ([]DeadRow, error)
 	query := `SELECT ` + s.rowColumns("") + `, last_error FROM ` + s.t.quoted +
 		` WHERE ` + where + ` ORDER BY id LIMIT ` + p(len(args))
 	var out []DeadRow
-	err := s.scanRows(ctx, s.db, query, args, func(r Row, lastErr sql.NullString) {
+	err := s.scanRows(ctx, s.db, query, args, withLastError, func(r Row, lastErr sql.NullString) {
 		out = append(out, DeadRow{Row: r, LastError: lastErr.String})
-	}, true)
+	})
 	if err != nil {
 		return nil, fmt.Errorf("outbox: list dead: %w", err)
 	}

@@ -410,11 +410,12 @@ func (s *SQLStore) take(ctx context.Context, tx *sql.Tx, token string, req Claim
 	for i, c := range cands {
 		ids[i] = c.id
 	}
-	if s.t.dialect == MySQL {
-		// Lock by primary key in id order, as acks lock rows, so claims and
-		// acks never deadlock; then claim what the cut keeps.
+	if s.t.dialect != PostgreSQL {
+		// MySQL locks by primary key in id order, as acks lock rows, so
+		// claims and acks never deadlock; SQLite holds the write lock.
+		// Then what the cut keeps is claimed.
 		q, args := s.q.lockFree(s, ids)
-		locked, err := s.queryRows(ctx, tx, q, args)
+		locked, err := s.queryRows(ctx, tx, q, args, withReclaimed)
 		if err != nil {
 			return nil, err
 		}
@@ -429,7 +430,7 @@ func (s *SQLStore) take(ctx context.Context, tx *sql.Tx, token string, req Claim
 		return kept, nil
 	}
 	q, args := s.q.claimFree(s, token, req.Lease, ids)
-	taken, err := s.queryRows(ctx, tx, q, args)
+	taken, err := s.queryRows(ctx, tx, q, args, withReclaimed)
 	if err != nil {
 		return nil, err
 	}

@@ -203,32 +203,33 @@ func (q claimSQL) takeFree(alias string) string {
 }
 
 // claimFree claims the candidates that are still free, skipping rows
-// another transaction holds, and returns them (PostgreSQL, SQLite).
+// another transaction holds, and returns them with whether each was
+// reclaimed (PostgreSQL).
 func (q claimSQL) claimFree(s *SQLStore, token string, lease time.Duration, ids []int64) (string, []any) {
-	t := q.t
-	if t.dialect == PostgreSQL {
-		return `UPDATE ` + t.quoted + ` t SET claim_token = $1, claimed_until = ` + s.plus(2) +
-			` FROM (SELECT id FROM ` + t.quoted + ` WHERE id = ANY($3) AND ` + q.takeFree("") + ` FOR UPDATE SKIP LOCKED) c WHERE t.id = c.id
-RETURNING ` + s.rowColumns("t."), []any{token, lease.Microseconds(), ids}
-	}
-	// SQLite: the claim holds the write lock; nobody else holds rows.
-	in, idArgs := s.idList(3, ids)
-	return `UPDATE ` + t.quoted + ` SET claim_token = ?, claimed_until = ` + s.plus(2) + ` WHERE ` + in + ` AND ` + q.takeFree("") +
-		` RETURNING ` + s.rowColumns(""), append([]any{token, lease.Microseconds()}, idArgs...)
+	return `UPDATE ` + q.t.quoted + ` t SET claim_token = $1, claimed_until = ` + s.plus(2) +
+		` FROM (SELECT id, claim_token IS NOT NULL AS reclaimed FROM ` + q.t.quoted + ` WHERE id = ANY($3) AND ` + q.takeFree("") +
+		` FOR UPDATE SKIP LOCKED) c WHERE t.id = c.id
+RETURNING ` + s.rowColumns("t.") + `, c.reclaimed`, []any{token, lease.Microseconds(), ids}
 }
 
 // lockFree locks the candidates that are still free by primary key, in id
-// order, skipping rows another transaction holds, and returns them (MySQL).
+// order, skipping rows another transaction holds, and returns them with
+// whether each was reclaimed (MySQL; SQLite, whose claim holds the write
+// lock, reads them).
 func (q claimSQL) lockFree(s *SQLStore, ids []int64) (string, []any) {
 	in, args := s.idList(1, ids)
-	return `SELECT ` + s.rowColumns("") + ` FROM ` + q.t.quoted + ` WHERE ` + in + ` AND ` + q.takeFree("") +
-		` ORDER BY id FOR UPDATE SKIP LOCKED`, args
+	lock := " FOR UPDATE SKIP LOCKED"
+	if q.t.dialect == SQLite {
+		lock = ""
+	}
+	return `SELECT ` + s.rowColumns("") + `, claim_token IS NOT NULL FROM ` + q.t.quoted + ` WHERE ` + in + ` AND ` + q.takeFree("") +
+		` ORDER BY id` + lock, args
 }
 
-// claimIDs claims rows locked by lockFree (MySQL).
+// claimIDs claims rows locked by lockFree.
 func (q claimSQL) claimIDs(s *SQLStore, token string, lease time.Duration, ids []int64) (string, []any) {
 	in, args := s.idList(3, ids)
-	return `UPDATE ` + q.t.quoted + ` SET claim_token = ?, claimed_until = ` + s.plus(2) + ` WHERE ` + in,
+	return `UPDATE ` + q.t.quoted + ` SET claim_token = ` + q.p(1) + `, claimed_until = ` + s.plus(2) + ` WHERE ` + in,
 		append([]any{token, lease.Microseconds()}, args...)
 }
 

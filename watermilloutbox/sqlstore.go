@@ -190,16 +190,26 @@ func queryIDs(ctx context.Context, db querier, q string, args []any) ([]int64, e
 	return ids, rs.Err()
 }
 
-func (s *SQLStore) queryRows(ctx context.Context, db querier, q string, args []any) ([]Row, error) {
+// rowExtra names the column a query selects after rowColumns, if any.
+type rowExtra int
+
+const (
+	noExtra       rowExtra = iota
+	withLastError          // last_error (dead rows)
+	withReclaimed          // whether the row held another claim's token (claims)
+)
+
+// queryRows runs q, which selects rowColumns and the extra column.
+func (s *SQLStore) queryRows(ctx context.Context, db querier, q string, args []any, extra rowExtra) ([]Row, error) {
 	var out []Row
-	err := s.scanRows(ctx, db, q, args, func(r Row, _ sql.NullString) { out = append(out, r) }, false)
+	err := s.scanRows(ctx, db, q, args, extra, func(r Row, _ sql.NullString) { out = append(out, r) })
 	return out, err
 }
 
-// scanRows runs q, which selects rowColumns (and last_error when
-// withLastError), and hands each row to fn. It is the one place rows are
-// read: metadata decoded, a NULL key made "", a nil payload made empty.
-func (s *SQLStore) scanRows(ctx context.Context, db querier, q string, args []any, fn func(Row, sql.NullString), withLastError bool) error {
+// scanRows runs q, which selects rowColumns and the extra column, and hands
+// each row to fn. It is the one place rows are read: metadata decoded, a
+// NULL key made "", a nil payload made empty.
+func (s *SQLStore) scanRows(ctx context.Context, db querier, q string, args []any, extra rowExtra, fn func(Row, sql.NullString)) error {
 	rs, err := db.QueryContext(ctx, q, args...)
 	if err != nil {
 		return err
@@ -211,8 +221,11 @@ func (s *SQLStore) scanRows(ctx context.Context, db querier, q string, args []an
 		var md []byte
 		var created int64
 		dest := []any{&r.ID, &r.UUID, &r.Topic, &key, &r.Payload, &md, &created, &r.Attempts}
-		if withLastError {
+		switch extra {
+		case withLastError:
 			dest = append(dest, &lastErr)
+		case withReclaimed:
+			dest = append(dest, &r.Reclaimed)
 		}
 		if err := rs.Scan(dest...); err != nil {
 			return err

@@ -26,6 +26,11 @@ type Row struct {
 	CreatedAt time.Time
 	// Attempts counts the failed publish attempts before this claim.
 	Attempts int
+	// Reclaimed reports that the row still held an earlier claim whose
+	// lease had expired: a relay claimed it and never settled it (it
+	// crashed, stalled or lost its database). It may have been published
+	// already, so this delivery may be a duplicate.
+	Reclaimed bool
 }
 
 // Claimed is what one Store.Claim took.

@@ -178,6 +178,7 @@ func testClaimIntact(t *testing.T, h Harness) {
 		require.Equal(t, m.Metadata, r.Metadata)
 		require.Equal(t, m.Metadata.Get(outbox.PartitionKeyMetadataKey), r.PartitionKey)
 		require.Zero(t, r.Attempts)
+		require.False(t, r.Reclaimed)
 		require.WithinDuration(t, time.Now(), r.CreatedAt, time.Minute, "created at, by the database's clock")
 	}
 }
@@ -236,6 +237,7 @@ func testLeaseExpiry(t *testing.T, h Harness) {
 	for i, r := range again {
 		require.Equal(t, msgs[i].UUID, r.UUID)
 		require.Zero(t, r.Attempts, "a lost lease charges nothing")
+		require.True(t, r.Reclaimed, "taken over from an expired claim")
 	}
 }
 
@@ -284,6 +286,7 @@ func testRelease(t *testing.T, h Harness) {
 	require.Equal(t, ids(rows[:2]), ids(again), "released rows are due at once; the third is still held")
 	for _, r := range again {
 		require.Zero(t, r.Attempts, "a release charges nothing")
+		require.False(t, r.Reclaimed, "a release gives the claim back")
 	}
 }
 

@@ -50,8 +50,17 @@ func (q claimSQL) keyless(topics TopicFilter, limit int) (string, []any) {
 		cond = " AND " + cond
 	}
 	args = append(args, limit)
-	return `SELECT id FROM ` + q.t.quoted + ` WHERE ` + unkeyedPredicate + ` AND ` + q.free("") + cond +
+	return `SELECT id FROM ` + q.t.quoted + q.force("unkeyed_idx") + ` WHERE ` + unkeyedPredicate + ` AND ` + q.free("") + cond +
 		` ORDER BY id LIMIT ` + q.p(len(args)), args
+}
+
+// force names the index MySQL must read: for ORDER BY id … LIMIT it
+// would rather walk the primary key, and so every row of the table.
+func (q claimSQL) force(suffix string) string {
+	if q.t.dialect != MySQL {
+		return ""
+	}
+	return " FORCE INDEX (" + q.t.index(suffix) + ")"
 }
 
 // keyedTopics lists the topics with non-waiting pending keyed rows, one
@@ -59,8 +68,11 @@ func (q claimSQL) keyless(topics TopicFilter, limit int) (string, []any) {
 func (q claimSQL) keyedTopics() string {
 	t := q.t
 	if t.dialect == MySQL {
-		// A loose index scan: one descent per group.
-		return `SELECT topic FROM ` + t.quoted + ` WHERE ` + keyedPredicate + ` GROUP BY state, waiting, topic ORDER BY state, waiting, topic`
+		// A loose index scan: one descent per group. It allows equalities
+		// only on the other index columns, so topics of keyless rows are
+		// listed too; the walk finds no keys in them.
+		return `SELECT topic FROM ` + t.quoted + q.force("keyed_idx") + ` WHERE state = 'pending' AND waiting = 0` +
+			` GROUP BY state, waiting, topic ORDER BY state, waiting, topic`
 	}
 	return `WITH RECURSIVE tp(topic) AS (
   SELECT (SELECT topic FROM ` + t.quoted + ` WHERE ` + keyedPredicate + ` ORDER BY topic LIMIT 1)

@@ -86,7 +86,24 @@ func (b *broker) prepare(topic string) (func(), error) {
 				return nil, fmt.Errorf("create topic %s: %w", topic, err)
 			}
 		}
-		return func() {}, nil
+		// Deleted afterwards, so that an in-process broker does not keep
+		// every run's records in memory.
+		return func() {
+			cl, err := kgo.NewClient(kgo.SeedBrokers(b.brokers...))
+			if err != nil {
+				return
+			}
+			defer cl.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			req := kmsg.NewPtrDeleteTopicsRequest()
+			req.TopicNames = []string{topic}
+			rt := kmsg.NewDeleteTopicsRequestTopic()
+			rt.Topic = &topic
+			req.Topics = append(req.Topics, rt)
+			req.TimeoutMillis = 30000
+			_, _ = req.RequestWith(ctx, cl)
+		}, nil
 	}
 	conn, err := amqp.Dial(b.url)
 	if err != nil {
@@ -150,12 +167,27 @@ type consumer struct {
 	want    int
 	done    chan struct{}
 	stop    func()
+	// hook, when set, gets every delivery instead of the records above.
+	hook func(delivery)
+	// next is, per Kafka partition, the offset after the last record read.
+	next map[int32]int64
 }
 
 // consume starts reading topic; done closes once want distinct UUIDs
 // arrived.
 func (b *broker) consume(topic string, want int) (*consumer, error) {
-	c := &consumer{seen: make(map[string]time.Time, want), lastSeq: make(map[string]int), want: want, done: make(chan struct{})}
+	return b.consumeWith(topic, want, nil)
+}
+
+// consumeFunc starts reading topic, handing every delivery to hook and
+// keeping no record of its own; done never closes.
+func (b *broker) consumeFunc(topic string, hook func(delivery)) (*consumer, error) {
+	return b.consumeWith(topic, 0, hook)
+}
+
+func (b *broker) consumeWith(topic string, want int, hook func(delivery)) (*consumer, error) {
+	c := &consumer{seen: make(map[string]time.Time, want), lastSeq: make(map[string]int), want: want, done: make(chan struct{}),
+		hook: hook, next: make(map[int32]int64)}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	c.stop = func() { cancel(); wg.Wait() }
@@ -188,6 +220,9 @@ func (b *broker) consume(topic string, want int) (*consumer, error) {
 						}
 					}
 					c.record(d)
+					c.mu.Lock()
+					c.next[r.Partition] = r.Offset + 1
+					c.mu.Unlock()
 				})
 			}
 		}()
@@ -242,6 +277,10 @@ func (b *broker) consume(topic string, want int) (*consumer, error) {
 }
 
 func (c *consumer) record(d delivery) {
+	if c.hook != nil {
+		c.hook(d)
+		return
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if _, ok := c.seen[d.uuid]; ok {
@@ -280,4 +319,47 @@ func (c *consumer) arrivals() map[string]time.Time {
 		out[k] = v
 	}
 	return out
+}
+
+// trim deletes the Kafka records of topic that c has read, so that an
+// in-process broker's memory stays flat during a long run. A no-op for
+// RabbitMQ, whose consumer acks what it read.
+func (b *broker) trim(topic string, c *consumer) error {
+	if b.kind != "kafka" {
+		return nil
+	}
+	c.mu.Lock()
+	rt := kmsg.NewDeleteRecordsRequestTopic()
+	rt.Topic = topic
+	for p, off := range c.next {
+		rp := kmsg.NewDeleteRecordsRequestTopicPartition()
+		rp.Partition, rp.Offset = p, off
+		rt.Partitions = append(rt.Partitions, rp)
+	}
+	c.mu.Unlock()
+	if len(rt.Partitions) == 0 {
+		return nil
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(b.brokers...))
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	req := kmsg.NewPtrDeleteRecordsRequest()
+	req.Topics = append(req.Topics, rt)
+	req.TimeoutMillis = 30000
+	resp, err := req.RequestWith(ctx, cl)
+	if err != nil {
+		return err
+	}
+	for _, t := range resp.Topics {
+		for _, p := range t.Partitions {
+			if err := kerr.ErrorForCode(p.ErrorCode); err != nil {
+				return fmt.Errorf("delete records of %s/%d: %w", topic, p.Partition, err)
+			}
+		}
+	}
+	return nil
 }

@@ -1,17 +1,12 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"database/sql"
 	"encoding/json"
 	"fmt"
-	"io"
-	"os"
-	"os/exec"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -62,22 +57,34 @@ func (r *runner) drain(s side, keys int, dest func() (message.Publisher, error))
 }
 
 func (r *runner) relay() (result, error) {
-	var ours, theirs time.Duration
+	var ours, theirs, riv time.Duration
 	var err error
-	if r.o.only != "forwarder" {
+	runs := func(name string) bool { return r.o.only == "" || r.o.only == name }
+	if runs("outbox") {
 		if ours, _, err = r.drain(newOurSide(r.db, runID(), r.ourConfig()), 0, r.b.ourPublisher); err != nil {
 			return result{}, err
 		}
 	}
-	if r.o.only != "outbox" {
+	if runs("forwarder") {
 		if theirs, _, err = r.drain(newFwdSide(r.db, runID()), 0, r.b.forwarderPublisher); err != nil {
 			return result{}, err
 		}
 	}
-	if r.o.only != "" {
-		return result{outbox: rate(r.o.n, ours), forwarder: rate(r.o.n, theirs)}, nil
+	if runs("river") {
+		rs, err := newRiverSide(r)
+		if err != nil {
+			return result{}, err
+		}
+		if riv, _, err = r.drain(rs, 0, r.b.ourPublisher); err != nil {
+			return result{}, err
+		}
 	}
-	return result{outbox: rate(r.o.n, ours), forwarder: rate(r.o.n, theirs), ratio: theirs.Seconds() / ours.Seconds()}, nil
+	res := result{outbox: rate(r.o.n, ours), forwarder: rate(r.o.n, theirs), extra: []string{"river=" + rate(r.o.n, riv)}}
+	if r.o.only == "" {
+		res.ratio = theirs.Seconds() / ours.Seconds()
+		res.extra = append(res.extra, fmt.Sprintf("ratio_river=%.2f", riv.Seconds()/ours.Seconds()))
+	}
+	return res, nil
 }
 
 func (r *runner) ordered() (result, error) {
@@ -187,12 +194,23 @@ func (r *runner) latency() (result, error) {
 	if err != nil {
 		return result{}, err
 	}
-	o50, o99, f50, f99 := pct(ours, 50), pct(ours, 99), pct(theirs, 50), pct(theirs, 99)
+	rs, err := newRiverSide(r)
+	if err != nil {
+		return result{}, err
+	}
+	riv, err := r.latencies(rs, r.b.ourPublisher)
+	if err != nil {
+		return result{}, err
+	}
+	o50, o99, f50, f99, r50, r99 := pct(ours, 50), pct(ours, 99), pct(theirs, 50), pct(theirs, 99), pct(riv, 50), pct(riv, 99)
 	return result{
 		outbox: roundDur(o50).String(), forwarder: roundDur(f50).String(),
 		extra: []string{
+			"river=" + roundDur(r50).String(),
 			"outbox_p50=" + roundDur(o50).String(), "outbox_p99=" + roundDur(o99).String(),
 			"forwarder_p50=" + roundDur(f50).String(), "forwarder_p99=" + roundDur(f99).String(),
+			"river_p50=" + roundDur(r50).String(), "river_p99=" + roundDur(r99).String(),
+			fmt.Sprintf("ratio_river=%.2f", r50.Seconds()/max(o50.Seconds(), 1e-9)),
 		},
 		ratio: f50.Seconds() / max(o50.Seconds(), 1e-9),
 	}, nil
@@ -300,7 +318,15 @@ func (r *runner) publish() (result, error) {
 	if err != nil {
 		return result{}, err
 	}
-	writers := []writer{raw, ours, oursOff, theirs}
+	rs, err := newRiverSide(r)
+	if err != nil {
+		return result{}, err
+	}
+	riv, err := mk("river", rs)
+	if err != nil {
+		return result{}, err
+	}
+	writers := []writer{raw, ours, oursOff, theirs, riv}
 	defer func() {
 		for _, w := range writers {
 			w.s.cleanup()
@@ -339,98 +365,18 @@ func (r *runner) publish() (result, error) {
 	return result{
 		outbox: f(rates["outbox"]), forwarder: f(rates["forwarder"]),
 		extra: []string{
+			"river=" + f(rates["river"]),
 			"raw=" + f(rates["raw"]), "outbox_nowake=" + f(rates["outbox_nowake"]),
 			fmt.Sprintf("outbox_vs_raw=%.2f", median(vsRaw["outbox"])),
 			fmt.Sprintf("outbox_nowake_vs_raw=%.2f", median(vsRaw["outbox_nowake"])),
 			fmt.Sprintf("forwarder_vs_raw=%.2f", median(vsRaw["forwarder"])),
+			fmt.Sprintf("river_vs_raw=%.2f", median(vsRaw["river"])),
+			"river_insert=" + riverInsertDriver,
+			fmt.Sprintf("ratio_river=%.2f", rates["outbox"]/rates["river"]),
 		},
 		ratio: rates["outbox"] / rates["forwarder"],
 	}, nil
 }
-
-// peakRSS drains a backlog of n events with s's relay running in a child
-// process and returns the child's peak resident set size in bytes.
-func (r *runner) peakRSS(s side, id string, n int) (int64, error) {
-	ctx := context.Background()
-	defer s.cleanup()
-	if err := s.setup(ctx); err != nil {
-		return 0, err
-	}
-	topic := "bench_" + s.name() + "_" + id
-	drop, err := r.b.prepare(topic)
-	if err != nil {
-		return 0, err
-	}
-	defer drop()
-	if err := seed(ctx, r.db, s, topic, makeMessages(n, r.o.payload, 0)); err != nil {
-		return 0, err
-	}
-	c, err := r.b.consume(topic, n)
-	if err != nil {
-		return 0, err
-	}
-	defer c.stop()
-
-	self, err := os.Executable()
-	if err != nil {
-		return 0, err
-	}
-	cmd := exec.Command(self, "-child", s.name(), "-child-id", id, "-child-topic", topic,
-		"-sink", r.o.sink, "-kafka", strings.Join(r.b.brokers, ","), "-amqp", r.o.amqpURL, "-pg", r.o.pgDSN)
-	if r.o.noWake {
-		cmd.Args = append(cmd.Args, "-no-wake")
-	}
-	cmd.Stderr = os.Stderr
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		return 0, err
-	}
-	start := time.Now()
-	if err := cmd.Start(); err != nil {
-		return 0, err
-	}
-	defer func() { _ = stdin.Close(); _ = cmd.Wait() }()
-	var peak int64
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	deadline := time.After(r.o.timeout)
-	for {
-		if v, err := vmHWM(cmd.Process.Pid); err == nil {
-			peak = max(peak, v)
-		}
-		select {
-		case <-c.done:
-			if v, err := vmHWM(cmd.Process.Pid); err == nil {
-				peak = max(peak, v)
-			}
-			logf("%s: drained %d events in %s, peak RSS %.1f MB", s.name(), n, time.Since(start).Round(time.Millisecond), mb(peak))
-			return peak, nil
-		case <-tick.C:
-		case <-deadline:
-			_ = cmd.Process.Kill()
-			return 0, fmt.Errorf("%s: %w", s.name(), c.wait(0))
-		}
-	}
-}
-
-// vmHWM reads a process's peak resident set size from /proc.
-func vmHWM(pid int) (int64, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-			return kb * 1024, err
-		}
-	}
-	return 0, fmt.Errorf("no VmHWM in /proc/%d/status", pid)
-}
-
-func mb(b int64) float64 { return float64(b) / (1 << 20) }
 
 func (r *runner) memory() (result, error) {
 	id := runID()
@@ -454,39 +400,4 @@ func (r *runner) memory() (result, error) {
 		extra: []string{fmt.Sprintf("outbox_n%d=%s", r.o.n/10, f(ours10))},
 		ratio: float64(ours) / float64(theirs),
 	}, nil
-}
-
-// runChild is the relay process of the memory scenario: it relays until
-// its standard input closes.
-func runChild(o options) error {
-	r, closeRunner, err := newRunner(o)
-	if err != nil {
-		return err
-	}
-	defer closeRunner()
-	var s side
-	var dest func() (message.Publisher, error)
-	switch o.child {
-	case "outbox":
-		s, dest = newOurSide(r.db, o.childID, r.ourConfig()), r.b.ourPublisher
-	case "forwarder":
-		s, dest = newFwdSide(r.db, o.childID), r.b.forwarderPublisher
-	default:
-		return fmt.Errorf("unknown side %q", o.child)
-	}
-	if err := s.setup(context.Background()); err != nil {
-		return err
-	}
-	pub, err := dest()
-	if err != nil {
-		return err
-	}
-	defer pub.Close()
-	stop, err := s.startRelay(pub)
-	if err != nil {
-		return err
-	}
-	_, _ = io.Copy(io.Discard, os.Stdin)
-	stop()
-	return nil
 }

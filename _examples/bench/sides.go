@@ -34,23 +34,33 @@ type side interface {
 
 // ourSide is this project: watermilloutbox.Publisher and forwarder.Forwarder.
 type ourSide struct {
-	db    *sql.DB
-	table string
-	cfg   config.Config
-	pub   *outbox.Publisher
-	store *outbox.SQLStore
+	db      *sql.DB
+	dialect outbox.Dialect
+	table   string
+	cfg     config.Config
+	pub     *outbox.Publisher
+	store   *outbox.SQLStore
+	// wrap, when set, wraps the relay's store (the claim timer) and its
+	// destination publisher (the failing keys).
+	wrapStore func(outbox.Store) outbox.Store
+	wrapDest  func(message.Publisher) message.Publisher
 }
 
 func newOurSide(db *sql.DB, id string, cfg config.Config) *ourSide {
+	return newOurSideOn(db, outbox.PostgreSQL, id, cfg)
+}
+
+// newOurSideOn is our side on a database of dialect d.
+func newOurSideOn(db *sql.DB, d outbox.Dialect, id string, cfg config.Config) *ourSide {
 	cfg.Table = "bench_outbox_" + id
-	return &ourSide{db: db, table: cfg.Table, cfg: cfg}
+	return &ourSide{db: db, dialect: d, table: cfg.Table, cfg: cfg}
 }
 
 func (s *ourSide) name() string { return "outbox" }
 
 func (s *ourSide) setup(ctx context.Context) error {
 	var err error
-	s.store, err = outbox.NewSQLStore(s.db, outbox.SQLStoreConfig{Dialect: outbox.PostgreSQL, Outbox: s.cfg}, nil)
+	s.store, err = outbox.NewSQLStore(s.db, outbox.SQLStoreConfig{Dialect: s.dialect, Outbox: s.cfg}, nil)
 	if err != nil {
 		return err
 	}
@@ -66,7 +76,14 @@ func (s *ourSide) publish(tx *sql.Tx, topic string, msgs ...*message.Message) er
 }
 
 func (s *ourSide) startRelay(dest message.Publisher) (func(), error) {
-	f, err := ourfwd.NewForwarder(s.store, dest, ourfwd.Config{}, nil)
+	var store outbox.Store = s.store
+	if s.wrapStore != nil {
+		store = s.wrapStore(store)
+	}
+	if s.wrapDest != nil {
+		dest = s.wrapDest(dest)
+	}
+	f, err := ourfwd.NewForwarder(store, dest, ourfwd.Config{}, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -167,13 +184,28 @@ func runRouter(run func(context.Context) error, running chan struct{}, closeFn f
 func makeMessages(n, size, keys int) []*message.Message {
 	msgs := make([]*message.Message, n)
 	for i := range msgs {
-		msgs[i] = message.NewMessage(newID(), payload(i, size))
-		msgs[i].Metadata.Set("seq", strconv.Itoa(i))
-		if keys > 0 {
-			msgs[i].Metadata.Set(outbox.PartitionKeyMetadataKey, "key-"+strconv.Itoa(i%keys))
-		}
+		msgs[i] = newMessage(i, size, keyOf(i, keys))
 	}
 	return msgs
+}
+
+// keyOf is message i's partition key among keys ("" when keys is 0).
+func keyOf(i, keys int) string {
+	if keys <= 0 {
+		return ""
+	}
+	return "key-" + strconv.Itoa(i%keys)
+}
+
+// newMessage is message i: a payload of size bytes, "seq" i and, unless
+// key is "", that partition key.
+func newMessage(i, size int, key string) *message.Message {
+	m := message.NewMessage(newID(), payload(i, size))
+	m.Metadata.Set("seq", strconv.Itoa(i))
+	if key != "" {
+		m.Metadata.Set(outbox.PartitionKeyMetadataKey, key)
+	}
+	return m
 }
 
 func payload(i, size int) []byte {

@@ -290,7 +290,8 @@ func (t table) migrate(ctx context.Context, db *sql.DB) error {
 // hasColumn and hasIndex look in the catalog; hasIndex is nil where
 // CREATE INDEX IF NOT EXISTS and DROP INDEX IF EXISTS do the looking.
 func (t table) create(ctx context.Context, db queryExecer, hasColumn, hasIndex func(name string) (bool, error)) error {
-	if err := execAll(ctx, db, t.ddl()); err != nil {
+	ddl := t.ddl() // the table, then its indexes (but on MySQL)
+	if err := execAll(ctx, db, ddl[:1]); err != nil {
 		return err
 	}
 	has, err := hasColumn("waiting")
@@ -307,9 +308,11 @@ func (t table) create(ctx context.Context, db queryExecer, hasColumn, hasIndex f
 			return err
 		}
 	}
+	if err := execAll(ctx, db, ddl[1:]); err != nil {
+		return err
+	}
 	if t.dialect != MySQL {
-		// The CREATE INDEX IF NOT EXISTS statements of the DDL ran on the
-		// old table too.
+		// The CREATE INDEX IF NOT EXISTS statements made the missing ones.
 		var drops []string
 		for _, suffix := range obsoleteIndexes {
 			drops = append(drops, `DROP INDEX IF EXISTS `+t.qualifiedIndex(suffix))

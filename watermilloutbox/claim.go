@@ -51,9 +51,14 @@ import (
 // its own (PostgreSQL's LATERAL join reads any number in one).
 const maxChainKeys = 64
 
+// maxWalk bounds the keys one claim visits: each costs an index descent
+// (about 9 µs on PostgreSQL, 3 µs on MariaDB), so a claim stays within
+// about 20 ms whatever its limit; a larger claim takes several rows a key.
+const maxWalk = 2000
+
 // walkBudget is how many keys a claim of limit rows visits at most: as many
 // as it could take rows from, and some more for keys passed over.
-func walkBudget(limit int) int { return limit + limit/2 + 16 }
+func walkBudget(limit int) int { return min(limit+limit/2+16, maxWalk) }
 
 // keyPos is a position in the key space: a topic and a partition key.
 type keyPos struct{ topic, key string }

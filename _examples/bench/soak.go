@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+
+	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
 
 // soakWindow is what one window of the soak measured.
@@ -19,11 +21,13 @@ type soakWindow struct {
 	p50, p99           time.Duration
 	table, indexes     int64 // bytes, at the window's end
 	dead               int64 // n_dead_tup at the window's end
+	claims             claimStats
 }
 
 func (w soakWindow) String() string {
-	return fmt.Sprintf("committed=%d rate=%.0f/s p50=%s p99=%s missing=%d table=%.1fMB indexes=%.1fMB dead_tuples=%d",
-		w.committed, float64(w.committed)/w.to.Sub(w.from).Seconds(), roundDur(w.p50), roundDur(w.p99), w.missing, mb(w.table), mb(w.indexes), w.dead)
+	return fmt.Sprintf("committed=%d rate=%.0f/s p50=%s p99=%s missing=%d table=%.1fMB indexes=%.1fMB dead_tuples=%d claims=%d claimed_rows=%d claim_p50=%s claim_max=%s",
+		w.committed, float64(w.committed)/w.to.Sub(w.from).Seconds(), roundDur(w.p50), roundDur(w.p99), w.missing, mb(w.table), mb(w.indexes), w.dead,
+		w.claims.n, w.claims.rows, roundDur(w.claims.p50), roundDur(w.claims.max))
 }
 
 // soak publishes r.o.rate events a second, r.o.batch per transaction on
@@ -73,6 +77,9 @@ func (r *runner) soak() (result, error) {
 		return result{}, err
 	}
 	defer pub.Close()
+	timer := &claimTimer{}
+	timer.on.Store(true)
+	s.wrapStore = func(st outbox.Store) outbox.Store { timer.Store = st; return timer }
 	stop, err := s.startRelay(pub)
 	if err != nil {
 		return result{}, err
@@ -129,6 +136,7 @@ func (r *runner) soak() (result, error) {
 			time.Sleep(time.Until(bounds[i+1]))
 			w := &windows[i]
 			w.from, w.to = bounds[i], bounds[i+1]
+			w.claims = timer.take()
 			if err := r.tableStats(ctx, s.table, w); err != nil {
 				logf("soak: table statistics: %v", err)
 			}

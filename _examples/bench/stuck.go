@@ -51,6 +51,15 @@ type claimStats struct {
 	p50, max time.Duration
 }
 
+// take returns the stats so far and starts afresh.
+func (c *claimTimer) take() claimStats {
+	st := c.stats()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.durs, c.rows = nil, 0
+	return st
+}
+
 func (c *claimTimer) stats() claimStats {
 	c.mu.Lock()
 	defer c.mu.Unlock()

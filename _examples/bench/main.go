@@ -166,7 +166,7 @@ func main() {
 	flag.StringVar(&o.kafka, "kafka", os.Getenv("OUTBOX_BENCH_KAFKA_BROKERS"), "Kafka brokers, comma-separated; empty starts kfake in process")
 	flag.IntVar(&o.payload, "payload", 256, "payload bytes")
 	flag.IntVar(&o.partitions, "partitions", 3, "partitions of each Kafka topic")
-	flag.IntVar(&o.workers, "workers", 8, "publish: concurrent writers; soak: writer connections (default 8)")
+	flag.IntVar(&o.workers, "workers", 8, "publish: concurrent writers; soak: writer connections")
 	flag.IntVar(&o.rounds, "rounds", 21, "publish: rounds over all writers, each in a rotated order; medians count")
 	flag.IntVar(&o.rate, "rate", 0, "latency: events per second (default 200); soak: events per second (default 2000)")
 	flag.IntVar(&o.batch, "batch", 1, "soak: events per transaction")
@@ -183,6 +183,19 @@ func main() {
 	flag.StringVar(&o.childID, "child-id", "", "internal")
 	flag.StringVar(&o.childTopic, "child-topic", "", "internal")
 	flag.BoolVar(&o.childUnord, "child-unordered", false, "internal")
+	flag.Usage = func() {
+		fmt.Fprint(flag.CommandLine.Output(), `Usage: go run -C _examples/bench . -scenario S -sink kafka|amqp [flags]
+
+Scenarios: relay, latency, publish (ours, Watermill's forwarder and River);
+ordered, memory (ours and the forwarder); stuck-key, blocked-keys, waiting,
+backlog-1m, instances, soak, bare (ours alone). stuck-key and waiting run
+on PostgreSQL, MySQL/MariaDB or SQLite (-db); every other scenario on
+PostgreSQL only. The package documentation (go doc) describes each one.
+
+Flags:
+`)
+		flag.PrintDefaults()
+	}
 	flag.Parse()
 	d := scenarioDefaults[o.scenario]
 	if o.n == 0 {

@@ -49,6 +49,9 @@ func (r *runner) soak() (result, error) {
 	}
 	defer drop()
 
+	if r.o.window <= 0 || r.o.window > r.o.duration {
+		r.o.window = r.o.duration
+	}
 	batch := max(r.o.batch, 1)
 	total := int(r.o.duration.Seconds()*float64(r.o.rate)) + batch
 	commits := make([]atomic.Int64, total)  // UnixNano of each event's commit

@@ -254,7 +254,7 @@ func (q claimSQL) unclaim(s *SQLStore, token string, ids []int64) (string, []any
 
 // prefixed qualifies the columns of one of the index predicates with alias.
 func prefixed(alias, predicate string) string {
-	for _, col := range []string{"state", "waiting", "partition_key"} {
+	for _, col := range []string{"state", "waiting", "partition_key", "id"} {
 		predicate = strings.ReplaceAll(predicate, col+" ", alias+col+" ")
 	}
 	return predicate

@@ -95,7 +95,7 @@ func (t table) ddl() []string {
 			`CREATE INDEX IF NOT EXISTS ` + t.index("waiting_idx") + ` ON ` + t.quoted + ` (available_at) WHERE ` + waitingPredicate,
 			`CREATE INDEX IF NOT EXISTS ` + t.index("waiting_key_idx") + ` ON ` + t.quoted + ` (topic, partition_key, id) WHERE ` + waitingKeyPredicate,
 			`CREATE INDEX IF NOT EXISTS ` + t.index("published_idx") + ` ON ` + t.quoted + ` (published_at) WHERE state = 'published'`,
-			`CREATE INDEX IF NOT EXISTS ` + t.index("backlog_idx") + ` ON ` + t.quoted + ` (topic, id) WHERE state = 'pending'`,
+			`CREATE INDEX IF NOT EXISTS ` + t.index("backlog_idx") + ` ON ` + t.quoted + ` (topic, id) WHERE ` + backlogPredicate,
 			`CREATE INDEX IF NOT EXISTS ` + t.index("dead_idx") + ` ON ` + t.quoted + ` (topic, id) WHERE state = 'dead'`,
 		}
 	case MySQL:
@@ -153,7 +153,7 @@ func (t table) ddl() []string {
 			`CREATE INDEX IF NOT EXISTS ` + t.index("waiting_idx") + ` ON ` + t.base + ` (available_at) WHERE ` + waitingPredicate,
 			`CREATE INDEX IF NOT EXISTS ` + t.index("waiting_key_idx") + ` ON ` + t.base + ` (topic, partition_key, id) WHERE ` + waitingKeyPredicate,
 			`CREATE INDEX IF NOT EXISTS ` + t.index("published_idx") + ` ON ` + t.base + ` (published_at) WHERE state = 'published'`,
-			`CREATE INDEX IF NOT EXISTS ` + t.index("backlog_idx") + ` ON ` + t.base + ` (topic, id) WHERE state = 'pending'`,
+			`CREATE INDEX IF NOT EXISTS ` + t.index("backlog_idx") + ` ON ` + t.base + ` (topic, id) WHERE ` + backlogPredicate,
 			`CREATE INDEX IF NOT EXISTS ` + t.index("dead_idx") + ` ON ` + t.base + ` (topic, id) WHERE state = 'dead'`,
 		}
 	}
@@ -166,6 +166,11 @@ const (
 	keyedPredicate      = `state = 'pending' AND waiting = 0 AND partition_key IS NOT NULL`
 	waitingPredicate    = `state = 'pending' AND waiting = 1`
 	waitingKeyPredicate = `state = 'pending' AND waiting = 1 AND partition_key IS NOT NULL`
+	// id > 0 (always true) keeps the planner from reading backlog_idx for
+	// a claim's statements, which do not say it: on a table without
+	// statistics PostgreSQL took it for the per-key runs, filtering the
+	// other keys' rows (70 ms instead of 2 for one claim).
+	backlogPredicate = `state = 'pending' AND id > 0`
 )
 
 // mysqlIndex is one of MySQL's indexes: its name suffix and columns.

@@ -112,13 +112,13 @@ func (s *SQLStore) statsTopics(ctx context.Context) ([]string, error) {
 		// A loose index scan of backlog_idx: one descent per group.
 		q = `SELECT topic FROM ` + t.quoted + ` WHERE state IN ('pending', 'dead') GROUP BY state, topic`
 	} else {
-		walk := func(state string) string {
-			return `SELECT (SELECT topic FROM ` + t.quoted + ` WHERE state = '` + state + `' ORDER BY topic LIMIT 1)
+		walk := func(predicate string) string {
+			return `SELECT (SELECT topic FROM ` + t.quoted + ` WHERE ` + predicate + ` ORDER BY topic LIMIT 1)
   UNION ALL
-  SELECT (SELECT o.topic FROM ` + t.quoted + ` o WHERE o.state = '` + state + `' AND o.topic > tp.topic ORDER BY o.topic LIMIT 1) FROM `
+  SELECT (SELECT o.topic FROM ` + t.quoted + ` o WHERE ` + prefixed("o.", predicate) + ` AND o.topic > tp.topic ORDER BY o.topic LIMIT 1) FROM `
 		}
-		q = `WITH RECURSIVE bt(topic) AS (` + walk("pending") + `bt tp WHERE tp.topic IS NOT NULL),
-dt(topic) AS (` + walk("dead") + `dt tp WHERE tp.topic IS NOT NULL)
+		q = `WITH RECURSIVE bt(topic) AS (` + walk(backlogPredicate) + `bt tp WHERE tp.topic IS NOT NULL),
+dt(topic) AS (` + walk("state = 'dead'") + `dt tp WHERE tp.topic IS NOT NULL)
 SELECT topic FROM bt WHERE topic IS NOT NULL UNION SELECT topic FROM dt WHERE topic IS NOT NULL`
 	}
 	names, err := queryStrings(ctx, s.db, q)
@@ -145,12 +145,12 @@ func (s *SQLStore) statsQuery(topics []string) (string, []any) {
 	var parts []string
 	var args []any
 	for i, name := range topics {
-		for j, state := range []string{"pending", "dead"} {
+		for j, state := range []string{backlogPredicate, "state = 'dead'"} {
 			args = append(args, name, StatsLimit)
 			parts = append(parts, `SELECT `+strconv.Itoa(2*i+j)+`, count(*), coalesce(sum(due), 0), coalesce(sum(backoff), 0), coalesce(sum(leased), 0), `+
 				nowMicros+` - min(created) FROM (SELECT `+flag("available_at <= "+now+" AND "+unleased)+` AS due, `+
 				flag("available_at > "+now+" AND "+unleased)+` AS backoff, `+flag("claimed_until >= "+now)+` AS leased, `+
-				s.createdMicros("")+` AS created FROM `+t.quoted+` WHERE state = '`+state+`' AND topic = `+t.dialect.placeholder(len(args)-1)+
+				s.createdMicros("")+` AS created FROM `+t.quoted+` WHERE `+state+` AND topic = `+t.dialect.placeholder(len(args)-1)+
 				` ORDER BY id LIMIT `+t.dialect.placeholder(len(args))+`) r`+strconv.Itoa(2*i+j))
 		}
 	}

@@ -32,7 +32,7 @@ func TestManyInstancesUnderKills(t *testing.T) {
 	k := startKafka(t, false, s.topic)
 	s.prewrite(events, 1000, func(i int) string { return fmt.Sprintf("key-%d", i%keys) })
 
-	env := s.relayEnv(map[string]string{"RELAY_SINK": "kafka", "RELAY_KAFKA_BROKERS": k.addr})
+	env := s.relayEnv(map[string]string{"OUTBOX_SINK": "kafka", "OUTBOX_KAFKA_BROKERS": k.addr})
 	relays := make([]*relay, instances)
 	for i := range relays {
 		relays[i] = newRelay(t, fmt.Sprintf("relay%d", i), env,

@@ -30,7 +30,7 @@ func TestKill9DuringDrain(t *testing.T) {
 
 	// Order is not under test here (TestManyInstancesUnderKills does it), so
 	// the relay runs unordered, and fast.
-	r := newRelay(t, "relay", s.relayEnv(map[string]string{"RELAY_SINK": "kafka", "RELAY_KAFKA_BROKERS": k.addr}),
+	r := newRelay(t, "relay", s.relayEnv(map[string]string{"OUTBOX_SINK": "kafka", "OUTBOX_KAFKA_BROKERS": k.addr}),
 		"-lease", "2s", "-batch", "500", "-max-in-flight", strconv.Itoa(window), "-ordered=false")
 	r.start()
 	for i := 0; i < kills; i++ {

@@ -14,7 +14,8 @@ import (
 	"time"
 )
 
-// relayBin is the relay binary (internal/relayproc), built once by TestMain.
+// relayBin is the command (cmd/watermill-outbox), built once by TestMain;
+// the scenarios run its relay subcommand.
 var relayBin string
 
 // result is what one scenario counted at the broker.
@@ -93,8 +94,8 @@ func runSuite(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	relayBin = filepath.Join(dir, "relay")
-	build := exec.Command("go", "build", "-o", relayBin, "github.com/e0a82c8c/watermill-outbox/internal/relayproc")
+	relayBin = filepath.Join(dir, "watermill-outbox")
+	build := exec.Command("go", "build", "-o", relayBin, "github.com/e0a82c8c/watermill-outbox/cmd/watermill-outbox")
 	if out, err := build.CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "faults: build the relay: %v\n%s", err, out)
 		return 1

@@ -96,7 +96,7 @@ func TestBrokerOutageRabbitMQ(t *testing.T) {
 	// Locked before the writer starts: waiting for others' tests must not
 	// pile up events.
 	unlock := lockServices(t)
-	o := startOutageRun(t, s, map[string]string{"RELAY_SINK": "amqp", "RELAY_AMQP_URL": url})
+	o := startOutageRun(t, s, map[string]string{"OUTBOX_SINK": "amqp", "OUTBOX_AMQP_URL": url})
 
 	back := outage(t, svc, 20*time.Second)
 	unlock()
@@ -114,7 +114,7 @@ func TestBrokerOutageRabbitMQ(t *testing.T) {
 func TestBrokerOutageKafka(t *testing.T) {
 	s := newScenario(t, outbox.PostgreSQL)
 	k := startKafka(t, true, s.topic)
-	o := startOutageRun(t, s, map[string]string{"RELAY_SINK": "kafka", "RELAY_KAFKA_BROKERS": k.addr})
+	o := startOutageRun(t, s, map[string]string{"OUTBOX_SINK": "kafka", "OUTBOX_KAFKA_BROKERS": k.addr})
 
 	back := k.outage(10 * time.Second)
 	o.resumed(t, "kafka", back)
@@ -133,7 +133,7 @@ func TestDatabaseOutagePostgres(t *testing.T) {
 	s := newScenario(t, outbox.PostgreSQL)
 	k := startKafka(t, false, s.topic)
 	unlock := lockServices(t)
-	o := startOutageRun(t, s, map[string]string{"RELAY_SINK": "kafka", "RELAY_KAFKA_BROKERS": k.addr})
+	o := startOutageRun(t, s, map[string]string{"OUTBOX_SINK": "kafka", "OUTBOX_KAFKA_BROKERS": k.addr})
 
 	outage(t, svc, 5*time.Second)
 	unlock()
@@ -152,7 +152,7 @@ func TestDatabaseOutageMariaDB(t *testing.T) {
 	s := newScenario(t, outbox.MySQL)
 	amqpQueue(t, url, s.topic)
 	unlock := lockServices(t)
-	o := startOutageRun(t, s, map[string]string{"RELAY_SINK": "amqp", "RELAY_AMQP_URL": url})
+	o := startOutageRun(t, s, map[string]string{"OUTBOX_SINK": "amqp", "OUTBOX_AMQP_URL": url})
 
 	outage(t, svc, 5*time.Second)
 	unlock()

@@ -87,8 +87,7 @@ func newScenario(t *testing.T, dialect outbox.Dialect) *scenario {
 // publishing and their state and attempts can be checked.
 func (s *scenario) relayEnv(extra map[string]string) map[string]string {
 	env := map[string]string{
-		"RELAY_DIALECT":                      string(s.dialect),
-		"RELAY_DSN":                          s.dsn,
+		"OUTBOX_DATABASE_URL":                s.dsn,
 		"OUTBOX_TABLE":                       s.table,
 		"OUTBOX_POLLING_INTERVAL_SECONDS":    "0.05",
 		"OUTBOX_RETRY_BACKOFF_MIN_SECONDS":   "0.1",

@@ -59,7 +59,7 @@ func TestPoisonUnordered(t *testing.T) {
 	s.prewrite(500, 100, keyOf)
 	poison := map[string]bool{big.UUID: true, badTopic.UUID: true}
 
-	r := newRelay(t, "relay", s.relayEnv(map[string]string{"RELAY_SINK": "kafka", "RELAY_KAFKA_BROKERS": k.addr}),
+	r := newRelay(t, "relay", s.relayEnv(map[string]string{"OUTBOX_SINK": "kafka", "OUTBOX_KAFKA_BROKERS": k.addr}),
 		"-lease", "30s", "-batch", "500", "-max-in-flight", "1000", "-ordered=false")
 	r.start()
 	s.waitDrained(2 * time.Minute)
@@ -140,8 +140,8 @@ func TestPoisonOrdered(t *testing.T) {
 	})
 
 	r := newRelay(t, "relay", s.relayEnv(map[string]string{
-		"RELAY_SINK":                       "kafka",
-		"RELAY_KAFKA_BROKERS":              k.addr,
+		"OUTBOX_SINK":                      "kafka",
+		"OUTBOX_KAFKA_BROKERS":             k.addr,
 		"OUTBOX_MAX_RETRY_COUNT":           "2",
 		"OUTBOX_RETRY_BACKOFF_MIN_SECONDS": "600",
 		"OUTBOX_RETRY_BACKOFF_MAX_SECONDS": "600",

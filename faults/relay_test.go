@@ -44,13 +44,13 @@ type proc struct {
 }
 
 // newRelay prepares a relay named name with the scenario's environment
-// (RELAY_* and OUTBOX_* variables; any OUTBOX_* of the test process is
-// dropped) and flags. It stops the relay when t ends.
+// (OUTBOX_* variables; any OUTBOX_* of the test process is dropped) and
+// the relay subcommand's flags. It stops the relay when t ends.
 func newRelay(t *testing.T, name string, vars map[string]string, args ...string) *relay {
 	t.Helper()
 	env := []string{}
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "OUTBOX_") && !strings.HasPrefix(kv, "RELAY_") {
+		if !strings.HasPrefix(kv, "OUTBOX_") {
 			env = append(env, kv)
 		}
 	}
@@ -84,7 +84,7 @@ func (r *relay) start() {
 	f, err := os.OpenFile(r.logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	require.NoError(r.t, err)
 	defer f.Close() // the child has its own descriptor
-	cmd := exec.Command(relayBin, r.args...)
+	cmd := exec.Command(relayBin, append([]string{"relay"}, r.args...)...)
 	cmd.Env = r.env
 	cmd.Stdout, cmd.Stderr = f, f
 	// Should this test binary die (a timeout panic), its relays die too.

@@ -1,0 +1,358 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/e0a82c8c/watermill-outbox/config"
+	"github.com/e0a82c8c/watermill-outbox/forwarder"
+	"github.com/e0a82c8c/watermill-outbox/internal/dburl"
+	"github.com/e0a82c8c/watermill-outbox/sink"
+	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+)
+
+const relayUsage = `Usage:
+  watermill-outbox relay [--database-url URL] [--sink kafka|amqp] [--kafka-brokers H:P,...] [--amqp-url URL]
+                         [--metrics-addr ADDR] [--health-max-pause D] [overrides]
+
+Runs one relay (forwarder.Forwarder) from the outbox table to Kafka or
+RabbitMQ until SIGINT or SIGTERM; then it gives its claims back and exits 0.
+Any number of relays can share a table. It creates the table if needed.
+
+A database or broker that is down, at start or later, is logged and retried
+until it answers: the relay never exits on its own. A bad setting exits 2 at
+once, with one line naming it.
+
+Each flag defaults to an environment variable:
+  --database-url             OUTBOX_DATABASE_URL
+  --sink                     OUTBOX_SINK (default: kafka or amqp, whichever of the two below is set)
+  --kafka-brokers            OUTBOX_KAFKA_BROKERS, comma-separated host:port
+  --kafka-max-message-bytes  OUTBOX_KAFKA_MAX_MESSAGE_BYTES (0: the sink's default)
+  --amqp-url                 OUTBOX_AMQP_URL, amqp://user:pass@host:5672/
+  --metrics-addr             OUTBOX_METRICS_ADDR, e.g. :9464 (empty: no HTTP server)
+  --health-max-pause         OUTBOX_HEALTH_MAX_PAUSE_SECONDS (default 60)
+  --table                    OUTBOX_TABLE
+The relay settings are the other OUTBOX_* variables of package config; the
+overrides --lease, --batch, --max-in-flight, --poll and --ordered replace
+OUTBOX_CLAIM_TIMEOUT_SECONDS, OUTBOX_BATCH_SIZE, OUTBOX_MAX_IN_FLIGHT,
+OUTBOX_POLLING_INTERVAL_SECONDS and OUTBOX_DISABLE_ORDERING when given.
+
+With --metrics-addr the relay serves over HTTP:
+  /metrics  Prometheus metrics
+  /healthz  200 "ok" while the database answers and the relay has not been
+            paused, waiting for an unavailable broker, for longer than
+            --health-max-pause; else 503 and the reasons, one per line
+
+It logs to stderr (log/slog text), passwords shown as ***.
+`
+
+// defaultMaxPause is how long the relay may pause, its broker unavailable,
+// before /healthz fails: long enough that a broker restart or a leader
+// election passes unnoticed, short enough to page before the backlog grows
+// far.
+const defaultMaxPause = time.Minute
+
+// relaySettings is what the relay runs with.
+type relaySettings struct {
+	db            dburl.Database
+	sink          string
+	kafkaBrokers  []string
+	kafkaMaxBytes int
+	amqpURL       string
+	outbox        config.Config
+	metricsAddr   string
+	maxPause      time.Duration
+}
+
+// parseRelay reads the relay's flags and environment. Its error reports
+// every bad setting, each naming its flag and variable.
+func (a *app) parseRelay(args []string) (relaySettings, error) {
+	f := newFlags("relay", relayUsage)
+	var d dbFlags
+	d.register(f)
+	sinkName := f.String("sink", "", "kafka or amqp")
+	brokers := f.String("kafka-brokers", "", "Kafka brokers, comma-separated host:port")
+	maxBytes := f.String("kafka-max-message-bytes", "", "Kafka producer message limit; 0 = the sink's default")
+	amqpURL := f.String("amqp-url", "", "RabbitMQ URL")
+	metricsAddr := f.String("metrics-addr", "", "serve /metrics and /healthz on this address (host:port or :port)")
+	maxPause := f.String("health-max-pause", "", "longest pause for an unavailable broker before /healthz fails (seconds or a Go duration)")
+	lease := f.Duration("lease", 0, "claim timeout (overrides OUTBOX_CLAIM_TIMEOUT_SECONDS)")
+	batch := f.Int("batch", 0, "claim batch size (overrides OUTBOX_BATCH_SIZE)")
+	inFlight := f.Int("max-in-flight", 0, "in-flight window (overrides OUTBOX_MAX_IN_FLIGHT)")
+	poll := f.Duration("poll", 0, "polling interval (overrides OUTBOX_POLLING_INTERVAL_SECONDS)")
+	ordered := f.Bool("ordered", true, "keep per-key order (overrides OUTBOX_DISABLE_ORDERING)")
+	if err := a.parse(f, args); err != nil {
+		return relaySettings{}, err
+	}
+	// A flag given wins over its variable.
+	set := map[string]bool{}
+	f.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+	value := func(flagName string, v *string, env string) (string, string) {
+		if set[flagName] {
+			return *v, "--" + flagName
+		}
+		return os.Getenv(env), env
+	}
+
+	var s relaySettings
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+
+	if dbu, _, err := a.database(&d); err != nil {
+		errs = append(errs, err)
+	} else {
+		s.db = dbu
+	}
+
+	rawBrokers, _ := value("kafka-brokers", brokers, "OUTBOX_KAFKA_BROKERS")
+	for _, b := range strings.Split(rawBrokers, ",") {
+		if b = strings.TrimSpace(b); b != "" {
+			s.kafkaBrokers = append(s.kafkaBrokers, b)
+		}
+	}
+	s.amqpURL, _ = value("amqp-url", amqpURL, "OUTBOX_AMQP_URL")
+	a.scrubbers = append(a.scrubbers, dburl.Scrubber(s.amqpURL))
+	sinkValue, sinkSetting := value("sink", sinkName, "OUTBOX_SINK")
+	switch s.sink = sinkValue; s.sink {
+	case "":
+		switch {
+		case len(s.kafkaBrokers) > 0 && s.amqpURL == "":
+			s.sink = "kafka"
+		case s.amqpURL != "" && len(s.kafkaBrokers) == 0:
+			s.sink = "amqp"
+		case s.amqpURL != "":
+			bad("--sink (OUTBOX_SINK): both Kafka brokers and an AMQP URL are set: say which, kafka or amqp")
+		default:
+			bad("no destination: set --kafka-brokers (OUTBOX_KAFKA_BROKERS) or --amqp-url (OUTBOX_AMQP_URL)")
+		}
+	case "kafka", "amqp":
+	default:
+		bad("%s: want kafka or amqp, got %q", sinkSetting, s.sink)
+	}
+	switch s.sink {
+	case "kafka":
+		if len(s.kafkaBrokers) == 0 {
+			bad("--kafka-brokers (OUTBOX_KAFKA_BROKERS): required with the kafka sink")
+		}
+		if raw, setting := value("kafka-max-message-bytes", maxBytes, "OUTBOX_KAFKA_MAX_MESSAGE_BYTES"); raw != "" {
+			n, err := strconv.Atoi(raw)
+			if err != nil || n < 0 {
+				bad("%s: want a non-negative integer, got %q", setting, raw)
+			}
+			s.kafkaMaxBytes = n
+		}
+	case "amqp":
+		if s.amqpURL == "" {
+			bad("--amqp-url (OUTBOX_AMQP_URL): required with the amqp sink")
+		}
+	}
+
+	addr, addrSetting := value("metrics-addr", metricsAddr, "OUTBOX_METRICS_ADDR")
+	if s.metricsAddr = addr; addr != "" {
+		if _, port, err := net.SplitHostPort(addr); err != nil || port == "" {
+			bad("%s: want host:port or :port, got %q", addrSetting, addr)
+		}
+	}
+	s.maxPause = defaultMaxPause
+	if raw, setting := value("health-max-pause", maxPause, "OUTBOX_HEALTH_MAX_PAUSE_SECONDS"); raw != "" {
+		dur, err := parseSeconds(raw)
+		if err != nil || dur <= 0 {
+			bad("%s: want a positive number of seconds (e.g. 90) or a Go duration (e.g. 90s), got %q", setting, raw)
+		}
+		s.maxPause = dur
+	}
+
+	cfg, err := d.settings()
+	if err != nil {
+		return s, errors.Join(append(errs, err)...)
+	}
+	if set["lease"] {
+		cfg.ClaimTimeout = *lease
+	}
+	if set["batch"] {
+		cfg.BatchSize = *batch
+	}
+	if set["max-in-flight"] {
+		cfg.MaxInFlight = *inFlight
+	}
+	if set["poll"] {
+		cfg.PollingInterval = *poll
+	}
+	if set["ordered"] {
+		cfg.DisableOrdering = !*ordered
+	}
+	if err := cfg.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	s.outbox = cfg
+	if len(errs) > 0 {
+		return s, &usageError{msg: errors.Join(errs...).Error()}
+	}
+	return s, nil
+}
+
+var decimal = regexp.MustCompile(`^(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)$`)
+
+// parseSeconds reads seconds ("1.5") or a Go duration ("1500ms"), as the
+// *_SECONDS variables of package config do.
+func parseSeconds(s string) (time.Duration, error) {
+	if decimal.MatchString(s) {
+		s += "s"
+	}
+	return time.ParseDuration(s)
+}
+
+func (a *app) relay(ctx context.Context, args []string) error {
+	s, err := a.parseRelay(args)
+	if err != nil {
+		return err
+	}
+	logger := newLogger(a.stderr, a.scrub)
+
+	// What can be checked without the network is checked before anything
+	// runs: a bad setting exits 2 now, not after a retry loop.
+	dest, err := newSink(s, logger)
+	if err != nil {
+		return usagef("%s", err)
+	}
+	defer dest.Close()
+	db, err := s.db.OpenLazy()
+	if err != nil {
+		return usagef("%s", err)
+	}
+	defer db.Close()
+	store, err := outbox.NewSQLStore(db, outbox.SQLStoreConfig{Dialect: s.db.Dialect, Outbox: s.outbox}, logger)
+	if err != nil {
+		return usagef("%s", err)
+	}
+	h := newHealth(db.PingContext, s.maxPause)
+	if s.metricsAddr != "" {
+		ln, err := net.Listen("tcp", s.metricsAddr)
+		if err != nil {
+			return usagef("--metrics-addr (OUTBOX_METRICS_ADDR): %s", dburl.Cause(err))
+		}
+		stop := serveMetrics(ln, newRegistry(), h, logger)
+		defer stop()
+		logger.Info("relay: serving /metrics and /healthz", watermill.LogFields{"addr": ln.Addr().String()})
+	}
+	runRelay(ctx, s, store, dest, h, logger)
+	logger.Info("relay: stopped", watermill.LogFields{"pid": os.Getpid()})
+	return nil
+}
+
+// runRelay relays until ctx ends. Nothing but the end of ctx makes it
+// return.
+func runRelay(ctx context.Context, s relaySettings, store *outbox.SQLStore, dest message.Publisher, h *health, logger watermill.LoggerAdapter) {
+	if !retry(ctx, logger, "migrate the outbox table", func() error { return store.Migrate(ctx) }) {
+		return
+	}
+	for backoff := time.Second; ; backoff = min(2*backoff, 30*time.Second) {
+		fwd, err := forwarder.NewForwarder(store, dest, forwarder.Config{}, logger)
+		if err != nil {
+			// Every setting was validated: only a bug gets here.
+			logger.Error("relay: forwarder", err, nil)
+			<-ctx.Done()
+			return
+		}
+		h.setRelay(fwd)
+		go func() {
+			select {
+			case <-fwd.Running():
+				logger.Info("relay: running", watermill.LogFields{
+					"pid": os.Getpid(), "database": s.db.String(), "table": s.outbox.Table, "sink": s.sink,
+					"lease": s.outbox.ClaimTimeout.String(), "batch": s.outbox.BatchSize,
+					"max_in_flight": s.outbox.MaxInFlight, "ordered": !s.outbox.DisableOrdering,
+				})
+			case <-ctx.Done():
+			}
+		}()
+		err = fwd.Run(ctx)
+		h.setRelay(nil)
+		if cerr := fwd.Close(); cerr != nil {
+			logger.Error("relay: close forwarder", cerr, nil)
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		// Run ends only with ctx; should it not, start over rather than exit.
+		logger.Error("relay: forwarder stopped unexpectedly, restarting", err, watermill.LogFields{"retry_in": backoff.String()})
+		if !sleep(ctx, backoff) {
+			return
+		}
+	}
+}
+
+func newSink(s relaySettings, logger watermill.LoggerAdapter) (message.Publisher, error) {
+	if s.sink == "amqp" {
+		p, err := sink.NewAMQPPublisher(sink.AMQPConfig{URL: s.amqpURL}, logger)
+		if err != nil {
+			return nil, fmt.Errorf("--amqp-url (OUTBOX_AMQP_URL) %s: %w", dburl.Redact(s.amqpURL), err)
+		}
+		return p, nil
+	}
+	p, err := sink.NewKafkaPublisher(sink.KafkaConfig{Brokers: s.kafkaBrokers, MaxMessageBytes: s.kafkaMaxBytes}, logger)
+	if err != nil {
+		return nil, fmt.Errorf("--kafka-brokers (OUTBOX_KAFKA_BROKERS): %w", err)
+	}
+	return p, nil
+}
+
+// newLogger logs to w at info level, every text through scrub.
+func newLogger(w io.Writer, scrub func(string) string) watermill.LoggerAdapter {
+	return watermill.NewSlogLogger(slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{
+		Level: slog.LevelInfo,
+		ReplaceAttr: func(_ []string, attr slog.Attr) slog.Attr {
+			switch v := attr.Value; {
+			case v.Kind() == slog.KindString:
+				attr.Value = slog.StringValue(scrub(v.String()))
+			case v.Kind() == slog.KindAny:
+				if err, ok := v.Any().(error); ok && err != nil {
+					attr.Value = slog.StringValue(scrub(err.Error()))
+				}
+			}
+			return attr
+		},
+	})))
+}
+
+// retry runs fn until it succeeds (true) or ctx ends (false), logging each
+// failure and backing off up to 10s.
+func retry(ctx context.Context, logger watermill.LoggerAdapter, what string, fn func() error) bool {
+	for backoff := 100 * time.Millisecond; ; backoff = min(2*backoff, 10*time.Second) {
+		err := fn()
+		if err == nil {
+			return true
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		logger.Error("relay: cannot "+what+", retrying", err, watermill.LogFields{"retry_in": backoff.String()})
+		if !sleep(ctx, backoff) {
+			return false
+		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}

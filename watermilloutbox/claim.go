@@ -63,10 +63,6 @@ func walkBudget(limit int) int { return min(limit+limit/2+16, maxWalk) }
 // keyPos is a position in the key space: a topic and a partition key.
 type keyPos struct{ topic, key string }
 
-func (p keyPos) less(q keyPos) bool {
-	return p.topic < q.topic || p.topic == q.topic && p.key < q.key
-}
-
 // keyCursor is where the last walk over the keys stopped; the next walk
 // starts just after it. It is shared by the store's claims.
 type keyCursor struct {
@@ -301,38 +297,46 @@ func (s *SQLStore) segments(ctx context.Context, tx *sql.Tx, topics TopicFilter)
 }
 
 // round calls visit on the key space from just after the store's cursor
-// to its end, then from its start round to the cursor (upTo, inclusive),
-// until visit reports that it is done. visit drops what lies past upTo.
-func (s *SQLStore) round(ctx context.Context, tx *sql.Tx, topics TopicFilter, visit func(seg *string, after keyPos, upTo *keyPos) (bool, error)) error {
+// to its end, then (again set) from its start round to the cursor, until
+// visit reports that it is done. The key space is in the database's order,
+// which under a linguistic collation is not Go's: visit knows it has come
+// round when it meets a key (or row) it saw before.
+func (s *SQLStore) round(ctx context.Context, tx *sql.Tx, topics TopicFilter, visit func(seg *string, after keyPos, again bool) (bool, error)) error {
 	segs, err := s.segments(ctx, tx, topics)
-	if err != nil {
+	if err != nil || len(segs) == 0 {
 		return err
 	}
 	cursor := s.cursor.get()
-	for _, seg := range segs {
-		if seg != nil && *seg < cursor.topic {
-			continue
+	at := -1 // the segment the cursor is in
+	for i, seg := range segs {
+		if seg == nil || *seg == cursor.topic {
+			at = i
+			break
 		}
-		after := cursor
-		if seg != nil && *seg != cursor.topic {
-			after = keyPos{topic: *seg}
+	}
+	if at < 0 { // its topic has nothing left: start afresh
+		at, cursor = 0, keyPos{}
+	}
+	from := func(i int) keyPos {
+		if segs[i] == nil {
+			return keyPos{}
 		}
-		if done, err := visit(seg, after, nil); err != nil || done {
+		return keyPos{topic: *segs[i]}
+	}
+	for i := at; i < len(segs); i++ {
+		after := from(i)
+		if i == at {
+			after = cursor
+		}
+		if done, err := visit(segs[i], after, false); err != nil || done {
 			return err
 		}
 	}
 	if cursor == (keyPos{}) {
 		return nil
 	}
-	for _, seg := range segs {
-		if seg != nil && cursor.topic < *seg {
-			return nil
-		}
-		start := keyPos{}
-		if seg != nil {
-			start = keyPos{topic: *seg}
-		}
-		if done, err := visit(seg, start, &cursor); err != nil || done {
+	for i := 0; i <= at; i++ {
+		if done, err := visit(segs[i], from(i), true); err != nil || done {
 			return err
 		}
 	}
@@ -344,7 +348,8 @@ func (s *SQLStore) round(ctx context.Context, tx *sql.Tx, topics TopicFilter, vi
 // visited. more reports that it stopped at the budget.
 func (s *SQLStore) walkKeys(ctx context.Context, tx *sql.Tx, topics TopicFilter, budget int) ([]keyHead, bool, error) {
 	var heads []keyHead
-	err := s.round(ctx, tx, topics, func(seg *string, after keyPos, upTo *keyPos) (bool, error) {
+	seen := make(map[keyPos]bool)
+	err := s.round(ctx, tx, topics, func(seg *string, after keyPos, again bool) (bool, error) {
 		q, args := s.q.walk(seg, after, budget-len(heads))
 		rs, err := tx.QueryContext(ctx, q, args...)
 		if err != nil {
@@ -356,9 +361,10 @@ func (s *SQLStore) walkKeys(ctx context.Context, tx *sql.Tx, topics TopicFilter,
 			if err := rs.Scan(&h.topic, &h.key, &h.id, &h.free, &h.wait); err != nil {
 				return false, err
 			}
-			if upTo != nil && upTo.less(h.keyPos) {
-				return true, nil
+			if seen[h.keyPos] {
+				return true, nil // round
 			}
+			seen[h.keyPos] = true
 			heads = append(heads, h)
 		}
 		return len(heads) >= budget, rs.Err()
@@ -378,7 +384,8 @@ func (s *SQLStore) walkKeys(ctx context.Context, tx *sql.Tx, topics TopicFilter,
 func (s *SQLStore) keyedRows(ctx context.Context, tx *sql.Tx, req ClaimRequest) ([]candidate, bool, error) {
 	var out []candidate
 	var last keyPos
-	err := s.round(ctx, tx, req.Topics, func(seg *string, after keyPos, upTo *keyPos) (bool, error) {
+	seen := make(map[int64]bool)
+	err := s.round(ctx, tx, req.Topics, func(seg *string, after keyPos, again bool) (bool, error) {
 		q, args := s.q.keyedRows(seg, after, req.Limit-len(out))
 		rs, err := tx.QueryContext(ctx, q, args...)
 		if err != nil {
@@ -391,9 +398,10 @@ func (s *SQLStore) keyedRows(ctx context.Context, tx *sql.Tx, req ClaimRequest) 
 			if err := rs.Scan(&id, &pos.topic, &pos.key); err != nil {
 				return false, err
 			}
-			if upTo != nil && upTo.less(pos) {
-				return true, nil
+			if seen[id] {
+				return true, nil // round
 			}
+			seen[id] = true
 			out, last = append(out, candidate{id: id}), pos
 		}
 		return len(out) >= req.Limit, rs.Err()

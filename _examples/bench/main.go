@@ -69,6 +69,10 @@
 //	          Store.MarkPublished in a loop, no broker, over N rows (20,000,
 //	          as relay), next to our relay to the broker in the same run
 //	          go run -C _examples/bench . -scenario bare -sink kafka
+//	stats     SQLStore.Stats over -backlog (1,000,000) pending rows over 5
+//	          topics, then over the same rows kept as published with 1,000
+//	          pending: median and max of 7 calls each (no broker used)
+//	          go run -C _examples/bench . -scenario stats
 //
 // Every scenario runs on PostgreSQL (-pg); stuck-key and waiting also on
 // MySQL/MariaDB (-mysql) and SQLite (a temporary file) with -db.
@@ -151,11 +155,12 @@ var scenarioDefaults = map[string]struct{ n, backlog, rate int }{
 	"backlog-1m": {backlog: 1000000},
 	"instances":  {n: 100000},
 	"soak":       {rate: 2000},
+	"stats":      {backlog: 1000000},
 }
 
 func main() {
 	var o options
-	flag.StringVar(&o.scenario, "scenario", "relay", "relay, latency, publish, ordered, memory, stuck-key, blocked-keys, waiting, backlog-1m, instances, soak or bare")
+	flag.StringVar(&o.scenario, "scenario", "relay", "relay, latency, publish, ordered, memory, stuck-key, blocked-keys, waiting, backlog-1m, instances, soak, bare or stats")
 	flag.StringVar(&o.sink, "sink", "kafka", "kafka or amqp")
 	flag.IntVar(&o.n, "n", 0, "events (default 20000; 2000 for latency; 1000 per writer and round for publish; 100000 for memory and instances; the free rows of stuck-key, blocked-keys and waiting; the small backlog of backlog-1m; not used by soak)")
 	flag.IntVar(&o.backlog, "backlog", 0, "stuck-key: rows of the hot key; blocked-keys: rows of the blocked keys; waiting: rows backing off (default 100000); backlog-1m: the big backlog (default 1000000)")
@@ -188,7 +193,7 @@ func main() {
 
 Scenarios: relay, latency, publish (ours, Watermill's forwarder and River);
 ordered, memory (ours and the forwarder); stuck-key, blocked-keys, waiting,
-backlog-1m, instances, soak, bare (ours alone). stuck-key and waiting run
+backlog-1m, instances, soak, bare, stats (ours alone). stuck-key and waiting run
 on PostgreSQL, MySQL/MariaDB or SQLite (-db); every other scenario on
 PostgreSQL only. The package documentation (go doc) describes each one.
 
@@ -300,6 +305,8 @@ func run(o options) error {
 		res, err = r.soak()
 	case "bare":
 		res, err = r.bare()
+	case "stats":
+		res, err = r.statsScenario()
 	default:
 		return fmt.Errorf("unknown scenario %q", o.scenario)
 	}

@@ -83,20 +83,15 @@ type app struct {
 	scrubbers []func(string) string
 }
 
-// command is a subcommand: its usage text and what it runs.
-type command struct {
-	summary string
-	run     func(a *app, ctx context.Context, args []string) error
-}
-
-var commands = map[string]command{
-	"migrate":      {"create the outbox table", (*app).migrate},
-	"ddl":          {"print the DDL", (*app).ddl},
-	"stats":        {"per-topic state", (*app).stats},
-	"dead list":    {"page through dead rows", (*app).deadList},
-	"dead requeue": {"requeue dead rows", (*app).deadRequeue},
-	"dead purge":   {"purge dead rows", (*app).deadPurge},
-	"relay":        {"run the relay", (*app).relay},
+// commands are the subcommands, by name.
+var commands = map[string]func(a *app, ctx context.Context, args []string) error{
+	"migrate":      (*app).migrate,
+	"ddl":          (*app).ddl,
+	"stats":        (*app).stats,
+	"dead list":    (*app).deadList,
+	"dead requeue": (*app).deadRequeue,
+	"dead purge":   (*app).deadPurge,
+	"relay":        (*app).relay,
 }
 
 // run runs the command line args and returns the exit status.
@@ -137,7 +132,7 @@ func (a *app) dispatch(ctx context.Context, args []string) error {
 		}
 		key, rest = "dead "+rest[0], rest[1:]
 	}
-	cmd, ok := commands[key]
+	run, ok := commands[key]
 	if !ok {
 		names := make([]string, 0, len(commands))
 		for k := range commands {
@@ -146,7 +141,7 @@ func (a *app) dispatch(ctx context.Context, args []string) error {
 		sort.Strings(names)
 		return usagef("unknown command %q: want one of %s", key, strings.Join(names, ", "))
 	}
-	return cmd.run(a, ctx, rest)
+	return run(a, ctx, rest)
 }
 
 func isHelp(arg string) bool {

@@ -42,7 +42,9 @@ func (sub *subscription) flush() {
 			var n int
 			err := sub.retries.ack.do(sub.stop, func(ctx context.Context) error {
 				var err error
-				n, err = sub.s.store.MarkPublished(ctx, token, ids, keep)
+				n, err = sub.observed(WriteMarkPublished, len(ids), func() (int, error) {
+					return sub.s.store.MarkPublished(ctx, token, ids, keep)
+				})
 				return err
 			})
 			send(sub, sub.flushed, flushed{ids: ids, recorded: n, err: err})

@@ -21,7 +21,7 @@
 //
 // Every setting of the relay comes from the store's config.Config; Config
 // here holds only what is the forwarder's own (router, handler name, topic
-// filter, classifier, quick retries). See the package README for the
+// filter, classifier, quick retries, observer, tracer provider). See the package README for the
 // guarantees, and the fault suite (package faults) for the scenarios that
 // back them.
 //
@@ -40,4 +40,12 @@
 //     retries;
 //   - subscription.go: the loop itself, running and draining (shutdown is
 //     a mode of the same loop).
+//
+// Two files make the relay observable, at no cost when unused:
+//
+//   - observe.go: the Observer hook (claims, publishes, failures, dead
+//     rows, fenced writes, pauses), which package metrics implements, and
+//     the context that carries each row to the handler;
+//   - trace.go: the OpenTelemetry span of each publish, linked to the
+//     trace context stored with the row.
 package forwarder

@@ -10,6 +10,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/e0a82c8c/watermill-outbox/internal/delivery"
 	"github.com/e0a82c8c/watermill-outbox/retry"
@@ -61,6 +62,27 @@ type Config struct {
 	// the row is given back with backoff; they stop before half the claim
 	// timeout. Default 0: none. Must not be negative.
 	QuickRetries int
+
+	// Observer is told of the relay's claims, publishes, failures, dead
+	// rows, fenced writes and pauses; package metrics implements it for
+	// Prometheus (metrics.New). Default nil: nobody, and nothing is
+	// measured.
+	Observer Observer
+
+	// TracerProvider makes the span of each publish to the destination
+	// (see Forwarder). Default otel.GetTracerProvider(); nil means the
+	// default, which, if no SDK is installed yet, starts spans only once
+	// otel.SetTracerProvider installs one. noop.NewTracerProvider()
+	// turns them off.
+	TracerProvider trace.TracerProvider
+
+	// MessagingSystem is the messaging.system attribute of the send spans.
+	// Default: what the destination names with a MessagingSystem() string
+	// method ("kafka" for sink.KafkaPublisher, "rabbitmq" for
+	// sink.AMQPPublisher), else DefaultMessagingSystem ("watermill"); empty
+	// means the default. With "kafka" the spans carry the partition key as
+	// messaging.kafka.message.key.
+	MessagingSystem string
 }
 
 func (c *Config) setDefaults() {
@@ -98,6 +120,25 @@ func (c Config) Validate() error {
 //
 // Delivery is at least once: a crash between the broker's confirmation and
 // the ack's write publishes the message again, with the same UUID.
+//
+// Each call of the destination's Publish is an OpenTelemetry span (through
+// Config.TracerProvider) following the messaging conventions: named
+// "send {topic}", kind producer, with messaging.system (see
+// Config.MessagingSystem), messaging.destination.name,
+// messaging.operation.type and .name "send", messaging.message.id (the
+// message UUID), messaging.message.body.size and, for Kafka,
+// messaging.kafka.message.key (the partition key, when there is one); a
+// failure sets the error status and error.type (the retry.Kind:
+// "transient", "unavailable" or "permanent"). The span is linked to the
+// trace context stored with the row (the traceparent and tracestate
+// metadata the Publisher and the EventBus write), not its child, and that
+// stored context reaches the broker unchanged as headers, so consumers
+// continue the writer's trace. A span that is not recording costs only its
+// start: the attributes and the link are added after it, so samplers see
+// the name and the kind alone.
+//
+// Config.Observer, when set, is told of every claim, publish, failed
+// delivery, dead row, fenced write and pause (see Observer).
 type Forwarder struct {
 	sub       *Subscriber
 	dest      message.Publisher
@@ -105,6 +146,9 @@ type Forwarder struct {
 	ownRouter bool
 	retry     *retry.Middleware
 	logger    watermill.LoggerAdapter
+	obs       Observer // nil: none
+	handler   string
+	tracing   tracing
 
 	mu      sync.Mutex
 	running bool
@@ -124,22 +168,41 @@ func NewForwarder(store outbox.Store, destination message.Publisher, config Conf
 	if logger == nil {
 		logger = watermill.NopLogger{}
 	}
-	sub, err := newSubscriber(store, SubscriberConfig{Topics: config.Topics}, logger, true)
+	obs := config.Observer
+	if isNil(obs) {
+		obs = nil
+	}
+	sub, err := newSubscriber(store, SubscriberConfig{Topics: config.Topics}, logger, true, obs, config.HandlerName)
 	if err != nil {
 		return nil, err
 	}
 	cfg := sub.config
+	var onPause func(bool, time.Time)
+	if obs != nil {
+		onPause = func(paused bool, since time.Time) {
+			obs.ObservePause(PauseEvent{Handler: config.HandlerName, Paused: paused, Since: since})
+		}
+	}
+	classifier := config.Classifier
+	if classifier == nil {
+		classifier = retry.DefaultClassifier
+	}
 	mw, err := retry.NewMiddleware(retry.MiddlewareConfig{
-		Classifier:        config.Classifier,
+		Classifier:        classifier,
 		QuickRetries:      config.QuickRetries,
 		Lease:             cfg.ClaimTimeout,
 		CircuitMaxBackoff: cfg.UnavailableBackoffMax,
 		CircuitMinBackoff: min(retry.DefaultCircuitMinBackoff, cfg.UnavailableBackoffMax),
+		OnPause:           onPause,
 	}, logger)
 	if err != nil {
 		return nil, fmt.Errorf("invalid config: %w", err)
 	}
-	f := &Forwarder{sub: sub, dest: destination, router: config.Router, retry: mw, logger: logger}
+	f := &Forwarder{
+		sub: sub, dest: destination, router: config.Router, retry: mw, logger: logger,
+		obs: obs, handler: config.HandlerName,
+		tracing: newTracing(config.TracerProvider, destination, config.MessagingSystem, classifier),
+	}
 	if f.router == nil {
 		f.ownRouter = true
 		if f.router, err = message.NewRouter(message.RouterConfig{}, logger); err != nil {
@@ -207,7 +270,13 @@ func (f *Forwarder) publish(msg *message.Message) ([]*message.Message, error) {
 		}
 	}
 	out.SetContext(msg.Context())
-	return nil, f.dest.Publish(topic, out)
+	err := f.tracing.publish(msg, out, topic, func() error { return f.dest.Publish(topic, out) })
+	if err == nil && f.obs != nil {
+		if row := rowFromContext(msg.Context()); row != nil {
+			f.obs.ObservePublish(PublishEvent{Handler: f.handler, Topic: topic, CreatedAt: row.CreatedAt, ConfirmedAt: time.Now()})
+		}
+	}
+	return nil, err
 }
 
 // Subscriber returns the outbox subscriber feeding the forwarder: pass it

@@ -39,7 +39,9 @@ func (sub *subscription) renew() {
 			// One try: a failed renewal is tried again at the next tick,
 			// well within the lease.
 			ctx, cancel := workCtx()
-			n, err := sub.s.store.Renew(ctx, token, tokenIDs, lease)
+			n, err := sub.observed(WriteRenew, len(tokenIDs), func() (int, error) {
+				return sub.s.store.Renew(ctx, token, tokenIDs, lease)
+			})
 			cancel()
 			if err != nil {
 				sub.retries.renew.failed(err)

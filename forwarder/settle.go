@@ -85,22 +85,31 @@ func (sub *subscription) settle(h *held, dec decision) {
 	row := h.row
 	fields := watermill.LogFields{"outbox_id": row.ID, "uuid": row.UUID, "topic": row.Topic, "attempt": row.Attempts + 1}
 	store := sub.s.store
-	var write func(ctx context.Context) (int, error)
+	var (
+		op    WriteOp
+		write func(ctx context.Context) (int, error)
+	)
 	switch dec.fate {
 	case released:
 		sub.s.logger.Debug("Outbox message released uncharged: "+dec.cause.Error(), fields)
-		write = func(ctx context.Context) (int, error) { return store.Release(ctx, h.token, []int64{row.ID}) }
+		op, write = WriteRelease, func(ctx context.Context) (int, error) { return store.Release(ctx, h.token, []int64{row.ID}) }
 	case dead:
 		sub.s.logger.Error("Outbox message is dead: kept with its last error, requeue it once fixed", dec.cause, fields)
-		write = func(ctx context.Context) (int, error) { return store.MarkDead(ctx, h.token, row.ID, dec.cause.Error()) }
+		op, write = WriteMarkDead, func(ctx context.Context) (int, error) {
+			n, err := store.MarkDead(ctx, h.token, row.ID, dec.cause.Error())
+			if obs := sub.s.obs; obs != nil && err == nil && n > 0 {
+				obs.ObserveDead(DeadEvent{Handler: sub.s.handler, Topic: row.Topic, Err: dec.cause})
+			}
+			return n, err
+		}
 	default:
 		fields["retry_in"] = dec.delay.String()
 		sub.s.logger.Info("Outbox message failed, will retry: "+dec.cause.Error(), fields)
-		write = func(ctx context.Context) (int, error) {
+		op, write = WriteRecordFailure, func(ctx context.Context) (int, error) {
 			return store.RecordFailure(ctx, h.token, row.ID, dec.cause.Error(), dec.delay)
 		}
 	}
-	sub.write([]int64{row.ID}, write)
+	sub.write(op, []int64{row.ID}, write)
 }
 
 // release gives rows back uncharged, due at once.
@@ -113,18 +122,18 @@ func (sub *subscription) release(hs []*held) {
 	}
 	store := sub.s.store
 	for token, ids := range byToken(hs) {
-		sub.write(ids, func(ctx context.Context) (int, error) { return store.Release(ctx, token, ids) })
+		sub.write(WriteRelease, ids, func(ctx context.Context) (int, error) { return store.Release(ctx, token, ids) })
 	}
 }
 
 // write runs a fenced write in a worker, retried by the settle policy; the
 // rows leave the window after it (or, should the subscription stop first,
 // when their lease expires and another claim redoes it).
-func (sub *subscription) write(ids []int64, write func(ctx context.Context) (int, error)) {
+func (sub *subscription) write(op WriteOp, ids []int64, write func(ctx context.Context) (int, error)) {
 	sub.settling++
 	sub.spawn(func() {
 		_ = sub.retries.settle.do(sub.stop, func(ctx context.Context) error {
-			_, err := write(ctx)
+			_, err := sub.observed(op, len(ids), func() (int, error) { return write(ctx) })
 			return err
 		})
 		send(sub, sub.settled, settled{ids: ids})

@@ -66,6 +66,10 @@ type Subscriber struct {
 	// records: settle rows by the forwarder handler's record of each
 	// delivery instead of by the ack (NewForwarder's subscriber).
 	records bool
+	// obs is the forwarder's Config.Observer (nil: none), told of claims,
+	// failures, dead rows and fenced writes under the handler's name.
+	obs     Observer
+	handler string
 
 	closing   chan struct{}
 	closeOnce sync.Once
@@ -86,10 +90,10 @@ var _ message.Subscriber = (*Subscriber)(nil)
 // NewSubscriber returns a Subscriber claiming rows from store, run by the
 // store's settings. A nil logger logs nothing.
 func NewSubscriber(store outbox.Store, config SubscriberConfig, logger watermill.LoggerAdapter) (*Subscriber, error) {
-	return newSubscriber(store, config, logger, false)
+	return newSubscriber(store, config, logger, false, nil, "")
 }
 
-func newSubscriber(store outbox.Store, sc SubscriberConfig, logger watermill.LoggerAdapter, records bool) (*Subscriber, error) {
+func newSubscriber(store outbox.Store, sc SubscriberConfig, logger watermill.LoggerAdapter, records bool, obs Observer, handler string) (*Subscriber, error) {
 	if isNil(store) {
 		return nil, errors.New("invalid config: store is nil")
 	}
@@ -111,6 +115,8 @@ func newSubscriber(store outbox.Store, sc SubscriberConfig, logger watermill.Log
 		topics:  topics,
 		logger:  logger,
 		records: records,
+		obs:     obs,
+		handler: handler,
 		closing: make(chan struct{}),
 		subs:    make(map[*subscription]struct{}),
 	}, nil

@@ -156,7 +156,15 @@ func (sub *subscription) claim() {
 	sub.spawn(func() {
 		ctx, cancel := workCtx()
 		defer cancel()
+		obs := sub.s.obs
+		var start time.Time
+		if obs != nil {
+			start = time.Now()
+		}
 		c, err := sub.s.store.Claim(ctx, req)
+		if obs != nil {
+			obs.ObserveClaim(ClaimEvent{Handler: sub.s.handler, Rows: c.Rows, Duration: time.Since(start), Err: err})
+		}
 		send(sub, sub.claims, claimed{token: c.Token, rows: c.Rows, more: c.More, limit: limit, err: err})
 	})
 }
@@ -199,6 +207,9 @@ func (sub *subscription) onDelivered(d delivered) {
 			}
 		}
 		return
+	}
+	if obs := sub.s.obs; obs != nil {
+		obs.ObserveFailure(FailureEvent{Handler: sub.s.handler, Topic: h.row.Topic, Kind: failureKind(d.verdict), Err: dec.cause})
 	}
 	behind := sub.win.failed(h)
 	sub.settle(h, dec)
@@ -247,17 +258,34 @@ func (sub *subscription) finish() {
 	defer cancel()
 	keep := sub.cfg.PublishedRetention > 0
 	for token, ids := range sub.acks.pending {
-		if _, err := sub.s.store.MarkPublished(ctx, token, ids, keep); err != nil {
+		_, err := sub.observed(WriteMarkPublished, len(ids), func() (int, error) {
+			return sub.s.store.MarkPublished(ctx, token, ids, keep)
+		})
+		if err != nil {
 			sub.s.logger.Error("Outbox ack write on close failed; the rows will be published again", err, nil)
 		}
 	}
 	for token, ids := range byToken(giveBack) {
-		if _, err := sub.s.store.Release(ctx, token, ids); err != nil {
+		_, err := sub.observed(WriteRelease, len(ids), func() (int, error) { return sub.s.store.Release(ctx, token, ids) })
+		if err != nil {
 			sub.s.logger.Error("Outbox release on close failed; the rows return when their lease expires", err,
 				watermill.LogFields{"rows": len(ids)})
 		}
 	}
 	sub.work.Wait()
+}
+
+// observed runs one try of a fenced write of rows rows and tells the
+// Observer, if any.
+func (sub *subscription) observed(op WriteOp, rows int, write func() (int, error)) (int, error) {
+	obs := sub.s.obs
+	if obs == nil {
+		return write()
+	}
+	start := time.Now()
+	n, err := write()
+	obs.ObserveWrite(WriteEvent{Handler: sub.s.handler, Op: op, Rows: rows, Changed: n, Duration: time.Since(start), Err: err})
+	return n, err
 }
 
 // spawn runs fn in a worker the subscription waits for.

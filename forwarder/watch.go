@@ -38,7 +38,8 @@ func (sub *subscription) prepare(h *held) {
 
 	msg := message.NewMessage(h.row.UUID, h.row.Payload)
 	msg.Metadata = md
-	ctx, cancel := context.WithCancel(sub.ctx)
+	h.base = rowCtx{Context: sub.ctx, row: &h.row}
+	ctx, cancel := context.WithCancel(&h.base)
 	var rec *delivery.Record
 	if sub.s.records {
 		rec = delivery.New()

@@ -36,6 +36,7 @@ type held struct {
 	chain     string    // per-key order chain, "" when unordered or keyless
 
 	// From ready on:
+	base   rowCtx // the parent of msg's context: carries row to the handler
 	msg    *message.Message
 	cancel context.CancelFunc
 	rec    *delivery.Record // nil for a plain Subscriber

@@ -15,6 +15,7 @@ import (
 // once per pause, not once per waiting message.
 type circuit struct {
 	min, max time.Duration
+	onPause  func(paused bool, since time.Time) // MiddlewareConfig.OnPause; may be nil
 
 	mu       sync.Mutex
 	failures int           // openings since the last close; 0: closed
@@ -25,8 +26,8 @@ type circuit struct {
 	changed  chan struct{} // closed on every open and on a probe's end; renewed
 }
 
-func (c *circuit) init(min, max time.Duration) {
-	c.min, c.max = min, max
+func (c *circuit) init(min, max time.Duration, onPause func(bool, time.Time)) {
+	c.min, c.max, c.onPause = min, max, onPause
 	c.changed = make(chan struct{})
 }
 
@@ -53,6 +54,9 @@ func (c *circuit) open(probe bool) (delay time.Duration, failures int, opened bo
 	if c.failures == 1 {
 		c.closed = make(chan struct{})
 		c.since = now
+		if c.onPause != nil {
+			c.onPause(true, now)
+		}
 	}
 	delay = Backoff(c.failures, c.min, c.max)
 	c.until = now.Add(delay)
@@ -71,6 +75,9 @@ func (c *circuit) close() bool {
 	c.failures, c.probing = 0, false
 	c.until, c.since = time.Time{}, time.Time{}
 	close(c.closed)
+	if c.onPause != nil {
+		c.onPause(false, time.Time{})
+	}
 	c.signal()
 	return true
 }

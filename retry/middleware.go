@@ -68,6 +68,14 @@ type MiddlewareConfig struct {
 	// config.Config.UnavailableBackoffMax. Default DefaultCircuitMaxBackoff
 	// (1s); zero means the default. Must not be negative.
 	CircuitMaxBackoff time.Duration
+
+	// OnPause, when set, is told when the circuit opens (paused true, since
+	// the moment the outage began) and when it closes again (false, zero
+	// time): the state Paused reports, pushed to a metric instead of polled.
+	// It is called with the circuit's lock held, so the calls arrive in the
+	// order of the changes; it must be quick and must not call back into
+	// the Middleware. Default nil: nobody is told.
+	OnPause func(paused bool, since time.Time)
 }
 
 func (c *MiddlewareConfig) setDefaults() {
@@ -140,7 +148,7 @@ func NewMiddleware(config MiddlewareConfig, logger watermill.LoggerAdapter) (*Mi
 		logger = watermill.NopLogger{}
 	}
 	m := &Middleware{config: config, logger: logger}
-	m.circuit.init(config.CircuitMinBackoff, config.CircuitMaxBackoff)
+	m.circuit.init(config.CircuitMinBackoff, config.CircuitMaxBackoff, config.OnPause)
 	return m, nil
 }
 

@@ -485,3 +485,27 @@ func TestNewMiddlewareConfig(t *testing.T) {
 		})
 	}
 }
+
+// OnPause is told once when an outage begins, with its start, and once
+// when it ends, however many failed probes lie between.
+func TestMiddlewareOnPause(t *testing.T) {
+	t.Parallel()
+	type change struct {
+		paused bool
+		since  time.Time
+	}
+	var changes []change // under the circuit's lock: no mutex needed
+	cfg := fastConfig()
+	cfg.OnPause = func(paused bool, since time.Time) { changes = append(changes, change{paused, since}) }
+	m := newMiddleware(t, cfg, nil)
+	down := retry.UnavailableError(errors.New("broker down"))
+	h, calls := script(down, down, down)
+
+	r := run(t, m, h, newMessage(context.Background(), "1"))
+	require.NoError(t, r.err)
+	require.EqualValues(t, 4, calls.Load())
+	require.Len(t, changes, 2)
+	require.True(t, changes[0].paused)
+	require.False(t, changes[0].since.IsZero())
+	require.Equal(t, change{paused: false}, changes[1])
+}

@@ -243,6 +243,10 @@ func NewAMQPPublisher(config AMQPConfig, logger watermill.LoggerAdapter) (*AMQPP
 	return p, nil
 }
 
+// MessagingSystem returns "rabbitmq", the OpenTelemetry messaging.system of
+// this destination; the forwarder's send spans read it.
+func (p *AMQPPublisher) MessagingSystem() string { return "rabbitmq" }
+
 // Publish declares the topic's destination if needed, then publishes msgs
 // in order and waits for the broker's confirms. See NewAMQPPublisher.
 func (p *AMQPPublisher) Publish(topic string, msgs ...*message.Message) error {

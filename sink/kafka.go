@@ -254,6 +254,10 @@ func (p *KafkaPublisher) Publish(topic string, msgs ...*message.Message) error {
 	return ClassifyKafkaError(err)
 }
 
+// MessagingSystem returns "kafka", the OpenTelemetry messaging.system of
+// this destination; the forwarder's send spans read it.
+func (p *KafkaPublisher) MessagingSystem() string { return "kafka" }
+
 // saramaBreakerOpen is the error of sarama's per-partition circuit breaker,
 // which opens after three failed leader lookups and stays open for ten
 // seconds, whatever the broker does meanwhile (it is not configurable).

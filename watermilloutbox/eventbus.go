@@ -14,6 +14,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/components/cqrs"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // IntegrationEvent marks events other services consume. The EventBus writes
@@ -79,10 +80,13 @@ func (c *EventBusConfig) setDefaults() {
 // they mean the defaults.
 func (c EventBusConfig) Validate() error {
 	var errs []error
-	if c.Marshaler != nil && isNil(c.Marshaler) {
+	if c.Marshaler != nil && isNilPointer(c.Marshaler) {
 		errs = append(errs, fmt.Errorf("Marshaler: nil %T", c.Marshaler))
 	}
-	if c.Propagator != nil && isNil(c.Propagator) {
+	// Only a nil pointer: propagation.NewCompositeTextMapPropagator() with
+	// no arguments is a nil slice, and the documented way to turn
+	// propagation off.
+	if c.Propagator != nil && isNilPointer(c.Propagator) {
 		errs = append(errs, fmt.Errorf("Propagator: nil %T", c.Propagator))
 	}
 	return errors.Join(errs...)
@@ -311,6 +315,12 @@ func (b *EventBus) marshal(ctx context.Context, name string, event any) (string,
 			delete(msg.Metadata, k)
 		}
 	}
+	if msg.Metadata.Get(traceParentKey) == "" && trace.SpanContextFromContext(ctx).IsValid() {
+		// The Propagator wrote no W3C context (propagation is off, or in
+		// another format): hide the span from the Publisher, which would
+		// otherwise store it (see Publisher.Publish). The transaction stays.
+		ctx = trace.ContextWithSpanContext(ctx, trace.SpanContext{})
+	}
 	msg.SetContext(ctx) // the Publisher finds the transaction here
 	return topic, msg, nil
 }
@@ -367,6 +377,12 @@ func convertEvent(event any, want reflect.Type) (any, bool) {
 		return v.Elem().Interface(), true
 	}
 	return nil, false
+}
+
+// isNilPointer reports a non-nil interface holding a nil pointer.
+func isNilPointer(v any) bool {
+	rv := reflect.ValueOf(v)
+	return rv.Kind() == reflect.Pointer && rv.IsNil()
 }
 
 // isNil reports a nil interface, or one holding a nil pointer, map, slice,

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,6 +16,8 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/e0a82c8c/watermill-outbox/config"
 )
@@ -121,6 +124,13 @@ func NotifyChannel(table string) string {
 // Publisher, as one multi-row INSERT: all of them or none. It returns once the
 // rows are part of the transaction; they become visible to the relay when it
 // commits.
+//
+// A message without a "traceparent" of its own whose context carries a valid
+// OpenTelemetry span is stored with that span's W3C trace context
+// ("traceparent", "tracestate"), so a publish inside a traced request (a
+// cqrs.EventBus's too: it puts its ctx in the message) is linked to by the
+// relay's send span and continued by the consumers. The message itself is
+// not changed.
 func (p *Publisher) Publish(topic string, messages ...*message.Message) error {
 	return p.publish(nil, topic, messages)
 }
@@ -279,10 +289,11 @@ func (p *Publisher) insertArgs(topic string, messages []*message.Message) ([]any
 				return nil, fmt.Errorf("%w: message %s carries %q", ErrForbiddenMetadata, m.UUID, k)
 			}
 		}
+		meta := withTraceContext(m)
 		md := []byte("{}")
-		if len(m.Metadata) > 0 {
+		if len(meta) > 0 {
 			var err error
-			if md, err = json.Marshal(m.Metadata); err != nil {
+			if md, err = json.Marshal(meta); err != nil {
 				return nil, fmt.Errorf("outbox: marshal metadata of message %s: %w", m.UUID, err)
 			}
 		}
@@ -297,6 +308,30 @@ func (p *Publisher) insertArgs(topic string, messages []*message.Message) ([]any
 		args = append(args, m.UUID, topic, key, payload, string(md))
 	}
 	return args, nil
+}
+
+// traceParentKey is the W3C trace context's metadata key.
+const traceParentKey = "traceparent"
+
+// withTraceContext returns the metadata to store for m: its own, plus the
+// W3C trace context (traceparent, tracestate) of m's context when m has no
+// traceparent of its own and its context carries a valid span. So any
+// message.Publisher user's trace, a cqrs.EventBus's included (it copies
+// its ctx into the message), reaches the relay, whose send span links to
+// it, and the broker's consumers, which continue it. m itself is not
+// changed.
+func withTraceContext(m *message.Message) message.Metadata {
+	if m.Metadata.Get(traceParentKey) != "" {
+		return m.Metadata
+	}
+	ctx := m.Context()
+	if !trace.SpanContextFromContext(ctx).IsValid() {
+		return m.Metadata
+	}
+	md := make(message.Metadata, len(m.Metadata)+2)
+	maps.Copy(md, m.Metadata)
+	propagation.TraceContext{}.Inject(ctx, metadataCarrier(md))
+	return md
 }
 
 func (p *Publisher) insert(ctx context.Context, tx *sql.Tx, args []any) error {

@@ -325,7 +325,7 @@ func (s *SQLStore) round(ctx context.Context, tx *sql.Tx, topics TopicFilter, vi
 	}
 	for i := at; i < len(segs); i++ {
 		after := from(i)
-		if i == at {
+		if i == at && cursor != (keyPos{}) {
 			after = cursor
 		}
 		if done, err := visit(segs[i], after, false); err != nil || done {

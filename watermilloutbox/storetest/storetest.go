@@ -529,10 +529,11 @@ func testStats(t *testing.T, h Harness) {
 
 func testTopicFilter(t *testing.T, h Harness) {
 	s, insert := h.New(t)
-	insert(t, "orders.placed", messages(2, nil)...)
-	insert(t, "orders.refunded", messages(2, nil)...)
-	insert(t, "payments", messages(2, nil)...)
-	insert(t, "ordersX", messages(1, nil)...)
+	keyed := func(i int) string { return []string{"", "k"}[i%2] } // keyed and keyless rows
+	insert(t, "orders.placed", messages(2, keyed)...)
+	insert(t, "orders.refunded", messages(2, keyed)...)
+	insert(t, "payments", messages(2, keyed)...)
+	insert(t, "ordersX", messages(1, keyed)...)
 	topics := func(rows []outbox.Row) map[string]int {
 		m := map[string]int{}
 		for _, r := range rows {
@@ -540,9 +541,9 @@ func testTopicFilter(t *testing.T, h Harness) {
 		}
 		return m
 	}
-	_, byName := claim(t, s, outbox.ClaimRequest{Topics: outbox.TopicFilter{Names: []string{"payments"}}, Limit: 10, Lease: lease})
+	_, byName := claim(t, s, outbox.ClaimRequest{Topics: outbox.TopicFilter{Names: []string{"payments"}}, Limit: 10, Lease: lease, Ordered: true})
 	require.Equal(t, map[string]int{"payments": 2}, topics(byName))
-	_, byPrefix := claim(t, s, outbox.ClaimRequest{Topics: outbox.TopicFilter{Prefixes: []string{"orders."}}, Limit: 10, Lease: lease})
+	_, byPrefix := claim(t, s, outbox.ClaimRequest{Topics: outbox.TopicFilter{Prefixes: []string{"orders."}}, Limit: 10, Lease: lease, Ordered: true})
 	require.Equal(t, map[string]int{"orders.placed": 2, "orders.refunded": 2}, topics(byPrefix))
 	_, rest := claim(t, s, all)
 	require.Equal(t, map[string]int{"ordersX": 1}, topics(rest))

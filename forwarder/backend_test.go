@@ -9,6 +9,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
 	"github.com/e0a82c8c/watermill-outbox/config"
@@ -22,12 +23,17 @@ type backend struct {
 	name    string
 	dialect outbox.Dialect
 	open    func(t *testing.T) *sql.DB
+	// pgx: the store (claims, writes, LISTEN) runs over a pgx pool, as in
+	// a service that uses pgx and no database/sql; the test reads the
+	// table through open's *sql.DB.
+	pgx bool
 }
 
 var backends = []backend{
 	{name: "postgres", dialect: outbox.PostgreSQL, open: func(t *testing.T) *sql.DB { return testenv.Postgres(t) }},
 	{name: "mysql", dialect: outbox.MySQL, open: func(t *testing.T) *sql.DB { return testenv.MySQL(t) }},
 	{name: "sqlite", dialect: outbox.SQLite, open: func(t *testing.T) *sql.DB { return testenv.SQLite(t) }},
+	{name: "postgres-pgx", dialect: outbox.PostgreSQL, open: func(t *testing.T) *sql.DB { return testenv.Postgres(t) }, pgx: true},
 }
 
 func forEachBackend(t *testing.T, body func(t *testing.T, env *relayEnv)) {
@@ -45,6 +51,7 @@ func forEachBackend(t *testing.T, body func(t *testing.T, env *relayEnv)) {
 type relayEnv struct {
 	backend backend
 	db      *sql.DB
+	pool    *pgxpool.Pool // the pgx backend's
 	table   string
 	pub     *outbox.Publisher
 	store   *outbox.SQLStore
@@ -54,6 +61,9 @@ func newRelayEnv(t *testing.T, b backend) *relayEnv {
 	t.Helper()
 	db := b.open(t)
 	e := &relayEnv{backend: b, db: db, table: testenv.TableName(t)}
+	if b.pgx {
+		e.pool = testenv.PostgresPool(t)
+	}
 	e.store = e.with(t, fastConfig())
 	require.NoError(t, e.store.Migrate(context.Background()))
 	t.Cleanup(func() { _, _ = db.Exec(`DROP TABLE IF EXISTS ` + e.table) })
@@ -68,6 +78,11 @@ func newRelayEnv(t *testing.T, b backend) *relayEnv {
 func (e *relayEnv) with(t *testing.T, cfg config.Config) *outbox.SQLStore {
 	t.Helper()
 	cfg.Table = e.table
+	if e.pool != nil {
+		store, err := outbox.NewPgxStore(e.pool, outbox.PgxStoreConfig{Outbox: cfg}, nil)
+		require.NoError(t, err)
+		return store
+	}
 	store, err := outbox.NewSQLStore(e.db, outbox.SQLStoreConfig{Dialect: e.backend.dialect, Outbox: cfg}, nil)
 	require.NoError(t, err)
 	return store

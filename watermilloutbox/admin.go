@@ -122,7 +122,7 @@ func (s *SQLStore) CountDead(ctx context.Context, topic string) (int, error) {
 		q, args = q+` AND topic = `+s.t.dialect.placeholder(1), []any{topic}
 	}
 	var n int
-	if err := s.db.QueryRowContext(ctx, q, args...).Scan(&n); err != nil {
+	if err := s.db.queryRow(ctx, q, args...).Scan(&n); err != nil {
 		return 0, fmt.Errorf("outbox: count dead: %w", err)
 	}
 	return n, nil

@@ -2,7 +2,6 @@ package watermilloutbox
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 	"slices"
 	"sync"
@@ -116,16 +115,16 @@ func (s *SQLStore) Claim(ctx context.Context, req ClaimRequest) (Claimed, error)
 	c := Claimed{Token: uuid.NewString()}
 	// READ COMMITTED on MySQL: the locking read takes record locks only, no
 	// gap locks that would block application INSERTs into the table.
-	tx, err := s.db.BeginTx(ctx, &sql.TxOptions{Isolation: map[bool]sql.IsolationLevel{true: sql.LevelReadCommitted}[s.t.dialect == MySQL]})
+	tx, err := s.db.begin(ctx, s.t.dialect == MySQL)
 	if err == nil {
 		err = s.claim(ctx, tx, req, &c)
 		if err == nil {
 			if s.claimHook != nil {
 				s.claimHook()
 			}
-			err = tx.Commit()
+			err = tx.commit(ctx)
 		} else {
-			_ = tx.Rollback()
+			_ = tx.rollback(ctx)
 		}
 	}
 	if err != nil {
@@ -137,9 +136,9 @@ func (s *SQLStore) Claim(ctx context.Context, req ClaimRequest) (Claimed, error)
 
 // claim runs one claim's steps in tx: promote, find the candidates, take
 // them.
-func (s *SQLStore) claim(ctx context.Context, tx *sql.Tx, req ClaimRequest, c *Claimed) error {
+func (s *SQLStore) claim(ctx context.Context, tx tx, req ClaimRequest, c *Claimed) error {
 	q, args := s.q.promote(req.Limit)
-	if _, err := tx.ExecContext(ctx, q, args...); err != nil {
+	if _, err := tx.exec(ctx, q, args...); err != nil {
 		return fmt.Errorf("promote due rows: %w", err)
 	}
 	cands, more, err := s.candidates(ctx, tx, req)
@@ -159,7 +158,7 @@ func (s *SQLStore) claim(ctx context.Context, tx *sql.Tx, req ClaimRequest, c *C
 
 // candidates returns the rows a claim means to take, in id order, and
 // whether more may be due than it found.
-func (s *SQLStore) candidates(ctx context.Context, tx *sql.Tx, req ClaimRequest) ([]candidate, bool, error) {
+func (s *SQLStore) candidates(ctx context.Context, tx tx, req ClaimRequest) ([]candidate, bool, error) {
 	keyless, err := s.keyless(ctx, tx, req)
 	if err != nil {
 		return nil, false, fmt.Errorf("keyless rows: %w", err)
@@ -183,7 +182,7 @@ func (s *SQLStore) candidates(ctx context.Context, tx *sql.Tx, req ClaimRequest)
 }
 
 // keyless reads up to req.Limit due, unleased keyless rows, oldest first.
-func (s *SQLStore) keyless(ctx context.Context, tx *sql.Tx, req ClaimRequest) ([]candidate, error) {
+func (s *SQLStore) keyless(ctx context.Context, tx tx, req ClaimRequest) ([]candidate, error) {
 	q, args := s.q.keyless(req.Topics, req.Limit)
 	ids, err := queryIDs(ctx, tx, q, args)
 	out := make([]candidate, len(ids))
@@ -197,7 +196,7 @@ func (s *SQLStore) keyless(ctx context.Context, tx *sql.Tx, req ClaimRequest) ([
 // it may take from, the run of free rows starting at the key's head: at
 // most its share of the limit, and never reaching a leased, not yet due or
 // waiting row.
-func (s *SQLStore) keyedRuns(ctx context.Context, tx *sql.Tx, req ClaimRequest) ([]candidate, bool, error) {
+func (s *SQLStore) keyedRuns(ctx context.Context, tx tx, req ClaimRequest) ([]candidate, bool, error) {
 	heads, more, err := s.walkKeys(ctx, tx, req.Topics, walkBudget(req.Limit))
 	if err != nil {
 		return nil, false, err
@@ -251,9 +250,9 @@ type runRow struct {
 
 // runs reads, for each key, up to n non-waiting pending rows from its head
 // on, in id order.
-func (s *SQLStore) runs(ctx context.Context, tx *sql.Tx, heads []keyHead, n int) (map[keyPos][]runRow, error) {
+func (s *SQLStore) runs(ctx context.Context, tx tx, heads []keyHead, n int) (map[keyPos][]runRow, error) {
 	q, args := s.q.runs(heads, n)
-	rs, err := tx.QueryContext(ctx, q, args...)
+	rs, err := tx.query(ctx, q, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -274,11 +273,11 @@ func (s *SQLStore) runs(ctx context.Context, tx *sql.Tx, heads []keyHead, n int)
 // order: every topic at once (nil), or, with a topic filter, each matching
 // topic that has keyed rows, so that the walk never reads another topic's
 // keys.
-func (s *SQLStore) segments(ctx context.Context, tx *sql.Tx, topics TopicFilter) ([]*string, error) {
+func (s *SQLStore) segments(ctx context.Context, tx tx, topics TopicFilter) ([]*string, error) {
 	if topics.All() {
 		return []*string{nil}, nil
 	}
-	rs, err := tx.QueryContext(ctx, s.q.keyedTopics())
+	rs, err := tx.query(ctx, s.q.keyedTopics())
 	if err != nil {
 		return nil, err
 	}
@@ -301,7 +300,7 @@ func (s *SQLStore) segments(ctx context.Context, tx *sql.Tx, topics TopicFilter)
 // visit reports that it is done. The key space is in the database's order,
 // which under a linguistic collation is not Go's: visit knows it has come
 // round when it meets a key (or row) it saw before.
-func (s *SQLStore) round(ctx context.Context, tx *sql.Tx, topics TopicFilter, visit func(seg *string, after keyPos, again bool) (bool, error)) error {
+func (s *SQLStore) round(ctx context.Context, tx tx, topics TopicFilter, visit func(seg *string, after keyPos, again bool) (bool, error)) error {
 	segs, err := s.segments(ctx, tx, topics)
 	if err != nil || len(segs) == 0 {
 		return err
@@ -346,12 +345,12 @@ func (s *SQLStore) round(ctx context.Context, tx *sql.Tx, topics TopicFilter, vi
 // walkKeys visits up to budget keys with non-waiting pending rows, in key
 // order, once round from the cursor, and moves the cursor to the last key
 // visited. more reports that it stopped at the budget.
-func (s *SQLStore) walkKeys(ctx context.Context, tx *sql.Tx, topics TopicFilter, budget int) ([]keyHead, bool, error) {
+func (s *SQLStore) walkKeys(ctx context.Context, tx tx, topics TopicFilter, budget int) ([]keyHead, bool, error) {
 	var heads []keyHead
 	seen := make(map[keyPos]bool)
 	err := s.round(ctx, tx, topics, func(seg *string, after keyPos, again bool) (bool, error) {
 		q, args := s.q.walk(seg, after, budget-len(heads))
-		rs, err := tx.QueryContext(ctx, q, args...)
+		rs, err := tx.query(ctx, q, args...)
 		if err != nil {
 			return false, err
 		}
@@ -381,13 +380,13 @@ func (s *SQLStore) walkKeys(ctx context.Context, tx *sql.Tx, topics TopicFilter,
 // keyedRows reads, for an unordered claim, up to req.Limit free keyed rows
 // in key order, once round from the cursor, and moves the cursor to the
 // key of the last.
-func (s *SQLStore) keyedRows(ctx context.Context, tx *sql.Tx, req ClaimRequest) ([]candidate, bool, error) {
+func (s *SQLStore) keyedRows(ctx context.Context, tx tx, req ClaimRequest) ([]candidate, bool, error) {
 	var out []candidate
 	var last keyPos
 	seen := make(map[int64]bool)
 	err := s.round(ctx, tx, req.Topics, func(seg *string, after keyPos, again bool) (bool, error) {
 		q, args := s.q.keyedRows(seg, after, req.Limit-len(out))
-		rs, err := tx.QueryContext(ctx, q, args...)
+		rs, err := tx.query(ctx, q, args...)
 		if err != nil {
 			return false, err
 		}
@@ -418,7 +417,7 @@ func (s *SQLStore) keyedRows(ctx context.Context, tx *sql.Tx, req ClaimRequest) 
 // take locks the candidates that are still free (skipping rows locked by
 // others), claims them, and returns them. In an ordered claim, a run that
 // lost a row keeps only the rows before it: the rest are not claimed.
-func (s *SQLStore) take(ctx context.Context, tx *sql.Tx, token string, req ClaimRequest, cands []candidate) ([]Row, error) {
+func (s *SQLStore) take(ctx context.Context, tx tx, token string, req ClaimRequest, cands []candidate) ([]Row, error) {
 	ids := make([]int64, len(cands))
 	for i, c := range cands {
 		ids[i] = c.id
@@ -437,7 +436,7 @@ func (s *SQLStore) take(ctx context.Context, tx *sql.Tx, token string, req Claim
 			return nil, nil
 		}
 		q, args = s.q.claimIDs(s, token, req.Lease, rowIDs(kept))
-		if _, err := tx.ExecContext(ctx, q, args...); err != nil {
+		if _, err := tx.exec(ctx, q, args...); err != nil {
 			return nil, err
 		}
 		return kept, nil
@@ -450,7 +449,7 @@ func (s *SQLStore) take(ctx context.Context, tx *sql.Tx, token string, req Claim
 	kept, dropped := cut(cands, taken)
 	if len(dropped) > 0 {
 		q, args := s.q.unclaim(s, token, dropped)
-		if _, err := tx.ExecContext(ctx, q, args...); err != nil {
+		if _, err := tx.exec(ctx, q, args...); err != nil {
 			return nil, err
 		}
 	}

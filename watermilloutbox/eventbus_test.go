@@ -349,43 +349,6 @@ func TestEventBusOnePublishPerTopicInOrder(t *testing.T) {
 	require.Equal(t, []string{"a1", "a2", "a3", "b1", "b2"}, ids)
 }
 
-// A plain cqrs.EventBus over the outbox Publisher writes in the transaction
-// its ctx carries: the Publisher is a drop-in message.Publisher.
-func TestEventBusCQRSEventBusWritesInTx(t *testing.T) {
-	t.Parallel()
-	for _, commit := range []bool{true, false} {
-		name := "rollback"
-		if commit {
-			name = "commit"
-		}
-		t.Run(name, func(t *testing.T) {
-			t.Parallel()
-			db, pub, table := ebOutbox(t)
-			bus, err := cqrs.NewEventBusWithConfig(pub, cqrs.EventBusConfig{
-				Marshaler: cqrs.JSONMarshaler{GenerateName: cqrs.StructName},
-				GeneratePublishTopic: func(p cqrs.GenerateEventPublishTopicParams) (string, error) {
-					return "cqrs." + p.EventName, nil
-				},
-			})
-			require.NoError(t, err)
-
-			tx := ebBegin(t, db)
-			require.NoError(t, bus.Publish(outbox.ContextWithTx(context.Background(), tx), ebOrderPlaced{OrderID: "o", Total: 5}))
-			if !commit {
-				require.NoError(t, tx.Rollback())
-				require.Empty(t, ebRows(t, db, table))
-				return
-			}
-			require.NoError(t, tx.Commit())
-			rows := ebRows(t, db, table)
-			require.Len(t, rows, 1)
-			require.Equal(t, "cqrs.ebOrderPlaced", rows[0].Topic)
-			require.JSONEq(t, `{"order_id":"o","total":5}`, string(rows[0].Payload))
-			require.Equal(t, "ebOrderPlaced", rows[0].Metadata.Get(outbox.EventNameMetadataKey))
-		})
-	}
-}
-
 func TestEventBusNoTransaction(t *testing.T) {
 	t.Parallel()
 	db, pub, table := ebOutbox(t)

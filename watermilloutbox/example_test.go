@@ -7,6 +7,8 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	_ "github.com/jackc/pgx/v5/stdlib"
 
 	"github.com/e0a82c8c/watermill-outbox/config"
@@ -60,6 +62,42 @@ func ExamplePublisher_WithTx() {
 	if err := tx.Commit(); err != nil { // the event becomes visible to the relay only now
 		panic(err)
 	}
+}
+
+// A service that uses pgx and no database/sql: the store runs over its
+// pgxpool, and the event is published under the pgx.Tx that writes the
+// business row. It needs a PostgreSQL server, so it is compiled but not run.
+func ExampleNewPgxStore() {
+	ctx := context.Background()
+	var logger watermill.LoggerAdapter = watermill.NewStdLogger(false, false)
+	id, payload := "order-42", []byte(`{"order_id":"order-42"}`)
+
+	pool, err := pgxpool.New(ctx, "postgres://postgres@127.0.0.1:5432/test?sslmode=disable")
+	if err != nil {
+		panic(err)
+	}
+	store, err := watermilloutbox.NewPgxStore(pool, watermilloutbox.PgxStoreConfig{Outbox: config.Default()}, logger)
+	if err != nil {
+		panic(err)
+	}
+	if err := store.Migrate(ctx); err != nil {
+		panic(err)
+	}
+	pub, err := watermilloutbox.NewPublisher(store, watermilloutbox.PublisherConfig{}, logger)
+	if err != nil {
+		panic(err)
+	}
+	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `INSERT INTO orders (id) VALUES ($1)`, id); err != nil {
+			return err
+		}
+		msg := message.NewMessage(watermill.NewUUID(), payload)
+		return pub.WithPgxTx(tx).Publish("orders.placed", msg) // rolls back with tx
+	})
+	if err != nil {
+		panic(err)
+	}
+	// The relay: forwarder.NewForwarder(store, destination, forwarder.Config{}, logger).
 }
 
 // DDL returns the statements for a migration tool.

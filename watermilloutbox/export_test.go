@@ -17,20 +17,20 @@ func SetClaimHook(s *SQLStore, hook func()) { s.claimHook = hook }
 // own preparation (or without it, to show what it prevents). The
 // transaction is rolled back: nothing is claimed.
 func ExplainPostgresClaim(ctx context.Context, s *SQLStore, req ClaimRequest, prepared bool) (string, error) {
-	tx, err := s.db.BeginTx(ctx, nil)
+	tx, err := s.db.begin(ctx, false)
 	if err != nil {
 		return "", err
 	}
-	defer tx.Rollback() //nolint:errcheck // nothing to keep
+	defer tx.rollback(ctx) //nolint:errcheck // nothing to keep
 	if prepared {
 		q, args := s.q.promote(req.Limit)
-		if _, err := tx.ExecContext(ctx, q, args...); err != nil {
+		if _, err := tx.exec(ctx, q, args...); err != nil {
 			return "", err
 		}
 	}
 	var plans []string
 	explain := func(q string, args []any) error {
-		rows, err := tx.QueryContext(ctx, "EXPLAIN "+q, args...)
+		rows, err := tx.query(ctx, "EXPLAIN "+q, args...)
 		if err != nil {
 			return err
 		}
@@ -71,18 +71,13 @@ func ExplainPostgresClaim(ctx context.Context, s *SQLStore, req ClaimRequest, pr
 // work reads about as much with a long tail behind a stuck key as with a
 // short one.
 func ClaimReadCost(ctx context.Context, s *SQLStore, req ClaimRequest) (int64, error) {
-	conn, err := s.db.Conn(ctx)
+	tx, err := s.db.begin(ctx, false)
 	if err != nil {
 		return 0, err
 	}
-	defer conn.Close()
-	tx, err := conn.BeginTx(ctx, nil)
-	if err != nil {
-		return 0, err
-	}
-	defer tx.Rollback() //nolint:errcheck // nothing to keep
+	defer tx.rollback(ctx) //nolint:errcheck // nothing to keep
 	q, args := s.q.promote(req.Limit)
-	if _, err := tx.ExecContext(ctx, q, args...); err != nil {
+	if _, err := tx.exec(ctx, q, args...); err != nil {
 		return 0, err
 	}
 	stmts := [][2]any{}
@@ -99,7 +94,7 @@ func ClaimReadCost(ctx context.Context, s *SQLStore, req ClaimRequest) (int64, e
 	case PostgreSQL:
 		for _, st := range stmts {
 			var plan []byte
-			if err := tx.QueryRowContext(ctx, "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) "+st[0].(string), st[1].([]any)...).Scan(&plan); err != nil {
+			if err := tx.queryRow(ctx, "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) "+st[0].(string), st[1].([]any)...).Scan(&plan); err != nil {
 				return 0, err
 			}
 			var out []struct {
@@ -115,7 +110,7 @@ func ClaimReadCost(ctx context.Context, s *SQLStore, req ClaimRequest) (int64, e
 		}
 	case MySQL:
 		reads := func() (int64, error) {
-			rs, err := tx.QueryContext(ctx, "SHOW SESSION STATUS LIKE 'Handler_read%'")
+			rs, err := tx.query(ctx, "SHOW SESSION STATUS LIKE 'Handler_read%'")
 			if err != nil {
 				return 0, err
 			}
@@ -136,7 +131,7 @@ func ClaimReadCost(ctx context.Context, s *SQLStore, req ClaimRequest) (int64, e
 			return 0, err
 		}
 		for _, st := range stmts {
-			rs, err := tx.QueryContext(ctx, st[0].(string), st[1].([]any)...)
+			rs, err := tx.query(ctx, st[0].(string), st[1].([]any)...)
 			if err != nil {
 				return 0, err
 			}

@@ -2,7 +2,6 @@ package watermilloutbox
 
 import (
 	"context"
-	"database/sql/driver"
 	"errors"
 	"fmt"
 	"sync/atomic"
@@ -19,7 +18,7 @@ var errNotPgx = errors.New("the *sql.DB does not use the pgx driver (github.com/
 
 // Listen implements Store. On PostgreSQL, unless DisableNotify is set, it
 // LISTENs on the table's channel (NotifyChannel) on one connection of the
-// store's *sql.DB, which must use the pgx driver, and calls wake on every
+// store's pool (a *sql.DB must use the pgx driver), and calls wake on every
 // notification and after every (re)connect (covering the commits whose
 // notifications were missed). A lost connection is dialled again with
 // backoff. It returns ErrNoWakeUps at once on MySQL and SQLite, with
@@ -29,8 +28,8 @@ func (s *SQLStore) Listen(ctx context.Context, wake func()) error {
 	if s.t.dialect != PostgreSQL || s.config.DisableNotify {
 		return ErrNoWakeUps
 	}
-	if n := s.db.Stats().MaxOpenConnections; n == 1 {
-		return fmt.Errorf("%w: the *sql.DB allows one connection, which LISTEN would take", ErrNoWakeUps)
+	if s.db.maxConns() == 1 {
+		return fmt.Errorf("%w: the pool allows one connection, which LISTEN would take", ErrNoWakeUps)
 	}
 	channel := NotifyChannel(s.t.name)
 	failures := 0
@@ -68,27 +67,17 @@ func (s *SQLStore) Listen(ctx context.Context, wake func()) error {
 }
 
 // listenOnce holds one connection LISTENing until it fails or ctx ends. The
-// connection never returns to the pool: it is discarded (driver.ErrBadConn),
-// so no pooled connection stays subscribed.
+// connection never returns to the pool, so no pooled connection stays
+// subscribed.
 func (s *SQLStore) listenOnce(ctx context.Context, channel string, listening, wake func()) error {
-	conn, err := s.db.Conn(ctx)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	return conn.Raw(func(dc any) error {
-		pc, ok := dc.(interface{ Conn() *pgx.Conn })
-		if !ok {
-			return errNotPgx
-		}
-		c := pc.Conn()
+	return s.db.withPgxConn(ctx, func(c *pgx.Conn) error {
 		if _, err := c.Exec(ctx, "LISTEN "+pgx.Identifier{channel}.Sanitize()); err != nil {
-			return errors.Join(err, driver.ErrBadConn)
+			return err
 		}
 		listening()
 		for {
 			if _, err := c.WaitForNotification(ctx); err != nil {
-				return errors.Join(err, driver.ErrBadConn)
+				return err
 			}
 			wake()
 		}

@@ -1,52 +1,17 @@
 package watermilloutbox_test
 
 import (
-	"context"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/e0a82c8c/watermill-outbox/config"
-	"github.com/e0a82c8c/watermill-outbox/internal/testenv"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
-
-// TestPublisherNotifiesOnCommit: the NOTIFY travels with the transaction:
-// delivered when it commits, on the table's channel.
-func TestPublisherNotifiesOnCommit(t *testing.T) {
-	t.Parallel()
-	// The shortest interval, let pass before the second Publish: both
-	// notify, so the rolled-back transaction cannot hold the interval
-	// against the committed one.
-	const interval = 100 * time.Microsecond
-	db, pub, table := pgOutboxWith(t, config.Config{NotifyInterval: interval}, outbox.PublisherConfig{})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, testenv.PostgresDSN())
-	require.NoError(t, err)
-	defer conn.Close(context.Background())
-	_, err = conn.Exec(ctx, "LISTEN "+pgx.Identifier{outbox.NotifyChannel(table)}.Sanitize())
-	require.NoError(t, err)
-
-	tx := begin(t, db)
-	require.NoError(t, pub.WithTx(tx).Publish("t", message.NewMessage(watermill.NewUUID(), []byte("x"))))
-	require.NoError(t, tx.Rollback())
-	for start := time.Now(); time.Since(start) <= interval; {
-	}
-	tx = begin(t, db)
-	require.NoError(t, pub.WithTx(tx).Publish("t", message.NewMessage(watermill.NewUUID(), []byte("y"))))
-	require.NoError(t, tx.Commit())
-
-	n, err := conn.WaitForNotification(ctx)
-	require.NoError(t, err)
-	require.Equal(t, outbox.NotifyChannel(table), n.Channel)
-}
 
 type recordingNotifier struct {
 	mu  sync.Mutex

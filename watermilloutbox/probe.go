@@ -2,7 +2,6 @@ package watermilloutbox
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 	"strings"
 	"sync"
@@ -28,7 +27,7 @@ func (s *SQLStore) checkDialect(ctx context.Context) error {
 	if s.probe.ok.Load() {
 		return nil
 	}
-	if err := s.db.PingContext(ctx); err != nil {
+	if err := s.db.ping(ctx); err != nil {
 		return fmt.Errorf("outbox: connect: %w", err)
 	}
 	if err := probeDialect(ctx, s.db, s.t.dialect); err != nil {
@@ -39,7 +38,7 @@ func (s *SQLStore) checkDialect(ctx context.Context) error {
 }
 
 // probeDialect asks the database for its version in the dialect's own words.
-func probeDialect(ctx context.Context, db *sql.DB, d Dialect) error {
+func probeDialect(ctx context.Context, db database, d Dialect) error {
 	var q string
 	switch d {
 	case PostgreSQL:
@@ -50,7 +49,7 @@ func probeDialect(ctx context.Context, db *sql.DB, d Dialect) error {
 		q = `SELECT 'SQLite ' || sqlite_version()`
 	}
 	var version string
-	err := db.QueryRowContext(ctx, q).Scan(&version)
+	err := db.queryRow(ctx, q).Scan(&version)
 	if err == nil && dialectAnswer(d, version) {
 		return nil
 	}
@@ -58,8 +57,8 @@ func probeDialect(ctx context.Context, db *sql.DB, d Dialect) error {
 	if err != nil {
 		answer = "failed: " + err.Error()
 	}
-	return fmt.Errorf("%w: dialect %s, but the database (driver %T) %s to %q",
-		ErrDialectMismatch, d, db.Driver(), answer, q)
+	return fmt.Errorf("%w: dialect %s, but the database (driver %s) %s to %q",
+		ErrDialectMismatch, d, db.driver(), answer, q)
 }
 
 // dialectAnswer reports whether a version string fits the dialect: MySQL

@@ -16,6 +16,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/jackc/pgx/v5"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
@@ -63,9 +64,10 @@ type Notifier interface {
 // relay delivers the messages at least once; if it rolls back, so do the
 // messages.
 //
-// The transaction is found, in this order: the one bound by WithTx; the one
-// carried by the messages' context (ContextWithTx); with AutoCommit, a new
-// one on the Publisher's *sql.DB. Otherwise Publish returns ErrNoTransaction.
+// The transaction is found, in this order: the one bound by WithTx (a
+// *sql.Tx) or WithPgxTx (a pgx.Tx); the one carried by the messages'
+// context (ContextWithTx, ContextWithPgxTx); with AutoCommit, a new one on
+// the store's database. Otherwise Publish returns ErrNoTransaction.
 //
 // watermill-sql's Publisher also accepts a *sql.Tx, but it maps each topic
 // to a table of its own (and v3, which this module's benchmark compares
@@ -132,14 +134,25 @@ func NotifyChannel(table string) string {
 // relay's send span and continued by the consumers. The message itself is
 // not changed.
 func (p *Publisher) Publish(topic string, messages ...*message.Message) error {
-	return p.publish(nil, topic, messages)
+	return p.publish(callerTx{}, topic, messages)
 }
 
 // WithTx returns a message.Publisher bound to tx: every Publish on it inserts
 // under tx, whatever the messages' context says. If tx rolls back, so do the
 // messages. Closing it only stops that binding; the Publisher stays open.
+//
+// Libraries built on database/sql hand out their *sql.Tx: sqlx's Tx and
+// bun's Tx embed it (tx.Tx), gorm's is db.Statement.ConnPool.(*sql.Tx)
+// inside a Transaction callback.
 func (p *Publisher) WithTx(tx *sql.Tx) *TxPublisher {
-	return &TxPublisher{p: p, tx: tx}
+	return &TxPublisher{p: p, tx: sqlCallerTx(tx)}
+}
+
+// WithPgxTx is WithTx for a pgx transaction (github.com/jackc/pgx/v5, also
+// a pgxpool.Tx): every Publish on it inserts under tx. If tx rolls back, so
+// do the messages.
+func (p *Publisher) WithPgxTx(tx pgx.Tx) *TxPublisher {
+	return &TxPublisher{p: p, tx: pgxCallerTx(tx)}
 }
 
 // Close makes later Publish calls fail with ErrClosed, after waiting for the
@@ -155,20 +168,21 @@ func (p *Publisher) Close() error {
 // Publisher.WithTx.
 type TxPublisher struct {
 	p      *Publisher
-	tx     *sql.Tx
+	tx     callerTx
 	mu     sync.RWMutex
 	closed bool
 }
 
 // Publish inserts messages under the bound transaction. A nil transaction is
-// ErrNoTransaction, a finished one wraps sql.ErrTxDone.
+// ErrNoTransaction, a finished one wraps sql.ErrTxDone (for a pgx.Tx, and
+// pgx.ErrTxClosed).
 func (b *TxPublisher) Publish(topic string, messages ...*message.Message) error {
 	b.mu.RLock()
 	defer b.mu.RUnlock()
 	if b.closed {
 		return ErrClosed
 	}
-	if b.tx == nil {
+	if b.tx.q == nil {
 		return ErrNoTransaction
 	}
 	return b.p.publish(b.tx, topic, messages)
@@ -182,7 +196,7 @@ func (b *TxPublisher) Close() error {
 	return nil
 }
 
-func (p *Publisher) publish(tx *sql.Tx, topic string, messages []*message.Message) error {
+func (p *Publisher) publish(caller callerTx, topic string, messages []*message.Message) error {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
 	if p.closed {
@@ -202,23 +216,23 @@ func (p *Publisher) publish(tx *sql.Tx, topic string, messages []*message.Messag
 	if err := p.store.checkDialect(ctx); err != nil {
 		return err
 	}
-	if tx == nil {
-		tx, err = txOfMessages(messages)
+	if caller.q == nil {
+		caller, err = txOfMessages(messages)
 		if err != nil {
 			return err
 		}
 	}
-	if tx == nil {
+	if caller.q == nil {
 		if !p.config.AutoCommit {
 			return ErrNoTransaction
 		}
-		if err := inTx(ctx, p.store.db, func(tx *sql.Tx) error { return p.insert(ctx, tx, args) }); err != nil {
+		if err := inTx(ctx, p.store.db, func(t tx) error { return p.insert(ctx, t, args) }); err != nil {
 			return err
 		}
 		p.tell(true)
 		return nil
 	}
-	if err := p.insert(ctx, tx, args); err != nil {
+	if err := p.insert(ctx, caller.q, args); err != nil {
 		return err
 	}
 	p.tell(false)
@@ -260,11 +274,11 @@ func (p *Publisher) notifyDue() bool {
 
 // txOfMessages returns the transaction the messages' contexts carry; they
 // must all carry the same one, or none.
-func txOfMessages(messages []*message.Message) (*sql.Tx, error) {
-	first, _ := TxFromContext(messages[0].Context())
+func txOfMessages(messages []*message.Message) (callerTx, error) {
+	first := txFromContext(messages[0].Context())
 	for _, m := range messages[1:] {
-		if tx, _ := TxFromContext(m.Context()); tx != first {
-			return nil, errors.New("outbox: messages of one Publish carry different transactions")
+		if tx := txFromContext(m.Context()); tx.id != first.id {
+			return callerTx{}, errors.New("outbox: messages of one Publish carry different transactions")
 		}
 	}
 	return first, nil
@@ -334,10 +348,10 @@ func withTraceContext(m *message.Message) message.Metadata {
 	return md
 }
 
-func (p *Publisher) insert(ctx context.Context, tx *sql.Tx, args []any) error {
+func (p *Publisher) insert(ctx context.Context, tx queryer, args []any) error {
 	for len(args) > 0 {
 		n := min(len(args)/5, maxRowsPerInsert)
-		if _, err := tx.ExecContext(ctx, p.insertQuery(n), args[:5*n]...); err != nil {
+		if _, err := tx.exec(ctx, p.insertQuery(n), args[:5*n]...); err != nil {
 			return fmt.Errorf("outbox: insert into %s: %w", p.table.name, err)
 		}
 		args = args[5*n:]
@@ -345,7 +359,7 @@ func (p *Publisher) insert(ctx context.Context, tx *sql.Tx, args []any) error {
 	if p.notifyDue() {
 		// Inside the transaction: PostgreSQL delivers it on commit, when the
 		// rows are visible, and drops it on rollback.
-		if _, err := tx.ExecContext(ctx, p.notifyQuery); err != nil {
+		if _, err := tx.exec(ctx, p.notifyQuery); err != nil {
 			p.lastNotify.Store(0) // the next Publish tries again
 			return fmt.Errorf("outbox: notify: %w", err)
 		}

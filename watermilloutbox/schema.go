@@ -220,26 +220,27 @@ func lockKey(s string) int64 {
 	return int64(h.Sum64() >> 1)
 }
 
-func (t table) migrate(ctx context.Context, db *sql.DB) error {
+func (t table) migrate(ctx context.Context, db database) error {
 	switch t.dialect {
 	case PostgreSQL:
 		// Concurrent CREATE TABLE IF NOT EXISTS can still fail on
 		// PostgreSQL (a unique violation in pg_type), hence the lock.
-		return inTx(ctx, db, func(tx *sql.Tx) error {
-			if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, t.lockKey()); err != nil {
+		return inTx(ctx, db, func(tx tx) error {
+			if _, err := tx.exec(ctx, `SELECT pg_advisory_xact_lock($1)`, t.lockKey()); err != nil {
 				return err
 			}
 			return t.create(ctx, tx, func(column string) (bool, error) {
 				var n int
-				err := tx.QueryRowContext(ctx, `SELECT count(*) FROM pg_attribute WHERE attrelid = $1::regclass AND attname = $2 AND NOT attisdropped`,
+				err := tx.queryRow(ctx, `SELECT count(*) FROM pg_attribute WHERE attrelid = $1::regclass AND attname = $2 AND NOT attisdropped`,
 					t.quoted, column).Scan(&n)
 				return n > 0, err
 			}, nil)
 		})
 	case MySQL:
 		// DDL commits implicitly on MySQL, so the lock is a session lock
-		// held on one connection.
-		conn, err := db.Conn(ctx)
+		// held on one connection. (MySQL is reached through database/sql
+		// only.)
+		conn, err := db.(sqlDB).db.Conn(ctx)
 		if err != nil {
 			return err
 		}
@@ -264,7 +265,7 @@ func (t table) migrate(ctx context.Context, db *sql.DB) error {
 			err := conn.QueryRowContext(ctx, q, append(slices.Clone(schemaArgs), args...)...).Scan(&n)
 			return n > 0, err
 		}
-		return t.create(ctx, conn, func(column string) (bool, error) {
+		return t.create(ctx, sqlQueryer{conn}, func(column string) (bool, error) {
 			return count(`SELECT count(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = `+schema+` AND TABLE_NAME = ? AND COLUMN_NAME = ?`, t.base, column)
 		}, func(index string) (bool, error) {
 			return count(`SELECT count(*) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = `+schema+` AND TABLE_NAME = ? AND INDEX_NAME = ?`, t.base, index)
@@ -274,14 +275,14 @@ func (t table) migrate(ctx context.Context, db *sql.DB) error {
 		// beside the one writer; it is a property of the file, so setting
 		// it once here holds for every connection. It cannot change inside
 		// a transaction.
-		if _, err := db.ExecContext(ctx, `PRAGMA journal_mode=WAL`); err != nil {
+		if _, err := db.exec(ctx, `PRAGMA journal_mode=WAL`); err != nil {
 			return err
 		}
 		// SQLite serialises writers; one transaction makes it atomic.
-		return inTx(ctx, db, func(tx *sql.Tx) error {
+		return inTx(ctx, db, func(tx tx) error {
 			return t.create(ctx, tx, func(column string) (bool, error) {
 				var n int
-				err := tx.QueryRowContext(ctx, `SELECT count(*) FROM pragma_table_info(?, ?) WHERE name = ?`,
+				err := tx.queryRow(ctx, `SELECT count(*) FROM pragma_table_info(?, ?) WHERE name = ?`,
 					t.base, cmp.Or(t.schema, "main"), column).Scan(&n)
 				return n > 0, err
 			}, nil)
@@ -294,7 +295,7 @@ func (t table) migrate(ctx context.Context, db *sql.DB) error {
 // the claim's indexes, and drops the indexes the claim no longer reads.
 // hasColumn and hasIndex look in the catalog; hasIndex is nil where
 // CREATE INDEX IF NOT EXISTS and DROP INDEX IF EXISTS do the looking.
-func (t table) create(ctx context.Context, db queryExecer, hasColumn, hasIndex func(name string) (bool, error)) error {
+func (t table) create(ctx context.Context, db queryer, hasColumn, hasIndex func(name string) (bool, error)) error {
 	ddl := t.ddl() // the table, then its indexes (but on MySQL)
 	if err := execAll(ctx, db, ddl[:1]); err != nil {
 		return err
@@ -370,32 +371,11 @@ func (t table) now() string {
 	}
 }
 
-type queryExecer interface {
-	execer
-	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
-}
-
-type execer interface {
-	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
-}
-
-func execAll(ctx context.Context, db execer, stmts []string) error {
-	for _, s := range stmts {
-		if _, err := db.ExecContext(ctx, s); err != nil {
+func execAll(ctx context.Context, db queryer, stmts []string) error {
+	for _, q := range stmts {
+		if _, err := db.exec(ctx, q); err != nil {
 			return err
 		}
 	}
 	return nil
-}
-
-// inTx runs fn in a transaction, committing when it returns nil.
-func inTx(ctx context.Context, db *sql.DB, fn func(tx *sql.Tx) error) error {
-	tx, err := db.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	if err := fn(tx); err != nil {
-		return errors.Join(err, tx.Rollback())
-	}
-	return tx.Commit()
 }

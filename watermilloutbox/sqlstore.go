@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/e0a82c8c/watermill-outbox/config"
 )
@@ -46,7 +47,9 @@ type SQLStoreConfig struct {
 // and an id cursor that skips rows committed out of id order), and has no
 // leases, attempts or dead state. Hence the queries below.
 type SQLStore struct {
-	db     *sql.DB
+	db     database
+	sqlDB  *sql.DB       // db's *sql.DB, nil over a pgx pool
+	pool   *pgxpool.Pool // db's pgx pool, nil over a *sql.DB
 	config config.Config
 	t      table
 	logger watermill.LoggerAdapter
@@ -68,19 +71,55 @@ func NewSQLStore(db *sql.DB, config SQLStoreConfig, logger watermill.LoggerAdapt
 	if db == nil {
 		return nil, errors.New("invalid config: db is nil")
 	}
-	config.Outbox.SetDefaults()
+	s, err := newStore(sqlDB{db}, config.Dialect, config.Outbox, logger)
+	if err != nil {
+		return nil, err
+	}
+	s.sqlDB = db
+	return s, nil
+}
+
+// PgxStoreConfig configures a store over a pgx pool (NewPgxStore).
+type PgxStoreConfig struct {
+	// Outbox holds every setting: the table, and what the publisher and
+	// the relay built on this store run by (see config.Config). Zero
+	// fields take the defaults documented there.
+	Outbox config.Config
+}
+
+// NewPgxStore returns the store of the outbox table config.Outbox.Table on
+// a PostgreSQL pgx pool, for services that use pgx (github.com/jackc/pgx/v5)
+// and no database/sql: the relay claims, writes, LISTENs (on a connection of
+// its own, taken from the pool) and reads Stats through pool, and a
+// Publisher built on the store writes under a pgx.Tx (WithPgxTx,
+// ContextWithPgxTx) as under a *sql.Tx. It does not touch the database:
+// Migrate creates the table. A nil logger logs nothing.
+func NewPgxStore(pool *pgxpool.Pool, config PgxStoreConfig, logger watermill.LoggerAdapter) (*SQLStore, error) {
+	if pool == nil {
+		return nil, errors.New("invalid config: pool is nil")
+	}
+	s, err := newStore(pgxDB{pool}, PostgreSQL, config.Outbox, logger)
+	if err != nil {
+		return nil, err
+	}
+	s.pool = pool
+	return s, nil
+}
+
+func newStore(db database, dialect Dialect, cfg config.Config, logger watermill.LoggerAdapter) (*SQLStore, error) {
+	cfg.SetDefaults()
 	// The table first: its error is ErrInvalidTableName.
-	t, err := newTable(config.Dialect, config.Outbox.Table)
+	t, err := newTable(dialect, cfg.Table)
 	if err != nil {
 		return nil, fmt.Errorf("invalid config: %w", err)
 	}
-	if err := config.Outbox.Validate(); err != nil {
+	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid config: %w", err)
 	}
 	if logger == nil {
 		logger = watermill.NopLogger{}
 	}
-	return &SQLStore{db: db, config: config.Outbox, t: t, logger: logger, q: claimSQL{t}}, nil
+	return &SQLStore{db: db, config: cfg, t: t, logger: logger, q: claimSQL{t}}, nil
 }
 
 // Config implements Store: the settings the store was built with, defaults
@@ -90,8 +129,11 @@ func (s *SQLStore) Config() config.Config { return s.config }
 // Dialect returns the store's dialect.
 func (s *SQLStore) Dialect() Dialect { return s.t.dialect }
 
-// DB returns the store's database handle.
-func (s *SQLStore) DB() *sql.DB { return s.db }
+// DB returns the store's *sql.DB; nil for a store over a pgx pool.
+func (s *SQLStore) DB() *sql.DB { return s.sqlDB }
+
+// Pool returns the store's pgx pool; nil for a store over a *sql.DB.
+func (s *SQLStore) Pool() *pgxpool.Pool { return s.pool }
 
 // Migrate creates the outbox table and its indexes if they do not exist,
 // after checking that the database is the one the Dialect names
@@ -168,13 +210,9 @@ func (s *SQLStore) rowColumns(alias string) string {
 		s.createdMicros(alias) + ", " + a + "attempts"
 }
 
-type querier interface {
-	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
-}
-
 // queryIDs runs q, which selects one integer column.
-func queryIDs(ctx context.Context, db querier, q string, args []any) ([]int64, error) {
-	rs, err := db.QueryContext(ctx, q, args...)
+func queryIDs(ctx context.Context, db queryer, q string, args []any) ([]int64, error) {
+	rs, err := db.query(ctx, q, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -200,7 +238,7 @@ const (
 )
 
 // queryRows runs q, which selects rowColumns and the extra column.
-func (s *SQLStore) queryRows(ctx context.Context, db querier, q string, args []any, extra rowExtra) ([]Row, error) {
+func (s *SQLStore) queryRows(ctx context.Context, db queryer, q string, args []any, extra rowExtra) ([]Row, error) {
 	var out []Row
 	err := s.scanRows(ctx, db, q, args, extra, func(r Row, _ sql.NullString) { out = append(out, r) })
 	return out, err
@@ -209,8 +247,8 @@ func (s *SQLStore) queryRows(ctx context.Context, db querier, q string, args []a
 // scanRows runs q, which selects rowColumns and the extra column, and hands
 // each row to fn. It is the one place rows are read: metadata decoded, a
 // NULL key made "", a nil payload made empty.
-func (s *SQLStore) scanRows(ctx context.Context, db querier, q string, args []any, extra rowExtra, fn func(Row, sql.NullString)) error {
-	rs, err := db.QueryContext(ctx, q, args...)
+func (s *SQLStore) scanRows(ctx context.Context, db queryer, q string, args []any, extra rowExtra, fn func(Row, sql.NullString)) error {
+	rs, err := db.query(ctx, q, args...)
 	if err != nil {
 		return err
 	}
@@ -247,13 +285,9 @@ func (s *SQLStore) scanRows(ctx context.Context, db querier, q string, args []an
 
 // exec runs a fenced write and returns the rows it changed.
 func (s *SQLStore) exec(ctx context.Context, op, q string, args ...any) (int, error) {
-	res, err := s.db.ExecContext(ctx, q, args...)
+	n, err := s.db.exec(ctx, q, args...)
 	if err != nil {
 		return 0, fmt.Errorf("outbox: %s: %w", op, markContention(err))
-	}
-	n, err := res.RowsAffected()
-	if err != nil {
-		return 0, fmt.Errorf("outbox: %s: %w", op, err)
 	}
 	return int(n), nil
 }

@@ -78,7 +78,7 @@ func (s *SQLStore) Stats(ctx context.Context) (Stats, error) {
 		out.Topics[i].Topic = name
 	}
 	q, args := s.statsQuery(topics)
-	rs, err := s.db.QueryContext(ctx, q, args...)
+	rs, err := s.db.query(ctx, q, args...)
 	if err != nil {
 		return Stats{}, fmt.Errorf("outbox: stats: %w", err)
 	}
@@ -160,8 +160,8 @@ func (s *SQLStore) statsQuery(topics []string) (string, []any) {
 }
 
 // queryStrings runs q, which selects one text column.
-func queryStrings(ctx context.Context, db querier, q string, args ...any) ([]string, error) {
-	rs, err := db.QueryContext(ctx, q, args...)
+func queryStrings(ctx context.Context, db queryer, q string, args ...any) ([]string, error) {
+	rs, err := db.query(ctx, q, args...)
 	if err != nil {
 		return nil, err
 	}

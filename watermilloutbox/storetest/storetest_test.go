@@ -74,6 +74,22 @@ func TestSQLStoreMySQL(t *testing.T) {
 	storetest.Run(t, sqlHarness(outbox.MySQL, testenv.MySQL))
 }
 
+// TestPgxStore: the store over a pgx pool passes the same kit.
+func TestPgxStore(t *testing.T) {
+	t.Parallel()
+	h := sqlHarness(outbox.PostgreSQL, testenv.Postgres)
+	h.New = func(t *testing.T) (outbox.Store, storetest.Insert) {
+		pool := testenv.PostgresPool(t)
+		table := testenv.TableName(t)
+		store, err := outbox.NewPgxStore(pool, outbox.PgxStoreConfig{Outbox: config.Config{Table: table}}, nil)
+		require.NoError(t, err)
+		require.NoError(t, store.Migrate(context.Background()))
+		t.Cleanup(func() { _, _ = pool.Exec(context.Background(), `DROP TABLE IF EXISTS `+table) })
+		return store, inserter(store)
+	}
+	storetest.Run(t, h)
+}
+
 func TestSQLStoreSQLite(t *testing.T) {
 	t.Parallel()
 	storetest.Run(t, sqlHarness(outbox.SQLite, testenv.SQLite))

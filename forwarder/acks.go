@@ -60,4 +60,5 @@ func (sub *subscription) onFlushed(r flushed) {
 			watermill.LogFields{"acked": len(r.ids), "recorded": r.recorded})
 	}
 	sub.win.remove(r.ids)
+	sub.sched.onSettled()
 }

@@ -20,6 +20,12 @@ type schedule struct {
 	due      bool // a claim should start as soon as the window allows
 	claiming bool // a claim is running
 	backlog  bool // the last claim came back full or said more rows are due
+	// afterSettle: the last claim came back short while the window held
+	// rows. With per-key order a key's next rows are claimable only once
+	// its rows in this window are acked, so a claim is due when the window
+	// next gives rows up (measured: 100 keys × 20 rows drained at 195/s,
+	// a poll interval per step, without it).
+	afterSettle bool
 	// A wake-up asked for the claim now running (or about to): look once
 	// more one notify interval after the wake-up arrived, for the commits
 	// whose publishers skipped their NOTIFY (see the Publisher's
@@ -76,10 +82,12 @@ func (s *schedule) start(free int) int {
 }
 
 // onClaimed: the claim returned got rows out of the limit it asked, and
-// more when the store said more rows may be due.
-func (s *schedule) onClaimed(got, limit int, more bool) {
+// more when the store said more rows may be due; held is the window's size
+// with them.
+func (s *schedule) onClaimed(got, limit int, more bool, held int) {
 	s.claiming = false
 	s.backlog = more || got > 0 && got >= limit
+	s.afterSettle = !s.backlog && held > 0
 	switch {
 	case s.backlog:
 		s.due = true
@@ -88,6 +96,14 @@ func (s *schedule) onClaimed(got, limit int, more bool) {
 		s.timer.Reset(max(0, min(s.notify, s.poll)-time.Since(s.wokeAt)))
 	default:
 		s.timer.Reset(s.poll)
+	}
+}
+
+// onSettled: rows left the window (acked, retried, dead or released).
+func (s *schedule) onSettled() {
+	if s.afterSettle {
+		s.afterSettle = false
+		s.due, s.backlog = true, true
 	}
 }
 

@@ -143,4 +143,5 @@ func (sub *subscription) write(op WriteOp, ids []int64, write func(ctx context.C
 func (sub *subscription) onSettled(r settled) {
 	sub.settling--
 	sub.win.remove(r.ids)
+	sub.sched.onSettled()
 }

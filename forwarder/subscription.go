@@ -175,8 +175,8 @@ func (sub *subscription) onClaimed(r claimed) {
 		return
 	}
 	sub.retries.claim.succeeded()
-	sub.sched.onClaimed(len(r.rows), r.limit, r.more)
 	readied := sub.win.add(r.token, r.rows, time.Now())
+	sub.sched.onClaimed(len(r.rows), r.limit, r.more, sub.win.size())
 	if sub.draining {
 		// Claimed while closing: give them straight back.
 		sub.release(sub.win.unemitted())

@@ -434,16 +434,26 @@ func TestCLIHelpShowsNoPassword(t *testing.T) {
 	require.Contains(t, r.stderr, "Commands:")
 }
 
-// TestCLIRelay: the relay subcommand relays, serves /healthz and /metrics,
-// logs no password, and exits 0 on SIGTERM.
+// TestCLIRelay: the relay subcommand relays, over database/sql or a pgx
+// pool, serves /healthz and the outbox's /metrics, logs no password, and
+// exits 0 on SIGTERM.
 func TestCLIRelay(t *testing.T) {
 	t.Parallel()
+	for _, driver := range []string{"database/sql", "pgx"} {
+		t.Run(strings.ReplaceAll(driver, "/", "_"), func(t *testing.T) {
+			t.Parallel()
+			testCLIRelay(t, driver)
+		})
+	}
+}
+
+func testCLIRelay(t *testing.T, driver string) {
 	url := testenv.AMQPURL(t)
 	bin := buildCLI(t)
 	f := newFixture(t, bin, cliDBs[0])
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, "relay", "--metrics-addr", "127.0.0.1:0", "--amqp-url", url)
+	cmd := exec.CommandContext(ctx, bin, "relay", "--metrics-addr", "127.0.0.1:0", "--amqp-url", url, "--driver", driver)
 	cmd.Env = f.cli.env
 	stderr, err := cmd.StderrPipe()
 	require.NoError(t, err)
@@ -476,6 +486,7 @@ func TestCLIRelay(t *testing.T) {
 	body, _ = io.ReadAll(resp.Body)
 	_ = resp.Body.Close()
 	require.Contains(t, string(body), "go_goroutines ")
+	require.True(t, strings.Contains(string(body), "outbox_stats_last_refresh_timestamp_seconds "), "the outbox's metrics are served")
 
 	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
 	waitLog("relay: stopped")

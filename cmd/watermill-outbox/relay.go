@@ -20,13 +20,14 @@ import (
 	"github.com/e0a82c8c/watermill-outbox/config"
 	"github.com/e0a82c8c/watermill-outbox/forwarder"
 	"github.com/e0a82c8c/watermill-outbox/internal/dburl"
+	"github.com/e0a82c8c/watermill-outbox/metrics"
 	"github.com/e0a82c8c/watermill-outbox/sink"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
 
 const relayUsage = `Usage:
   watermill-outbox relay [--database-url URL] [--sink kafka|amqp] [--kafka-brokers H:P,...] [--amqp-url URL]
-                         [--metrics-addr ADDR] [--health-max-pause D] [overrides]
+                         [--driver database/sql|pgx] [--metrics-addr ADDR] [--health-max-pause D] [overrides]
 
 Runs one relay (forwarder.Forwarder) from the outbox table to Kafka or
 RabbitMQ until SIGINT or SIGTERM; then it gives its claims back and exits 0.
@@ -42,6 +43,7 @@ Each flag defaults to an environment variable:
   --kafka-brokers            OUTBOX_KAFKA_BROKERS, comma-separated host:port
   --kafka-max-message-bytes  OUTBOX_KAFKA_MAX_MESSAGE_BYTES (0: the sink's default)
   --amqp-url                 OUTBOX_AMQP_URL, amqp://user:pass@host:5672/
+  --driver                   OUTBOX_DATABASE_DRIVER, PostgreSQL only: database/sql (default) or pgx (a pgx pool)
   --metrics-addr             OUTBOX_METRICS_ADDR, e.g. :9464 (empty: no HTTP server)
   --health-max-pause         OUTBOX_HEALTH_MAX_PAUSE_SECONDS (default 60)
   --table                    OUTBOX_TABLE
@@ -51,7 +53,8 @@ OUTBOX_CLAIM_TIMEOUT_SECONDS, OUTBOX_BATCH_SIZE, OUTBOX_MAX_IN_FLIGHT,
 OUTBOX_POLLING_INTERVAL_SECONDS and OUTBOX_DISABLE_ORDERING when given.
 
 With --metrics-addr the relay serves over HTTP:
-  /metrics  Prometheus metrics
+  /metrics  Prometheus metrics: the outbox's (package metrics: backlog per
+            topic, relay counters and latencies) and the Go runtime's
   /healthz  200 "ok" while the database answers and the relay has not been
             paused, waiting for an unavailable broker, for longer than
             --health-max-pause; else 503 and the reasons, one per line
@@ -75,6 +78,7 @@ type relaySettings struct {
 	outbox        config.Config
 	metricsAddr   string
 	maxPause      time.Duration
+	pgx           bool // the store over a pgx pool instead of database/sql
 }
 
 // parseRelay reads the relay's flags and environment. Its error reports
@@ -88,6 +92,7 @@ func (a *app) parseRelay(args []string) (relaySettings, error) {
 	maxBytes := f.String("kafka-max-message-bytes", "", "Kafka producer message limit; 0 = the sink's default")
 	amqpURL := f.String("amqp-url", "", "RabbitMQ URL")
 	metricsAddr := f.String("metrics-addr", "", "serve /metrics and /healthz on this address (host:port or :port)")
+	driver := f.String("driver", "", "PostgreSQL only: database/sql (the default) or pgx (a pgx pool, no database/sql)")
 	maxPause := f.String("health-max-pause", "", "longest pause for an unavailable broker before /healthz fails (seconds or a Go duration)")
 	lease := f.Duration("lease", 0, "claim timeout (overrides OUTBOX_CLAIM_TIMEOUT_SECONDS)")
 	batch := f.Int("batch", 0, "claim batch size (overrides OUTBOX_BATCH_SIZE)")
@@ -160,6 +165,17 @@ func (a *app) parseRelay(args []string) (relaySettings, error) {
 		}
 	}
 
+	switch drv, setting := value("driver", driver, "OUTBOX_DATABASE_DRIVER"); drv {
+	case "", "database/sql":
+	case "pgx":
+		if s.db.Dialect != "" && s.db.Dialect != outbox.PostgreSQL {
+			bad("%s: pgx is for PostgreSQL, the database is %s", setting, s.db.Kind)
+		}
+		s.pgx = true
+	default:
+		bad("%s: want database/sql or pgx, got %q", setting, drv)
+	}
+
 	addr, addrSetting := value("metrics-addr", metricsAddr, "OUTBOX_METRICS_ADDR")
 	if s.metricsAddr = addr; addr != "" {
 		if _, port, err := net.SplitHostPort(addr); err != nil || port == "" {
@@ -229,38 +245,60 @@ func (a *app) relay(ctx context.Context, args []string) error {
 		return usagef("%s", err)
 	}
 	defer dest.Close()
-	db, err := s.db.OpenLazy()
-	if err != nil {
-		return usagef("%s", err)
+	var store *outbox.SQLStore
+	var ping func(context.Context) error
+	if s.pgx {
+		pool, err := s.db.OpenPgxPool()
+		if err != nil {
+			return usagef("%s", err)
+		}
+		defer pool.Close()
+		if store, err = outbox.NewPgxStore(pool, outbox.PgxStoreConfig{Outbox: s.outbox}, logger); err != nil {
+			return usagef("%s", err)
+		}
+		ping = pool.Ping
+	} else {
+		db, err := s.db.OpenLazy()
+		if err != nil {
+			return usagef("%s", err)
+		}
+		defer db.Close()
+		if store, err = outbox.NewSQLStore(db, outbox.SQLStoreConfig{Dialect: s.db.Dialect, Outbox: s.outbox}, logger); err != nil {
+			return usagef("%s", err)
+		}
+		ping = db.PingContext
 	}
-	defer db.Close()
-	store, err := outbox.NewSQLStore(db, outbox.SQLStoreConfig{Dialect: s.db.Dialect, Outbox: s.outbox}, logger)
-	if err != nil {
-		return usagef("%s", err)
-	}
-	h := newHealth(db.PingContext, s.maxPause)
+	h := newHealth(ping, s.maxPause)
+	var obs forwarder.Observer
 	if s.metricsAddr != "" {
 		ln, err := net.Listen("tcp", s.metricsAddr)
 		if err != nil {
 			return usagef("--metrics-addr (OUTBOX_METRICS_ADDR): %s", dburl.Cause(err))
 		}
-		stop := serveMetrics(ln, newRegistry(), h, logger)
+		reg := newRegistry()
+		m, err := metrics.New(store, metrics.Config{}, logger)
+		if err != nil {
+			return err
+		}
+		reg.MustRegister(m)
+		obs = m
+		stop := serveMetrics(ln, reg, h, logger)
 		defer stop()
 		logger.Info("relay: serving /metrics and /healthz", watermill.LogFields{"addr": ln.Addr().String()})
 	}
-	runRelay(ctx, s, store, dest, h, logger)
+	runRelay(ctx, s, store, dest, h, obs, logger)
 	logger.Info("relay: stopped", watermill.LogFields{"pid": os.Getpid()})
 	return nil
 }
 
 // runRelay relays until ctx ends. Nothing but the end of ctx makes it
 // return.
-func runRelay(ctx context.Context, s relaySettings, store *outbox.SQLStore, dest message.Publisher, h *health, logger watermill.LoggerAdapter) {
+func runRelay(ctx context.Context, s relaySettings, store *outbox.SQLStore, dest message.Publisher, h *health, obs forwarder.Observer, logger watermill.LoggerAdapter) {
 	if !retry(ctx, logger, "migrate the outbox table", func() error { return store.Migrate(ctx) }) {
 		return
 	}
 	for backoff := time.Second; ; backoff = min(2*backoff, 30*time.Second) {
-		fwd, err := forwarder.NewForwarder(store, dest, forwarder.Config{}, logger)
+		fwd, err := forwarder.NewForwarder(store, dest, forwarder.Config{Observer: obs}, logger)
 		if err != nil {
 			// Every setting was validated: only a bug gets here.
 			logger.Error("relay: forwarder", err, nil)
@@ -274,7 +312,7 @@ func runRelay(ctx context.Context, s relaySettings, store *outbox.SQLStore, dest
 				logger.Info("relay: running", watermill.LogFields{
 					"pid": os.Getpid(), "database": s.db.String(), "table": s.outbox.Table, "sink": s.sink,
 					"lease": s.outbox.ClaimTimeout.String(), "batch": s.outbox.BatchSize,
-					"max_in_flight": s.outbox.MaxInFlight, "ordered": !s.outbox.DisableOrdering,
+					"max_in_flight": s.outbox.MaxInFlight, "ordered": !s.outbox.DisableOrdering, "pgx": s.pgx,
 				})
 			case <-ctx.Done():
 			}

@@ -18,6 +18,7 @@ import (
 	"github.com/go-sql-driver/mysql"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 	_ "github.com/jackc/pgx/v5/stdlib" // driver "pgx"
 	_ "modernc.org/sqlite"             // driver "sqlite"
 
@@ -138,6 +139,23 @@ func (d Database) OpenLazy() (*sql.DB, error) {
 		return nil, errors.New(d.Scrub(fmt.Sprintf("open %s: %s", d, Cause(err))))
 	}
 	return db, nil
+}
+
+// OpenPgxPool opens a pgx pool on a PostgreSQL database without
+// connecting, for a relay over pgx (it connects on first use).
+func (d Database) OpenPgxPool() (*pgxpool.Pool, error) {
+	if d.Dialect != outbox.PostgreSQL {
+		return nil, fmt.Errorf("the pgx driver is for PostgreSQL, not %s", d.Kind)
+	}
+	cfg, err := pgxpool.ParseConfig(d.dsn)
+	if err != nil {
+		return nil, errors.New(d.Scrub(fmt.Sprintf("open %s: %s", d, Cause(err))))
+	}
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		return nil, errors.New(d.Scrub(fmt.Sprintf("open %s: %s", d, Cause(err))))
+	}
+	return pool, nil
 }
 
 // Scrub replaces the URL's password in s by ***: for text that may quote

@@ -86,7 +86,9 @@ SELECT gen_random_uuid()::text, 'topic-' || (g % 5), CASE WHEN g % 2 = 0 THEN 'k
 	if err != nil {
 		return result{}, err
 	}
-	ms := func(d time.Duration) string { return strconv.FormatFloat(float64(d.Microseconds())/1000, 'f', 1, 64) + "ms" }
+	ms := func(d time.Duration) string {
+		return strconv.FormatFloat(float64(d.Microseconds())/1000, 'f', 1, 64) + "ms"
+	}
 	return result{n: r.o.backlog, fields: []string{
 		fmt.Sprintf("pending_p50=%s", ms(pending[len(pending)/2])), fmt.Sprintf("pending_max=%s", ms(pending[len(pending)-1])),
 		fmt.Sprintf("published_p50=%s", ms(published[len(published)/2])), fmt.Sprintf("published_max=%s", ms(published[len(published)-1])),

@@ -10,8 +10,6 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-
-	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
 
 // TestManyInstancesUnderKills: three relay processes share one PostgreSQL
@@ -20,7 +18,9 @@ import (
 // comes first) one of them, at random, is killed with SIGKILL and
 // restarted. Nothing is lost and no key's events reach the broker out of
 // order.
-func TestManyInstancesUnderKills(t *testing.T) {
+func TestManyInstancesUnderKills(t *testing.T) { postgresDrivers(t, testManyInstancesUnderKills) }
+
+func testManyInstancesUnderKills(t *testing.T, newScenario func(*testing.T) *scenario) {
 	const (
 		events    = 20000
 		keys      = 500
@@ -28,7 +28,7 @@ func TestManyInstancesUnderKills(t *testing.T) {
 		window    = 1000
 		every     = time.Second // between kills
 	)
-	s := newScenario(t, outbox.PostgreSQL)
+	s := newScenario(t)
 	k := startKafka(t, false, s.topic)
 	s.prewrite(events, 1000, func(i int) string { return fmt.Sprintf("key-%d", i%keys) })
 

@@ -10,21 +10,21 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-
-	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
 
 // TestKill9DuringDrain: a relay process is killed with SIGKILL twenty times
 // while it drains 20,000 events from PostgreSQL to Kafka, and restarted each
 // time. Every committed event reaches the broker; the duplicates are at most
 // the in-flight window per kill.
-func TestKill9DuringDrain(t *testing.T) {
+func TestKill9DuringDrain(t *testing.T) { postgresDrivers(t, testKill9DuringDrain) }
+
+func testKill9DuringDrain(t *testing.T, newScenario func(*testing.T) *scenario) {
 	const (
 		events = 20000
 		kills  = 20
 		window = 1000 // MaxInFlight: claimed, unsettled rows per relay
 	)
-	s := newScenario(t, outbox.PostgreSQL)
+	s := newScenario(t)
 	k := startKafka(t, false, s.topic)
 	s.prewrite(events, 1000, func(i int) string { return fmt.Sprintf("key-%d", i%500) })
 

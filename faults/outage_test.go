@@ -88,10 +88,12 @@ func (o *outageRun) finish(t *testing.T, saw ...string) {
 
 // TestBrokerOutageRabbitMQ: RabbitMQ is stopped (rabbitmqctl stop_app) for
 // 20 s mid-drain.
-func TestBrokerOutageRabbitMQ(t *testing.T) {
+func TestBrokerOutageRabbitMQ(t *testing.T) { postgresDrivers(t, testBrokerOutageRabbitMQ) }
+
+func testBrokerOutageRabbitMQ(t *testing.T, newScenario func(*testing.T) *scenario) {
 	url := amqpURL(t)
 	svc := rabbitService(t)
-	s := newScenario(t, outbox.PostgreSQL)
+	s := newScenario(t)
 	amqpQueue(t, url, s.topic)
 	// Locked before the writer starts: waiting for others' tests must not
 	// pile up events.
@@ -111,8 +113,10 @@ func TestBrokerOutageRabbitMQ(t *testing.T) {
 // TestBrokerOutageKafka: the Kafka broker (kfake, persisting to disk) is
 // closed for 10 s mid-drain and started again on the same address with the
 // same log.
-func TestBrokerOutageKafka(t *testing.T) {
-	s := newScenario(t, outbox.PostgreSQL)
+func TestBrokerOutageKafka(t *testing.T) { postgresDrivers(t, testBrokerOutageKafka) }
+
+func testBrokerOutageKafka(t *testing.T, newScenario func(*testing.T) *scenario) {
+	s := newScenario(t)
 	k := startKafka(t, true, s.topic)
 	o := startOutageRun(t, s, map[string]string{"OUTBOX_SINK": "kafka", "OUTBOX_KAFKA_BROKERS": k.addr})
 
@@ -128,9 +132,11 @@ func TestBrokerOutageKafka(t *testing.T) {
 // TestDatabaseOutagePostgres: PostgreSQL is stopped for 5 s mid-drain and
 // started again (pg_ctlcluster stop -m fast, start); the relay process keeps
 // running through it.
-func TestDatabaseOutagePostgres(t *testing.T) {
+func TestDatabaseOutagePostgres(t *testing.T) { postgresDrivers(t, testDatabaseOutagePostgres) }
+
+func testDatabaseOutagePostgres(t *testing.T, newScenario func(*testing.T) *scenario) {
 	svc := postgresService(t)
-	s := newScenario(t, outbox.PostgreSQL)
+	s := newScenario(t)
 	k := startKafka(t, false, s.topic)
 	unlock := lockServices(t)
 	o := startOutageRun(t, s, map[string]string{"OUTBOX_SINK": "kafka", "OUTBOX_KAFKA_BROKERS": k.addr})

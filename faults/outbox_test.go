@@ -5,6 +5,7 @@ package faults_test
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
 	"github.com/e0a82c8c/watermill-outbox/config"
@@ -46,9 +48,12 @@ type scenario struct {
 	dialect outbox.Dialect
 	dsn     string
 	db      *sql.DB
-	table   string
-	topic   string
-	pub     *outbox.Publisher
+	// pool is set when the scenario runs over pgx: its service commits in
+	// pgx transactions and its relays run with --driver pgx.
+	pool  *pgxpool.Pool
+	table string
+	topic string
+	pub   *outbox.Publisher
 
 	mu        sync.Mutex
 	committed map[string]event
@@ -58,6 +63,22 @@ type scenario struct {
 	// table says which committed.
 	uncertain map[string]event
 	nextSeq   map[string]int
+}
+
+// postgresDrivers runs a PostgreSQL scenario twice: with database/sql, and
+// with pgx (the service's transactions and the relay's store over pgx
+// pools).
+func postgresDrivers(t *testing.T, run func(t *testing.T, newScenario func(*testing.T) *scenario)) {
+	t.Run("database_sql", func(t *testing.T) {
+		run(t, func(t *testing.T) *scenario { return newScenario(t, outbox.PostgreSQL) })
+	})
+	t.Run("pgx", func(t *testing.T) {
+		run(t, func(t *testing.T) *scenario {
+			s := newScenario(t, outbox.PostgreSQL)
+			s.pool = testenv.PostgresPool(t)
+			return s
+		})
+	})
 }
 
 func newScenario(t *testing.T, dialect outbox.Dialect) *scenario {
@@ -94,6 +115,9 @@ func (s *scenario) relayEnv(extra map[string]string) map[string]string {
 		"OUTBOX_RETRY_BACKOFF_MAX_SECONDS":   "1",
 		"OUTBOX_PUBLISHED_RETENTION_SECONDS": "3600",
 	}
+	if s.pool != nil {
+		env["OUTBOX_DATABASE_DRIVER"] = "pgx"
+	}
 	for k, v := range extra {
 		env[k] = v
 	}
@@ -128,15 +152,15 @@ func (s *scenario) newEvents(n int, keyOf func(i int) string) []*message.Message
 func (s *scenario) commit(topic string, msgs ...*message.Message) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
+	var err error
+	if s.pool != nil {
+		err = s.commitPgx(ctx, topic, msgs)
+	} else {
+		err = s.commitSQL(ctx, topic, msgs)
+	}
+	if errors.Is(err, errNotWritten) {
 		return err
 	}
-	if err := s.pub.WithTx(tx).Publish(topic, msgs...); err != nil {
-		_ = tx.Rollback()
-		return err
-	}
-	err = tx.Commit()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	into := s.committed
@@ -147,6 +171,33 @@ func (s *scenario) commit(topic string, msgs ...*message.Message) error {
 		into[m.UUID] = eventOf(m)
 	}
 	return err
+}
+
+// errNotWritten: the events were not written (no COMMIT was tried).
+var errNotWritten = errors.New("events not written")
+
+func (s *scenario) commitSQL(ctx context.Context, topic string, msgs []*message.Message) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return errors.Join(errNotWritten, err)
+	}
+	if err := s.pub.WithTx(tx).Publish(topic, msgs...); err != nil {
+		_ = tx.Rollback()
+		return errors.Join(errNotWritten, err)
+	}
+	return tx.Commit()
+}
+
+func (s *scenario) commitPgx(ctx context.Context, topic string, msgs []*message.Message) error {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return errors.Join(errNotWritten, err)
+	}
+	if err := s.pub.WithPgxTx(tx).Publish(topic, msgs...); err != nil {
+		_ = tx.Rollback(ctx)
+		return errors.Join(errNotWritten, err)
+	}
+	return tx.Commit(ctx)
 }
 
 func eventOf(m *message.Message) event {

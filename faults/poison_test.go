@@ -15,7 +15,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/e0a82c8c/watermill-outbox/sink"
-	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
 
 // invalidKafkaTopic passes the outbox's own topic check (no whitespace or
@@ -45,8 +44,10 @@ func oversized() []byte { return bytes.Repeat([]byte("x"), 2*sink.DefaultKafkaMa
 // TestPoisonUnordered: among 1,000 good events, one too large for Kafka and
 // one for a topic Kafka refuses. Both end dead with a readable last_error,
 // after one attempt; the others are all delivered, none dead.
-func TestPoisonUnordered(t *testing.T) {
-	s := newScenario(t, outbox.PostgreSQL)
+func TestPoisonUnordered(t *testing.T) { postgresDrivers(t, testPoisonUnordered) }
+
+func testPoisonUnordered(t *testing.T, newScenario func(*testing.T) *scenario) {
+	s := newScenario(t)
 	k := startPoisonKafka(t, s.topic)
 	keyOf := func(i int) string { return fmt.Sprintf("key-%d", i%20) }
 
@@ -80,8 +81,10 @@ func TestPoisonUnordered(t *testing.T) {
 // events of its own key written after it are held back; once it is dead
 // they follow, in order. The oversized message holds its key back only
 // until it is dead (at once: the error is permanent).
-func TestPoisonOrdered(t *testing.T) {
-	s := newScenario(t, outbox.PostgreSQL)
+func TestPoisonOrdered(t *testing.T) { postgresDrivers(t, testPoisonOrdered) }
+
+func testPoisonOrdered(t *testing.T, newScenario func(*testing.T) *scenario) {
+	s := newScenario(t)
 	k := startPoisonKafka(t, s.topic)
 
 	// The slow poison's key gets a partition of its own: Kafka accepts or

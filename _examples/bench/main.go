@@ -109,6 +109,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
 	_ "github.com/jackc/pgx/v5/stdlib" // driver "pgx"
 
 	"github.com/e0a82c8c/watermill-outbox/config"
@@ -136,6 +137,8 @@ type options struct {
 	duration   time.Duration
 	window     time.Duration
 	noWake     bool
+	driver     string
+	metrics    bool
 	timeout    time.Duration
 	cpuProfile string
 	only       string
@@ -181,6 +184,8 @@ func main() {
 	flag.DurationVar(&o.duration, "duration", 30*time.Minute, "soak: how long to publish")
 	flag.DurationVar(&o.window, "window", 5*time.Minute, "soak: one line of figures per window")
 	flag.BoolVar(&o.noWake, "no-wake", false, "turn our relay's wake-up (LISTEN/NOTIFY) off")
+	flag.StringVar(&o.driver, "driver", "", "relay, publish: pgx adds our side over a pgx pool (pgx.Tx, NewPgxStore) next to database/sql, in the same run")
+	flag.BoolVar(&o.metrics, "metrics", false, "relay, latency: add our side with its metrics (package metrics) and a no-op tracer on, next to it without, in the same run")
 	flag.DurationVar(&o.timeout, "timeout", 10*time.Minute, "give up on a drain after this long")
 	flag.StringVar(&o.only, "only", "", "relay: run only this side (outbox, forwarder or river), for profiling; ratios are then 0")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run (relays, broker, consumer) to this file")
@@ -247,6 +252,9 @@ func cmpOr(v, def int) int {
 // no Kafka address is given); closeRunner releases both.
 func newRunner(o options) (r *runner, closeRunner func(), err error) {
 	r = &runner{o: o}
+	if o.driver != "" && o.driver != "pgx" && o.driver != "database/sql" {
+		return nil, nil, fmt.Errorf("-driver %s: want pgx or database/sql", o.driver)
+	}
 	if o.db != "postgres" && o.scenario != "stuck-key" && o.scenario != "waiting" {
 		return nil, nil, fmt.Errorf("-db %s: only stuck-key and waiting run on other databases than PostgreSQL", o.db)
 	}
@@ -269,8 +277,27 @@ func newRunner(o options) (r *runner, closeRunner func(), err error) {
 			r.riv.close()
 		}
 		r.b.Close()
+		if r.pool != nil {
+			r.pool.Close()
+		}
 		closeDB()
 	}, nil
+}
+
+// pgxPool is the run's pgx pool on PostgreSQL, as large as its *sql.DB.
+func (r *runner) pgxPool() (*pgxpool.Pool, error) {
+	if r.pool != nil {
+		return r.pool, nil
+	}
+	cfg, err := pgxpool.ParseConfig(r.o.pgDSN)
+	if err != nil {
+		return nil, err
+	}
+	cfg.MaxConns = 32
+	if r.pool, err = pgxpool.NewWithConfig(context.Background(), cfg); err != nil {
+		return nil, err
+	}
+	return r.pool, nil
 }
 
 func run(o options) error {
@@ -341,10 +368,11 @@ type result struct {
 }
 
 type runner struct {
-	o   options
-	db  *sql.DB // PostgreSQL
-	b   *broker
-	riv *riverEnv // River's schema, once a River side was made
+	o    options
+	pool *pgxpool.Pool // PostgreSQL over pgx, opened on first use (-driver pgx)
+	db   *sql.DB       // PostgreSQL
+	b    *broker
+	riv  *riverEnv // River's schema, once a River side was made
 }
 
 // ourConfig is the relay configuration of our side: the defaults, as a

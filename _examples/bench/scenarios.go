@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/jackc/pgx/v5"
 )
 
 // drain seeds n committed events through s, then times its relay until a
@@ -84,7 +85,38 @@ func (r *runner) relay() (result, error) {
 		res.ratio = theirs.Seconds() / ours.Seconds()
 		res.extra = append(res.extra, fmt.Sprintf("ratio_river=%.2f", riv.Seconds()/ours.Seconds()))
 	}
+	if runs("outbox") && r.o.driver == "pgx" {
+		s, err := r.pgxSide()
+		if err != nil {
+			return result{}, err
+		}
+		d, _, err := r.drain(s, 0, r.b.ourPublisher)
+		if err != nil {
+			return result{}, err
+		}
+		res.extra = append(res.extra, "outbox_pgx="+rate(r.o.n, d), fmt.Sprintf("pgx_vs_sql=%.2f", ours.Seconds()/d.Seconds()))
+	}
+	if runs("outbox") && r.o.metrics {
+		s := newOurSide(r.db, runID(), r.ourConfig())
+		s.instrument, s.label = true, "outbox_metrics"
+		d, _, err := r.drain(s, 0, r.b.ourPublisher)
+		if err != nil {
+			return result{}, err
+		}
+		res.extra = append(res.extra, "outbox_metrics="+rate(r.o.n, d), fmt.Sprintf("metrics_vs_plain=%.2f", ours.Seconds()/d.Seconds()))
+	}
 	return res, nil
+}
+
+// pgxSide is our side with its store over the run's pgx pool.
+func (r *runner) pgxSide() (*ourSide, error) {
+	pool, err := r.pgxPool()
+	if err != nil {
+		return nil, err
+	}
+	s := newOurSide(r.db, runID(), r.ourConfig())
+	s.pool, s.label = pool, "outbox_pgx"
+	return s, nil
 }
 
 func (r *runner) ordered() (result, error) {
@@ -203,15 +235,25 @@ func (r *runner) latency() (result, error) {
 		return result{}, err
 	}
 	o50, o99, f50, f99, r50, r99 := pct(ours, 50), pct(ours, 99), pct(theirs, 50), pct(theirs, 99), pct(riv, 50), pct(riv, 99)
+	var extra []string
+	if r.o.metrics {
+		s := newOurSide(r.db, runID(), r.ourConfig())
+		s.instrument, s.label = true, "outbox_metrics"
+		m, err := r.latencies(s, r.b.ourPublisher)
+		if err != nil {
+			return result{}, err
+		}
+		extra = append(extra, "outbox_metrics_p50="+roundDur(pct(m, 50)).String(), "outbox_metrics_p99="+roundDur(pct(m, 99)).String())
+	}
 	return result{
 		outbox: roundDur(o50).String(), forwarder: roundDur(f50).String(),
-		extra: []string{
+		extra: append([]string{
 			"river=" + roundDur(r50).String(),
 			"outbox_p50=" + roundDur(o50).String(), "outbox_p99=" + roundDur(o99).String(),
 			"forwarder_p50=" + roundDur(f50).String(), "forwarder_p99=" + roundDur(f99).String(),
 			"river_p50=" + roundDur(r50).String(), "river_p99=" + roundDur(r99).String(),
 			fmt.Sprintf("ratio_river=%.2f", r50.Seconds()/max(o50.Seconds(), 1e-9)),
-		},
+		}, extra...),
 		ratio: f50.Seconds() / max(o50.Seconds(), 1e-9),
 	}, nil
 }
@@ -222,6 +264,8 @@ type writer struct {
 	s       side // nil for the bare INSERT
 	table   string
 	publish func(tx *sql.Tx, topic string, m *message.Message) error
+	// pgx, when set, writes under a pgx transaction instead (-driver pgx).
+	pgx func(tx pgx.Tx, topic string, m *message.Message) error
 }
 
 // publishRate runs r.o.n business transactions (an order row plus one
@@ -266,6 +310,14 @@ func (r *runner) publishRate(w writer) (float64, error) {
 }
 
 func (r *runner) businessTx(ctx context.Context, orders string, w writer, m *message.Message, i int) error {
+	if w.pgx != nil {
+		return pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, `INSERT INTO `+orders+` (id, total) VALUES ($1, $2)`, m.UUID, 1000+i); err != nil {
+				return err
+			}
+			return w.pgx(tx, "orders.placed", m)
+		})
+	}
 	tx, err := r.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
@@ -327,6 +379,18 @@ func (r *runner) publish() (result, error) {
 		return result{}, err
 	}
 	writers := []writer{raw, ours, oursOff, theirs, riv}
+	if r.o.driver == "pgx" {
+		ps, err := r.pgxSide()
+		if err != nil {
+			return result{}, err
+		}
+		w, err := mk("outbox_pgx", ps)
+		if err != nil {
+			return result{}, err
+		}
+		w.pgx = func(tx pgx.Tx, topic string, m *message.Message) error { return ps.publishPgx(tx, topic, m) }
+		writers = append(writers, w)
+	}
 	defer func() {
 		for _, w := range writers {
 			w.s.cleanup()
@@ -372,6 +436,7 @@ func (r *runner) publish() (result, error) {
 			fmt.Sprintf("forwarder_vs_raw=%.2f", median(vsRaw["forwarder"])),
 			fmt.Sprintf("river_vs_raw=%.2f", median(vsRaw["river"])),
 			"river_insert=" + riverInsertDriver,
+			pgxFigures(rates, vsRaw, median),
 			fmt.Sprintf("ratio_river=%.2f", rates["outbox"]/rates["river"]),
 		},
 		ratio: rates["outbox"] / rates["forwarder"],
@@ -400,4 +465,12 @@ func (r *runner) memory() (result, error) {
 		extra: []string{fmt.Sprintf("outbox_n%d=%s", r.o.n/10, f(ours10))},
 		ratio: float64(ours) / float64(theirs),
 	}, nil
+}
+
+// pgxFigures prints the pgx writer's figures when it ran (-driver pgx).
+func pgxFigures(rates map[string]float64, vsRaw map[string][]float64, median func([]float64) float64) string {
+	if _, ok := rates["outbox_pgx"]; !ok {
+		return "driver=database/sql"
+	}
+	return fmt.Sprintf("outbox_pgx=%.0f/s outbox_pgx_vs_raw=%.2f pgx_vs_sql=%.2f", rates["outbox_pgx"], median(vsRaw["outbox_pgx"]), rates["outbox_pgx"]/rates["outbox"])
 }

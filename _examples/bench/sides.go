@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"fmt"
@@ -12,8 +13,14 @@ import (
 	"github.com/ThreeDotsLabs/watermill/components/forwarder"
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace/noop"
+
 	"github.com/e0a82c8c/watermill-outbox/config"
 	ourfwd "github.com/e0a82c8c/watermill-outbox/forwarder"
+	"github.com/e0a82c8c/watermill-outbox/metrics"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
 
@@ -44,6 +51,13 @@ type ourSide struct {
 	// destination publisher (the failing keys).
 	wrapStore func(outbox.Store) outbox.Store
 	wrapDest  func(message.Publisher) message.Publisher
+	// pool, when set, runs the store (and the relay) over a pgx pool
+	// instead of the *sql.DB (-driver pgx).
+	pool *pgxpool.Pool
+	// instrument turns the relay's metrics (package metrics as its
+	// Observer) and a no-op tracer on (-metrics).
+	instrument bool
+	label      string // name() when set
 }
 
 func newOurSide(db *sql.DB, id string, cfg config.Config) *ourSide {
@@ -56,11 +70,15 @@ func newOurSideOn(db *sql.DB, d outbox.Dialect, id string, cfg config.Config) *o
 	return &ourSide{db: db, dialect: d, table: cfg.Table, cfg: cfg}
 }
 
-func (s *ourSide) name() string { return "outbox" }
+func (s *ourSide) name() string { return cmp.Or(s.label, "outbox") }
 
 func (s *ourSide) setup(ctx context.Context) error {
 	var err error
-	s.store, err = outbox.NewSQLStore(s.db, outbox.SQLStoreConfig{Dialect: s.dialect, Outbox: s.cfg}, nil)
+	if s.pool != nil {
+		s.store, err = outbox.NewPgxStore(s.pool, outbox.PgxStoreConfig{Outbox: s.cfg}, nil)
+	} else {
+		s.store, err = outbox.NewSQLStore(s.db, outbox.SQLStoreConfig{Dialect: s.dialect, Outbox: s.cfg}, nil)
+	}
 	if err != nil {
 		return err
 	}
@@ -83,11 +101,27 @@ func (s *ourSide) startRelay(dest message.Publisher) (func(), error) {
 	if s.wrapDest != nil {
 		dest = s.wrapDest(dest)
 	}
-	f, err := ourfwd.NewForwarder(store, dest, ourfwd.Config{}, nil)
+	var fc ourfwd.Config
+	if s.instrument {
+		m, err := metrics.New(s.store, metrics.Config{}, nil)
+		if err != nil {
+			return nil, err
+		}
+		if err := prometheus.NewRegistry().Register(m); err != nil {
+			return nil, err
+		}
+		fc.Observer, fc.TracerProvider = m, noop.NewTracerProvider()
+	}
+	f, err := ourfwd.NewForwarder(store, dest, fc, nil)
 	if err != nil {
 		return nil, err
 	}
 	return runRouter(f.Run, f.Running(), f.Close)
+}
+
+// publishPgx writes msgs to topic under a pgx transaction (-driver pgx).
+func (s *ourSide) publishPgx(tx pgx.Tx, topic string, msgs ...*message.Message) error {
+	return s.pub.WithPgxTx(tx).Publish(topic, msgs...)
 }
 
 func (s *ourSide) pending(ctx context.Context) (int, error) {

@@ -249,3 +249,329 @@ func (q pgxTxQueryer) exec(ctx context.Context, s string, args ...any) (int64, e
 	}
 	return n, err
 }
+
+// pgxConner is a database whose connections are pgx's: the PostgreSQL
+// claim then sends its statements in pipelined batches (pipeTx).
+type pgxConner interface {
+	// withConn runs fn on a connection of the pool, returned to it after
+	// (closed first when fn left it unusable).
+	withConn(ctx context.Context, fn func(*pgx.Conn) error) error
+}
+
+func (d sqlDB) withConn(ctx context.Context, fn func(*pgx.Conn) error) error {
+	conn, err := d.db.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	return conn.Raw(func(dc any) error {
+		pc, ok := dc.(interface{ Conn() *pgx.Conn })
+		if !ok {
+			return errNotPgx
+		}
+		return fn(pc.Conn())
+	})
+}
+
+func (d pgxDB) withConn(ctx context.Context, fn func(*pgx.Conn) error) error {
+	c, err := d.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Release() // a closed connection is destroyed, not reused
+	return fn(c.Conn())
+}
+
+// pipeTx is a transaction on one pgx connection that sends statements which
+// do not depend on each other in one round trip: BEGIN with the claim's
+// first reads (prefetch), and the take with COMMIT (queryThenCommit). The
+// claim's code runs on it as on any tx: a query it prefetched is answered
+// from the buffer, any other goes to the database.
+type pipeTx struct {
+	conn     *pgx.Conn
+	begun    bool
+	done     bool // committed or rolled back
+	prefetch map[string]*bufferedRows
+	execs    map[string]int64
+}
+
+// pipeItem is one statement of a batch: a query whose rows read takes
+// (or, read nil, buffers), or an exec (exec set).
+type pipeItem struct {
+	q    string
+	args []any
+	exec bool
+	read func(rows) error
+}
+
+func pipeKey(q string, args []any) string { return q + "\x00" + fmt.Sprint(args...) }
+
+// send runs items in one round trip (after BEGIN, when not begun yet),
+// buffering what they return for the queries and execs that follow.
+func (t *pipeTx) send(ctx context.Context, items []pipeItem, commit bool) ([]*bufferedRows, error) {
+	b := &pgx.Batch{}
+	if !t.begun {
+		b.Queue("BEGIN")
+	}
+	for _, it := range items {
+		b.Queue(it.q, it.args...)
+	}
+	if commit {
+		b.Queue("COMMIT")
+	}
+	br := t.conn.SendBatch(ctx, b)
+	defer br.Close()
+	if !t.begun {
+		if _, err := br.Exec(); err != nil {
+			return nil, err
+		}
+		t.begun = true
+	}
+	out := make([]*bufferedRows, len(items))
+	for i, it := range items {
+		if it.exec {
+			tag, err := br.Exec()
+			if err != nil {
+				return nil, err
+			}
+			if t.execs == nil {
+				t.execs = map[string]int64{}
+			}
+			t.execs[pipeKey(it.q, it.args)] = tag.RowsAffected()
+			continue
+		}
+		rs, err := br.Query()
+		if err != nil {
+			return nil, err
+		}
+		if it.read != nil {
+			err := it.read(rs)
+			rs.Close()
+			if err == nil {
+				err = rs.Err()
+			}
+			if err != nil {
+				return nil, err
+			}
+			continue
+		}
+		buf, err := buffer(rs)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = buf
+	}
+	if commit {
+		if _, err := br.Exec(); err != nil {
+			return nil, err
+		}
+		t.done = true
+	}
+	return out, br.Close()
+}
+
+// prefetchAll sends items (with BEGIN) and keeps their results for the
+// claim's code to ask for.
+func (t *pipeTx) prefetchAll(ctx context.Context, items []pipeItem) error {
+	bufs, err := t.send(ctx, items, false)
+	if err != nil {
+		return err
+	}
+	for i, it := range items {
+		if bufs[i] != nil {
+			if t.prefetch == nil {
+				t.prefetch = map[string]*bufferedRows{}
+			}
+			t.prefetch[pipeKey(it.q, it.args)] = bufs[i]
+		}
+	}
+	return nil
+}
+
+// queryThenCommit runs q, whose rows read takes, and COMMIT in one round
+// trip.
+func (t *pipeTx) queryThenCommit(ctx context.Context, q string, args []any, read func(rows) error) error {
+	_, err := t.send(ctx, []pipeItem{{q: q, args: args, read: read}}, true)
+	return err
+}
+
+func (t *pipeTx) beginNow(ctx context.Context) error {
+	if t.begun || t.done {
+		return nil
+	}
+	if _, err := t.conn.Exec(ctx, "BEGIN"); err != nil {
+		return err
+	}
+	t.begun = true
+	return nil
+}
+
+func (t *pipeTx) exec(ctx context.Context, q string, args ...any) (int64, error) {
+	if n, ok := t.execs[pipeKey(q, args)]; ok {
+		delete(t.execs, pipeKey(q, args))
+		return n, nil
+	}
+	if err := t.beginNow(ctx); err != nil {
+		return 0, err
+	}
+	return pgxQueryer{t.conn}.exec(ctx, q, args...)
+}
+
+func (t *pipeTx) query(ctx context.Context, q string, args ...any) (rows, error) {
+	if b, ok := t.prefetch[pipeKey(q, args)]; ok {
+		delete(t.prefetch, pipeKey(q, args))
+		return b, nil
+	}
+	if err := t.beginNow(ctx); err != nil {
+		return nil, err
+	}
+	return t.conn.Query(ctx, q, args...)
+}
+
+func (t *pipeTx) queryRow(ctx context.Context, q string, args ...any) row {
+	if err := t.beginNow(ctx); err != nil {
+		return errRow{err}
+	}
+	return t.conn.QueryRow(ctx, q, args...)
+}
+
+func (t *pipeTx) commit(ctx context.Context) error {
+	if t.done || !t.begun {
+		t.done = true
+		return nil
+	}
+	t.done = true
+	_, err := t.conn.Exec(ctx, "COMMIT")
+	return err
+}
+
+func (t *pipeTx) rollback(ctx context.Context) error {
+	if t.done || !t.begun {
+		t.done = true
+		return nil
+	}
+	t.done = true
+	if _, err := t.conn.Exec(context.WithoutCancel(ctx), "ROLLBACK"); err != nil {
+		// A connection left in a transaction must not go back to the pool.
+		_ = t.conn.Close(context.WithoutCancel(ctx))
+		return err
+	}
+	return nil
+}
+
+type errRow struct{ err error }
+
+func (r errRow) Scan(...any) error { return r.err }
+
+// bufferedRows is a result read to its end, scanned later: into *string,
+// *int64, *int, *bool, *[]byte, *sql.NullString and **int64, what the
+// claim's reads scan into (never JSON, which Values would decode).
+type bufferedRows struct {
+	rows [][]any
+	at   int
+}
+
+func buffer(rs pgx.Rows) (*bufferedRows, error) {
+	defer rs.Close()
+	b := &bufferedRows{at: -1}
+	for rs.Next() {
+		v, err := rs.Values()
+		if err != nil {
+			return nil, err
+		}
+		b.rows = append(b.rows, v)
+	}
+	return b, rs.Err()
+}
+
+func (b *bufferedRows) Next() bool { b.at++; return b.at < len(b.rows) }
+func (b *bufferedRows) Err() error { return nil }
+func (b *bufferedRows) Close()     {}
+
+func (b *bufferedRows) Scan(dest ...any) error {
+	row := b.rows[b.at]
+	if len(dest) != len(row) {
+		return fmt.Errorf("scan %d columns into %d values", len(row), len(dest))
+	}
+	for i, v := range row {
+		if err := assign(dest[i], v); err != nil {
+			return fmt.Errorf("column %d: %w", i, err)
+		}
+	}
+	return nil
+}
+
+func assign(dest, v any) error {
+	switch d := dest.(type) {
+	case *string:
+		s, ok := v.(string)
+		if !ok {
+			return fmt.Errorf("%T into *string", v)
+		}
+		*d = s
+	case *sql.NullString:
+		if v == nil {
+			*d = sql.NullString{}
+			return nil
+		}
+		s, ok := v.(string)
+		if !ok {
+			return fmt.Errorf("%T into *sql.NullString", v)
+		}
+		*d = sql.NullString{String: s, Valid: true}
+	case *bool:
+		x, ok := v.(bool)
+		if !ok {
+			return fmt.Errorf("%T into *bool", v)
+		}
+		*d = x
+	case *int64:
+		n, err := toInt64(v)
+		if err != nil {
+			return err
+		}
+		*d = n
+	case *int:
+		n, err := toInt64(v)
+		if err != nil {
+			return err
+		}
+		*d = int(n)
+	case **int64:
+		if v == nil {
+			*d = nil
+			return nil
+		}
+		n, err := toInt64(v)
+		if err != nil {
+			return err
+		}
+		*d = &n
+	case *[]byte:
+		switch x := v.(type) {
+		case []byte:
+			*d = x
+		case string:
+			*d = []byte(x)
+		case nil:
+			*d = nil
+		default:
+			return fmt.Errorf("%T into *[]byte", v)
+		}
+	default:
+		return fmt.Errorf("cannot scan into %T", dest)
+	}
+	return nil
+}
+
+func toInt64(v any) (int64, error) {
+	switch n := v.(type) {
+	case int64:
+		return n, nil
+	case int32:
+		return int64(n), nil
+	case int16:
+		return int64(n), nil
+	}
+	return 0, fmt.Errorf("%T into an integer", v)
+}

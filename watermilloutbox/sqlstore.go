@@ -253,6 +253,12 @@ func (s *SQLStore) scanRows(ctx context.Context, db queryer, q string, args []an
 		return err
 	}
 	defer rs.Close()
+	return s.readRows(rs, extra, fn)
+}
+
+// readRows reads the rows of a query that selects rowColumns and the extra
+// column.
+func (s *SQLStore) readRows(rs rows, extra rowExtra, fn func(Row, sql.NullString)) error {
 	for rs.Next() {
 		var r Row
 		var key, lastErr sql.NullString

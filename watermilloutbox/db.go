@@ -134,18 +134,9 @@ func (d sqlDB) begin(ctx context.Context, readCommitted bool) (tx, error) {
 func (d sqlDB) ping(ctx context.Context) error { return d.db.PingContext(ctx) }
 
 func (d sqlDB) withPgxConn(ctx context.Context, fn func(*pgx.Conn) error) error {
-	conn, err := d.db.Conn(ctx)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	return conn.Raw(func(dc any) error {
-		pc, ok := dc.(interface{ Conn() *pgx.Conn })
-		if !ok {
-			return errNotPgx
-		}
+	return d.withConn(ctx, func(c *pgx.Conn) error {
 		// driver.ErrBadConn: database/sql discards the connection.
-		return errors.Join(fn(pc.Conn()), driver.ErrBadConn)
+		return errors.Join(fn(c), driver.ErrBadConn)
 	})
 }
 

@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
+
+	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
 
 // purgeBatch keeps each retention DELETE short: long deletes hold locks
@@ -18,20 +20,45 @@ func (s *Subscriber) purgeEvery() time.Duration {
 	return min(max(s.config.PublishedRetention/4, s.config.PollingInterval), time.Minute)
 }
 
-// purgeLoop deletes published rows older than PublishedRetention, in small
-// batches, until Close. With zero retention rows are deleted when acked and
-// there is nothing to purge.
+// purgeLoop keeps the table in shape until Close: it deletes published
+// rows older than PublishedRetention, in small batches (with zero
+// retention rows are deleted when acked and there is nothing to purge),
+// and asks a store that is a watermilloutbox.Maintainer to maintain its
+// table (SQLStore vacuums it when autovacuum is off).
 func (s *Subscriber) purgeLoop() {
 	defer s.subsWg.Done()
-	t := time.NewTicker(s.purgeEvery())
+	every := time.Minute
+	if s.config.PublishedRetention > 0 {
+		every = s.purgeEvery()
+	}
+	t := time.NewTicker(every)
 	defer t.Stop()
+	maintainer, _ := s.store.(outbox.Maintainer)
+	// Close ends a maintenance in progress (a vacuum of a bloated table
+	// takes seconds).
+	loopCtx, stop := context.WithCancel(context.Background())
+	defer stop()
+	go func() {
+		select {
+		case <-s.closing:
+			stop()
+		case <-loopCtx.Done():
+		}
+	}()
 	for {
 		select {
 		case <-s.closing:
 			return
 		case <-t.C:
 		}
-		for {
+		if maintainer != nil {
+			ctx, cancel := context.WithTimeout(loopCtx, 5*time.Minute)
+			if err := maintainer.Maintain(ctx); err != nil && loopCtx.Err() == nil {
+				s.logger.Error("Outbox table maintenance failed, retrying later", err, nil)
+			}
+			cancel()
+		}
+		for s.config.PublishedRetention > 0 {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			n, err := s.store.PurgePublished(ctx, s.config.PublishedRetention, purgeBatch)
 			cancel()

@@ -145,7 +145,8 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 		return nil, fmt.Errorf("outbox subscriber: %w", outbox.ErrClosed)
 	default:
 	}
-	if !s.purging && s.config.PublishedRetention > 0 {
+	_, maintains := s.store.(outbox.Maintainer)
+	if !s.purging && (s.config.PublishedRetention > 0 || maintains) {
 		s.purging = true
 		s.subsWg.Add(1)
 		go s.purgeLoop()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -87,12 +88,13 @@ func TestMigratePostgresFillfactor(t *testing.T) {
 		return opts
 	}
 
-	require.Equal(t, "fillfactor=50", fillfactor())
+	const made = "autovacuum_vacuum_scale_factor=0,autovacuum_vacuum_threshold=1000,autovacuum_vacuum_cost_delay=0"
+	require.Equal(t, "fillfactor=50,"+made, fillfactor())
 
 	_, err := db.Exec(`ALTER TABLE ` + table + ` SET (fillfactor = 80)`)
 	require.NoError(t, err)
 	require.NoError(t, migrate(ctx, db, outbox.PostgreSQL, table))
-	require.Equal(t, "fillfactor=80", fillfactor())
+	require.Equal(t, made+",fillfactor=80", fillfactor())
 }
 
 func TestMigrateSchemaQualifiedTable(t *testing.T) {
@@ -105,4 +107,42 @@ func TestMigrateSchemaQualifiedTable(t *testing.T) {
 	require.NoError(t, migrate(context.Background(), db, outbox.PostgreSQL, schema+".order"))
 	_, err = db.Exec(`SELECT 1 FROM ` + schema + `."order"`)
 	require.NoError(t, err)
+}
+
+// A table whose autovacuum is off is vacuumed by Maintain, at most once a
+// minute; with autovacuum on, Maintain leaves it to autovacuum.
+func TestMaintainVacuumsWhenAutovacuumIsOff(t *testing.T) {
+	t.Parallel()
+	db := testenv.Postgres(t)
+	ctx := context.Background()
+	store := newStore(t, db, outbox.PostgreSQL, config.Config{})
+	table := store.Config().Table
+	vacuums := func() int {
+		var n int
+		require.NoError(t, db.QueryRow(`SELECT vacuum_count FROM pg_stat_user_tables WHERE relid = $1::regclass`, table).Scan(&n))
+		return n
+	}
+	var global bool
+	require.NoError(t, db.QueryRow(`SELECT current_setting('autovacuum')::bool`).Scan(&global))
+	if global {
+		// The server's autovacuum is on: turn it off for this table.
+		_, err := db.Exec(`ALTER TABLE ` + table + ` SET (autovacuum_enabled = false)`)
+		require.NoError(t, err)
+	}
+	before := vacuums()
+	require.NoError(t, store.Maintain(ctx))
+	require.NoError(t, store.Maintain(ctx), "the second call within a minute does nothing")
+	// The statistics of this backend's vacuum reach pg_stat_user_tables
+	// when it reports them: poll.
+	deadline := time.After(30 * time.Second)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for waiting := true; waiting && vacuums() == before; {
+		select {
+		case <-deadline:
+			waiting = false
+		case <-tick.C:
+		}
+	}
+	require.Equal(t, before+1, vacuums(), "one vacuum")
 }

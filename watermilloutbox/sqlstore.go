@@ -56,6 +56,7 @@ type SQLStore struct {
 	probe  dialectProbe
 	q      claimSQL
 	cursor keyCursor // where the last walk over the keys stopped
+	vacuum vacuumClock
 
 	// claimHook, when set (tests only), runs inside the MySQL claim
 	// transaction just before it commits.

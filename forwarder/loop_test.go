@@ -109,6 +109,8 @@ func (s *fakeStore) Release(_ context.Context, token string, ids []int64) (int, 
 
 func (s *fakeStore) PurgePublished(context.Context, time.Duration, int) (int, error) { return 0, nil }
 
+func (s *fakeStore) Maintain(context.Context) error { return nil }
+
 func (s *fakeStore) Listen(context.Context, func()) error { return outbox.ErrNoWakeUps }
 
 // next returns the loop's next call of kind want. The workers run

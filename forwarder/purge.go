@@ -5,8 +5,6 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
-
-	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
 
 // purgeBatch keeps each retention DELETE short: long deletes hold locks
@@ -23,8 +21,8 @@ func (s *Subscriber) purgeEvery() time.Duration {
 // purgeLoop keeps the table in shape until Close: it deletes published
 // rows older than PublishedRetention, in small batches (with zero
 // retention rows are deleted when acked and there is nothing to purge),
-// and asks a store that is a watermilloutbox.Maintainer to maintain its
-// table (SQLStore vacuums it when autovacuum is off).
+// and asks the store to maintain its table (Store.Maintain: SQLStore
+// vacuums it when autovacuum is off).
 func (s *Subscriber) purgeLoop() {
 	defer s.subsWg.Done()
 	every := time.Minute
@@ -33,7 +31,6 @@ func (s *Subscriber) purgeLoop() {
 	}
 	t := time.NewTicker(every)
 	defer t.Stop()
-	maintainer, _ := s.store.(outbox.Maintainer)
 	// Close ends a maintenance in progress (a vacuum of a bloated table
 	// takes seconds).
 	loopCtx, stop := context.WithCancel(context.Background())
@@ -51,13 +48,11 @@ func (s *Subscriber) purgeLoop() {
 			return
 		case <-t.C:
 		}
-		if maintainer != nil {
-			ctx, cancel := context.WithTimeout(loopCtx, 5*time.Minute)
-			if err := maintainer.Maintain(ctx); err != nil && loopCtx.Err() == nil {
-				s.logger.Error("Outbox table maintenance failed, retrying later", err, nil)
-			}
-			cancel()
+		ctx, cancel := context.WithTimeout(loopCtx, 5*time.Minute)
+		if err := s.store.Maintain(ctx); err != nil && loopCtx.Err() == nil {
+			s.logger.Error("Outbox table maintenance failed, retrying later", err, nil)
 		}
+		cancel()
 		for s.config.PublishedRetention > 0 {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			n, err := s.store.PurgePublished(ctx, s.config.PublishedRetention, purgeBatch)

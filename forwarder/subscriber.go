@@ -77,7 +77,7 @@ type Subscriber struct {
 
 	mu        sync.Mutex
 	subs      map[*subscription]struct{}
-	purging   bool
+	purging   bool // the maintenance loop (purgeLoop) runs
 	listening bool
 
 	soon       atomic.Bool  // a Notify(false) wake-up is scheduled
@@ -145,8 +145,7 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 		return nil, fmt.Errorf("outbox subscriber: %w", outbox.ErrClosed)
 	default:
 	}
-	_, maintains := s.store.(outbox.Maintainer)
-	if !s.purging && (s.config.PublishedRetention > 0 || maintains) {
+	if !s.purging {
 		s.purging = true
 		s.subsWg.Add(1)
 		go s.purgeLoop()

@@ -7,22 +7,11 @@ import (
 	"time"
 )
 
-// Maintainer is a Store that keeps its table in shape when asked: the
-// relay calls Maintain about once a minute (forwarder.Subscriber). SQLStore
-// implements it.
-type Maintainer interface {
-	// Maintain does what the table needs now, if anything; it is cheap
-	// when nothing is needed.
-	Maintain(ctx context.Context) error
-}
-
-var _ Maintainer = (*SQLStore)(nil)
-
 // vacuumEvery is how often, at most, Maintain vacuums a table that
 // autovacuum leaves alone.
 const vacuumEvery = time.Minute
 
-// Maintain implements Maintainer. On PostgreSQL, when autovacuum is off
+// Maintain implements Store. On PostgreSQL, when autovacuum is off
 // (for the server, or for the table), it runs VACUUM on the table, at most
 // once a minute and skipped while another runs. A queue table deletes
 // every row it inserts: without vacuum its dead rows are never reclaimed

@@ -115,6 +115,12 @@ type Store interface {
 	// olderThan, returning how many it deleted.
 	PurgePublished(ctx context.Context, olderThan time.Duration, limit int) (int, error)
 
+	// Maintain does what the table needs now to stay in shape, if
+	// anything, and is cheap when nothing is needed; the relay calls it
+	// about once a minute. SQLStore vacuums a PostgreSQL table whose
+	// autovacuum is off. A store that needs nothing returns nil.
+	Maintain(ctx context.Context) error
+
 	// Listen is the store's feed of commit notifications: it calls wake
 	// whenever rows may have been committed, and once each time it
 	// (re)connects, until ctx ends; then it returns ctx's error. A store

@@ -79,6 +79,7 @@ func Run(t *testing.T, h Harness) {
 		{"StatsCountEachState", testStats},
 		{"TopicFilter", testTopicFilter},
 		{"ListenAnswers", testListen},
+		{"MaintainAnswers", testMaintain},
 		{"ConfigIsValid", testConfig},
 	}
 	for _, tt := range tests {
@@ -569,6 +570,17 @@ func testListen(t *testing.T, h Harness) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("Listen did not return after its context ended")
 	}
+}
+
+// testMaintain: maintenance of a healthy table succeeds, and again.
+func testMaintain(t *testing.T, h Harness) {
+	s, insert := h.New(t)
+	insert(t, "t", messages(3, nil)...)
+	token, rows := claim(t, s, all)
+	_, err := s.MarkPublished(ctx(t), token, ids(rows), false)
+	require.NoError(t, err)
+	require.NoError(t, s.Maintain(ctx(t)))
+	require.NoError(t, s.Maintain(ctx(t)))
 }
 
 func testConfig(t *testing.T, h Harness) {

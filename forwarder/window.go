@@ -176,17 +176,6 @@ func (w *window) renewed(ids []int64, at time.Time) {
 	}
 }
 
-// count returns how many held rows are in state st.
-func (w *window) count(st rowState) int {
-	n := 0
-	for _, h := range w.held {
-		if h.state == st {
-			n++
-		}
-	}
-	return n
-}
-
 // byToken groups rows' ids by claim token.
 func byToken(hs []*held) map[string][]int64 {
 	m := make(map[string][]int64)

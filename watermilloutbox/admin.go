@@ -237,7 +237,7 @@ func (s *SQLStore) byTopics(ctx context.Context, op string, topics []string, wri
 	total := 0
 	for _, topic := range topics {
 		for after := int64(0); ; {
-			ids, err := queryIDs(ctx, s.db, q, []any{topic, after, DeadBatchSize})
+			ids, err := queryColumn[int64](ctx, s.db, q, topic, after, DeadBatchSize)
 			if err != nil {
 				return total, fmt.Errorf("outbox: %s: %w", op, err)
 			}
@@ -265,15 +265,11 @@ func (s *SQLStore) deadTopics(ctx context.Context) ([]string, error) {
 	if t.dialect == MySQL {
 		// Grouped by state too, or the optimizer reads every dead row
 		// instead of one per topic.
-		topics, err := queryStrings(ctx, s.db, `SELECT topic FROM `+t.quoted+` WHERE state = 'dead' GROUP BY state, topic`)
+		topics, err := queryColumn[string](ctx, s.db, `SELECT topic FROM `+t.quoted+` WHERE state = 'dead' GROUP BY state, topic`)
 		slices.Sort(topics)
 		return topics, err
 	}
-	return queryStrings(ctx, s.db, `WITH RECURSIVE dt(topic) AS (
-  SELECT (SELECT topic FROM `+t.quoted+` WHERE state = 'dead' ORDER BY topic LIMIT 1)
-  UNION ALL
-  SELECT (SELECT o.topic FROM `+t.quoted+` o WHERE o.state = 'dead' AND o.topic > dt.topic ORDER BY o.topic LIMIT 1) FROM dt WHERE dt.topic IS NOT NULL
-) SELECT topic FROM dt WHERE topic IS NOT NULL`)
+	return queryColumn[string](ctx, s.db, `WITH RECURSIVE `+t.topicWalk("dt", "state = 'dead'")+` SELECT topic FROM dt WHERE topic IS NOT NULL`)
 }
 
 // checkIDs refuses ids no row can have: ids start at 1.

@@ -225,7 +225,7 @@ func (s *SQLStore) candidates(ctx context.Context, tx tx, req ClaimRequest) ([]c
 // keyless reads up to req.Limit due, unleased keyless rows, oldest first.
 func (s *SQLStore) keyless(ctx context.Context, tx tx, req ClaimRequest) ([]candidate, error) {
 	q, args := s.q.keyless(req.Topics, req.Limit)
-	ids, err := queryIDs(ctx, tx, q, args)
+	ids, err := queryColumn[int64](ctx, tx, q, args...)
 	out := make([]candidate, len(ids))
 	for i, id := range ids {
 		out[i] = candidate{id: id}
@@ -318,22 +318,14 @@ func (s *SQLStore) segments(ctx context.Context, tx tx, topics TopicFilter) ([]*
 	if topics.All() {
 		return []*string{nil}, nil
 	}
-	rs, err := tx.query(ctx, s.q.keyedTopics())
-	if err != nil {
-		return nil, err
-	}
-	defer rs.Close()
+	names, err := queryColumn[string](ctx, tx, s.q.keyedTopics())
 	var out []*string
-	for rs.Next() {
-		var name string
-		if err := rs.Scan(&name); err != nil {
-			return nil, err
-		}
+	for _, name := range names {
 		if topics.Match(name) {
 			out = append(out, &name)
 		}
 	}
-	return out, rs.Err()
+	return out, err
 }
 
 // round calls visit on the key space from just after the store's cursor

@@ -74,11 +74,7 @@ func (q claimSQL) keyedTopics() string {
 		return `SELECT topic FROM ` + t.quoted + q.force("keyed_idx") + ` WHERE state = 'pending' AND waiting = 0` +
 			` GROUP BY state, waiting, topic ORDER BY state, waiting, topic`
 	}
-	return `WITH RECURSIVE tp(topic) AS (
-  SELECT (SELECT topic FROM ` + t.quoted + ` WHERE ` + keyedPredicate + ` ORDER BY topic LIMIT 1)
-  UNION ALL
-  SELECT (SELECT o.topic FROM ` + t.quoted + ` o WHERE ` + prefixed("o.", keyedPredicate) + ` AND o.topic > tp.topic ORDER BY o.topic LIMIT 1) FROM tp WHERE tp.topic IS NOT NULL
-) SELECT topic FROM tp WHERE topic IS NOT NULL`
+	return `WITH RECURSIVE ` + t.topicWalk("tp", keyedPredicate) + ` SELECT topic FROM tp WHERE topic IS NOT NULL`
 }
 
 // walk visits up to n keys after 'after' in key order (within topic when

@@ -70,7 +70,12 @@ func inTx(ctx context.Context, db database, fn func(tx tx) error) error {
 }
 
 // sqlDB is a database/sql handle.
-type sqlDB struct{ db *sql.DB }
+type sqlDB struct {
+	sqlQueryer
+	db *sql.DB
+}
+
+func newSQLDB(db *sql.DB) sqlDB { return sqlDB{sqlQueryer{db}, db} }
 
 // sqlExec is what *sql.DB, *sql.Tx and *sql.Conn share.
 type sqlExec interface {
@@ -107,18 +112,6 @@ type sqlRows struct{ *sql.Rows }
 
 func (r sqlRows) Close() { _ = r.Rows.Close() }
 
-func (d sqlDB) exec(ctx context.Context, q string, args ...any) (int64, error) {
-	return sqlQueryer{d.db}.exec(ctx, q, args...)
-}
-
-func (d sqlDB) query(ctx context.Context, q string, args ...any) (rows, error) {
-	return sqlQueryer{d.db}.query(ctx, q, args...)
-}
-
-func (d sqlDB) queryRow(ctx context.Context, q string, args ...any) row {
-	return d.db.QueryRowContext(ctx, q, args...)
-}
-
 func (d sqlDB) begin(ctx context.Context, readCommitted bool) (tx, error) {
 	var opts *sql.TxOptions
 	if readCommitted {
@@ -154,7 +147,12 @@ func (t sqlTx) commit(context.Context) error   { return t.t.Commit() }
 func (t sqlTx) rollback(context.Context) error { return t.t.Rollback() }
 
 // pgxDB is a pgx pool (PostgreSQL only).
-type pgxDB struct{ pool *pgxpool.Pool }
+type pgxDB struct {
+	pgxQueryer
+	pool *pgxpool.Pool
+}
+
+func newPgxDB(pool *pgxpool.Pool) pgxDB { return pgxDB{pgxQueryer{pool}, pool} }
 
 // pgxExec is what *pgxpool.Pool, pgx.Tx and *pgx.Conn share.
 type pgxExec interface {
@@ -177,18 +175,6 @@ func (q pgxQueryer) query(ctx context.Context, s string, args ...any) (rows, err
 
 func (q pgxQueryer) queryRow(ctx context.Context, s string, args ...any) row {
 	return q.e.QueryRow(ctx, s, args...)
-}
-
-func (d pgxDB) exec(ctx context.Context, q string, args ...any) (int64, error) {
-	return pgxQueryer{d.pool}.exec(ctx, q, args...)
-}
-
-func (d pgxDB) query(ctx context.Context, q string, args ...any) (rows, error) {
-	return d.pool.Query(ctx, q, args...)
-}
-
-func (d pgxDB) queryRow(ctx context.Context, q string, args ...any) row {
-	return d.pool.QueryRow(ctx, q, args...)
 }
 
 func (d pgxDB) begin(ctx context.Context, readCommitted bool) (tx, error) {

@@ -72,7 +72,7 @@ func NewSQLStore(db *sql.DB, config SQLStoreConfig, logger watermill.LoggerAdapt
 	if db == nil {
 		return nil, errors.New("invalid config: db is nil")
 	}
-	s, err := newStore(sqlDB{db}, config.Dialect, config.Outbox, logger)
+	s, err := newStore(newSQLDB(db), config.Dialect, config.Outbox, logger)
 	if err != nil {
 		return nil, err
 	}
@@ -99,7 +99,7 @@ func NewPgxStore(pool *pgxpool.Pool, config PgxStoreConfig, logger watermill.Log
 	if pool == nil {
 		return nil, errors.New("invalid config: pool is nil")
 	}
-	s, err := newStore(pgxDB{pool}, PostgreSQL, config.Outbox, logger)
+	s, err := newStore(newPgxDB(pool), PostgreSQL, config.Outbox, logger)
 	if err != nil {
 		return nil, err
 	}
@@ -211,22 +211,35 @@ func (s *SQLStore) rowColumns(alias string) string {
 		s.createdMicros(alias) + ", " + a + "attempts"
 }
 
-// queryIDs runs q, which selects one integer column.
-func queryIDs(ctx context.Context, db queryer, q string, args []any) ([]int64, error) {
+// queryColumn runs q, which selects one column, and returns its values.
+func queryColumn[T any](ctx context.Context, db queryer, q string, args ...any) ([]T, error) {
 	rs, err := db.query(ctx, q, args...)
 	if err != nil {
 		return nil, err
 	}
 	defer rs.Close()
-	var ids []int64
+	var out []T
 	for rs.Next() {
-		var id int64
-		if err := rs.Scan(&id); err != nil {
+		var v T
+		if err := rs.Scan(&v); err != nil {
 			return nil, err
 		}
-		ids = append(ids, id)
+		out = append(out, v)
 	}
-	return ids, rs.Err()
+	return out, rs.Err()
+}
+
+// topicWalk is a recursive CTE, name(topic), that lists the distinct
+// topics of the rows matching predicate in order, one index descent each
+// (PostgreSQL and SQLite have no loose index scan); read it with
+// "SELECT topic FROM name WHERE topic IS NOT NULL".
+func (t table) topicWalk(name, predicate string) string {
+	return name + `(topic) AS (
+  SELECT (SELECT topic FROM ` + t.quoted + ` WHERE ` + predicate + ` ORDER BY topic LIMIT 1)
+  UNION ALL
+  SELECT (SELECT o.topic FROM ` + t.quoted + ` o WHERE ` + prefixed("o.", predicate) + ` AND o.topic > ` + name + `.topic ORDER BY o.topic LIMIT 1)
+  FROM ` + name + ` WHERE ` + name + `.topic IS NOT NULL
+)`
 }
 
 // rowExtra names the column a query selects after rowColumns, if any.

@@ -114,16 +114,10 @@ func (s *SQLStore) statsTopics(ctx context.Context) ([]string, error) {
 		// A loose index scan of backlog_idx: one descent per group.
 		q = `SELECT topic FROM ` + t.quoted + ` WHERE state IN ('pending', 'dead') GROUP BY state, topic`
 	} else {
-		walk := func(predicate string) string {
-			return `SELECT (SELECT topic FROM ` + t.quoted + ` WHERE ` + predicate + ` ORDER BY topic LIMIT 1)
-  UNION ALL
-  SELECT (SELECT o.topic FROM ` + t.quoted + ` o WHERE ` + prefixed("o.", predicate) + ` AND o.topic > tp.topic ORDER BY o.topic LIMIT 1) FROM `
-		}
-		q = `WITH RECURSIVE bt(topic) AS (` + walk(backlogPredicate) + `bt tp WHERE tp.topic IS NOT NULL),
-dt(topic) AS (` + walk("state = 'dead'") + `dt tp WHERE tp.topic IS NOT NULL)
+		q = `WITH RECURSIVE ` + t.topicWalk("bt", backlogPredicate) + `, ` + t.topicWalk("dt", "state = 'dead'") + `
 SELECT topic FROM bt WHERE topic IS NOT NULL UNION SELECT topic FROM dt WHERE topic IS NOT NULL`
 	}
-	names, err := queryStrings(ctx, s.db, q)
+	names, err := queryColumn[string](ctx, s.db, q)
 	if err != nil {
 		return nil, err
 	}
@@ -157,22 +151,4 @@ func (s *SQLStore) statsQuery(topics []string) (string, []any) {
 		}
 	}
 	return strings.Join(parts, "\nUNION ALL\n"), args
-}
-
-// queryStrings runs q, which selects one text column.
-func queryStrings(ctx context.Context, db queryer, q string, args ...any) ([]string, error) {
-	rs, err := db.query(ctx, q, args...)
-	if err != nil {
-		return nil, err
-	}
-	defer rs.Close()
-	var out []string
-	for rs.Next() {
-		var v string
-		if err := rs.Scan(&v); err != nil {
-			return nil, err
-		}
-		out = append(out, v)
-	}
-	return out, rs.Err()
 }

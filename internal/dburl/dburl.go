@@ -12,6 +12,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -111,9 +112,7 @@ func (d Database) Open(ctx context.Context, create bool) (*sql.DB, error) {
 		}
 	}
 	if d.Dialect == outbox.MySQL {
-		// The driver logs connection trouble itself, on stderr; the error
-		// returned here, and the relay's own logging, say it once.
-		_ = mysql.SetLogger(log.New(io.Discard, "", 0))
+		quietMySQL()
 	}
 	db, err := sql.Open(d.driver, d.dsn)
 	if err != nil {
@@ -132,7 +131,7 @@ func (d Database) Open(ctx context.Context, create bool) (*sql.DB, error) {
 // retries until the database answers (the relay).
 func (d Database) OpenLazy() (*sql.DB, error) {
 	if d.Dialect == outbox.MySQL {
-		_ = mysql.SetLogger(log.New(io.Discard, "", 0))
+		quietMySQL()
 	}
 	db, err := sql.Open(d.driver, d.dsn)
 	if err != nil {
@@ -140,6 +139,12 @@ func (d Database) OpenLazy() (*sql.DB, error) {
 	}
 	return db, nil
 }
+
+// quietMySQL silences the MySQL driver's own logger, once: it logs
+// connection trouble on stderr, which the error returned, and the relay's
+// logging, already say. SetLogger writes a package variable the driver
+// reads when parsing any DSN, so it must not run beside those.
+var quietMySQL = sync.OnceFunc(func() { _ = mysql.SetLogger(log.New(io.Discard, "", 0)) })
 
 // OpenPgxPool opens a pgx pool on a PostgreSQL database without
 // connecting, for a relay over pgx (it connects on first use).

@@ -12,7 +12,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -111,9 +110,6 @@ func (d Database) Open(ctx context.Context, create bool) (*sql.DB, error) {
 			return nil, fmt.Errorf("SQLite file %s: %s", d.Where, Cause(err))
 		}
 	}
-	if d.Dialect == outbox.MySQL {
-		quietMySQL()
-	}
 	db, err := sql.Open(d.driver, d.dsn)
 	if err != nil {
 		return nil, errors.New(d.Scrub(fmt.Sprintf("open %s: %s", d, Cause(err))))
@@ -130,9 +126,6 @@ func (d Database) Open(ctx context.Context, create bool) (*sql.DB, error) {
 // OpenLazy opens the database without connecting: for a program that
 // retries until the database answers (the relay).
 func (d Database) OpenLazy() (*sql.DB, error) {
-	if d.Dialect == outbox.MySQL {
-		quietMySQL()
-	}
 	db, err := sql.Open(d.driver, d.dsn)
 	if err != nil {
 		return nil, errors.New(d.Scrub(fmt.Sprintf("open %s: %s", d, Cause(err))))
@@ -140,11 +133,12 @@ func (d Database) OpenLazy() (*sql.DB, error) {
 	return db, nil
 }
 
-// quietMySQL silences the MySQL driver's own logger, once: it logs
-// connection trouble on stderr, which the error returned, and the relay's
-// logging, already say. SetLogger writes a package variable the driver
-// reads when parsing any DSN, so it must not run beside those.
-var quietMySQL = sync.OnceFunc(func() { _ = mysql.SetLogger(log.New(io.Discard, "", 0)) })
+// The MySQL driver's own logger is silenced: it logs connection trouble on
+// stderr, which the error returned, and the relay's logging, already say.
+// At init, because SetLogger writes a package variable the driver reads
+// whenever it parses a DSN: set later, it races those reads. Only the
+// project's programs (the CLI, the quickstart) import this package.
+func init() { _ = mysql.SetLogger(log.New(io.Discard, "", 0)) }
 
 // OpenPgxPool opens a pgx pool on a PostgreSQL database without
 // connecting, for a relay over pgx (it connects on first use).

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/e0a82c8c/watermill-outbox/forwarder"
+	"github.com/e0a82c8c/watermill-outbox/internal/testenv"
 	"github.com/e0a82c8c/watermill-outbox/retry"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
@@ -102,24 +103,7 @@ func runForwarder(t *testing.T, store outbox.Store, dest message.Publisher, cfg 
 	t.Helper()
 	f, err := forwarder.NewForwarder(store, dest, cfg, watermill.NopLogger{})
 	require.NoError(t, err)
-	done := make(chan error, 1)
-	go func() { done <- f.Run(context.Background()) }()
-	t.Cleanup(func() {
-		require.NoError(t, f.Close())
-		select {
-		case err := <-done:
-			require.NoError(t, err)
-		case <-time.After(30 * time.Second):
-			t.Error("forwarder Run did not return after Close")
-		}
-	})
-	select {
-	case <-f.Running():
-	case err := <-done:
-		t.Fatalf("forwarder stopped: %v", err)
-	case <-time.After(10 * time.Second):
-		t.Fatal("forwarder did not start")
-	}
+	testenv.Start(t, "forwarder", f)
 	return f
 }
 

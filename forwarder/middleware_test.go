@@ -1,7 +1,6 @@
 package forwarder_test
 
 import (
-	"context"
 	"errors"
 	"strings"
 	"sync"
@@ -15,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/e0a82c8c/watermill-outbox/forwarder"
+	"github.com/e0a82c8c/watermill-outbox/internal/testenv"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
 
@@ -31,20 +31,8 @@ func ackOnError(h message.HandlerFunc) message.HandlerFunc {
 // forwarder (the shutdown order the README gives).
 func runRouter(t *testing.T, router *message.Router, f *forwarder.Forwarder) {
 	t.Helper()
-	done := make(chan error, 1)
-	go func() { done <- router.Run(context.Background()) }()
-	t.Cleanup(func() {
-		require.NoError(t, router.Close())
-		require.NoError(t, <-done)
-		require.NoError(t, f.Close())
-	})
-	select {
-	case <-router.Running():
-	case err := <-done:
-		t.Fatalf("router stopped: %v", err)
-	case <-time.After(10 * time.Second):
-		t.Fatal("router did not start")
-	}
+	t.Cleanup(func() { require.NoError(t, f.Close()) }) // runs after the router's
+	testenv.Start(t, "router", router)
 }
 
 // TestRouterMiddlewaresCannotLoseRows: with the forwarder on a caller's

@@ -107,22 +107,7 @@ func run(t *testing.T, store outbox.Store, dest message.Publisher, m *metrics.Me
 	t.Helper()
 	f, err := forwarder.NewForwarder(store, dest, forwarder.Config{Observer: m}, nil)
 	require.NoError(t, err)
-	done := make(chan error, 1)
-	go func() { done <- f.Run(context.Background()) }()
-	t.Cleanup(func() {
-		require.NoError(t, f.Close())
-		select {
-		case err := <-done:
-			require.NoError(t, err)
-		case <-time.After(30 * time.Second):
-			t.Error("forwarder did not stop")
-		}
-	})
-	select {
-	case <-f.Running():
-	case <-time.After(10 * time.Second):
-		t.Fatal("forwarder did not start")
-	}
+	testenv.Start(t, "forwarder", f)
 	return f
 }
 
@@ -557,13 +542,8 @@ func TestRelayMetricsUnhandled(t *testing.T) {
 	})
 	f, err := forwarder.NewForwarder(e.store, &destination{}, forwarder.Config{Router: router, Observer: m}, nil)
 	require.NoError(t, err)
-	done := make(chan error, 1)
-	go func() { done <- router.Run(context.Background()) }()
-	t.Cleanup(func() {
-		require.NoError(t, router.Close())
-		require.NoError(t, <-done)
-		require.NoError(t, f.Close())
-	})
+	t.Cleanup(func() { require.NoError(t, f.Close()) }) // runs after the router's
+	testenv.Start(t, "router", router)
 
 	orders := labels{"handler_name": handler, "topic": "orders"}
 	eventually(t, 30*time.Second, "published after the unhandled delivery", func() bool {

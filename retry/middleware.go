@@ -10,6 +10,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/e0a82c8c/watermill-outbox/config"
+	"github.com/e0a82c8c/watermill-outbox/internal/backoff"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
 
@@ -228,14 +229,14 @@ func (m *Middleware) Handle(h message.HandlerFunc, msg *message.Message) ([]*mes
 			// success closes the circuit meanwhile: its failure may be its
 			// own (one partition without a leader), and must not spin.
 			unavailable++
-			if !sleep(ctx, Backoff(unavailable, m.config.CircuitMinBackoff, m.config.CircuitMaxBackoff)) {
+			if !backoff.Sleep(ctx, Backoff(unavailable, m.config.CircuitMinBackoff, m.config.CircuitMaxBackoff)) {
 				return nil, Unavailable, m.released(msg, err, context.Cause(ctx))
 			}
 		case Permanent:
 			m.logger.Debug("Publish failed permanently: "+err.Error(), m.fields(msg))
 			return nil, Permanent, err
 		default:
-			if quick < m.config.QuickRetries && m.quickRetryFits(start, slowest) && sleep(ctx, m.config.QuickRetryDelay) {
+			if quick < m.config.QuickRetries && m.quickRetryFits(start, slowest) && backoff.Sleep(ctx, m.config.QuickRetryDelay) {
 				quick++
 				m.logger.Debug("Publish failed, retrying in process: "+err.Error(), m.fields(msg).
 					Add(watermill.LogFields{"quick_retry": quick}))
@@ -279,20 +280,5 @@ func (m *Middleware) fields(msg *message.Message) watermill.LogFields {
 		"uuid":      msg.UUID,
 		"outbox_id": msg.Metadata.Get(outbox.OutboxIDMetadataKey),
 		"attempt":   msg.Metadata.Get(outbox.AttemptMetadataKey),
-	}
-}
-
-// sleep waits d, or until ctx is done; it reports whether ctx is still live.
-func sleep(ctx context.Context, d time.Duration) bool {
-	if d <= 0 {
-		return ctx.Err() == nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
 	}
 }

@@ -1,14 +1,17 @@
 package watermilloutbox
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -332,7 +335,7 @@ func (t *pipeTx) send(ctx context.Context, items []pipeItem, commit bool) ([]*bu
 			}
 			continue
 		}
-		buf, err := buffer(rs)
+		buf, err := buffer(rs, t.conn.TypeMap())
 		if err != nil {
 			return nil, err
 		}
@@ -440,23 +443,26 @@ type errRow struct{ err error }
 
 func (r errRow) Scan(...any) error { return r.err }
 
-// bufferedRows is a result read to its end, scanned later: into *string,
-// *int64, *int, *bool, *[]byte, *sql.NullString and **int64, what the
-// claim's reads scan into (never JSON, which Values would decode).
+// bufferedRows is a result read to its end and decoded later, by pgx as
+// the pgx.Rows it came from would have been: its raw values are copied
+// because the connection's buffer is reused by the next statement.
 type bufferedRows struct {
-	rows [][]any
-	at   int
+	types  *pgtype.Map
+	fields []pgconn.FieldDescription
+	rows   [][][]byte
+	at     int
 }
 
-func buffer(rs pgx.Rows) (*bufferedRows, error) {
+func buffer(rs pgx.Rows, types *pgtype.Map) (*bufferedRows, error) {
 	defer rs.Close()
-	b := &bufferedRows{at: -1}
+	b := &bufferedRows{types: types, fields: slices.Clone(rs.FieldDescriptions()), at: -1}
 	for rs.Next() {
-		v, err := rs.Values()
-		if err != nil {
-			return nil, err
+		raw := rs.RawValues()
+		row := make([][]byte, len(raw))
+		for i, v := range raw {
+			row[i] = bytes.Clone(v) // NULL stays nil
 		}
-		b.rows = append(b.rows, v)
+		b.rows = append(b.rows, row)
 	}
 	return b, rs.Err()
 }
@@ -466,89 +472,5 @@ func (b *bufferedRows) Err() error { return nil }
 func (b *bufferedRows) Close()     {}
 
 func (b *bufferedRows) Scan(dest ...any) error {
-	row := b.rows[b.at]
-	if len(dest) != len(row) {
-		return fmt.Errorf("scan %d columns into %d values", len(row), len(dest))
-	}
-	for i, v := range row {
-		if err := assign(dest[i], v); err != nil {
-			return fmt.Errorf("column %d: %w", i, err)
-		}
-	}
-	return nil
-}
-
-func assign(dest, v any) error {
-	switch d := dest.(type) {
-	case *string:
-		s, ok := v.(string)
-		if !ok {
-			return fmt.Errorf("%T into *string", v)
-		}
-		*d = s
-	case *sql.NullString:
-		if v == nil {
-			*d = sql.NullString{}
-			return nil
-		}
-		s, ok := v.(string)
-		if !ok {
-			return fmt.Errorf("%T into *sql.NullString", v)
-		}
-		*d = sql.NullString{String: s, Valid: true}
-	case *bool:
-		x, ok := v.(bool)
-		if !ok {
-			return fmt.Errorf("%T into *bool", v)
-		}
-		*d = x
-	case *int64:
-		n, err := toInt64(v)
-		if err != nil {
-			return err
-		}
-		*d = n
-	case *int:
-		n, err := toInt64(v)
-		if err != nil {
-			return err
-		}
-		*d = int(n)
-	case **int64:
-		if v == nil {
-			*d = nil
-			return nil
-		}
-		n, err := toInt64(v)
-		if err != nil {
-			return err
-		}
-		*d = &n
-	case *[]byte:
-		switch x := v.(type) {
-		case []byte:
-			*d = x
-		case string:
-			*d = []byte(x)
-		case nil:
-			*d = nil
-		default:
-			return fmt.Errorf("%T into *[]byte", v)
-		}
-	default:
-		return fmt.Errorf("cannot scan into %T", dest)
-	}
-	return nil
-}
-
-func toInt64(v any) (int64, error) {
-	switch n := v.(type) {
-	case int64:
-		return n, nil
-	case int32:
-		return int64(n), nil
-	case int16:
-		return int64(n), nil
-	}
-	return 0, fmt.Errorf("%T into an integer", v)
+	return pgx.ScanRow(b.types, b.fields, b.rows[b.at], dest...)
 }

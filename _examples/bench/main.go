@@ -259,7 +259,7 @@ func newRunner(o options) (r *runner, closeRunner func(), err error) {
 		return nil, nil, fmt.Errorf("-db %s: only stuck-key and waiting run on other databases than PostgreSQL", o.db)
 	}
 	if o.child != "" || o.db == "postgres" {
-		if r.db, err = openDB(o.pgDSN); err != nil {
+		if r.db, err = openDB("pgx", "PostgreSQL", o.pgDSN); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -388,8 +388,10 @@ func (r *runner) ourConfig() config.Config {
 	return c
 }
 
-func openDB(dsn string) (*sql.DB, error) {
-	db, err := sql.Open("pgx", dsn)
+// openDB opens and pings a pool of 32 connections; what names the server
+// in errors.
+func openDB(driver, what, dsn string) (*sql.DB, error) {
+	db, err := sql.Open(driver, dsn)
 	if err != nil {
 		return nil, err
 	}
@@ -399,7 +401,7 @@ func openDB(dsn string) (*sql.DB, error) {
 	defer cancel()
 	if err := db.PingContext(ctx); err != nil {
 		_ = db.Close()
-		return nil, fmt.Errorf("PostgreSQL at %s: %w", dsn, err)
+		return nil, fmt.Errorf("%s at %s: %w", what, dsn, err)
 	}
 	return db, nil
 }

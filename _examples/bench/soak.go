@@ -105,7 +105,7 @@ func (r *runner) soak() (result, error) {
 				for i := lo; i < min(lo+batch, total); i++ {
 					msgs = append(msgs, newMessage(i, r.o.payload, keyOf(i, r.o.keys)))
 				}
-				if err := r.commitEvents(ctx, s, topic, msgs); err != nil {
+				if err := commitEvents(ctx, s, topic, msgs); err != nil {
 					errs <- err
 					for range jobs { // let the pacer finish
 					}
@@ -214,7 +214,7 @@ func (r *runner) soak() (result, error) {
 }
 
 // commitEvents writes msgs in one transaction of their own.
-func (r *runner) commitEvents(ctx context.Context, s *ourSide, topic string, msgs []*message.Message) error {
+func commitEvents(ctx context.Context, s *ourSide, topic string, msgs []*message.Message) error {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err

@@ -107,17 +107,9 @@ func (r *runner) scenarioDB() (*sql.DB, outbox.Dialect, func(), error) {
 	case "postgres":
 		return r.db, outbox.PostgreSQL, func() {}, nil
 	case "mysql":
-		db, err := sql.Open("mysql", r.o.mysqlDSN)
+		db, err := openDB("mysql", "MySQL", r.o.mysqlDSN)
 		if err != nil {
 			return nil, "", nil, err
-		}
-		db.SetMaxOpenConns(32)
-		db.SetMaxIdleConns(32)
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := db.PingContext(ctx); err != nil {
-			_ = db.Close()
-			return nil, "", nil, fmt.Errorf("MySQL at %s: %w", r.o.mysqlDSN, err)
 		}
 		return db, outbox.MySQL, func() { _ = db.Close() }, nil
 	case "sqlite":
@@ -150,15 +142,7 @@ func seedRows(ctx context.Context, s *ourSide, topic string, n int, gen func(i i
 		for i := lo; i < hi; i++ {
 			msgs = append(msgs, gen(i))
 		}
-		tx, err := s.db.BeginTx(ctx, nil)
-		if err != nil {
-			return err
-		}
-		if err := s.publish(tx, topic, msgs...); err != nil {
-			_ = tx.Rollback()
-			return err
-		}
-		if err := tx.Commit(); err != nil {
+		if err := commitEvents(ctx, s, topic, msgs); err != nil {
 			return err
 		}
 		if n >= 200000 && hi%100000 == 0 {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/e0a82c8c/watermill-outbox/config"
 	"github.com/e0a82c8c/watermill-outbox/forwarder"
+	"github.com/e0a82c8c/watermill-outbox/internal/backoff"
 	"github.com/e0a82c8c/watermill-outbox/internal/dburl"
 	"github.com/e0a82c8c/watermill-outbox/metrics"
 	"github.com/e0a82c8c/watermill-outbox/sink"
@@ -297,7 +298,7 @@ func runRelay(ctx context.Context, s relaySettings, store *outbox.SQLStore, dest
 	if !retry(ctx, logger, "migrate the outbox table", func() error { return store.Migrate(ctx) }) {
 		return
 	}
-	for backoff := time.Second; ; backoff = min(2*backoff, 30*time.Second) {
+	for wait := time.Second; ; wait = min(2*wait, 30*time.Second) {
 		fwd, err := forwarder.NewForwarder(store, dest, forwarder.Config{Observer: obs}, logger)
 		if err != nil {
 			// Every setting was validated: only a bug gets here.
@@ -326,8 +327,8 @@ func runRelay(ctx context.Context, s relaySettings, store *outbox.SQLStore, dest
 			return
 		}
 		// Run ends only with ctx; should it not, start over rather than exit.
-		logger.Error("relay: forwarder stopped unexpectedly, restarting", err, watermill.LogFields{"retry_in": backoff.String()})
-		if !sleep(ctx, backoff) {
+		logger.Error("relay: forwarder stopped unexpectedly, restarting", err, watermill.LogFields{"retry_in": wait.String()})
+		if !backoff.Sleep(ctx, wait) {
 			return
 		}
 	}
@@ -369,7 +370,7 @@ func newLogger(w io.Writer, scrub func(string) string) watermill.LoggerAdapter {
 // retry runs fn until it succeeds (true) or ctx ends (false), logging each
 // failure and backing off up to 10s.
 func retry(ctx context.Context, logger watermill.LoggerAdapter, what string, fn func() error) bool {
-	for backoff := 100 * time.Millisecond; ; backoff = min(2*backoff, 10*time.Second) {
+	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 10*time.Second) {
 		err := fn()
 		if err == nil {
 			return true
@@ -377,20 +378,9 @@ func retry(ctx context.Context, logger watermill.LoggerAdapter, what string, fn 
 		if ctx.Err() != nil {
 			return false
 		}
-		logger.Error("relay: cannot "+what+", retrying", err, watermill.LogFields{"retry_in": backoff.String()})
-		if !sleep(ctx, backoff) {
+		logger.Error("relay: cannot "+what+", retrying", err, watermill.LogFields{"retry_in": wait.String()})
+		if !backoff.Sleep(ctx, wait) {
 			return false
 		}
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
 	}
 }

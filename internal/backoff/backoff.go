@@ -1,8 +1,10 @@
 // Package backoff holds the one backoff curve of the outbox: the relay's
-// database retries, the LISTEN reconnects and retry.Backoff all use it.
+// database retries, the LISTEN reconnects and retry.Backoff all use it,
+// and Sleep, the one context-aware wait.
 package backoff
 
 import (
+	"context"
 	"math/rand/v2"
 	"time"
 )
@@ -42,4 +44,20 @@ func Jittered(attempt int, min, max time.Duration) time.Duration {
 	half := d / 2
 	// Int64N(n) is in [0, n): d-half+1 makes d itself reachable.
 	return half + time.Duration(rand.Int64N(int64(d-half)+1))
+}
+
+// Sleep waits d, or until ctx is done, and reports whether ctx is still
+// live; a d of zero or less does not wait.
+func Sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }

@@ -3,7 +3,6 @@ package testenv
 import (
 	"context"
 	"errors"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -18,20 +17,38 @@ import (
 // more than one, so tests see keys spread and per-key order kept.
 const KafkaPartitions = 3
 
-// Kafka returns brokers with the given topics created (KafkaPartitions
-// partitions each). By default it starts an in-process fake cluster (kfake)
-// that is closed when t ends and also creates unknown topics on first use. If
-// OUTBOX_TEST_KAFKA_BROKERS is set (comma-separated host:port), those brokers
-// are used instead, and an unreachable one skips or fails t like any missing
-// service.
+// Kafka returns the brokers of a real Apache Kafka with the given topics
+// created (KafkaPartitions partitions each): OUTBOX_TEST_KAFKA_BROKERS
+// (comma-separated host:port) or DefaultKafkaBrokers, the broker
+// scripts/services starts. An unreachable broker skips or fails t like any
+// missing service. OUTBOX_TEST_KAFKA_BROKERS=kfake runs the test against an
+// in-process fake (KafkaFake) instead.
 func Kafka(t testing.TB, topics ...string) (brokers []string) {
 	t.Helper()
-	if v := os.Getenv("OUTBOX_TEST_KAFKA_BROKERS"); v != "" {
-		brokers = strings.Split(v, ",")
-		createKafkaTopics(t, brokers, topics)
-		return brokers
+	v := Env("OUTBOX_TEST_KAFKA_BROKERS", DefaultKafkaBrokers)
+	if v == "kfake" {
+		return KafkaFake(t, topics...)
 	}
+	brokers = strings.Split(v, ",")
+	createKafkaTopics(t, brokers, topics, "kafka", "OUTBOX_TEST_KAFKA_BROKERS")
+	return brokers
+}
 
+// KafkaCluster returns the brokers of the three-node cluster
+// (OUTBOX_TEST_KAFKA_CLUSTER_BROKERS or DefaultKafkaClusterBrokers) with the
+// given topics created at replication factor 3 and min.insync.replicas 2.
+func KafkaCluster(t testing.TB, topics ...string) (brokers []string) {
+	t.Helper()
+	brokers = strings.Split(Env("OUTBOX_TEST_KAFKA_CLUSTER_BROKERS", DefaultKafkaClusterBrokers), ",")
+	createKafkaTopics(t, brokers, topics, "kafka-cluster", "OUTBOX_TEST_KAFKA_CLUSTER_BROKERS")
+	return brokers
+}
+
+// KafkaFake starts an in-process fake Kafka (kfake), closed when t ends, with
+// the given topics; it also creates unknown topics on first use. For tests
+// where an in-process broker is the point; everything else uses Kafka.
+func KafkaFake(t testing.TB, topics ...string) (brokers []string) {
+	t.Helper()
 	opts := []kfake.Opt{
 		kfake.NumBrokers(1),
 		kfake.AllowAutoTopicCreation(),
@@ -48,7 +65,10 @@ func Kafka(t testing.TB, topics ...string) (brokers []string) {
 	return cluster.ListenAddrs()
 }
 
-func createKafkaTopics(t testing.TB, brokers, topics []string) {
+// createKafkaTopics creates topics on a real cluster: at the broker's
+// default replication factor, and with min.insync.replicas 2 on a cluster of
+// three or more (so acks=all means two copies).
+func createKafkaTopics(t testing.TB, brokers, topics []string, service, variable string) {
 	t.Helper()
 	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
 	if err != nil {
@@ -59,7 +79,7 @@ func createKafkaTopics(t testing.TB, brokers, topics []string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := cl.Ping(ctx); err != nil {
-		Unavailable(t, "Kafka", "kafka", "OUTBOX_TEST_KAFKA_BROKERS", err)
+		Unavailable(t, "Kafka", service, variable, err)
 	}
 	if len(topics) == 0 {
 		return
@@ -72,6 +92,11 @@ func createKafkaTopics(t testing.TB, brokers, topics []string) {
 		rt.Topic = topic
 		rt.NumPartitions = KafkaPartitions
 		rt.ReplicationFactor = -1 // the broker's default
+		if len(brokers) >= 3 {
+			rt.ReplicationFactor = 3
+			minISR := "2"
+			rt.Configs = append(rt.Configs, kmsg.CreateTopicsRequestTopicConfig{Name: "min.insync.replicas", Value: &minISR})
+		}
 		req.Topics = append(req.Topics, rt)
 	}
 	resp, err := req.RequestWith(ctx, cl)

@@ -26,6 +26,12 @@ const (
 	DefaultPostgresDSN = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
 	DefaultMySQLDSN    = "root@tcp(127.0.0.1:3306)/test"
 	DefaultAMQPURL     = "amqp://guest:guest@127.0.0.1:5672/"
+	// DefaultKafkaBrokers is the one-node broker of scripts/services.
+	DefaultKafkaBrokers = "127.0.0.1:9092"
+	// DefaultKafkaClusterBrokers is the three-node cluster of
+	// `scripts/services up kafka-cluster` (replication factor 3,
+	// min.insync.replicas 2).
+	DefaultKafkaClusterBrokers = "127.0.0.1:29092,127.0.0.1:29093,127.0.0.1:29094"
 )
 
 // Env returns the variable's value or def.
@@ -43,8 +49,8 @@ func RequireServices() bool { return os.Getenv("OUTBOX_REQUIRE_SERVICES") == "1"
 // composeService is the service's name in docker-compose.yml.
 func Unavailable(t testing.TB, service, composeService, variable string, err error) {
 	t.Helper()
-	msg := fmt.Sprintf("%s unreachable (%v): start it with `docker compose up -d %s` or point %s at one",
-		service, err, composeService, variable)
+	msg := fmt.Sprintf("%s unreachable (%v): start it with `scripts/services up %s` (or `docker compose up -d %s`) or point %s at one",
+		service, err, composeService, composeService, variable)
 	if RequireServices() {
 		t.Fatal(msg + " (OUTBOX_REQUIRE_SERVICES=1)")
 	}

@@ -21,8 +21,8 @@ import (
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
 
-// broker is the destination of one run: Kafka (kfake in process unless
-// -kafka names brokers) or RabbitMQ.
+// broker is the destination of one run: Kafka (the brokers -kafka names, or
+// kfake in process for -kafka kfake) or RabbitMQ.
 type broker struct {
 	kind    string
 	brokers []string       // kafka
@@ -35,7 +35,7 @@ func newBroker(kind, kafkaBrokers, amqpURL string, partitions int) (*broker, err
 	b := &broker{kind: kind, url: amqpURL, parts: int32(partitions)}
 	switch kind {
 	case "kafka":
-		if kafkaBrokers != "" {
+		if kafkaBrokers != "kfake" {
 			b.brokers = splitComma(kafkaBrokers)
 			return b, nil
 		}

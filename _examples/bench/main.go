@@ -77,7 +77,8 @@
 // Every scenario runs on PostgreSQL (-pg); stuck-key and waiting also on
 // MySQL/MariaDB (-mysql) and SQLite (a temporary file) with -db.
 //
-// Sinks (-sink): kafka (an in-process kfake broker unless -kafka is set) or
+// Sinks (-sink): kafka (the Apache Kafka broker at -kafka, by default the one
+// scripts/services starts; -kafka kfake runs an in-process fake instead) or
 // amqp (RabbitMQ at -amqp). River publishes through the publisher our side
 // uses (Kafka acks=all, RabbitMQ confirms). River's settings are printed
 // once per run on stderr; its tables live in a schema of their own,
@@ -171,7 +172,7 @@ func main() {
 	flag.StringVar(&o.mysqlDSN, "mysql", env("OUTBOX_BENCH_MYSQL_DSN", "root@tcp(127.0.0.1:3306)/test"), "MySQL/MariaDB DSN (-db mysql)")
 	flag.StringVar(&o.db, "db", "postgres", "stuck-key and waiting: postgres, mysql or sqlite (a temporary file); every other scenario runs on PostgreSQL only")
 	flag.StringVar(&o.amqpURL, "amqp", env("OUTBOX_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"), "RabbitMQ URL")
-	flag.StringVar(&o.kafka, "kafka", os.Getenv("OUTBOX_BENCH_KAFKA_BROKERS"), "Kafka brokers, comma-separated; empty starts kfake in process")
+	flag.StringVar(&o.kafka, "kafka", env("OUTBOX_BENCH_KAFKA_BROKERS", "127.0.0.1:9092"), "Kafka brokers, comma-separated; kfake starts an in-process fake broker")
 	flag.IntVar(&o.payload, "payload", 256, "payload bytes")
 	flag.IntVar(&o.partitions, "partitions", 3, "partitions of each Kafka topic")
 	flag.IntVar(&o.workers, "workers", 8, "publish: concurrent writers; soak: writer connections")

@@ -234,6 +234,27 @@ func TestPublishLimitsAcceptTheirBoundsExactly(t *testing.T) {
 	}
 }
 
+// TestForbiddenMetadataKeysAreConfigurable: PublisherConfig's list
+// replaces the default one (normalised the same way); an empty list
+// forbids none.
+func TestForbiddenMetadataKeysAreConfigurable(t *testing.T) {
+	t.Parallel()
+	store := newStore(t, testenv.SQLite(t), outbox.SQLite, config.Config{})
+	msg := func(k string) *message.Message {
+		m := message.NewMessage(watermill.NewUUID(), []byte("x"))
+		m.Metadata.Set(k, "secret")
+		return m
+	}
+	custom, err := outbox.NewPublisher(store, outbox.PublisherConfig{AutoCommit: true,
+		ForbiddenMetadataKeys: append(outbox.DefaultForbiddenMetadataKeys(), " X-Session-Token ")}, nil)
+	require.NoError(t, err)
+	require.ErrorIs(t, custom.Publish("t", msg("x_session_token")), outbox.ErrForbiddenMetadata)
+	require.ErrorIs(t, custom.Publish("t", msg("Cookie")), outbox.ErrForbiddenMetadata)
+	none, err := outbox.NewPublisher(store, outbox.PublisherConfig{AutoCommit: true, ForbiddenMetadataKeys: []string{}}, nil)
+	require.NoError(t, err)
+	require.NoError(t, none.Publish("t", msg("authorization")))
+}
+
 // TestBadTableNamesTouchNothing: table names with quotes, semicolons,
 // spaces or comments are refused by every entry point before any SQL runs,
 // on every dialect: a canary table survives names built to drop it.

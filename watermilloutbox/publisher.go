@@ -106,8 +106,7 @@ type Publisher struct {
 
 // NewPublisher returns a Publisher writing into store's table, with the
 // store's MaxPayloadBytes, MaxMetadataBytes, DisableNotify and
-// NotifyInterval. A nil logger
-// logs nothing.
+// NotifyInterval. A nil logger logs nothing.
 func NewPublisher(store *SQLStore, config PublisherConfig, logger watermill.LoggerAdapter) (*Publisher, error) {
 	if store == nil {
 		return nil, errors.New("invalid config: store is nil")

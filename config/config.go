@@ -46,6 +46,17 @@ const (
 	// section).
 	DefaultMaxInFlight = 1000
 
+	// DefaultMaxMetadataBytes bounds a message's metadata: half of
+	// RabbitMQ's default frame_max (131072 bytes), which must hold the
+	// headers with the other message properties, and far below Kafka's
+	// default message.max.bytes (about 1 MB).
+	DefaultMaxMetadataBytes = 64 << 10
+
+	// DefaultMaxInFlightBytes bounds the payload and metadata bytes a relay
+	// subscriber holds: a backlog of large messages then costs about this
+	// much memory, not MaxInFlight times the largest message.
+	DefaultMaxInFlightBytes = 64 << 20
+
 	// DefaultNotifyInterval is how often, at most, a publisher sends a
 	// commit notification, and how soon after one the relay looks again.
 	DefaultNotifyInterval = 5 * time.Millisecond
@@ -134,6 +145,15 @@ type Config struct {
 	// means the default. Minimum 1.
 	MaxInFlight int `env:"MAX_IN_FLIGHT"`
 
+	// MaxInFlightBytes bounds, per relay subscriber, the payload and
+	// metadata bytes of the rows it holds (claimed and not yet settled),
+	// beside MaxInFlight's count: the window takes a claimed row only while
+	// it holds fewer bytes than this (and always at least one row, however
+	// large), gives the others straight back, and sizes its claims by the
+	// rows it has seen. Default DefaultMaxInFlightBytes (64 MiB); zero
+	// means the default. Minimum 1.
+	MaxInFlightBytes int `env:"MAX_IN_FLIGHT_BYTES"`
+
 	// DisableOrdering lets the relay publish messages sharing a partition
 	// key concurrently and out of write order, for throughput. Default and
 	// zero (false): messages with the same partition key are published in
@@ -144,6 +164,15 @@ type Config struct {
 	// a larger one is rejected before anything is written. Default and
 	// zero: no limit. Must not be negative.
 	MaxPayloadBytes int `env:"MAX_PAYLOAD_BYTES"`
+
+	// MaxMetadataBytes is the largest metadata accepted, in bytes, counted
+	// as every key's and value's bytes plus 8 per entry (the brokers'
+	// per-header framing), the W3C trace context the publisher adds
+	// included; publishing more is rejected (ErrMetadataTooLarge) before
+	// anything is written. A broker sends metadata as headers, which must
+	// fit one frame (RabbitMQ) or the record (Kafka). Default
+	// DefaultMaxMetadataBytes (64 KiB); zero means the default. Minimum 1.
+	MaxMetadataBytes int `env:"MAX_METADATA_BYTES"`
 
 	// DisableNotify turns the wake-up on commit off: publishers send no
 	// NOTIFY and the relay does not LISTEN, so it finds new rows only by
@@ -205,6 +234,12 @@ func (c *Config) SetDefaults() {
 	}
 	if c.MaxInFlight == 0 {
 		c.MaxInFlight = DefaultMaxInFlight
+	}
+	if c.MaxInFlightBytes == 0 {
+		c.MaxInFlightBytes = DefaultMaxInFlightBytes
+	}
+	if c.MaxMetadataBytes == 0 {
+		c.MaxMetadataBytes = DefaultMaxMetadataBytes
 	}
 	if c.NotifyInterval == 0 {
 		c.NotifyInterval = DefaultNotifyInterval
@@ -271,8 +306,14 @@ func (c Config) validate() []*fieldError {
 	if c.MaxInFlight < 1 {
 		add("MaxInFlight", "must be at least 1", c.MaxInFlight)
 	}
+	if c.MaxInFlightBytes < 1 {
+		add("MaxInFlightBytes", "must be at least 1", c.MaxInFlightBytes)
+	}
 	if c.MaxPayloadBytes < 0 {
 		add("MaxPayloadBytes", "must not be negative", c.MaxPayloadBytes)
+	}
+	if c.MaxMetadataBytes < 1 {
+		add("MaxMetadataBytes", "must be at least 1", c.MaxMetadataBytes)
 	}
 	if c.NotifyInterval < minNotifyInterval || c.NotifyInterval > MaxNotifyInterval {
 		add("NotifyInterval", "must be between "+minNotifyInterval.String()+" and "+MaxNotifyInterval.String(), c.NotifyInterval)

@@ -27,8 +27,10 @@
 //	OUTBOX_RETRY_BACKOFF_MAX_SECONDS   RetryBackoffMax     60                error
 //	OUTBOX_PUBLISHED_RETENTION_SECONDS PublishedRetention  0                 delete at once
 //	OUTBOX_MAX_IN_FLIGHT               MaxInFlight         1000              error
+//	OUTBOX_MAX_IN_FLIGHT_BYTES         MaxInFlightBytes    67108864 (64 MiB) error
 //	OUTBOX_DISABLE_ORDERING            DisableOrdering     false             -
 //	OUTBOX_MAX_PAYLOAD_BYTES           MaxPayloadBytes     0                 no limit
+//	OUTBOX_MAX_METADATA_BYTES          MaxMetadataBytes    65536 (64 KiB)    error
 //	OUTBOX_DISABLE_NOTIFY              DisableNotify       false             -
 //	OUTBOX_NOTIFY_INTERVAL_SECONDS     NotifyInterval      0.005             error
 //	OUTBOX_UNAVAILABLE_BACKOFF_MAX_SECONDS UnavailableBackoffMax 1           error

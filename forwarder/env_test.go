@@ -3,6 +3,8 @@ package forwarder_test
 import (
 	"context"
 	"errors"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -54,6 +56,17 @@ func (s *spy) firstClaim(t *testing.T) outbox.ClaimRequest {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.claims[0]
+}
+
+// claimLimits returns the limits of the claims so far.
+func (s *spy) claimLimits() []int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]int, len(s.claims))
+	for i, c := range s.claims {
+		out[i] = c.Limit
+	}
+	return out
 }
 
 func (s *spy) failureDelays() []time.Duration {
@@ -125,8 +138,13 @@ func TestEveryEnvironmentVariableChangesBehaviour(t *testing.T) {
 		t.Parallel()
 		e := newRelayEnv(t, backends[2])
 		s := &spy{Store: fromEnv(t, e, fast(map[string]string{"OUTBOX_BATCH_SIZE": "7"}))}
-		runForwarder(t, s, newRecorder(), forwarder.Config{})
-		require.Equal(t, 7, s.firstClaim(t).Limit)
+		dest := newRecorder()
+		runForwarder(t, s, dest, forwarder.Config{})
+		// The first claims take one row, until the window has seen one
+		// (MaxInFlightBytes); then an idle relay's claims take BatchSize.
+		e.publish(t, "t", 1, nil)
+		dest.waitDistinct(t, 1, 30*time.Second)
+		waitFor(t, 30*time.Second, "a claim of BatchSize rows", func() bool { return slices.Contains(s.claimLimits(), 7) })
 	})
 
 	t.Run("OUTBOX_MAX_RETRY_COUNT", func(t *testing.T) {
@@ -193,8 +211,26 @@ func TestEveryEnvironmentVariableChangesBehaviour(t *testing.T) {
 		t.Parallel()
 		e := newRelayEnv(t, backends[2])
 		s := &spy{Store: fromEnv(t, e, fast(map[string]string{"OUTBOX_MAX_IN_FLIGHT": "1"}))}
-		runForwarder(t, s, newRecorder(), forwarder.Config{})
-		require.Equal(t, 1, s.firstClaim(t).Limit, "a claim takes what the window has room for")
+		e.publish(t, "t", 5, nil)
+		dest := newRecorder()
+		runForwarder(t, s, dest, forwarder.Config{})
+		dest.waitDistinct(t, 5, 30*time.Second)
+		for _, limit := range s.claimLimits() {
+			require.Equal(t, 1, limit, "a claim takes what the window has room for, even draining a backlog")
+		}
+	})
+
+	t.Run("OUTBOX_MAX_IN_FLIGHT_BYTES", func(t *testing.T) {
+		t.Parallel()
+		e := newRelayEnv(t, backends[2])
+		s := &spy{Store: fromEnv(t, e, fast(map[string]string{"OUTBOX_MAX_IN_FLIGHT_BYTES": "1"}))}
+		e.publish(t, "t", 5, nil)
+		dest := newRecorder()
+		runForwarder(t, s, dest, forwarder.Config{})
+		dest.waitDistinct(t, 5, 30*time.Second)
+		for _, limit := range s.claimLimits() {
+			require.Equal(t, 1, limit, "one row at a time fits one byte")
+		}
 	})
 
 	t.Run("OUTBOX_DISABLE_ORDERING", func(t *testing.T) {
@@ -218,6 +254,21 @@ func TestEveryEnvironmentVariableChangesBehaviour(t *testing.T) {
 			err := pub.Publish("t", message.NewMessage(watermill.NewUUID(), make([]byte, 11)))
 			require.ErrorIs(t, err, outbox.ErrPayloadTooLarge)
 		}
+		require.Equal(t, 1, e.count(t, "1=1"))
+	})
+
+	t.Run("OUTBOX_MAX_METADATA_BYTES", func(t *testing.T) {
+		t.Parallel()
+		e := newRelayEnv(t, backends[2])
+		pub, err := outbox.NewPublisher(fromEnv(t, e, map[string]string{"OUTBOX_MAX_METADATA_BYTES": "64"}), outbox.PublisherConfig{AutoCommit: true}, nil)
+		require.NoError(t, err)
+		withMetadata := func(n int) *message.Message {
+			m := message.NewMessage(watermill.NewUUID(), []byte("x"))
+			m.Metadata.Set("k", strings.Repeat("v", n))
+			return m
+		}
+		require.NoError(t, pub.Publish("t", withMetadata(64-1-8)))
+		require.ErrorIs(t, pub.Publish("t", withMetadata(64-1-8+1)), outbox.ErrMetadataTooLarge)
 		require.Equal(t, 1, e.count(t, "1=1"))
 	})
 

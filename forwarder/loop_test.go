@@ -226,7 +226,7 @@ func TestLoopClaimSchedule(t *testing.T) {
 	sub, _ := subscribe(t, s)
 
 	first := s.next(t, opClaim)
-	require.Equal(t, 10, first.req.Limit, "BatchSize")
+	require.Equal(t, 1, first.req.Limit, "no row seen yet: one, as MaxInFlightBytes wants")
 	require.True(t, first.req.Ordered)
 	first.answer(reply{})
 
@@ -240,6 +240,11 @@ func TestLoopClaimSchedule(t *testing.T) {
 	backlog := s.next(t, opClaim)
 	require.Equal(t, 90, backlog.req.Limit, "a backlog: what the window has room for")
 	backlog.answer(reply{})
+
+	sub.Wake()
+	idle := s.next(t, opClaim)
+	require.Equal(t, 10, idle.req.Limit, "no backlog, rows seen: BatchSize")
+	idle.answer(reply{})
 }
 
 // TestLoopOrderingChains: one row of a key at a time, the next only after
@@ -419,4 +424,57 @@ func TestLoopAckWritesBackOff(t *testing.T) {
 	errs := logger.at(watermill.ErrorLogLevel)
 	require.Len(t, errs, 1, "one error-level line for six failures")
 	require.Contains(t, errs[0].msg, "ack write failed")
+}
+
+// TestLoopBoundsInFlightBytes: a relay starting on a backlog of large
+// messages claims one row first, to learn their size; of a claim larger
+// than MaxInFlightBytes it keeps what fits (always one row) and gives the
+// rest back at once, uncharged; it claims again only when acks made room,
+// as many rows as fit.
+func TestLoopBoundsInFlightBytes(t *testing.T) {
+	t.Parallel()
+	cfg := loopConfig()
+	cfg.MaxInFlightBytes = 64
+	s := newFakeStore(t, cfg)
+	_, ch := subscribe(t, s)
+	big := func(ids ...int64) []outbox.Row {
+		out := rows(ids...)
+		for i := range out {
+			out[i].Payload = []byte("8 bytes!")
+		}
+		return out
+	}
+
+	first := s.next(t, opClaim)
+	require.Equal(t, 1, first.req.Limit, "nothing learnt about row sizes yet")
+	var all []int64
+	for id := int64(1); id <= 30; id++ {
+		all = append(all, id)
+	}
+	first.answer(reply{rows: big(all...)}) // a store that took more than asked
+	released := s.next(t, opRelease)
+	require.Equal(t, all[8:], released.ids, "64 bytes held, the rest given back")
+	released.answer(reply{n: len(released.ids)})
+
+	var got []*message.Message
+	for range 8 {
+		got = append(got, receive(t, ch))
+	}
+	requireNothingReady(t, ch)
+	// Half the window's capacity (8 rows of 8 bytes) freed: a claim.
+	for _, m := range got[:4] {
+		m.Ack()
+	}
+	for acked := 0; acked < 4; {
+		ack := s.next(t, opPublished)
+		ack.answer(reply{n: len(ack.ids)})
+		acked += len(ack.ids)
+	}
+	next := s.next(t, opClaim)
+	require.Equal(t, 4, next.req.Limit, "as many rows as the acks made room for")
+	next.answer(reply{})
+	for _, m := range got[4:] {
+		m.Ack()
+	}
+	s.answerRest()
 }

@@ -61,10 +61,12 @@ func (s *schedule) onWake(now time.Time) {
 }
 
 // ready reports whether a claim should start now, given the free room in
-// the window: it waits until half a batch fits, so a nearly full window
-// does not claim a row at a time.
-func (s *schedule) ready(free int) bool {
-	return s.due && !s.claiming && free >= s.threshold
+// the window and how many rows the empty window holds (fewer than
+// MaxInFlight when MaxInFlightBytes binds): it waits until half a batch,
+// or half the capacity, fits, so a nearly full window does not claim a row
+// at a time.
+func (s *schedule) ready(free, capacity int) bool {
+	return s.due && !s.claiming && free >= min(s.threshold, max(1, capacity/2))
 }
 
 // start marks a claim as started and returns how many rows it may take:

@@ -105,7 +105,7 @@ func (sub *subscription) run() {
 			if sub.idle() {
 				return
 			}
-		} else if sub.sched.ready(sub.free()) {
+		} else if sub.sched.ready(sub.free(), sub.capacity()) {
 			sub.claim()
 		}
 		sub.flush()
@@ -147,7 +147,16 @@ func (sub *subscription) run() {
 	}
 }
 
-func (sub *subscription) free() int { return sub.cfg.MaxInFlight - sub.win.size() }
+// free is the window's room in rows: under MaxInFlight, and under
+// MaxInFlightBytes for rows of the size the window has learnt.
+func (sub *subscription) free() int {
+	return min(sub.cfg.MaxInFlight-sub.win.size(), sub.win.byteRoom(sub.cfg.MaxInFlightBytes))
+}
+
+// capacity is how many rows the empty window holds.
+func (sub *subscription) capacity() int {
+	return min(sub.cfg.MaxInFlight, sub.win.byteCapacity(sub.cfg.MaxInFlightBytes))
+}
 
 // claim starts a claim in a worker.
 func (sub *subscription) claim() {
@@ -175,8 +184,18 @@ func (sub *subscription) onClaimed(r claimed) {
 		return
 	}
 	sub.retries.claim.succeeded()
-	readied := sub.win.add(r.token, r.rows, time.Now())
-	sub.sched.onClaimed(len(r.rows), r.limit, r.more, sub.win.size())
+	rows, over := sub.win.admit(r.rows, sub.cfg.MaxInFlightBytes)
+	readied := sub.win.add(r.token, rows, time.Now())
+	sub.sched.onClaimed(len(r.rows), r.limit, r.more || len(over) > 0, sub.win.size())
+	if len(over) > 0 {
+		// Over MaxInFlightBytes: back at once, no attempt charged; claimed
+		// again when the window has room.
+		back := make([]*held, len(over))
+		for i, row := range over {
+			back[i] = &held{row: row, token: r.token}
+		}
+		sub.release(back)
+	}
 	if sub.draining {
 		// Claimed while closing: give them straight back.
 		sub.release(sub.win.unemitted())

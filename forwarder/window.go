@@ -43,13 +43,16 @@ type held struct {
 }
 
 // window is the set of claimed rows a subscription holds (at most
-// MaxInFlight), the queue of rows ready to be emitted, and the per-key
+// MaxInFlight, and MaxInFlightBytes but for one row), the queue of rows ready to be emitted, and the per-key
 // chains that keep one row of each key in flight at a time.
 type window struct {
 	ordered bool
 	held    map[int64]*held
 	ready   []*held            // in emission order
 	chains  map[string][]*held // per key: the rows queued behind the one in flight
+
+	bytes   int // rowSize of the held rows
+	rowSize int // the mean rowSize of the last claim's rows; 0 before any
 }
 
 func newWindow(ordered bool) *window {
@@ -58,6 +61,66 @@ func newWindow(ordered bool) *window {
 
 func (w *window) size() int { return len(w.held) }
 
+// rowSize is what a row costs MaxInFlightBytes: its payload and its
+// metadata's keys and values.
+func rowSize(r outbox.Row) int {
+	n := len(r.Payload)
+	for k, v := range r.Metadata {
+		n += len(k) + len(v)
+	}
+	return n
+}
+
+// admit splits claimed rows (in id order) into those the window takes,
+// while it holds fewer than maxBytes (and always one when it is empty),
+// and the rest, a suffix of the claim, which must be given back: so a
+// backlog of large messages costs about maxBytes of memory. It learns the
+// claim's mean row size, which sizes the next claims (byteRoom).
+func (w *window) admit(rows []outbox.Row, maxBytes int) (in, out []outbox.Row) {
+	if len(rows) == 0 {
+		return nil, nil
+	}
+	total, taken := 0, 0
+	for i, r := range rows {
+		n := rowSize(r)
+		total += n
+		if out == nil && (w.size()+i == 0 || w.bytes+taken < maxBytes) {
+			taken += n
+			continue
+		}
+		if out == nil {
+			in, out = rows[:i], rows[i:]
+		}
+	}
+	w.rowSize = max(1, total/len(rows))
+	if out == nil {
+		in = rows
+	}
+	return in, out
+}
+
+// byteRoom is how many rows of the mean size learnt the window has room
+// for under maxBytes: one before it learnt any, so a relay starting on a
+// backlog of large messages claims one first, not BatchSize of them.
+func (w *window) byteRoom(maxBytes int) int {
+	switch {
+	case w.rowSize == 0:
+		return max(0, 1-w.size())
+	case w.bytes >= maxBytes:
+		return 0
+	}
+	return max(1, (maxBytes-w.bytes)/w.rowSize)
+}
+
+// byteCapacity is how many rows of the mean size learnt the empty window
+// holds under maxBytes.
+func (w *window) byteCapacity(maxBytes int) int {
+	if w.rowSize == 0 {
+		return 1
+	}
+	return max(1, maxBytes/w.rowSize)
+}
+
 // add takes claimed rows (in id order) into the window and returns those
 // that are ready: keyless rows, and the first row of each key that has none
 // in flight. The others queue behind their key's row in flight.
@@ -65,6 +128,7 @@ func (w *window) add(token string, rows []outbox.Row, now time.Time) []*held {
 	var out []*held
 	for _, r := range rows {
 		h := &held{row: r, token: token, renewedAt: now}
+		w.bytes += rowSize(r)
 		if w.ordered && r.PartitionKey != "" {
 			h.chain = r.Topic + "\x00" + r.PartitionKey
 		}
@@ -139,7 +203,10 @@ func (w *window) failed(h *held) []*held {
 // remove drops rows whose fate is written.
 func (w *window) remove(ids []int64) {
 	for _, id := range ids {
-		delete(w.held, id)
+		if h, ok := w.held[id]; ok {
+			w.bytes -= rowSize(h.row)
+			delete(w.held, id)
+		}
 	}
 }
 

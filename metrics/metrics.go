@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"regexp"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -310,6 +311,9 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	stats, at := m.current()
 	d := &m.descs
 	gauge := func(desc *prometheus.Desc, v float64, labels ...string) {
+		for i, l := range labels {
+			labels[i] = labelValue(l)
+		}
 		ch <- prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, v, labels...)
 	}
 	flag := func(b bool) float64 {
@@ -400,15 +404,16 @@ func (m *Metrics) topic(handler, topic string) *topicSeries {
 	if s, ok := old[key]; ok {
 		return s
 	}
+	tl := labelValue(topic)
 	s := &topicSeries{
-		claimed:   m.claimed.WithLabelValues(handler, topic),
-		reclaimed: m.reclaimed.WithLabelValues(handler, topic),
-		published: m.published.WithLabelValues(handler, topic),
-		dead:      m.dead.WithLabelValues(handler, topic),
-		lag:       m.lag.WithLabelValues(handler, topic),
+		claimed:   m.claimed.WithLabelValues(handler, tl),
+		reclaimed: m.reclaimed.WithLabelValues(handler, tl),
+		published: m.published.WithLabelValues(handler, tl),
+		dead:      m.dead.WithLabelValues(handler, tl),
+		lag:       m.lag.WithLabelValues(handler, tl),
 	}
 	for i, k := range failureKinds {
-		s.failed[i] = m.failed.WithLabelValues(handler, topic, string(k))
+		s.failed[i] = m.failed.WithLabelValues(handler, tl, string(k))
 	}
 	next := make(map[seriesKey]*topicSeries, len(old)+1)
 	for k, v := range old {
@@ -489,3 +494,9 @@ func (m *Metrics) ObservePause(e forwarder.PauseEvent) {
 	}
 	m.paused.WithLabelValues(e.Handler).Set(v)
 }
+
+// labelValue makes a topic, which comes from the table, a valid label
+// value: Prometheus panics on one that is not UTF-8, and a row written by
+// another program (or on SQLite) may hold anything. Invalid bytes become
+// U+FFFD.
+func labelValue(s string) string { return strings.ToValidUTF8(s, "\uFFFD") }

@@ -552,3 +552,26 @@ func TestRelayMetricsUnhandled(t *testing.T) {
 	require.Equal(t, 1.0, sample(t, reg, "outbox_relay_failed_total", labels{"topic": "orders", "kind": "unhandled"}))
 	require.Equal(t, 2.0, sample(t, reg, "outbox_relay_claimed_total", orders))
 }
+
+// A topic that is not UTF-8 (a row another program wrote, or on SQLite)
+// never panics the collector or the relay's observer: the label shows
+// U+FFFD for the invalid bytes, and scrapes keep working.
+func TestInvalidUTF8TopicNeverPanics(t *testing.T) {
+	t.Parallel()
+	src := &fakeStats{answer: func(context.Context, int32) (outbox.Stats, error) {
+		return outbox.Stats{Topics: []outbox.TopicStats{{Topic: "bad\xff", Pending: 2, Dead: 1}}}, nil
+	}}
+	m, err := metrics.New(src, metrics.Config{}, nil)
+	require.NoError(t, err)
+	reg := registry(t, m)
+	require.NotPanics(t, func() {
+		m.ObserveClaim(forwarder.ClaimEvent{Handler: handler, Rows: []outbox.Row{{ID: 1, Topic: "bad\xff"}}})
+		m.ObservePublish(forwarder.PublishEvent{Handler: handler, Topic: "bad\xfe", CreatedAt: time.Now(), ConfirmedAt: time.Now()})
+		m.ObserveFailure(forwarder.FailureEvent{Handler: handler, Topic: "bad\xfd", Kind: forwarder.FailureTransient})
+		m.ObserveDead(forwarder.DeadEvent{Handler: handler, Topic: "bad\xfc"})
+	})
+	var got float64
+	require.NotPanics(t, func() { got = sample(t, reg, "outbox_pending", labels{"topic": "bad\uFFFD"}) })
+	require.Equal(t, 2.0, got)
+	require.Equal(t, 1.0, sample(t, reg, "outbox_relay_claimed_total", labels{"topic": "bad\uFFFD"}))
+}

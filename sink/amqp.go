@@ -130,7 +130,7 @@ func (c AMQPConfig) Validate() error {
 		return errors.New("missing URL")
 	}
 	if _, err := amqp.ParseURI(c.URL); err != nil {
-		return fmt.Errorf("URL: %w", err)
+		return fmt.Errorf("URL: %w", urlProblem(err))
 	}
 	switch c.Topology {
 	case TopologyQueue:

@@ -97,7 +97,9 @@ func (s *SQLStore) ListDead(ctx context.Context, q DeadQuery) ([]DeadRow, error)
 	query := `SELECT ` + s.rowColumns("") + `, last_error FROM ` + s.t.quoted +
 		` WHERE ` + where + ` ORDER BY id LIMIT ` + p(len(args))
 	var out []DeadRow
-	err := s.scanRows(ctx, s.db, query, args, withLastError, func(r Row, lastErr sql.NullString) {
+	// An undecodable row is listed with what could be read: its last error
+	// says why it is dead.
+	err := s.scanRows(ctx, s.db, query, args, withLastError, func(r Row, lastErr sql.NullString, _ error) {
 		out = append(out, DeadRow{Row: r, LastError: lastErr.String})
 	})
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -48,7 +49,7 @@ func TestBadInputWritesNothingOnEveryDialect(t *testing.T) {
 			t.Parallel()
 			ctx := context.Background()
 			db := b.open(t)
-			store := newStore(t, db, b.dialect, config.Config{MaxPayloadBytes: 8})
+			store := newStore(t, db, b.dialect, config.Config{MaxPayloadBytes: 8, MaxMetadataBytes: 1024})
 			table := store.Config().Table
 			pub, err := outbox.NewPublisher(store, outbox.PublisherConfig{}, nil)
 			require.NoError(t, err)
@@ -120,6 +121,35 @@ func TestBadInputWritesNothingOnEveryDialect(t *testing.T) {
 					return pub.WithTx(tx).Publish("t", good(), withMetadata(k, "Bearer secret"))
 				}, outbox.ErrForbiddenMetadata, ""})
 			}
+			for _, k := range []string{"Proxy-Authorization", "cookie", "Set-Cookie", "X-Api-Key", "x_api_key", "authorization\x00", "\x00Cookie "} {
+				cases = append(cases, badCase{fmt.Sprintf("metadata %q", k), true, func(tx *sql.Tx) error {
+					return pub.WithTx(tx).Publish("t", good(), withMetadata(k, "secret"))
+				}, outbox.ErrForbiddenMetadata, ""})
+			}
+			for _, k := range []string{outbox.TopicMetadataKey, outbox.OutboxIDMetadataKey, outbox.AttemptMetadataKey, outbox.MessageUUIDMetadataKey} {
+				cases = append(cases, badCase{fmt.Sprintf("reserved metadata %q", k), true, func(tx *sql.Tx) error {
+					return pub.WithTx(tx).Publish("t", good(), withMetadata(k, "1"))
+				}, outbox.ErrReservedMetadata, ""})
+			}
+			for _, kv := range [][2]string{{"k\xff", "v"}, {"k", "v\xfe"}, {"k", "a\xc3"}} {
+				cases = append(cases, badCase{fmt.Sprintf("metadata %q=%q", kv[0], kv[1]), true, func(tx *sql.Tx) error {
+					return pub.WithTx(tx).Publish("t", good(), withMetadata(kv[0], kv[1]))
+				}, outbox.ErrInvalidMetadata, ""})
+			}
+			cases = append(cases, badCase{"metadata over the limit", true, func(tx *sql.Tx) error {
+				return pub.WithTx(tx).Publish("t", good(), withMetadata("big", strings.Repeat("x", 1024)))
+			}, outbox.ErrMetadataTooLarge, ""}, badCase{"many small metadata entries over the limit", true, func(tx *sql.Tx) error {
+				m := good()
+				for i := range 120 { // 120 * (2+1+8) > 1024
+					m.Metadata.Set(fmt.Sprintf("%02x", i), "v")
+				}
+				return pub.WithTx(tx).Publish("t", m)
+			}, outbox.ErrMetadataTooLarge, ""})
+			for _, key := range []string{strings.Repeat("k", 256), strings.Repeat("é", 128), "a\x00b", "\xff", "ok\xc3"} {
+				cases = append(cases, badCase{fmt.Sprintf("partition key %.20q", key), true, func(tx *sql.Tx) error {
+					return pub.WithTx(tx).Publish("t", good(), withMetadata(outbox.PartitionKeyMetadataKey, key))
+				}, outbox.ErrInvalidPartitionKey, ""})
+			}
 			for _, topic := range []string{"", " ", "a b", " a", "a\t", "a\nb", "a\x00b", "a\x7fb", "\xff\xfe", "a\u00a0b", "a\u2028b", strings.Repeat("a", 256)} {
 				cases = append(cases, badCase{fmt.Sprintf("topic %.20q", topic), true, func(tx *sql.Tx) error {
 					return pub.WithTx(tx).Publish(topic, good())
@@ -134,6 +164,8 @@ func TestBadInputWritesNothingOnEveryDialect(t *testing.T) {
 						var err error
 						tx, err = db.Begin()
 						require.NoError(t, err)
+						// A failed case must not leave SQLite's one connection taken.
+						t.Cleanup(func() { _ = tx.Rollback() })
 					}
 					err := c.call(tx)
 					if c.is != nil {
@@ -169,6 +201,58 @@ func TestBadInputWritesNothingOnEveryDialect(t *testing.T) {
 			require.Zero(t, countRows(t, db, table), "nothing written or half-written")
 		})
 	}
+}
+
+// TestPublishLimitsAcceptTheirBoundsExactly: a partition key of 255 bytes,
+// metadata at MaxMetadataBytes, control characters, NUL and non-ASCII in
+// metadata are accepted on every dialect, and read back byte for byte.
+func TestPublishLimitsAcceptTheirBoundsExactly(t *testing.T) {
+	t.Parallel()
+	for _, b := range badInputDBs {
+		t.Run(b.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			db := b.open(t)
+			const limit = 512
+			store := newStore(t, db, b.dialect, config.Config{MaxMetadataBytes: limit})
+			pub, err := outbox.NewPublisher(store, outbox.PublisherConfig{AutoCommit: true}, nil)
+			require.NoError(t, err)
+			key := strings.Repeat("é", 127) + "k" // 255 bytes
+			odd := "tab\there\nnul\x00end \u2028 \U0001F600"
+			m := message.NewMessage(watermill.NewUUID(), []byte("x"))
+			m.Metadata.Set(outbox.PartitionKeyMetadataKey, key)
+			m.Metadata.Set("odd", odd)
+			used := len(outbox.PartitionKeyMetadataKey) + len(key) + 8 + len("odd") + len(odd) + 8
+			m.Metadata.Set("pad", strings.Repeat("p", limit-used-len("pad")-8)) // exactly at the limit
+			require.NoError(t, pub.Publish("t", m))
+			c, err := store.Claim(ctx, outbox.ClaimRequest{Limit: 10, Lease: time.Minute, Ordered: true})
+			require.NoError(t, err)
+			require.Len(t, c.Rows, 1)
+			require.Equal(t, key, c.Rows[0].PartitionKey)
+			require.Equal(t, m.Metadata, c.Rows[0].Metadata)
+		})
+	}
+}
+
+// TestForbiddenMetadataKeysAreConfigurable: PublisherConfig's list
+// replaces the default one (normalised the same way); an empty list
+// forbids none.
+func TestForbiddenMetadataKeysAreConfigurable(t *testing.T) {
+	t.Parallel()
+	store := newStore(t, testenv.SQLite(t), outbox.SQLite, config.Config{})
+	msg := func(k string) *message.Message {
+		m := message.NewMessage(watermill.NewUUID(), []byte("x"))
+		m.Metadata.Set(k, "secret")
+		return m
+	}
+	custom, err := outbox.NewPublisher(store, outbox.PublisherConfig{AutoCommit: true,
+		ForbiddenMetadataKeys: append(outbox.DefaultForbiddenMetadataKeys(), " X-Session-Token ")}, nil)
+	require.NoError(t, err)
+	require.ErrorIs(t, custom.Publish("t", msg("x_session_token")), outbox.ErrForbiddenMetadata)
+	require.ErrorIs(t, custom.Publish("t", msg("Cookie")), outbox.ErrForbiddenMetadata)
+	none, err := outbox.NewPublisher(store, outbox.PublisherConfig{AutoCommit: true, ForbiddenMetadataKeys: []string{}}, nil)
+	require.NoError(t, err)
+	require.NoError(t, none.Publish("t", msg("authorization")))
 }
 
 // TestBadTableNamesTouchNothing: table names with quotes, semicolons,

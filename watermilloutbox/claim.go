@@ -2,12 +2,13 @@ package watermilloutbox
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 
+	"github.com/ThreeDotsLabs/watermill"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 )
@@ -116,8 +117,12 @@ func (s *SQLStore) Claim(ctx context.Context, req ClaimRequest) (Claimed, error)
 		return Claimed{}, fmt.Errorf("outbox: claim: %w", err)
 	}
 	c := Claimed{Token: uuid.NewString()}
+	// taking names the rows of a pipelined take once it was sent with its
+	// COMMIT: should the claim fail from then on, they may be committed to
+	// it, and are given back once its connection is.
+	var taking []int64
 	run := func(tx tx) error {
-		err := s.claim(ctx, tx, req, &c)
+		err := s.claim(ctx, tx, req, &c, &taking)
 		if err != nil {
 			_ = tx.rollback(ctx)
 			return err
@@ -132,6 +137,9 @@ func (s *SQLStore) Claim(ctx context.Context, req ClaimRequest) (Claimed, error)
 		// On a pgx connection the claim takes two round trips (see
 		// pipeTx) instead of six.
 		err = pc.withConn(ctx, func(conn *pgx.Conn) error { return run(&pipeTx{conn: conn}) })
+		if err != nil && taking != nil {
+			s.giveBack(ctx, c.Token, taking)
+		}
 	}
 	if errors.Is(err, errNotPgx) {
 		// READ COMMITTED on MySQL: the locking read takes record locks
@@ -151,7 +159,7 @@ func (s *SQLStore) Claim(ctx context.Context, req ClaimRequest) (Claimed, error)
 
 // claim runs one claim's steps in tx: promote, find the candidates, take
 // them.
-func (s *SQLStore) claim(ctx context.Context, tx tx, req ClaimRequest, c *Claimed) error {
+func (s *SQLStore) claim(ctx context.Context, tx tx, req ClaimRequest, c *Claimed, taking *[]int64) error {
 	q, args := s.q.promote(req.Limit)
 	if p, ok := tx.(*pipeTx); ok {
 		// What the claim reads first depends on nothing read before: one
@@ -174,7 +182,7 @@ func (s *SQLStore) claim(ctx context.Context, tx tx, req ClaimRequest, c *Claime
 	if len(cands) == 0 {
 		return nil
 	}
-	c.Rows, err = s.take(ctx, tx, c.Token, req, cands)
+	c.Rows, err = s.take(ctx, tx, c.Token, req, cands, taking)
 	return err
 }
 
@@ -449,8 +457,10 @@ func (s *SQLStore) keyedRows(ctx context.Context, tx tx, req ClaimRequest) ([]ca
 
 // take locks the candidates that are still free (skipping rows locked by
 // others), claims them, and returns them. In an ordered claim, a run that
-// lost a row keeps only the rows before it: the rest are not claimed.
-func (s *SQLStore) take(ctx context.Context, tx tx, token string, req ClaimRequest, cands []candidate) ([]Row, error) {
+// lost a row keeps only the rows before it: the rest are not claimed. A
+// taken row that cannot be decoded is made dead with the reason instead
+// of being returned (bury).
+func (s *SQLStore) take(ctx context.Context, tx tx, token string, req ClaimRequest, cands []candidate, taking *[]int64) ([]Row, error) {
 	ids := make([]int64, len(cands))
 	for i, c := range cands {
 		ids[i] = c.id
@@ -460,7 +470,7 @@ func (s *SQLStore) take(ctx context.Context, tx tx, token string, req ClaimReque
 		// claims and acks never deadlock; SQLite holds the write lock.
 		// Then what the cut keeps is claimed.
 		q, args := s.q.lockFree(s, ids)
-		locked, err := s.queryRows(ctx, tx, q, args, withReclaimed)
+		locked, bad, err := s.queryRows(ctx, tx, q, args, withReclaimed)
 		if err != nil {
 			return nil, err
 		}
@@ -472,19 +482,25 @@ func (s *SQLStore) take(ctx context.Context, tx tx, token string, req ClaimReque
 		if _, err := tx.exec(ctx, q, args...); err != nil {
 			return nil, err
 		}
-		return kept, nil
+		return s.bury(ctx, tx, token, kept, bad)
 	}
 	q, args := s.q.claimFree(s, token, req.Lease, ids)
 	var taken []Row
+	var bad map[int64]string
 	var err error
 	if p, ok := tx.(*pipeTx); ok {
 		// The take and COMMIT in one round trip; rows the cut drops are
-		// given back after it.
+		// given back after it, and should that fail, the claim's rows
+		// are (see Claim): the take may have committed.
+		*taking = ids
 		err = p.queryThenCommit(ctx, q, args, func(rs rows) error {
-			return s.readRows(rs, withReclaimed, func(r Row, _ sql.NullString) { taken = append(taken, r) })
+			return s.readRows(rs, withReclaimed, collectRows(&taken, &bad))
 		})
+		if err == nil && s.takeHook != nil {
+			err = s.takeHook()
+		}
 	} else {
-		taken, err = s.queryRows(ctx, tx, q, args, withReclaimed)
+		taken, bad, err = s.queryRows(ctx, tx, q, args, withReclaimed)
 	}
 	if err != nil {
 		return nil, err
@@ -493,11 +509,54 @@ func (s *SQLStore) take(ctx context.Context, tx tx, token string, req ClaimReque
 	if len(dropped) > 0 {
 		q, args := s.q.unclaim(s, token, dropped)
 		if _, err := tx.exec(ctx, q, args...); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("give back rows the cut dropped: %w", err)
 		}
 	}
-	return kept, nil
+	return s.bury(ctx, tx, token, kept, bad)
 }
+
+// bury makes the rows of kept that bad names dead, with the reason as their
+// last error, and returns the others: a row the relay cannot read is the
+// row's failure, never the claim's, and retrying it would fail the same
+// way.
+func (s *SQLStore) bury(ctx context.Context, tx tx, token string, kept []Row, bad map[int64]string) ([]Row, error) {
+	if len(bad) == 0 {
+		return kept, nil
+	}
+	out := kept[:0:0]
+	for _, r := range kept {
+		why, ok := bad[r.ID]
+		if !ok {
+			out = append(out, r)
+			continue
+		}
+		q, args := s.markDead(token, r.ID, why)
+		if _, err := tx.exec(ctx, q, args...); err != nil {
+			return nil, fmt.Errorf("mark undecodable row %d dead: %w", r.ID, err)
+		}
+		s.logger.Error("Outbox row cannot be decoded; marked dead", errors.New(why), watermill.LogFields{"outbox_id": r.ID})
+	}
+	return out, nil
+}
+
+// giveBack releases, after a claim failed, the rows it may have taken: on
+// the pipelined path the take commits with the statement that takes, so a
+// failure after it (a lost connection, a failed write that follows) would
+// leave them leased under a token nobody holds until ClaimTimeout. It runs
+// on another connection, after the claim's own ended; rows the claim never
+// took do not hold its token and are not touched.
+func (s *SQLStore) giveBack(ctx context.Context, token string, ids []int64) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), giveBackTimeout)
+	defer cancel()
+	q, args := s.q.unclaim(s, token, ids)
+	if _, err := s.db.exec(ctx, q, args...); err != nil {
+		s.logger.Error("Outbox claim failed and giving its rows back failed too; they return when their lease expires", err,
+			watermill.LogFields{"rows": len(ids)})
+	}
+}
+
+// giveBackTimeout bounds giveBack.
+const giveBackTimeout = 5 * time.Second
 
 // cut keeps per-key order when a claim lost candidates between reading
 // and locking them: in each run, the rows behind the first lost one are

@@ -29,8 +29,29 @@ var (
 	ErrPayloadTooLarge = errors.New("outbox: payload too large")
 
 	// ErrForbiddenMetadata is returned for a message that carries a metadata
-	// key that must never be stored, such as "authorization".
+	// key that must never be stored, such as "authorization" (see
+	// PublisherConfig.ForbiddenMetadataKeys).
 	ErrForbiddenMetadata = errors.New("outbox: forbidden metadata key")
+
+	// ErrReservedMetadata is returned for a message that carries a metadata
+	// key the relay or the sinks own: OutboxIDMetadataKey,
+	// AttemptMetadataKey, TopicMetadataKey or MessageUUIDMetadataKey. It
+	// would be dropped or doubled on the way to the broker.
+	ErrReservedMetadata = errors.New("outbox: reserved metadata key")
+
+	// ErrInvalidMetadata is returned for a message whose metadata holds a
+	// key or value that is not valid UTF-8: it could not be stored and
+	// delivered exactly.
+	ErrInvalidMetadata = errors.New("outbox: invalid metadata")
+
+	// ErrMetadataTooLarge is returned when a message's metadata exceeds
+	// MaxMetadataBytes (see config.Config).
+	ErrMetadataTooLarge = errors.New("outbox: metadata too large")
+
+	// ErrInvalidPartitionKey is returned for a partition key (the
+	// PartitionKeyMetadataKey entry) longer than 255 bytes, not valid UTF-8
+	// or containing NUL.
+	ErrInvalidPartitionKey = errors.New("outbox: invalid partition key")
 
 	// ErrUnknownDialect is returned for a Dialect this package does not know.
 	ErrUnknownDialect = errors.New("outbox: unknown SQL dialect")

@@ -311,7 +311,7 @@ func (b *EventBus) marshal(ctx context.Context, name string, event any) (string,
 	}
 	b.config.Propagator.Inject(ctx, metadataCarrier(msg.Metadata))
 	for k := range msg.Metadata {
-		if forbiddenMetadataKey(k) { // credentials must never be stored
+		if defaultForbidden[normalMetadataKey(k)] { // credentials must never be stored
 			delete(msg.Metadata, k)
 		}
 	}

@@ -12,6 +12,10 @@ import (
 // commits.
 func SetClaimHook(s *SQLStore, hook func()) { s.claimHook = hook }
 
+// SetTakeHook lets tests fail PostgreSQL's pipelined claim after its take
+// committed, as a failed unclaim would.
+func SetTakeHook(s *SQLStore, hook func() error) { s.takeHook = hook }
+
 // ExplainPostgresClaim returns the plans of the statements a claim reads
 // its candidates with (keyless rows, then keyed ones), after the claim's
 // own preparation (or without it, to show what it prevents). The

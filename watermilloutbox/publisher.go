@@ -31,7 +31,7 @@ const maxRowsPerInsert = 1000
 // maxTopicLen is the longest topic stored; Kafka allows 249, RabbitMQ 255.
 const maxTopicLen = 255
 
-// PublisherConfig configures a Publisher. The table, the payload limit and
+// PublisherConfig configures a Publisher. The table, the size limits and
 // the wake-up settings come from the store's config.Config (NewPublisher
 // takes the store), so they are stated once.
 type PublisherConfig struct {
@@ -47,6 +47,16 @@ type PublisherConfig struct {
 	// publisher and relay share a process, for a wake-up within about a
 	// millisecond on any dialect. Optional; nil tells nobody.
 	Notifier Notifier
+
+	// ForbiddenMetadataKeys are metadata keys Publish refuses
+	// (ErrForbiddenMetadata): credentials, which would outlive the request
+	// in the table and reach every consumer. Keys compare case-insensitively,
+	// trimmed of spaces and NULs, with '_' read as '-' ("X_API_KEY" is
+	// "x-api-key"). Default: DefaultForbiddenMetadataKeys (authorization,
+	// proxy-authorization, cookie, set-cookie, x-api-key); nil means the
+	// default, an empty non-nil slice forbids none. To add keys, append to
+	// DefaultForbiddenMetadataKeys().
+	ForbiddenMetadataKeys []string
 }
 
 // Notifier learns that a Publish wrote rows. forwarder.Subscriber
@@ -81,6 +91,8 @@ type Publisher struct {
 	table  table
 	logger watermill.LoggerAdapter
 
+	forbidden forbiddenKeys
+
 	// notifyQuery is the NOTIFY statement, "" when none is sent.
 	notifyQuery string
 	// lastNotify is when this Publisher last sent a NOTIFY (UnixNano).
@@ -93,8 +105,8 @@ type Publisher struct {
 }
 
 // NewPublisher returns a Publisher writing into store's table, with the
-// store's MaxPayloadBytes, DisableNotify and NotifyInterval. A nil logger
-// logs nothing.
+// store's MaxPayloadBytes, MaxMetadataBytes, DisableNotify and
+// NotifyInterval. A nil logger logs nothing.
 func NewPublisher(store *SQLStore, config PublisherConfig, logger watermill.LoggerAdapter) (*Publisher, error) {
 	if store == nil {
 		return nil, errors.New("invalid config: store is nil")
@@ -102,7 +114,8 @@ func NewPublisher(store *SQLStore, config PublisherConfig, logger watermill.Logg
 	if logger == nil {
 		logger = watermill.NopLogger{}
 	}
-	p := &Publisher{store: store, config: config, outbox: store.Config(), table: store.t, logger: logger}
+	p := &Publisher{store: store, config: config, outbox: store.Config(), table: store.t, logger: logger,
+		forbidden: newForbiddenKeys(config.ForbiddenMetadataKeys)}
 	if p.table.dialect == PostgreSQL && !p.outbox.DisableNotify {
 		p.notifyQuery = `SELECT pg_notify('` + NotifyChannel(p.table.name) + `', '')`
 	}
@@ -298,12 +311,16 @@ func (p *Publisher) insertArgs(topic string, messages []*message.Message) ([]any
 		if max := p.outbox.MaxPayloadBytes; max > 0 && len(m.Payload) > max {
 			return nil, fmt.Errorf("%w: message %s has %d bytes, the limit is %d", ErrPayloadTooLarge, m.UUID, len(m.Payload), max)
 		}
-		for k := range m.Metadata {
-			if forbiddenMetadataKey(k) {
-				return nil, fmt.Errorf("%w: message %s carries %q", ErrForbiddenMetadata, m.UUID, k)
-			}
+		if err := ValidatePartitionKey(m.Metadata.Get(PartitionKeyMetadataKey)); err != nil {
+			return nil, fmt.Errorf("message %s: %w", m.UUID, err)
+		}
+		if err := checkMetadata(m.UUID, m.Metadata, p.forbidden, 0); err != nil {
+			return nil, err
 		}
 		meta := withTraceContext(m)
+		if err := checkMetadata(m.UUID, meta, nil, p.outbox.MaxMetadataBytes); err != nil {
+			return nil, err // the trace context counts towards the limit
+		}
 		md := []byte("{}")
 		if len(meta) > 0 {
 			var err error

@@ -154,13 +154,13 @@ func (t table) ddl() []string {
     last_error    TEXT,
     waiting       INTEGER NOT NULL DEFAULT 0
 )`,
-			`CREATE INDEX IF NOT EXISTS ` + t.index("unkeyed_idx") + ` ON ` + t.base + ` (id) WHERE ` + unkeyedPredicate,
-			`CREATE INDEX IF NOT EXISTS ` + t.index("keyed_idx") + ` ON ` + t.base + ` (topic, partition_key, id) WHERE ` + keyedPredicate,
-			`CREATE INDEX IF NOT EXISTS ` + t.index("waiting_idx") + ` ON ` + t.base + ` (available_at) WHERE ` + waitingPredicate,
-			`CREATE INDEX IF NOT EXISTS ` + t.index("waiting_key_idx") + ` ON ` + t.base + ` (topic, partition_key, id) WHERE ` + waitingKeyPredicate,
-			`CREATE INDEX IF NOT EXISTS ` + t.index("published_idx") + ` ON ` + t.base + ` (published_at) WHERE state = 'published'`,
-			`CREATE INDEX IF NOT EXISTS ` + t.index("backlog_idx") + ` ON ` + t.base + ` (topic, id) WHERE ` + backlogPredicate,
-			`CREATE INDEX IF NOT EXISTS ` + t.index("dead_idx") + ` ON ` + t.base + ` (topic, id) WHERE state = 'dead'`,
+			`CREATE INDEX IF NOT EXISTS ` + t.index("unkeyed_idx") + ` ON ` + t.dialect.quoteIdent(t.base) + ` (id) WHERE ` + unkeyedPredicate,
+			`CREATE INDEX IF NOT EXISTS ` + t.index("keyed_idx") + ` ON ` + t.dialect.quoteIdent(t.base) + ` (topic, partition_key, id) WHERE ` + keyedPredicate,
+			`CREATE INDEX IF NOT EXISTS ` + t.index("waiting_idx") + ` ON ` + t.dialect.quoteIdent(t.base) + ` (available_at) WHERE ` + waitingPredicate,
+			`CREATE INDEX IF NOT EXISTS ` + t.index("waiting_key_idx") + ` ON ` + t.dialect.quoteIdent(t.base) + ` (topic, partition_key, id) WHERE ` + waitingKeyPredicate,
+			`CREATE INDEX IF NOT EXISTS ` + t.index("published_idx") + ` ON ` + t.dialect.quoteIdent(t.base) + ` (published_at) WHERE state = 'published'`,
+			`CREATE INDEX IF NOT EXISTS ` + t.index("backlog_idx") + ` ON ` + t.dialect.quoteIdent(t.base) + ` (topic, id) WHERE ` + backlogPredicate,
+			`CREATE INDEX IF NOT EXISTS ` + t.index("dead_idx") + ` ON ` + t.dialect.quoteIdent(t.base) + ` (topic, id) WHERE state = 'dead'`,
 		}
 	}
 }

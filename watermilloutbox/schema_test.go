@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/stretchr/testify/require"
 
 	"github.com/e0a82c8c/watermill-outbox/config"
@@ -145,4 +147,22 @@ func TestMaintainVacuumsWhenAutovacuumIsOff(t *testing.T) {
 		}
 	}
 	require.Equal(t, before+1, vacuums(), "one vacuum")
+}
+
+// A table named by a reserved word migrates and works on SQLite: every
+// statement quotes the name, the index DDL's ON clause included.
+func TestMigrateReservedWordTableOnSQLite(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := testenv.SQLite(t)
+	store, err := outbox.NewSQLStore(db, outbox.SQLStoreConfig{Dialect: outbox.SQLite, Outbox: config.Config{Table: "order"}}, nil)
+	require.NoError(t, err)
+	require.NoError(t, store.Migrate(ctx))
+	require.NoError(t, store.Migrate(ctx), "idempotent")
+	pub, err := outbox.NewPublisher(store, outbox.PublisherConfig{AutoCommit: true}, nil)
+	require.NoError(t, err)
+	require.NoError(t, pub.Publish("orders", message.NewMessage(watermill.NewUUID(), []byte("x"))))
+	c, err := store.Claim(ctx, outbox.ClaimRequest{Limit: 10, Lease: time.Minute, Ordered: true})
+	require.NoError(t, err)
+	require.Len(t, c.Rows, 1)
 }

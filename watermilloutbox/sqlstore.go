@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -61,6 +62,10 @@ type SQLStore struct {
 	// claimHook, when set (tests only), runs inside the MySQL claim
 	// transaction just before it commits.
 	claimHook func()
+	// takeHook, when set (tests only), runs on PostgreSQL's pipelined
+	// claim just after the take committed; an error it returns stands for
+	// a failure of the writes that follow.
+	takeHook func() error
 }
 
 var _ Store = (*SQLStore)(nil)
@@ -251,17 +256,38 @@ const (
 	withReclaimed          // whether the row held another claim's token (claims)
 )
 
-// queryRows runs q, which selects rowColumns and the extra column.
-func (s *SQLStore) queryRows(ctx context.Context, db queryer, q string, args []any, extra rowExtra) ([]Row, error) {
+// queryRows runs q, which selects rowColumns and the extra column, and
+// returns its rows and, by id, why those it could not decode are
+// undecodable.
+func (s *SQLStore) queryRows(ctx context.Context, db queryer, q string, args []any, extra rowExtra) ([]Row, map[int64]string, error) {
 	var out []Row
-	err := s.scanRows(ctx, db, q, args, extra, func(r Row, _ sql.NullString) { out = append(out, r) })
-	return out, err
+	var bad map[int64]string
+	err := s.scanRows(ctx, db, q, args, extra, collectRows(&out, &bad))
+	return out, bad, err
+}
+
+// collectRows is a scanRows callback that appends to rows and notes the
+// undecodable ones in bad.
+func collectRows(rows *[]Row, bad *map[int64]string) func(Row, sql.NullString, error) {
+	return func(r Row, _ sql.NullString, why error) {
+		*rows = append(*rows, r)
+		if why != nil {
+			if *bad == nil {
+				*bad = make(map[int64]string)
+			}
+			(*bad)[r.ID] = why.Error()
+		}
+	}
 }
 
 // scanRows runs q, which selects rowColumns and the extra column, and hands
 // each row to fn. It is the one place rows are read: metadata decoded, a
-// NULL key made "", a nil payload made empty.
-func (s *SQLStore) scanRows(ctx context.Context, db queryer, q string, args []any, extra rowExtra, fn func(Row, sql.NullString)) error {
+// NULL key made "", a nil payload made empty. A row it cannot decode
+// (metadata that is not a JSON object of strings, written by another
+// program; a topic that is not UTF-8) is handed over all the same, with
+// what it could read and why it is undecodable: one such row must not fail
+// the read of the others.
+func (s *SQLStore) scanRows(ctx context.Context, db queryer, q string, args []any, extra rowExtra, fn func(Row, sql.NullString, error)) error {
 	rs, err := db.query(ctx, q, args...)
 	if err != nil {
 		return err
@@ -272,7 +298,7 @@ func (s *SQLStore) scanRows(ctx context.Context, db queryer, q string, args []an
 
 // readRows reads the rows of a query that selects rowColumns and the extra
 // column.
-func (s *SQLStore) readRows(rs rows, extra rowExtra, fn func(Row, sql.NullString)) error {
+func (s *SQLStore) readRows(rs rows, extra rowExtra, fn func(Row, sql.NullString, error)) error {
 	for rs.Next() {
 		var r Row
 		var key, lastErr sql.NullString
@@ -290,15 +316,20 @@ func (s *SQLStore) readRows(rs rows, extra rowExtra, fn func(Row, sql.NullString
 		}
 		r.PartitionKey = key.String
 		r.CreatedAt = time.UnixMicro(created)
+		var why error
 		if len(md) > 0 {
 			if err := json.Unmarshal(md, &r.Metadata); err != nil {
-				return fmt.Errorf("row %d: metadata: %w", r.ID, err)
+				r.Metadata = nil
+				why = fmt.Errorf("undecodable row: metadata is not a JSON object of strings: %w", err)
 			}
+		}
+		if why == nil && !utf8.ValidString(r.Topic) {
+			why = fmt.Errorf("undecodable row: topic %q is not valid UTF-8", r.Topic)
 		}
 		if r.Payload == nil {
 			r.Payload = []byte{}
 		}
-		fn(r, lastErr)
+		fn(r, lastErr, why)
 	}
 	return rs.Err()
 }
@@ -338,10 +369,16 @@ func (s *SQLStore) RecordFailure(ctx context.Context, token string, id int64, la
 
 // MarkDead implements Store.
 func (s *SQLStore) MarkDead(ctx context.Context, token string, id int64, lastError string) (int, error) {
+	q, args := s.markDead(token, id, lastError)
+	return s.exec(ctx, "mark dead", q, args...)
+}
+
+// markDead is MarkDead's statement.
+func (s *SQLStore) markDead(token string, id int64, lastError string) (string, []any) {
 	p := s.t.dialect.placeholder
-	return s.exec(ctx, "mark dead", `UPDATE `+s.t.quoted+` SET state = 'dead', attempts = attempts + 1, last_error = `+p(1)+
-		`, claim_token = NULL, claimed_until = NULL WHERE claim_token = `+p(2)+` AND id = `+p(3),
-		truncateError(lastError), token, id)
+	return `UPDATE ` + s.t.quoted + ` SET state = 'dead', attempts = attempts + 1, last_error = ` + p(1) +
+			`, claim_token = NULL, claimed_until = NULL WHERE claim_token = ` + p(2) + ` AND id = ` + p(3),
+		[]any{truncateError(lastError), token, id}
 }
 
 // Renew implements Store.

@@ -381,6 +381,14 @@ func TestCLIBadSettings(t *testing.T) {
 			"watermill-outbox: OUTBOX_DATABASE_URL: cannot connect to MySQL at " + mysqlAddr() + ": Access denied"},
 		{"unsupported URL", []string{"OUTBOX_DATABASE_URL=oracle://app:" + pw + "@db/x"}, []string{"stats"},
 			"watermill-outbox: OUTBOX_DATABASE_URL: unsupported database (oracle://)"},
+		{"unreachable PostgreSQL, keyword/value form", []string{"OUTBOX_DATABASE_URL=host=127.0.0.1 port=1 user=app password=" + pw + " dbname=test"}, []string{"stats"},
+			"watermill-outbox: OUTBOX_DATABASE_URL: cannot connect to PostgreSQL at 127.0.0.1:1: connection refused"},
+		{"unknown form", []string{"OUTBOX_DATABASE_URL=app " + pw}, []string{"stats"},
+			"watermill-outbox: OUTBOX_DATABASE_URL: unsupported database URL"},
+		{"unescaped # in the password", []string{"OUTBOX_DATABASE_URL=mysql://app:" + pw + "#" + pw + "@127.0.0.1:1/test"}, []string{"stats"},
+			"watermill-outbox: OUTBOX_DATABASE_URL: invalid MySQL DSN"},
+		{"relay with an unescaped # in the AMQP password", []string{"OUTBOX_DATABASE_URL=postgres://app@127.0.0.1:1/test", "OUTBOX_AMQP_URL=amqp://guest:" + pw + "#" + pw + "@h/"},
+			[]string{"relay"}, "invalid config: URL: "},
 		{"no SQLite file", nil, []string{"stats", "--database-url", "sqlite:" + filepath.Join(t.TempDir(), "none.db")},
 			"watermill-outbox: --database-url: SQLite file "},
 		{"no database", nil, []string{"stats"}, "watermill-outbox: no database: set --database-url or OUTBOX_DATABASE_URL"},
@@ -497,4 +505,15 @@ func testCLIRelay(t *testing.T, driver string) {
 			require.NotContains(t, log.String(), pw, "the AMQP URL's password is not logged")
 		}
 	}
+}
+
+// TestCLIMigrateReservedWordTableOnSQLite: migrate --table order works on
+// SQLite (every statement quotes the name), and so does stats on it.
+func TestCLIMigrateReservedWordTableOnSQLite(t *testing.T) {
+	t.Parallel()
+	bin := buildCLI(t)
+	url := "sqlite:" + filepath.Join(t.TempDir(), "outbox.db")
+	c := newCLI(t, bin)
+	require.Contains(t, c.ok("migrate", "--table", "order", "--database-url", url), "table order is up to date on ")
+	require.Contains(t, c.ok("stats", "--table", "order", "--database-url", url), "no undelivered or dead rows")
 }

@@ -133,16 +133,16 @@ func ofTopic(topic string, after int64) string {
 	return s
 }
 
-// printDead prints rows as a table.
+// printDead prints rows as a table, each value through display.
 func printDead(out io.Writer, rows []outbox.DeadRow, now time.Time) error {
 	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(w, "ID\tTOPIC\tKEY\tATTEMPTS\tAGE\tLAST ERROR")
 	for _, r := range rows {
-		key := r.PartitionKey
+		key := display(r.PartitionKey)
 		if key == "" {
 			key = "-"
 		}
-		fmt.Fprintf(w, "%d\t%s\t%s\t%d\t%s\t%s\n", r.ID, r.Topic, key, r.Attempts, age(now.Sub(r.CreatedAt)), shorten(r.LastError))
+		fmt.Fprintf(w, "%d\t%s\t%s\t%d\t%s\t%s\n", r.ID, display(r.Topic), key, r.Attempts, age(now.Sub(r.CreatedAt)), display(shorten(r.LastError)))
 	}
 	return w.Flush()
 }

@@ -18,9 +18,13 @@ import (
 	"github.com/e0a82c8c/watermill-outbox/internal/dburl"
 )
 
-// pingTimeout bounds the database check of one /healthz request: a
-// prober's own timeout is commonly a few seconds.
+// pingTimeout bounds the database check of /healthz: a prober's own
+// timeout is commonly a few seconds.
 const pingTimeout = 2 * time.Second
+
+// pingTTL is how long /healthz reuses the database check's result: a
+// flood of requests costs the database one ping a second, not one each.
+const pingTTL = time.Second
 
 // pauser is what /healthz asks the relay (forwarder.Forwarder.Paused).
 type pauser interface {
@@ -29,18 +33,31 @@ type pauser interface {
 
 // health is the relay's /healthz: healthy while the database answers and
 // the relay has not been paused, for an unavailable broker, longer than
-// maxPause.
+// maxPause. The body gives generic reasons only (the endpoint may be
+// reachable by anyone who can reach the port); the database's error, which
+// can name hosts and roles, goes to the log.
 type health struct {
 	ping     func(ctx context.Context) error
 	maxPause time.Duration
 	now      func() time.Time
+	logger   watermill.LoggerAdapter
 
 	mu    sync.Mutex
 	relay pauser // nil while no forwarder runs
+
+	// The database check, shared by the requests of pingTTL (pingMu).
+	pingMu   sync.Mutex
+	ttl      time.Duration
+	pingedAt time.Time     // when the last check ended
+	pingErr  error         // its result
+	pinging  chan struct{} // closed when the check in flight ends; nil when none
 }
 
-func newHealth(ping func(ctx context.Context) error, maxPause time.Duration) *health {
-	return &health{ping: ping, maxPause: maxPause, now: time.Now}
+func newHealth(ping func(ctx context.Context) error, maxPause time.Duration, logger watermill.LoggerAdapter) *health {
+	if logger == nil {
+		logger = watermill.NopLogger{}
+	}
+	return &health{ping: ping, maxPause: maxPause, now: time.Now, logger: logger, ttl: pingTTL}
 }
 
 // setRelay names the running forwarder; nil while none runs.
@@ -50,13 +67,56 @@ func (h *health) setRelay(p pauser) {
 	h.relay = p
 }
 
+// database returns the result of a database check at most ttl old: the
+// last one's, else the one in flight's, else a new one's. One check runs at
+// a time, on a context of its own, so a request that gives up does not
+// fail the check for the others.
+func (h *health) database(ctx context.Context) error {
+	h.pingMu.Lock()
+	if h.pinging == nil && time.Since(h.pingedAt) < h.ttl && !h.pingedAt.IsZero() {
+		err := h.pingErr
+		h.pingMu.Unlock()
+		return err
+	}
+	wait := h.pinging
+	if wait == nil {
+		wait = make(chan struct{})
+		h.pinging = wait
+		go h.check1(wait)
+	}
+	h.pingMu.Unlock()
+	select {
+	case <-wait:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	h.pingMu.Lock()
+	defer h.pingMu.Unlock()
+	return h.pingErr
+}
+
+// check1 runs one database check and publishes its result.
+func (h *health) check1(done chan struct{}) {
+	ctx, cancel := context.WithTimeout(context.Background(), pingTimeout)
+	defer cancel()
+	err := h.ping(ctx)
+	h.pingMu.Lock()
+	defer h.pingMu.Unlock()
+	switch {
+	case err != nil && (h.pingErr == nil || h.pingedAt.IsZero()):
+		h.logger.Error("relay: /healthz: the database does not answer", errors.New(dburl.Cause(err)), nil)
+	case err != nil:
+		h.logger.Debug("relay: /healthz: the database still does not answer: "+dburl.Cause(err), nil)
+	}
+	h.pingErr, h.pingedAt, h.pinging = err, time.Now(), nil
+	close(done)
+}
+
 // check returns what is wrong, one line each; none when healthy.
 func (h *health) check(ctx context.Context) []string {
 	var problems []string
-	ctx, cancel := context.WithTimeout(ctx, pingTimeout)
-	defer cancel()
-	if err := h.ping(ctx); err != nil {
-		problems = append(problems, "database: "+dburl.Cause(err))
+	if err := h.database(ctx); err != nil {
+		problems = append(problems, "database: unavailable (details in the relay's log)")
 	}
 	h.mu.Lock()
 	relay := h.relay
@@ -103,7 +163,16 @@ func serveMetrics(ln net.Listener, reg *prometheus.Registry, h *health, logger w
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.Handle("GET /healthz", h)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	// Every phase bounded, so a slow or idle client holds no connection
+	// (and goroutine) for long.
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      10 * time.Second,
+		IdleTimeout:       30 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

@@ -6,7 +6,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -51,8 +53,9 @@ func TestHealthz(t *testing.T) {
 		pingErr = err
 	}
 	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-	h := newHealth(ping, time.Minute)
+	h := newHealth(ping, time.Minute, nil)
 	h.now = func() time.Time { return now }
+	h.ttl = 0 // every request checks: the test changes the database's answer
 
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -87,7 +90,7 @@ func TestHealthz(t *testing.T) {
 	setPing(errors.Join(errors.New("dial"), syscall.ECONNREFUSED))
 	code, body = get("/healthz")
 	require.Equal(t, http.StatusServiceUnavailable, code)
-	require.Equal(t, "database: connection refused\nrelay: paused for 1m30s, the destination unavailable (longer than 1m0s)\n", body)
+	require.Equal(t, "database: unavailable (details in the relay's log)\nrelay: paused for 1m30s, the destination unavailable (longer than 1m0s)\n", body)
 
 	relay.set(false, time.Time{})
 	setPing(nil)
@@ -103,4 +106,91 @@ func TestHealthz(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, resp.Body.Close())
 	require.Equal(t, http.StatusMethodNotAllowed, resp.StatusCode)
+}
+
+// TestHealthzPingsOnceAndShowsNoDetails: a flood of /healthz requests
+// costs the database one ping while one is in flight and none while the
+// result is fresh; the body names no host, role or driver message, which go
+// to the log.
+func TestHealthzPingsOnceAndShowsNoDetails(t *testing.T) {
+	t.Parallel()
+	var pings atomic.Int32
+	release := make(chan struct{})
+	started := make(chan struct{}, 100)
+	ping := func(context.Context) error {
+		pings.Add(1)
+		started <- struct{}{}
+		<-release
+		return errors.New(`failed to connect: role "svc_user" does not exist; cannot resolve db-internal.corp.example`)
+	}
+	var logged strings.Builder
+	var logMu sync.Mutex
+	h := newHealth(ping, time.Minute, watermill.NewStdLoggerWithOut(writerFunc(func(p []byte) (int, error) {
+		logMu.Lock()
+		defer logMu.Unlock()
+		return logged.Write(p)
+	}), false, false))
+	h.ttl = time.Hour
+	h.setRelay(&fakeRelay{})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	stop := serveMetrics(ln, newRegistry(), h, watermill.NopLogger{})
+	t.Cleanup(stop)
+
+	const clients = 30
+	bodies := make(chan string, clients)
+	for range clients {
+		go func() {
+			resp, err := http.Get("http://" + ln.Addr().String() + "/healthz")
+			if err != nil {
+				bodies <- err.Error()
+				return
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			bodies <- string(b)
+		}()
+	}
+	select {
+	case <-started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no ping")
+	}
+	close(release)
+	for range clients {
+		select {
+		case b := <-bodies:
+			require.Equal(t, "database: unavailable (details in the relay's log)\n", b)
+		case <-time.After(10 * time.Second):
+			t.Fatal("a request got no answer")
+		}
+	}
+	require.EqualValues(t, 1, pings.Load(), "one ping for the flood")
+	logMu.Lock()
+	require.Contains(t, logged.String(), "svc_user", "the details are logged")
+	logMu.Unlock()
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// TestMetricsServerTimeouts: the server bounds every phase of a
+// connection, an idle keep-alive included.
+func TestMetricsServerTimeouts(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	stop := serveMetrics(ln, newRegistry(), newHealth(func(context.Context) error { return nil }, time.Minute, nil), watermill.NopLogger{})
+	t.Cleanup(stop)
+	conn, err := net.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	defer conn.Close()
+	_, err = conn.Write([]byte("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"))
+	require.NoError(t, err)
+	// The answer, then the idle keep-alive is closed by the server: the
+	// read ends with EOF well before the deadline.
+	require.NoError(t, conn.SetReadDeadline(time.Now().Add(2*time.Minute)))
+	_, err = io.ReadAll(conn)
+	require.NoError(t, err, "the server closed the idle connection")
 }

@@ -264,12 +264,13 @@ func (a *app) relay(ctx context.Context, args []string) error {
 			return usagef("%s", err)
 		}
 		defer db.Close()
+		db.SetMaxOpenConns(maxDBConns)
 		if store, err = outbox.NewSQLStore(db, outbox.SQLStoreConfig{Dialect: s.db.Dialect, Outbox: s.outbox}, logger); err != nil {
 			return usagef("%s", err)
 		}
 		ping = db.PingContext
 	}
-	h := newHealth(ping, s.maxPause)
+	h := newHealth(ping, s.maxPause, logger)
 	var obs forwarder.Observer
 	if s.metricsAddr != "" {
 		ln, err := net.Listen("tcp", s.metricsAddr)
@@ -291,6 +292,11 @@ func (a *app) relay(ctx context.Context, args []string) error {
 	logger.Info("relay: stopped", watermill.LogFields{"pid": os.Getpid()})
 	return nil
 }
+
+// maxDBConns bounds the relay's database/sql pool (pgx pools are bounded
+// by pgx): a relay needs a few connections (claims, acks, fate writes,
+// LISTEN, /healthz), and nothing it serves should open more.
+const maxDBConns = 16
 
 // runRelay relays until ctx ends. Nothing but the end of ctx makes it
 // return.

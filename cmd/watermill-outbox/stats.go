@@ -88,7 +88,7 @@ func (a *app) stats(ctx context.Context, args []string) error {
 	fmt.Fprintln(w, "TOPIC\tPENDING\tWAITING\tLEASED\tDEAD\tOLDEST PENDING\tOLDEST DEAD")
 	capped := false
 	for _, t := range st.Topics {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.Topic,
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", display(t.Topic),
 			count(t.Pending, t.BacklogCapped), count(t.Waiting, t.BacklogCapped), count(t.Leased, t.BacklogCapped),
 			count(t.Dead, t.DeadCapped), age(t.OldestPending), age(t.OldestDead))
 		capped = capped || t.BacklogCapped || t.DeadCapped

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -29,7 +30,8 @@ import (
 const ConnectTimeout = 5 * time.Second
 
 // Forms is what Parse accepts, for error and help texts.
-const Forms = "postgres://user:pass@host:5432/db, a MySQL DSN like root@tcp(127.0.0.1:3306)/test, " +
+const Forms = "postgres://user:pass@host:5432/db, PostgreSQL keywords like host=h user=u password=p dbname=db, " +
+	"a MySQL DSN like root@tcp(127.0.0.1:3306)/test, " +
 	"mysql://user:pass@host:3306/db, or an SQLite file (sqlite:path, file:path, or a path ending in .db, .sqlite or .sqlite3)"
 
 // Database is a parsed database URL.
@@ -69,6 +71,17 @@ func Parse(raw string) (Database, error) {
 		if pc.Password != "" {
 			d.password = pc.Password
 		}
+	case isKeyValue(raw):
+		// PostgreSQL's keyword/value form, which pgx reads as well.
+		pc, err := pgx.ParseConfig(raw)
+		if err != nil {
+			return fail("invalid PostgreSQL connection string: %s", Cause(err))
+		}
+		d.Dialect, d.Kind, d.driver, d.dsn = outbox.PostgreSQL, "PostgreSQL", "pgx", raw
+		d.Where = net.JoinHostPort(pc.Host, strconv.Itoa(int(pc.Port)))
+		if pc.Password != "" {
+			d.password = pc.Password
+		}
 	case strings.HasPrefix(raw, "mysql://"), isMySQLDSN(raw):
 		mc, err := parseMySQL(raw)
 		if err != nil {
@@ -82,9 +95,11 @@ func Parse(raw string) (Database, error) {
 	default:
 		path, ok := sqlitePath(raw)
 		if !ok {
+			// Not even redacted: a form this function does not know is one
+			// whose password it cannot find.
 			scheme, _, found := strings.Cut(raw, "://")
-			if !found {
-				return fail("unsupported database %q: want %s", d.Redacted, Forms)
+			if !found || !plainScheme.MatchString(scheme) {
+				return fail("unsupported database URL: want %s", Forms)
 			}
 			return fail("unsupported database (%s://): want %s", scheme, Forms)
 		}
@@ -177,6 +192,13 @@ func scrub(s, password string) string {
 	for _, p := range []string{password, url.QueryEscape(password), url.PathEscape(password)} {
 		s = strings.ReplaceAll(s, p, "***")
 	}
+	// The pieces a URL parser cuts an unescaped password into, which its
+	// error may quote ("invalid port \":abc\"" for abc#SECRET).
+	for _, p := range strings.FieldsFunc(password, func(r rune) bool { return strings.ContainsRune("#?/@:", r) }) {
+		if len(p) >= 3 {
+			s = strings.ReplaceAll(s, p, "***")
+		}
+	}
 	return s
 }
 
@@ -185,6 +207,9 @@ func scrub(s, password string) string {
 // user:***@tcp(host:3306)/db, amqp://guest:***@host:5672/. A password
 // given as a query parameter (password=, sslpassword=) is replaced too.
 func Redact(raw string) string {
+	if isKeyValue(raw) {
+		return redactKeyValue(raw)
+	}
 	out := raw
 	if start, end, ok := passwordSpan(raw); ok && end > start {
 		out = raw[:start] + "***" + raw[end:]
@@ -206,6 +231,14 @@ func Redact(raw string) string {
 
 // password is the password in raw, where Redact finds it.
 func password(raw string) string {
+	if isKeyValue(raw) {
+		for _, kv := range keyValues(raw) {
+			if passwordKey(kv.key) {
+				return kv.value
+			}
+		}
+		return ""
+	}
 	if start, end, ok := passwordSpan(raw); ok {
 		return raw[start:end]
 	}
@@ -217,20 +250,21 @@ func password(raw string) string {
 // driver splits it: the last '/', the last '@' before it, the first ':'.
 func passwordSpan(raw string) (start, end int, ok bool) {
 	if i := strings.Index(raw, "://"); i >= 0 {
+		// The user ends at the first ':' (a user name holds no ':', '/',
+		// '?', '#' or '@' unescaped); the password runs to the last '@'
+		// after it, since an unescaped one may hold '/', '?', '#' or '@'.
+		// A query holding an '@' too is redacted up to it: too much, never
+		// too little.
 		start = i + 3
-		authority := raw[start:]
-		if q := strings.IndexByte(authority, '?'); q >= 0 {
-			authority = authority[:q]
+		colon := strings.IndexAny(raw[start:], ":/?#@")
+		if colon < 0 || raw[start+colon] != ':' {
+			return 0, 0, false
 		}
-		at := strings.LastIndexByte(authority, '@')
+		at := strings.LastIndexByte(raw[start+colon:], '@')
 		if at < 0 {
 			return 0, 0, false
 		}
-		colon := strings.IndexByte(authority[:at], ':')
-		if colon < 0 {
-			return 0, 0, false
-		}
-		return start + colon + 1, start + at, true
+		return start + colon + 1, start + colon + at, true
 	}
 	slash := strings.LastIndexByte(raw, '/')
 	if slash <= 0 {
@@ -320,12 +354,12 @@ func Cause(err error) string {
 	case errors.As(err, &myErr):
 		return myErr.Message
 	case errors.As(err, &urlErr):
-		return oneLine(urlErr.Err.Error())
+		return unquoted(urlErr.Err.Error())
 	case errors.As(err, &pce):
 		// "cannot parse `<url, best-effort redacted>`: <reason>": keep the reason.
 		msg := pce.Error()
 		if _, reason, ok := strings.Cut(msg, "`: "); ok {
-			return oneLine(reason)
+			return unquoted(reason)
 		}
 		return "cannot parse the URL"
 	case errors.As(err, &dnsErr):
@@ -342,3 +376,105 @@ func Cause(err error) string {
 
 // oneLine keeps multi-line messages (errors.Join) on a single line.
 func oneLine(s string) string { return strings.ReplaceAll(strings.TrimSpace(s), "\n", "; ") }
+
+// quotedPart matches a quoted piece of a parser's message: net/url quotes
+// the URL or the part it choked on, which can be the password, or the
+// piece of it before a reserved character that was not percent-encoded.
+var quotedPart = regexp.MustCompile(`"[^"]*"`)
+
+// unquoted is a parser's message without the pieces of the input it
+// quotes, and a hint at the usual cause.
+func unquoted(msg string) string {
+	out := quotedPart.ReplaceAllString(oneLine(msg), `"…"`)
+	if out != oneLine(msg) {
+		out += " (percent-encode reserved characters such as # / ? @ : in the user and password)"
+	}
+	return out
+}
+
+// plainScheme is a URL scheme Parse may name in its error.
+var plainScheme = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9+.-]{0,20}$`)
+
+// keyValueStart recognises PostgreSQL's keyword/value connection string
+// ("host=h user=u password=p dbname=db") by its first keyword.
+var keyValueStart = regexp.MustCompile(`^\s*[A-Za-z_]+\s*=`)
+
+// isKeyValue reports whether raw is in PostgreSQL's keyword/value form.
+func isKeyValue(raw string) bool {
+	return !strings.Contains(raw, "://") && keyValueStart.MatchString(raw)
+}
+
+// keyValue is one keyword and its value, with where the value is in the
+// string (quotes included).
+type keyValue struct {
+	key, value string
+	start, end int
+}
+
+// keyValues splits a keyword/value string as libpq does: key = value, the
+// value bare up to a space, or in single quotes with \' and \\ escapes.
+// It is lenient: it only has to find the values to hide.
+func keyValues(raw string) []keyValue {
+	var out []keyValue
+	i := 0
+	for i < len(raw) {
+		for i < len(raw) && isSpace(raw[i]) {
+			i++
+		}
+		eq := strings.IndexByte(raw[i:], '=')
+		if eq < 0 {
+			break
+		}
+		key := strings.TrimSpace(raw[i : i+eq])
+		i += eq + 1
+		for i < len(raw) && isSpace(raw[i]) {
+			i++
+		}
+		kv := keyValue{key: key, start: i}
+		var v strings.Builder
+		if i < len(raw) && raw[i] == '\'' {
+			for i++; i < len(raw) && raw[i] != '\''; i++ {
+				if raw[i] == '\\' && i+1 < len(raw) {
+					i++
+				}
+				v.WriteByte(raw[i])
+			}
+			i++ // the closing quote
+		} else {
+			for ; i < len(raw) && !isSpace(raw[i]); i++ {
+				if raw[i] == '\\' && i+1 < len(raw) {
+					i++
+				}
+				v.WriteByte(raw[i])
+			}
+		}
+		kv.end, kv.value = min(i, len(raw)), v.String()
+		out = append(out, kv)
+	}
+	return out
+}
+
+func isSpace(b byte) bool {
+	return b == ' ' || b == '\t' || b == '\n' || b == '\r' || b == '\f' || b == '\v'
+}
+
+// passwordKey reports the keywords whose value is a password.
+func passwordKey(key string) bool {
+	switch strings.ToLower(key) {
+	case "password", "sslpassword":
+		return true
+	}
+	return false
+}
+
+// redactKeyValue replaces the passwords of a keyword/value string by ***.
+func redactKeyValue(raw string) string {
+	out, last := "", 0
+	for _, kv := range keyValues(raw) {
+		if passwordKey(kv.key) {
+			out += raw[last:kv.start] + "***"
+			last = kv.end
+		}
+	}
+	return out + raw[last:]
+}

@@ -98,3 +98,64 @@ func TestOpenSQLite(t *testing.T) {
 	require.NoError(t, err, "the file exists now")
 	require.NoError(t, db.Close())
 }
+
+// TestKeyValueConnectionStrings: PostgreSQL's keyword/value form is
+// accepted (pgx reads it) and its password, bare or quoted, is in neither
+// the redacted form nor any error.
+func TestKeyValueConnectionStrings(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ raw, redacted, where, pw string }{
+		{"host=127.0.0.1 user=postgres password=Hunter2Secret dbname=test",
+			"host=127.0.0.1 user=postgres password=*** dbname=test", "127.0.0.1:5432", "Hunter2Secret"},
+		{"host=db.example port=6543 password='with spaces\\' and quote' dbname=app",
+			"host=db.example port=6543 password=*** dbname=app", "db.example:6543", "with spaces' and quote"},
+		{"password = Hunter2#Secret host=127.0.0.1", "password = *** host=127.0.0.1", "127.0.0.1:5432", "Hunter2#Secret"},
+	} {
+		require.Equal(t, tc.redacted, dburl.Redact(tc.raw))
+		d, err := dburl.Parse(tc.raw)
+		require.NoError(t, err, tc.redacted)
+		require.Equal(t, outbox.PostgreSQL, d.Dialect)
+		require.Equal(t, tc.where, d.Where)
+		require.Equal(t, tc.redacted, d.Redacted)
+		require.Equal(t, "text with ***", d.Scrub("text with "+tc.pw))
+	}
+	// Refused forms never echo the string.
+	for _, raw := range []string{
+		"host=127.0.0.1 port=notaport password=Hunter2Secret",
+		"nonsense password=Hunter2Secret",
+		"Hunter2Secret",
+		"weird;password=Hunter2Secret",
+	} {
+		_, err := dburl.Parse(raw)
+		require.Error(t, err, raw)
+		require.NotContains(t, err.Error(), "Hunter2Secret")
+	}
+}
+
+// TestUnescapedPasswordCharactersNeverShow: a password with a '#', '?', '/'
+// or space that was not percent-encoded shows, whole or in part, in no
+// error and no redacted form, whatever the parser made of the URL.
+func TestUnescapedPasswordCharactersNeverShow(t *testing.T) {
+	t.Parallel()
+	for _, raw := range []string{
+		"postgres://app:hunter2#SECRETPART@127.0.0.1:5432/test",
+		"postgres://app:hunter2?SECRETPART@127.0.0.1/test",
+		"postgres://app:hunter2/SECRETPART@127.0.0.1/test",
+		"postgres://app:hunter2 SECRETPART@127.0.0.1/test",
+		"mysql://app:hunter2#SECRETPART@127.0.0.1:3306/test",
+		"mysql://app:hunter2/SECRETPART@127.0.0.1:3306/test",
+		"app:hunter2#SECRETPART@tcp(127.0.0.1:3306)/test",
+		"amqp://guest:hunter2#SECRETPART@127.0.0.1:5672/",
+	} {
+		require.NotContains(t, dburl.Redact(raw), "hunter2", raw)
+		require.NotContains(t, dburl.Redact(raw), "SECRETPART", raw)
+		d, err := dburl.Parse(raw)
+		if err != nil {
+			require.NotContains(t, err.Error(), "hunter2", raw)
+			require.NotContains(t, err.Error(), "SECRETPART", raw)
+			continue
+		}
+		require.NotContains(t, d.Redacted+d.String(), "hunter2", raw)
+		require.NotContains(t, d.Redacted+d.String(), "SECRETPART", raw)
+	}
+}

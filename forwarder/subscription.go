@@ -152,7 +152,7 @@ func (sub *subscription) free() int { return sub.cfg.MaxInFlight - sub.win.size(
 // claim starts a claim in a worker.
 func (sub *subscription) claim() {
 	limit := sub.sched.start(sub.free())
-	req := outbox.ClaimRequest{Topics: sub.topics, Limit: limit, Lease: sub.cfg.ClaimTimeout, Ordered: !sub.cfg.DisableOrdering}
+	req := outbox.ClaimRequest{Topics: sub.topics, Limit: limit, Lease: sub.cfg.ClaimTimeout, Ordered: !sub.cfg.DisableOrdering, StrictOrder: sub.cfg.StrictOrder}
 	sub.spawn(func() {
 		ctx, cancel := workCtx()
 		defer cancel()

@@ -51,6 +51,13 @@ type Harness struct {
 	Requeue func(ctx context.Context, s outbox.Store, ids ...int64) (int, error)
 	// Stats reads the store's state per topic (SQLStore.Stats).
 	Stats func(ctx context.Context, s outbox.Store) (outbox.Stats, error)
+	// BlockedKeys lists the keys held back (SQLStore.BlockedKeys).
+	BlockedKeys func(ctx context.Context, s outbox.Store, q outbox.BlockedQuery) ([]outbox.BlockedKey, error)
+	// RequeueKey and SkipKey retry or drop the head holding a key back
+	// (SQLStore.RequeueKey, SkipKey).
+	RequeueKey, SkipKey func(ctx context.Context, s outbox.Store, topic, key string) (outbox.KeyAction, error)
+	// NewStrict is New for a store made with config.Config.StrictOrder.
+	NewStrict func(t *testing.T) (outbox.Store, Insert)
 }
 
 // Run runs every test of the kit against h's stores.
@@ -77,6 +84,12 @@ func Run(t *testing.T, h Harness) {
 		{"WaitingRowsReturnWhenDue", testWaiting},
 		{"ClaimSaysWhenMoreMayBeDue", testMore},
 		{"StatsCountEachState", testStats},
+		{"StrictOrderDeadHeadHoldsItsKey", testStrictClaim},
+		{"BlockedKeysNameTheHead", testBlockedKeys},
+		{"BlockedKeysPage", testBlockedPaging},
+		{"StrictKeyRequeueKeepsOrder", testStrictRequeue},
+		{"StrictKeySkipLetsTheKeyGo", testStrictSkip},
+		{"RequeueKeyRetriesAWaitingHeadNow", testRequeueWaiting},
 		{"TopicFilter", testTopicFilter},
 		{"ListenAnswers", testListen},
 		{"MaintainAnswers", testMaintain},

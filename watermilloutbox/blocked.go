@@ -1,0 +1,385 @@
+package watermilloutbox
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// BlockedBehindLimit is the most rows behind one blocked key BlockedKeys
+// counts: a key with more shows BehindCapped. With it a page of keys costs
+// at most Limit × BlockedBehindLimit index entries, whatever the backlog.
+const BlockedBehindLimit = 1000
+
+// MaxBlockedPage is the largest page BlockedKeys returns.
+const MaxBlockedPage = 1000
+
+// Head states of a blocked key.
+const (
+	// HeadWaiting: the head failed and is backing off; it is retried when
+	// RetryIn has passed.
+	HeadWaiting = "waiting"
+	// HeadDead: the head is dead and, under StrictOrder, holds its key until
+	// it is requeued or skipped.
+	HeadDead = "dead"
+)
+
+// BlockedKey is a partition key whose rows are held back: its head (its
+// first row not yet delivered) is backing off after a failure, or, under
+// StrictOrder, dead. Without StrictOrder a dead row does not hold its key,
+// so only backing-off heads are listed.
+type BlockedKey struct {
+	Topic string
+	Key   string
+	// HeadID is the row holding the key back.
+	HeadID int64
+	// State is HeadWaiting or HeadDead.
+	State string
+	// Attempts counts the head's failed attempts; LastError is the last one.
+	Attempts  int
+	LastError string
+	// HeadAge is how long ago the head was written (database clock): how
+	// long the key has delivered nothing newer.
+	HeadAge time.Duration
+	// RetryIn is how long until a waiting head is retried; zero when it is
+	// due or dead.
+	RetryIn time.Duration
+	// Behind counts the key's pending rows after the head, at most
+	// BlockedBehindLimit; BehindCapped reports that there are more.
+	Behind       int
+	BehindCapped bool
+	// BehindAge is the age of the oldest row behind the head: how long
+	// the rows held back have waited. Zero when none is behind.
+	BehindAge time.Duration
+}
+
+// BlockedQuery pages through the blocked keys, in (topic, key) order.
+type BlockedQuery struct {
+	// Topic limits the list to one destination topic; "" lists all.
+	Topic string
+	// AfterTopic and AfterKey are the cursor: only keys after this one are
+	// listed. Pass the Topic and Key of the previous page's last entry;
+	// both empty start at the beginning.
+	AfterTopic, AfterKey string
+	// Limit is the page size, in keys. Default 100; zero means the
+	// default. At most MaxBlockedPage.
+	Limit int
+}
+
+func (q *BlockedQuery) setDefaults() {
+	if q.Limit == 0 {
+		q.Limit = 100
+	}
+}
+
+// Validate reports a bad field, by name.
+func (q BlockedQuery) Validate() error {
+	var errs []error
+	if q.Topic != "" {
+		if err := ValidateTopic(q.Topic); err != nil {
+			errs = append(errs, fmt.Errorf("Topic: %w", err))
+		}
+	}
+	if q.Limit < 1 || q.Limit > MaxBlockedPage {
+		errs = append(errs, fmt.Errorf("Limit: must be between 1 and %d, got %d", MaxBlockedPage, q.Limit))
+	}
+	return errors.Join(errs...)
+}
+
+// blockedChunk is how many keys one statement of BlockedKeys looks at.
+const blockedChunk = 50
+
+// BlockedKeys returns one page of blocked keys, in (topic, key) order. Its
+// cost is bounded by the page: the keys are found in the indexes of the
+// waiting rows (waiting_key_idx) and, under StrictOrder, of the dead keyed
+// rows (dead_key_idx; keyed_idx on MySQL), where a blocked key has about
+// one row each; then each key's head is read by id and the rows behind it
+// counted, at most BlockedBehindLimit, through keyed_idx.
+func (s *SQLStore) BlockedKeys(ctx context.Context, q BlockedQuery) ([]BlockedKey, error) {
+	q.setDefaults()
+	if err := q.Validate(); err != nil {
+		return nil, fmt.Errorf("outbox: blocked keys: %w", err)
+	}
+	if err := s.checkDialect(ctx); err != nil {
+		return nil, fmt.Errorf("outbox: blocked keys: %w", err)
+	}
+	var out []BlockedKey
+	after := keyPos{topic: q.AfterTopic, key: q.AfterKey}
+	// A candidate may turn out not blocked (an earlier row of its key is
+	// in flight): read on until the page is full or the keys run out.
+	for len(out) < q.Limit {
+		want := q.Limit - len(out)
+		keys, err := s.blockedCandidates(ctx, q.Topic, after, want)
+		if err != nil {
+			return nil, fmt.Errorf("outbox: blocked keys: %w", err)
+		}
+		for chunk := range slices.Chunk(keys, blockedChunk) {
+			got, err := s.blockedHeads(ctx, chunk)
+			if err != nil {
+				return nil, fmt.Errorf("outbox: blocked keys: %w", err)
+			}
+			out = append(out, got...)
+		}
+		if len(keys) < want {
+			break
+		}
+		after = keys[len(keys)-1]
+	}
+	return out, nil
+}
+
+// blockedCandidates lists up to n keys after 'after' with a waiting row
+// or, under StrictOrder, a dead one, in the database's key order.
+func (s *SQLStore) blockedCandidates(ctx context.Context, topic string, after keyPos, n int) ([]keyPos, error) {
+	t := s.t
+	var args []any
+	p := func(v any) string {
+		args = append(args, v)
+		return t.dialect.placeholder(len(args))
+	}
+	part := func(predicate string) string {
+		where := predicate + ` AND (topic > ` + p(after.topic) + ` OR (topic = ` + p(after.topic) + ` AND partition_key > ` + p(after.key) + `))`
+		if topic != "" {
+			where += ` AND topic = ` + p(topic)
+		}
+		group := "topic, partition_key"
+		if t.dialect == MySQL {
+			// A loose index scan of keyed_idx: one descent per key.
+			group = "state, waiting, topic, partition_key"
+		}
+		return `SELECT topic, partition_key FROM ` + t.quoted + s.q.force("keyed_idx") + ` WHERE ` + where +
+			` GROUP BY ` + group + ` ORDER BY ` + group + ` LIMIT ` + p(n)
+	}
+	var q string
+	if !s.config.StrictOrder {
+		q = `SELECT topic, partition_key FROM (` + part(waitingKeyPredicate) + `) w`
+	} else {
+		// Each part in a derived table of its own: SQLite allows no
+		// ORDER BY or LIMIT on the parts of a compound SELECT.
+		q = `SELECT DISTINCT topic, partition_key FROM (SELECT * FROM (` + part(waitingKeyPredicate) + `) w UNION ALL SELECT * FROM (` +
+			part(deadKeyPredicate) + `) d) u`
+	}
+	q += ` ORDER BY topic, partition_key LIMIT ` + p(n)
+	rs, err := s.db.query(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rs.Close()
+	var out []keyPos
+	for rs.Next() {
+		var k keyPos
+		if err := rs.Scan(&k.topic, &k.key); err != nil {
+			return nil, err
+		}
+		out = append(out, k)
+	}
+	return out, rs.Err()
+}
+
+// blockedHeads reads, for each key, its first waiting row, its first dead
+// row (under StrictOrder) and its first other pending row, picks the head,
+// and returns the keys whose head holds them back, with the head's details
+// and the rows behind it.
+func (s *SQLStore) blockedHeads(ctx context.Context, keys []keyPos) ([]BlockedKey, error) {
+	t := s.t
+	var args []any
+	p := func(v any) string {
+		args = append(args, v)
+		return t.dialect.placeholder(len(args))
+	}
+	first := func(predicate string, k keyPos) string {
+		return `COALESCE((SELECT min(id) FROM ` + t.quoted + ` WHERE ` + predicate + ` AND topic = ` + p(k.topic) +
+			` AND partition_key = ` + p(k.key) + `), 0)`
+	}
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		dead := "0"
+		if s.config.StrictOrder {
+			dead = first(deadKeyPredicate, k)
+		}
+		parts[i] = `SELECT ` + strconv.Itoa(i) + `, ` + first(waitingKeyPredicate, k) + `, ` + dead + `, ` + first(keyedPredicate, k)
+	}
+	rs, err := s.db.query(ctx, strings.Join(parts, "\nUNION ALL\n"), args...)
+	if err != nil {
+		return nil, err
+	}
+	type head struct {
+		keyPos
+		id int64
+	}
+	var heads []head
+	for rs.Next() {
+		var h keyHead
+		var i int
+		var next int64
+		if err := rs.Scan(&i, &h.wait, &h.dead, &next); err != nil {
+			rs.Close()
+			return nil, err
+		}
+		h.keyPos = keys[i]
+		if b := h.blocker(); b != 0 && (next == 0 || b < next) {
+			heads = append(heads, head{h.keyPos, b})
+		}
+	}
+	rs.Close()
+	if err := rs.Err(); err != nil {
+		return nil, err
+	}
+	if len(heads) == 0 {
+		return nil, nil
+	}
+	args = nil
+	now := s.nowMicros()
+	parts = parts[:0]
+	for _, h := range heads {
+		behind := func(predicate string) string {
+			return `SELECT id, created_at FROM ` + t.quoted + ` WHERE ` + predicate + ` AND topic = ` + p(h.topic) +
+				` AND partition_key = ` + p(h.key) + ` AND id > ` + p(h.id) + ` ORDER BY id LIMIT ` + p(BlockedBehindLimit)
+		}
+		parts = append(parts, `SELECT id, state, attempts, last_error, `+now+` - `+s.epochMicros("created_at")+`, `+
+			s.epochMicros("available_at")+` - `+now+`, (SELECT count(*) FROM (`+behind(keyedPredicate)+`) b), (SELECT count(*) FROM (`+
+			behind(waitingKeyPredicate)+`) w), (SELECT `+now+` - `+s.epochMicros("min(created_at)")+` FROM (`+behind(keyedPredicate)+`) o)`+
+			` FROM `+t.quoted+` WHERE id = `+p(h.id))
+	}
+	rs, err = s.db.query(ctx, strings.Join(parts, "\nUNION ALL\n"), args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rs.Close()
+	byID := make(map[int64]BlockedKey, len(heads))
+	for rs.Next() {
+		var b BlockedKey
+		var lastErr sql.NullString
+		var age, due int64
+		var behindAge *int64
+		var keyed, waiting int
+		if err := rs.Scan(&b.HeadID, &b.State, &b.Attempts, &lastErr, &age, &due, &keyed, &waiting, &behindAge); err != nil {
+			return nil, err
+		}
+		b.LastError = lastErr.String
+		b.HeadAge = max(time.Duration(age)*time.Microsecond, 0)
+		if b.State == "pending" {
+			b.State = HeadWaiting
+			b.RetryIn = max(time.Duration(due)*time.Microsecond, 0)
+		}
+		b.Behind = min(keyed+waiting, BlockedBehindLimit)
+		b.BehindCapped = keyed+waiting >= BlockedBehindLimit
+		if behindAge != nil {
+			b.BehindAge = max(time.Duration(*behindAge)*time.Microsecond, 0)
+		}
+		byID[b.HeadID] = b
+	}
+	if err := rs.Err(); err != nil {
+		return nil, err
+	}
+	out := make([]BlockedKey, 0, len(heads))
+	for _, h := range heads {
+		b, ok := byID[h.id]
+		if !ok {
+			continue // delivered or requeued meanwhile
+		}
+		b.Topic, b.Key = h.topic, h.key
+		out = append(out, b)
+	}
+	return out, nil
+}
+
+// nowMicros is the database clock in microseconds since the Unix epoch.
+func (s *SQLStore) nowMicros() string {
+	switch s.t.dialect {
+	case PostgreSQL:
+		return "(extract(epoch FROM now()) * 1000000)::bigint"
+	case MySQL:
+		return "TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(6))"
+	default:
+		return s.now()
+	}
+}
+
+// epochMicros is a time expression in microseconds since the Unix epoch.
+func (s *SQLStore) epochMicros(expr string) string {
+	switch s.t.dialect {
+	case PostgreSQL:
+		return "(extract(epoch FROM " + expr + ") * 1000000)::bigint"
+	case MySQL:
+		return "TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', " + expr + ")"
+	default:
+		return expr
+	}
+}
+
+// ErrNotBlocked is returned by RequeueKey and SkipKey when the key has no
+// head holding it back (it is not listed by BlockedKeys).
+var ErrNotBlocked = errors.New("outbox: key is not blocked")
+
+// KeyAction says what RequeueKey or SkipKey did.
+type KeyAction struct {
+	// HeadID is the row acted on; State what it was (HeadWaiting or
+	// HeadDead).
+	HeadID int64
+	State  string
+}
+
+// RequeueKey retries the head holding a key back: a dead head becomes
+// pending with a fresh retry budget (as Requeue), a waiting one becomes due
+// now, keeping its attempts. The head keeps its id, so it is still the
+// key's first row and the key's order holds: it goes first, the rows
+// behind it after. ErrNotBlocked when nothing holds the key.
+func (s *SQLStore) RequeueKey(ctx context.Context, topic, key string) (KeyAction, error) {
+	return s.keyAction(ctx, "requeue key", topic, key, func(ctx context.Context, b BlockedKey) (int, error) {
+		if b.State == HeadDead {
+			return s.requeueIDs(ctx, "requeue key", []int64{b.HeadID})
+		}
+		return s.exec(ctx, "requeue key", `UPDATE `+s.t.quoted+` SET available_at = `+s.now()+` WHERE `+
+			waitingPredicate+` AND id = `+s.t.dialect.placeholder(1), b.HeadID)
+	})
+}
+
+// SkipKey gives up on the head holding a key back, so the rows behind it
+// go on: the head row is deleted for good (read it first with ListDead or
+// BlockedKeys if it must be kept elsewhere). ErrNotBlocked when nothing
+// holds the key.
+func (s *SQLStore) SkipKey(ctx context.Context, topic, key string) (KeyAction, error) {
+	return s.keyAction(ctx, "skip key", topic, key, func(ctx context.Context, b BlockedKey) (int, error) {
+		pred := waitingPredicate
+		if b.State == HeadDead {
+			pred = "state = 'dead'"
+		}
+		return s.exec(ctx, "skip key", `DELETE FROM `+s.t.quoted+` WHERE `+pred+` AND id = `+s.t.dialect.placeholder(1), b.HeadID)
+	})
+}
+
+// keyAction finds the key's head and applies write to it. A head that a
+// relay changed meanwhile (retried, delivered) is left alone: write then
+// changes nothing and ErrNotBlocked is returned.
+func (s *SQLStore) keyAction(ctx context.Context, op, topic, key string, write func(context.Context, BlockedKey) (int, error)) (KeyAction, error) {
+	if err := ValidateTopic(topic); err != nil {
+		return KeyAction{}, fmt.Errorf("outbox: %s: %w", op, err)
+	}
+	if key == "" || len(key) > maxTopicLen {
+		return KeyAction{}, fmt.Errorf("outbox: %s: key must be 1 to %d bytes, got %d", op, maxTopicLen, len(key))
+	}
+	if err := s.checkDialect(ctx); err != nil {
+		return KeyAction{}, fmt.Errorf("outbox: %s: %w", op, err)
+	}
+	got, err := s.blockedHeads(ctx, []keyPos{{topic: topic, key: key}})
+	if err != nil {
+		return KeyAction{}, fmt.Errorf("outbox: %s: %w", op, err)
+	}
+	if len(got) == 0 {
+		return KeyAction{}, fmt.Errorf("%w: topic %q key %q", ErrNotBlocked, topic, key)
+	}
+	n, err := write(ctx, got[0])
+	if err != nil {
+		return KeyAction{}, err
+	}
+	if n == 0 {
+		return KeyAction{}, fmt.Errorf("%w: topic %q key %q: its head %d changed meanwhile", ErrNotBlocked, topic, key, got[0].HeadID)
+	}
+	return KeyAction{HeadID: got[0].HeadID, State: got[0].State}, nil
+}

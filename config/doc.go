@@ -28,6 +28,7 @@
 //	OUTBOX_PUBLISHED_RETENTION_SECONDS PublishedRetention  0                 delete at once
 //	OUTBOX_MAX_IN_FLIGHT               MaxInFlight         1000              error
 //	OUTBOX_DISABLE_ORDERING            DisableOrdering     false             -
+//	OUTBOX_STRICT_ORDER                StrictOrder         false             -
 //	OUTBOX_MAX_PAYLOAD_BYTES           MaxPayloadBytes     0                 no limit
 //	OUTBOX_DISABLE_NOTIFY              DisableNotify       false             -
 //	OUTBOX_NOTIFY_INTERVAL_SECONDS     NotifyInterval      0.005             error

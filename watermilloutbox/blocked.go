@@ -17,7 +17,7 @@ import (
 const BlockedBehindLimit = 1000
 
 // MaxBlockedPage is the largest page BlockedKeys returns.
-const MaxBlockedPage = 1000
+const MaxBlockedPage = 500
 
 // Head states of a blocked key.
 const (
@@ -196,15 +196,36 @@ func (s *SQLStore) blockedHeads(ctx context.Context, keys []keyPos) ([]BlockedKe
 		return `COALESCE((SELECT min(id) FROM ` + t.quoted + ` WHERE ` + predicate + ` AND topic = ` + p(k.topic) +
 			` AND partition_key = ` + p(k.key) + `), 0)`
 	}
-	parts := make([]string, len(keys))
-	for i, k := range keys {
+	var q string
+	if t.dialect == PostgreSQL {
+		// One plan for every key: planning a part per key cost more than
+		// running it.
+		topics, names := make([]string, len(keys)), make([]string, len(keys))
+		for i, k := range keys {
+			topics[i], names[i] = k.topic, k.key
+		}
+		args = []any{topics, names}
+		firstOf := func(predicate string) string {
+			return `COALESCE((SELECT min(id) FROM ` + t.quoted + ` WHERE ` + predicate + ` AND topic = c.topic AND partition_key = c.key), 0)`
+		}
 		dead := "0"
 		if s.config.StrictOrder {
-			dead = first(deadKeyPredicate, k)
+			dead = firstOf(deadKeyPredicate)
 		}
-		parts[i] = `SELECT ` + strconv.Itoa(i) + `, ` + first(waitingKeyPredicate, k) + `, ` + dead + `, ` + first(keyedPredicate, k)
+		q = `SELECT c.i - 1, ` + firstOf(waitingKeyPredicate) + `, ` + dead + `, ` + firstOf(keyedPredicate) +
+			` FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS c(topic, key, i)`
+	} else {
+		parts := make([]string, len(keys))
+		for i, k := range keys {
+			dead := "0"
+			if s.config.StrictOrder {
+				dead = first(deadKeyPredicate, k)
+			}
+			parts[i] = `SELECT ` + strconv.Itoa(i) + `, ` + first(waitingKeyPredicate, k) + `, ` + dead + `, ` + first(keyedPredicate, k)
+		}
+		q = strings.Join(parts, "\nUNION ALL\n")
 	}
-	rs, err := s.db.query(ctx, strings.Join(parts, "\nUNION ALL\n"), args...)
+	rs, err := s.db.query(ctx, q, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -233,20 +254,13 @@ func (s *SQLStore) blockedHeads(ctx context.Context, keys []keyPos) ([]BlockedKe
 	if len(heads) == 0 {
 		return nil, nil
 	}
-	args = nil
-	now := s.nowMicros()
-	parts = parts[:0]
-	for _, h := range heads {
-		behind := func(predicate string) string {
-			return `SELECT id, created_at FROM ` + t.quoted + ` WHERE ` + predicate + ` AND topic = ` + p(h.topic) +
-				` AND partition_key = ` + p(h.key) + ` AND id > ` + p(h.id) + ` ORDER BY id LIMIT ` + p(BlockedBehindLimit)
-		}
-		parts = append(parts, `SELECT id, state, attempts, last_error, `+now+` - `+s.epochMicros("created_at")+`, `+
-			s.epochMicros("available_at")+` - `+now+`, (SELECT count(*) FROM (`+behind(keyedPredicate)+`) b), (SELECT count(*) FROM (`+
-			behind(waitingKeyPredicate)+`) w), (SELECT `+now+` - `+s.epochMicros("min(created_at)")+` FROM (`+behind(keyedPredicate)+`) o)`+
-			` FROM `+t.quoted+` WHERE id = `+p(h.id))
+	ids := make([]int64, len(heads))
+	for i, h := range heads {
+		ids[i] = h.id
 	}
-	rs, err = s.db.query(ctx, strings.Join(parts, "\nUNION ALL\n"), args...)
+	in, args := s.idList(2, ids)
+	q = s.headsQuery("h.") + ` WHERE ` + prefixed("h.", in)
+	rs, err = s.db.query(ctx, q, append([]any{BlockedBehindLimit - 1}, args...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -287,6 +301,33 @@ func (s *SQLStore) blockedHeads(ctx context.Context, keys []keyPos) ([]BlockedKe
 		out = append(out, b)
 	}
 	return out, nil
+}
+
+// headsQuery selects, for the heads h (its alias), each head's id, state,
+// attempts, last error, age, time until due, the rows behind it (keyed
+// ones counted up to BlockedBehindLimit, waiting ones) and the age of the
+// first row behind it. Placeholder 1 is BlockedBehindLimit - 1. The rows
+// behind are read through a LIMIT; on MariaDB, which allows no reference
+// to h in a derived table, counted up to the id of the
+// BlockedBehindLimit-th of them (found with OFFSET), which reads them twice.
+func (s *SQLStore) headsQuery(h string) string {
+	t := s.t
+	now := s.nowMicros()
+	sameKey := func(alias, predicate string) string {
+		return ` FROM ` + t.quoted + ` ` + alias + ` WHERE ` + prefixed(alias+".", predicate) + ` AND ` + alias + `.topic = ` + h + `topic AND ` +
+			alias + `.partition_key = ` + h + `partition_key AND ` + alias + `.id > ` + h + `id`
+	}
+	behind := `(SELECT count(*) FROM (SELECT b.id` + sameKey("b", keyedPredicate) + ` ORDER BY b.id LIMIT ` + t.dialect.placeholder(1) + ` + 1) b)`
+	if t.dialect == MySQL {
+		nth := `(SELECT n.id` + sameKey("n", keyedPredicate) + ` ORDER BY n.id LIMIT 1 OFFSET ?)`
+		behind = `(SELECT count(*)` + sameKey("b", keyedPredicate) + ` AND b.id <= COALESCE(` + nth + `, 9223372036854775807))`
+	}
+	return `SELECT ` + h + `id, ` + h + `state, ` + h + `attempts, ` + h + `last_error, ` + now + ` - ` + s.epochMicros(h+"created_at") + `, ` +
+		s.epochMicros(h+"available_at") + ` - ` + now + `,
+  ` + behind + `,
+  (SELECT count(*)` + sameKey("w", waitingKeyPredicate) + `),
+  (SELECT ` + now + ` - ` + s.epochMicros("o.created_at") + sameKey("o", keyedPredicate) + ` ORDER BY o.id LIMIT 1)
+FROM ` + t.quoted + ` ` + strings.TrimSuffix(h, ".")
 }
 
 // nowMicros is the database clock in microseconds since the Unix epoch.

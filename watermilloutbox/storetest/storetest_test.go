@@ -107,7 +107,9 @@ func TestPgxStore(t *testing.T) {
 		return store, inserter(store)
 	}
 	h.New = func(t *testing.T) (outbox.Store, storetest.Insert) { return newPgx(t, config.Config{}) }
-	h.NewStrict = func(t *testing.T) (outbox.Store, storetest.Insert) { return newPgx(t, config.Config{StrictOrder: true}) }
+	h.NewStrict = func(t *testing.T) (outbox.Store, storetest.Insert) {
+		return newPgx(t, config.Config{StrictOrder: true})
+	}
 	storetest.Run(t, h)
 }
 

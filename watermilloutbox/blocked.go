@@ -368,7 +368,7 @@ type KeyAction struct {
 
 // RequeueKey retries the head holding a key back: a dead head becomes
 // pending with a fresh retry budget (as Requeue), a waiting one becomes due
-// now, keeping its attempts. The head keeps its id, so it is still the
+// now, keeping its attempts (and is no longer listed as blocked). The head keeps its id, so it is still the
 // key's first row and the key's order holds: it goes first, the rows
 // behind it after. ErrNotBlocked when nothing holds the key.
 func (s *SQLStore) RequeueKey(ctx context.Context, topic, key string) (KeyAction, error) {
@@ -376,7 +376,7 @@ func (s *SQLStore) RequeueKey(ctx context.Context, topic, key string) (KeyAction
 		if b.State == HeadDead {
 			return s.requeueIDs(ctx, "requeue key", []int64{b.HeadID})
 		}
-		return s.exec(ctx, "requeue key", `UPDATE `+s.t.quoted+` SET available_at = `+s.now()+` WHERE `+
+		return s.exec(ctx, "requeue key", `UPDATE `+s.t.quoted+` SET available_at = `+s.now()+`, waiting = 0 WHERE `+
 			waitingPredicate+` AND id = `+s.t.dialect.placeholder(1), b.HeadID)
 	})
 }
@@ -395,32 +395,46 @@ func (s *SQLStore) SkipKey(ctx context.Context, topic, key string) (KeyAction, e
 	})
 }
 
+// BlockedKey returns the head holding one key back, as BlockedKeys lists
+// it; ErrNotBlocked when nothing holds the key.
+func (s *SQLStore) BlockedKey(ctx context.Context, topic, key string) (BlockedKey, error) {
+	return s.keyHead(ctx, "blocked key", topic, key)
+}
+
+func (s *SQLStore) keyHead(ctx context.Context, op, topic, key string) (BlockedKey, error) {
+	if err := ValidateTopic(topic); err != nil {
+		return BlockedKey{}, fmt.Errorf("outbox: %s: %w", op, err)
+	}
+	if key == "" || len(key) > maxTopicLen {
+		return BlockedKey{}, fmt.Errorf("outbox: %s: key must be 1 to %d bytes, got %d", op, maxTopicLen, len(key))
+	}
+	if err := s.checkDialect(ctx); err != nil {
+		return BlockedKey{}, fmt.Errorf("outbox: %s: %w", op, err)
+	}
+	got, err := s.blockedHeads(ctx, []keyPos{{topic: topic, key: key}})
+	if err != nil {
+		return BlockedKey{}, fmt.Errorf("outbox: %s: %w", op, err)
+	}
+	if len(got) == 0 {
+		return BlockedKey{}, fmt.Errorf("%w: topic %q key %q", ErrNotBlocked, topic, key)
+	}
+	return got[0], nil
+}
+
 // keyAction finds the key's head and applies write to it. A head that a
 // relay changed meanwhile (retried, delivered) is left alone: write then
 // changes nothing and ErrNotBlocked is returned.
 func (s *SQLStore) keyAction(ctx context.Context, op, topic, key string, write func(context.Context, BlockedKey) (int, error)) (KeyAction, error) {
-	if err := ValidateTopic(topic); err != nil {
-		return KeyAction{}, fmt.Errorf("outbox: %s: %w", op, err)
-	}
-	if key == "" || len(key) > maxTopicLen {
-		return KeyAction{}, fmt.Errorf("outbox: %s: key must be 1 to %d bytes, got %d", op, maxTopicLen, len(key))
-	}
-	if err := s.checkDialect(ctx); err != nil {
-		return KeyAction{}, fmt.Errorf("outbox: %s: %w", op, err)
-	}
-	got, err := s.blockedHeads(ctx, []keyPos{{topic: topic, key: key}})
+	head, err := s.keyHead(ctx, op, topic, key)
 	if err != nil {
-		return KeyAction{}, fmt.Errorf("outbox: %s: %w", op, err)
+		return KeyAction{}, err
 	}
-	if len(got) == 0 {
-		return KeyAction{}, fmt.Errorf("%w: topic %q key %q", ErrNotBlocked, topic, key)
-	}
-	n, err := write(ctx, got[0])
+	n, err := write(ctx, head)
 	if err != nil {
 		return KeyAction{}, err
 	}
 	if n == 0 {
-		return KeyAction{}, fmt.Errorf("%w: topic %q key %q: its head %d changed meanwhile", ErrNotBlocked, topic, key, got[0].HeadID)
+		return KeyAction{}, fmt.Errorf("%w: topic %q key %q: its head %d changed meanwhile", ErrNotBlocked, topic, key, head.HeadID)
 	}
-	return KeyAction{HeadID: got[0].HeadID, State: got[0].State}, nil
+	return KeyAction{HeadID: head.HeadID, State: head.State}, nil
 }

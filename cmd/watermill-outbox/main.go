@@ -39,6 +39,8 @@ Commands:
   dead list      page through the dead rows
   dead requeue   make dead rows pending again (a dry run unless --yes)
   dead purge     delete dead rows for good (a dry run unless --yes)
+  keys           list the blocked keys (a failing or, strict, dead head holds each)
+  keys requeue   retry a key's head now; keys skip: delete it (dry runs unless --yes)
   relay          relay the table to Kafka or RabbitMQ until SIGINT or SIGTERM
 
 The database comes from --database-url or OUTBOX_DATABASE_URL:
@@ -91,6 +93,7 @@ var commands = map[string]func(a *app, ctx context.Context, args []string) error
 	"dead list":    (*app).deadList,
 	"dead requeue": (*app).deadRequeue,
 	"dead purge":   (*app).deadPurge,
+	"keys":         (*app).keys,
 	"relay":        (*app).relay,
 }
 

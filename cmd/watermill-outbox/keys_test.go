@@ -1,0 +1,91 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+)
+
+// TestCLIKeys: keys lists a key held by a failing head, escaped in text
+// and as stored in JSON; requeue is a dry run without --yes and retries
+// the head with it; bad input is refused with status 2.
+func TestCLIKeys(t *testing.T) {
+	t.Parallel()
+	bin := buildCLI(t)
+	for _, d := range cliDBs {
+		t.Run(d.name, func(t *testing.T) {
+			t.Parallel()
+			f := newFixture(t, bin, d)
+			ids := f.insert("orders", "k1", 3)
+			f.insert("orders", "k2", 1)
+			ctx := context.Background()
+			c, err := f.store.Claim(ctx, outbox.ClaimRequest{Limit: 1, Lease: time.Hour, Ordered: true})
+			require.NoError(t, err)
+			require.Equal(t, []int64{ids[0]}, []int64{c.Rows[0].ID})
+			const lastErr = "boom\n\x1b[2Jcleared"
+			_, err = f.store.RecordFailure(ctx, c.Token, ids[0], lastErr, time.Hour)
+			require.NoError(t, err)
+
+			out := f.cli.ok("keys")
+			require.Contains(t, out, "TOPIC")
+			require.Contains(t, out, "k1")
+			require.NotContains(t, out, "k2", "a free key is not listed")
+			require.Contains(t, out, strconv.FormatInt(ids[0], 10))
+			require.Contains(t, out, `boom \x1b[2Jcleared`, "on one line, control characters escaped")
+			require.NotContains(t, out, "\x1b", "no raw escape reaches the terminal")
+			require.Contains(t, out, "(last page)")
+
+			var js keysJSON
+			require.NoError(t, json.Unmarshal([]byte(f.cli.ok("keys", "--json")), &js))
+			require.Len(t, js.Keys, 1)
+			require.Equal(t, lastErr, js.Keys[0].LastError, "JSON as stored")
+			require.Equal(t, 2, js.Keys[0].Behind)
+			require.Equal(t, outbox.HeadWaiting, js.Keys[0].State)
+			require.Nil(t, js.Next)
+
+			out = f.cli.ok("keys", "requeue", "--topic", "orders", "--key", "k1")
+			require.Contains(t, out, "nothing changed")
+			require.Len(t, f.cli.okJSONKeys(), 1, "the dry run changed nothing")
+			out = f.cli.ok("keys", "requeue", "--topic", "orders", "--key", "k1", "--yes")
+			require.Contains(t, out, "requeued row "+strconv.FormatInt(ids[0], 10))
+			require.Contains(t, f.cli.ok("keys"), "no blocked keys")
+			c, err = f.store.Claim(ctx, outbox.ClaimRequest{Limit: 10, Lease: time.Hour, Ordered: true})
+			require.NoError(t, err)
+			var k1 []int64
+			for _, r := range c.Rows {
+				if r.PartitionKey == "k1" {
+					k1 = append(k1, r.ID)
+				}
+			}
+			require.Equal(t, ids, k1, "the head due now, its key in order behind it")
+
+			for _, bad := range [][]string{
+				{"keys", "--limit", "0"},
+				{"keys", "--limit", strconv.Itoa(outbox.MaxBlockedPage + 1)},
+				{"keys", "requeue", "--topic", "orders"},
+				{"keys", "frobnicate"},
+			} {
+				r := f.cli.run(bad...)
+				require.Equal(t, exitUsage, r.code, "%v: %s", bad, r.stderr)
+				require.Equal(t, 1, strings.Count(r.stderr, "\n"), "one line: %s", r.stderr)
+			}
+			r := f.cli.run("keys", "skip", "--topic", "orders", "--key", "k1", "--yes")
+			require.Equal(t, exitFailure, r.code, "nothing holds k1 now: %s", r.stdout)
+			require.Contains(t, r.stderr, "not blocked")
+		})
+	}
+}
+
+func (c *cli) okJSONKeys() []blockedKeyJSON {
+	c.t.Helper()
+	var js keysJSON
+	require.NoError(c.t, json.Unmarshal([]byte(c.ok("keys", "--json")), &js))
+	return js.Keys
+}

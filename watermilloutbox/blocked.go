@@ -69,6 +69,10 @@ type BlockedQuery struct {
 	// Limit is the page size, in keys. Default 100; zero means the
 	// default. At most MaxBlockedPage.
 	Limit int
+	// HeadsOnly leaves Behind, BehindCapped and BehindAge zero: the rows
+	// behind each head are not read, so a page costs a few index descents
+	// a key (what the metrics read). Default false.
+	HeadsOnly bool
 }
 
 func (q *BlockedQuery) setDefaults() {
@@ -119,7 +123,7 @@ func (s *SQLStore) BlockedKeys(ctx context.Context, q BlockedQuery) ([]BlockedKe
 			return nil, fmt.Errorf("outbox: blocked keys: %w", err)
 		}
 		for chunk := range slices.Chunk(keys, blockedChunk) {
-			got, err := s.blockedHeads(ctx, chunk)
+			got, err := s.blockedHeads(ctx, chunk, q.HeadsOnly)
 			if err != nil {
 				return nil, fmt.Errorf("outbox: blocked keys: %w", err)
 			}
@@ -185,7 +189,7 @@ func (s *SQLStore) blockedCandidates(ctx context.Context, topic string, after ke
 // row (under StrictOrder) and its first other pending row, picks the head,
 // and returns the keys whose head holds them back, with the head's details
 // and the rows behind it.
-func (s *SQLStore) blockedHeads(ctx context.Context, keys []keyPos) ([]BlockedKey, error) {
+func (s *SQLStore) blockedHeads(ctx context.Context, keys []keyPos, headsOnly bool) ([]BlockedKey, error) {
 	t := s.t
 	var args []any
 	p := func(v any) string {
@@ -259,7 +263,7 @@ func (s *SQLStore) blockedHeads(ctx context.Context, keys []keyPos) ([]BlockedKe
 		ids[i] = h.id
 	}
 	in, args := s.idList(2, ids)
-	q = s.headsQuery("h.") + ` WHERE ` + prefixed("h.", in)
+	q = s.headsQuery("h.", headsOnly) + ` WHERE ` + prefixed("h.", in)
 	rs, err = s.db.query(ctx, q, append([]any{BlockedBehindLimit - 1}, args...)...)
 	if err != nil {
 		return nil, err
@@ -310,7 +314,7 @@ func (s *SQLStore) blockedHeads(ctx context.Context, keys []keyPos) ([]BlockedKe
 // behind are read through a LIMIT; on MariaDB, which allows no reference
 // to h in a derived table, counted up to the id of the
 // BlockedBehindLimit-th of them (found with OFFSET), which reads them twice.
-func (s *SQLStore) headsQuery(h string) string {
+func (s *SQLStore) headsQuery(h string, headsOnly bool) string {
 	t := s.t
 	now := s.nowMicros()
 	sameKey := func(alias, predicate string) string {
@@ -322,11 +326,15 @@ func (s *SQLStore) headsQuery(h string) string {
 		nth := `(SELECT n.id` + sameKey("n", keyedPredicate) + ` ORDER BY n.id LIMIT 1 OFFSET ?)`
 		behind = `(SELECT count(*)` + sameKey("b", keyedPredicate) + ` AND b.id <= COALESCE(` + nth + `, 9223372036854775807))`
 	}
+	waiting := `(SELECT count(*)` + sameKey("w", waitingKeyPredicate) + `)`
+	oldest := `(SELECT ` + now + ` - ` + s.epochMicros("o.created_at") + sameKey("o", keyedPredicate) + ` ORDER BY o.id LIMIT 1)`
+	if headsOnly {
+		// The placeholder stays in use, so the arguments are the same.
+		behind, waiting, oldest = t.dialect.placeholder(1)+` * 0`, "0", "NULL"
+	}
 	return `SELECT ` + h + `id, ` + h + `state, ` + h + `attempts, ` + h + `last_error, ` + now + ` - ` + s.epochMicros(h+"created_at") + `, ` +
 		s.epochMicros(h+"available_at") + ` - ` + now + `,
-  ` + behind + `,
-  (SELECT count(*)` + sameKey("w", waitingKeyPredicate) + `),
-  (SELECT ` + now + ` - ` + s.epochMicros("o.created_at") + sameKey("o", keyedPredicate) + ` ORDER BY o.id LIMIT 1)
+  ` + behind + `, ` + waiting + `, ` + oldest + `
 FROM ` + t.quoted + ` ` + strings.TrimSuffix(h, ".")
 }
 
@@ -411,7 +419,7 @@ func (s *SQLStore) keyHead(ctx context.Context, op, topic, key string) (BlockedK
 	if err := s.checkDialect(ctx); err != nil {
 		return BlockedKey{}, fmt.Errorf("outbox: %s: %w", op, err)
 	}
-	got, err := s.blockedHeads(ctx, []keyPos{{topic: topic, key: key}})
+	got, err := s.blockedHeads(ctx, []keyPos{{topic: topic, key: key}}, false)
 	if err != nil {
 		return BlockedKey{}, fmt.Errorf("outbox: %s: %w", op, err)
 	}

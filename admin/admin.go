@@ -153,4 +153,3 @@ func secure(next http.Handler) http.Handler {
 	})
 }
 
-func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }

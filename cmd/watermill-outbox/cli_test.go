@@ -454,7 +454,7 @@ func testCLIRelay(t *testing.T, driver string) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, "relay", "--metrics-addr", "127.0.0.1:0", "--amqp-url", url, "--driver", driver)
-	cmd.Env = f.cli.env
+	cmd.Env = append(f.cli.env, "OUTBOX_ADMIN=true")
 	stderr, err := cmd.StderrPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
@@ -487,6 +487,12 @@ func testCLIRelay(t *testing.T, driver string) {
 	_ = resp.Body.Close()
 	require.Contains(t, string(body), "go_goroutines ")
 	require.True(t, strings.Contains(string(body), "outbox_stats_last_refresh_timestamp_seconds "), "the outbox's metrics are served")
+	resp, err = http.Get("http://" + addr[1] + "/admin/")
+	require.NoError(t, err)
+	body, _ = io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode, string(body))
+	require.Contains(t, string(body), "Read-only.", "OUTBOX_ADMIN=true serves the page, without writes")
 
 	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
 	waitLog("relay: stopped")

@@ -235,7 +235,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{name: "foreign Origin without Sec-Fetch-Site", f: f, path: "api/action", form: requeue, hdr: map[string]string{"Sec-Fetch-Site": "", "Origin": "https://evil.example"}, code: 403, says: "cross-origin"},
 		{name: "unconfirmed", f: f, path: "action", form: url.Values{"action": {"requeue"}, "id": {strconv.FormatInt(f.deadID, 10)}}, code: 400, says: "confirm"},
 		{name: "unknown id", f: f, path: "api/action", form: url.Values{"action": {"requeue"}, "id": {"999999"}, "confirm": {"yes"}}, code: 404, says: "no dead row"},
-		{name: "a pending row is not dead", f: f, path: "api/action", form: url.Values{"action": {"purge"}, "id": {strconv.FormatInt(f.head + 1, 10)}, "confirm": {"yes"}}, code: 404, says: "no dead row"},
+		{name: "a pending row is not dead", f: f, path: "api/action", form: url.Values{"action": {"purge"}, "id": {strconv.FormatInt(f.head+1, 10)}, "confirm": {"yes"}}, code: 404, says: "no dead row"},
 		{name: "id not a number", f: f, path: "api/action", form: url.Values{"action": {"purge"}, "id": {"1 OR 1=1"}, "confirm": {"yes"}}, code: 400, says: "id"},
 		{name: "unknown action", f: f, path: "api/action", form: url.Values{"action": {"drop"}, "id": {"1"}, "confirm": {"yes"}}, code: 400, says: "action"},
 		{name: "key not blocked", f: f, path: "api/action", form: url.Values{"action": {"skip-key"}, "topic": {"orders"}, "key": {"k9"}, "confirm": {"yes"}}, code: 404, says: "not blocked"},

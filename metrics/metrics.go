@@ -186,19 +186,19 @@ type Metrics struct {
 	// The table's figures, cached.
 	descs struct {
 		pending, waiting, leased, dead, capped, oldestPending, oldestDead, refreshed *prometheus.Desc
-		backlog, blocked, oldestBlocked                                             *prometheus.Desc
+		backlog, blocked, oldestBlocked                                              *prometheus.Desc
 	}
-	blockedSrc BlockedSource // nil: no blocked-key gauges
+	blockedSrc      BlockedSource // nil: no blocked-key gauges
 	refreshFailures prometheus.Counter
 	mu              sync.Mutex
 	snap            outbox.Stats
 	blocked         map[string]blockedTopic // per topic, of the last read
 	blockedCapped   bool
 	seen            map[string]bool // topics ever read: their gauges read 0 once the rows are gone
-	snapAt          time.Time     // of the last successful read
-	attemptAt       time.Time     // of the last read begun
-	refreshing      chan struct{} // closed when the read in flight ends; nil: none
-	failing         int           // consecutive failed reads, for logging
+	snapAt          time.Time       // of the last successful read
+	attemptAt       time.Time       // of the last read begun
+	refreshing      chan struct{}   // closed when the read in flight ends; nil: none
+	failing         int             // consecutive failed reads, for logging
 
 	// The relay's.
 	claimed, reclaimed, published, dead *prometheus.CounterVec

@@ -386,6 +386,8 @@ func TestCLIBadSettings(t *testing.T) {
 		{"no database", nil, []string{"stats"}, "watermill-outbox: no database: set --database-url or OUTBOX_DATABASE_URL"},
 		{"bad setting", []string{"OUTBOX_DATABASE_URL=postgres://app:" + pw + "@127.0.0.1:1/test", "OUTBOX_BATCH_SIZE=NaN"}, []string{"stats"},
 			`watermill-outbox: OUTBOX_BATCH_SIZE: invalid value "NaN"`},
+		{"empty table", []string{"OUTBOX_DATABASE_URL=postgres://app:" + pw + "@127.0.0.1:1/test", "OUTBOX_TABLE="}, []string{"stats"},
+			"watermill-outbox: OUTBOX_TABLE: set but empty: unset it for the default (watermill_outbox), or name the table"},
 		{"two selections", nil, []string{"dead", "purge", "--all", "--topic", "x"}, "give exactly one of --id, --topic or --all"},
 		{"bad id", nil, []string{"dead", "purge", "--id", "1,-2"}, `invalid value "1,-2" for flag --id`},
 		{"bad topic", nil, []string{"dead", "requeue", "--topic", "a b"}, "--topic: outbox: invalid topic"},

@@ -89,3 +89,16 @@ func (c *cli) okJSONKeys() []blockedKeyJSON {
 	require.NoError(c.t, json.Unmarshal([]byte(c.ok("keys", "--json")), &js))
 	return js.Keys
 }
+
+// TestCLIWarnsOfUnknownVariables: a misspelt OUTBOX_* variable is named
+// once on stderr, with the setting it probably meant; the command runs.
+func TestCLIWarnsOfUnknownVariables(t *testing.T) {
+	t.Parallel()
+	bin := buildCLI(t)
+	r := newCLI(t, bin, "OUTBOX_BATCHSIZE=50").run("ddl", "--dialect", "postgres")
+	require.Equal(t, 0, r.code, r.stderr)
+	require.Equal(t, "watermill-outbox: warning: OUTBOX_BATCHSIZE (did you mean OUTBOX_BATCH_SIZE?) is not a setting and is ignored\n", r.stderr)
+	require.Contains(t, r.stdout, "CREATE TABLE")
+	r = newCLI(t, bin, "OUTBOX_BATCH_SIZE=50", "OUTBOX_METRICS_ADDR=:0").run("ddl", "--dialect", "postgres")
+	require.Empty(t, r.stderr, "known variables draw no warning")
+}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -143,6 +144,9 @@ func (a *app) dispatch(ctx context.Context, args []string) error {
 		}
 		sort.Strings(names)
 		return usagef("unknown command %q: want one of %s", key, strings.Join(names, ", "))
+	}
+	if !slices.ContainsFunc(rest, isHelp) {
+		a.warnUnknownVariables()
 	}
 	return run(a, ctx, rest)
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"io"
+	"os"
 	"testing"
 	"time"
 
@@ -17,7 +18,8 @@ func relayEnv(t *testing.T) {
 	t.Setenv("OUTBOX_KAFKA_BROKERS", "127.0.0.1:9092")
 	for _, v := range []string{"OUTBOX_SINK", "OUTBOX_AMQP_URL", "OUTBOX_KAFKA_MAX_MESSAGE_BYTES", "OUTBOX_METRICS_ADDR",
 		"OUTBOX_HEALTH_MAX_PAUSE_SECONDS", "OUTBOX_TABLE", "OUTBOX_ADMIN", "OUTBOX_ADMIN_WRITES"} {
-		t.Setenv(v, "")
+		t.Setenv(v, "") // restored after the test
+		require.NoError(t, os.Unsetenv(v))
 	}
 }
 

@@ -208,7 +208,8 @@ func (sub *subscription) onDelivered(d delivered) {
 		}
 		return
 	}
-	if obs := sub.s.obs; obs != nil {
+	// Unavailable attempts were observed as they failed (forwarder.go).
+	if obs := sub.s.obs; obs != nil && failureKind(d.verdict) != FailureUnavailable {
 		obs.ObserveFailure(FailureEvent{Handler: sub.s.handler, Topic: h.row.Topic, Kind: failureKind(d.verdict), Err: dec.cause})
 	}
 	behind := sub.win.failed(h)

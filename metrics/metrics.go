@@ -280,7 +280,7 @@ func New(stats StatsSource, config Config, logger watermill.LoggerAdapter) (*Met
 	m.claimed = counter("outbox_relay_claimed_total", "Rows the relay claimed.", labelHandler, labelTopic)
 	m.reclaimed = counter("outbox_relay_reclaimed_total", "Rows the relay claimed after another claim's lease on them expired (a relay crashed, stalled or lost its database): possibly published twice.", labelHandler, labelTopic)
 	m.published = counter("outbox_relay_published_total", "Messages the destination accepted.", labelHandler, labelTopic)
-	m.failed = counter("outbox_relay_failed_total", "Deliveries the destination did not accept, by kind: transient (an attempt charged, retried), unavailable (released uncharged), permanent (dead at once), unhandled (the router acked or nacked without the forwarder's handler; charged as transient).", labelHandler, labelTopic, labelKind)
+	m.failed = counter("outbox_relay_failed_total", "Deliveries the destination did not accept, by kind: transient (an attempt charged, retried), unavailable (each attempt that found the destination unreachable, as it happens; nothing charged), permanent (dead at once), unhandled (the router acked or nacked without the forwarder's handler; charged as transient).", labelHandler, labelTopic, labelKind)
 	m.dead = counter("outbox_relay_dead_total", "Rows the relay made dead.", labelHandler, labelTopic)
 	m.staleRows = counter("outbox_relay_stale_rows_total", "Rows a fenced write was rejected for because their claim was stale (the lease expired and another claim took them over), by write.", labelHandler, labelOperation)
 	m.dbErrors = counter("outbox_relay_db_errors_total", "Claims and fenced writes that failed and were retried.", labelHandler, labelOperation)

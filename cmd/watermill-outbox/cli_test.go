@@ -19,6 +19,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -489,6 +490,19 @@ func testCLIRelay(t *testing.T, driver string) {
 	_ = resp.Body.Close()
 	require.Contains(t, string(body), "go_goroutines ")
 	require.True(t, strings.Contains(string(body), "outbox_stats_last_refresh_timestamp_seconds "), "the outbox's metrics are served")
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err = http.Get("http://" + addr[1] + "/readyz")
+		require.NoError(t, err)
+		body, _ = io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		if resp.StatusCode == http.StatusOK || time.Now().After(deadline) {
+			break
+		}
+		<-time.After(50 * time.Millisecond) // polling the endpoint, not timing it
+	}
+	require.Equal(t, http.StatusOK, resp.StatusCode, string(body))
+	require.Equal(t, "ready\n", string(body))
 	resp, err = http.Get("http://" + addr[1] + "/admin/")
 	require.NoError(t, err)
 	body, _ = io.ReadAll(resp.Body)

@@ -1,15 +1,23 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
+	"io"
+	"net/http"
+	neturl "net/url"
+	"os/exec"
+	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/e0a82c8c/watermill-outbox/internal/testenv"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
 
@@ -101,4 +109,53 @@ func TestCLIWarnsOfUnknownVariables(t *testing.T) {
 	require.Contains(t, r.stdout, "CREATE TABLE")
 	r = newCLI(t, bin, "OUTBOX_BATCH_SIZE=50", "OUTBOX_METRICS_ADDR=:0").run("ddl", "--dialect", "postgres")
 	require.Empty(t, r.stderr, "known variables draw no warning")
+}
+
+// TestCLIRelayWrongAMQPPassword: a relay whose broker refuses its
+// credentials says so at start, with the table empty, and /readyz is 503
+// with the broker's reason; it keeps running (SIGTERM stops it, exit 0).
+func TestCLIRelayWrongAMQPPassword(t *testing.T) {
+	t.Parallel()
+	good := testenv.AMQPURL(t)
+	u, err := neturl.Parse(good)
+	require.NoError(t, err)
+	u.User = neturl.UserPassword(u.User.Username(), "not-the-password")
+	bin := buildCLI(t)
+	f := newFixture(t, bin, cliDBs[0])
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "relay", "--metrics-addr", "127.0.0.1:0", "--amqp-url", u.String())
+	cmd.Env = f.cli.env
+	stderr, err := cmd.StderrPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	var log strings.Builder
+	lines := bufio.NewScanner(stderr)
+	waitLog := func(s string) string {
+		t.Helper()
+		for lines.Scan() {
+			log.WriteString(lines.Text() + "\n")
+			if strings.Contains(lines.Text(), s) {
+				return lines.Text()
+			}
+		}
+		t.Fatalf("the relay's log ended without %q:\n%s", s, log.String())
+		return ""
+	}
+	addr := regexp.MustCompile(`addr=(\S+)`).FindStringSubmatch(waitLog("relay: serving /metrics and /healthz"))
+	require.NotNil(t, addr)
+	line := waitLog("relay: cannot reach the destination")
+	require.Contains(t, line, "username or password not allowed")
+	require.NotContains(t, line, "not-the-password")
+	resp, err := http.Get("http://" + addr[1] + "/readyz")
+	require.NoError(t, err)
+	body, _ := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+	require.Contains(t, string(body), "destination: RabbitMQ at ")
+	require.Contains(t, string(body), "username or password not allowed")
+	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+	waitLog("relay: stopped")
+	_, _ = io.Copy(io.Discard, stderr)
+	require.NoError(t, cmd.Wait(), "it kept running: exit 0 on SIGTERM")
 }

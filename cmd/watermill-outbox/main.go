@@ -53,8 +53,10 @@ package config (OUTBOX_TABLE, OUTBOX_BATCH_SIZE, ...); --table overrides
 OUTBOX_TABLE.
 
 Exit status: 0 done, 1 failed, 2 bad usage or settings (a database that
-cannot be reached included). An error is one line naming the flag or the
-variable; a password in a URL is shown as ***.
+cannot be reached included, for every command but relay: the relay exits 2
+on a bad setting only, and logs and retries a database or broker it cannot
+reach, wrong password included, until SIGINT or SIGTERM). An error is one
+line naming the flag or the variable; a password in a URL is shown as ***.
 
 Run 'watermill-outbox <command> --help' for a command's flags.
 `

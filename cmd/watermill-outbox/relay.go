@@ -63,6 +63,11 @@ With --metrics-addr the relay serves over HTTP:
   /healthz  200 "ok" while the database answers and the relay has not been
             paused, waiting for an unavailable broker, for longer than
             --health-max-pause; else 503 and the reasons, one per line
+  /readyz   200 "ready" while the destination answers (checked at start and
+            every 15s: a connection with the relay's credentials to
+            RabbitMQ, a metadata request to Kafka); else 503 and why. The
+            relay logs an error at start when it cannot reach it, and keeps
+            running: it publishes once it can.
   /admin/   with --admin: the admin page (package admin), read-only unless
             --admin-writes. It has no login of its own: serve it only where
             the address is reachable by operators alone, or behind a proxy
@@ -301,6 +306,7 @@ func (a *app) relay(ctx context.Context, args []string) error {
 		ping = db.PingContext
 	}
 	h := newHealth(ping, s.maxPause)
+	ready := newReach(s, logger)
 	var obs forwarder.Observer
 	if s.metricsAddr != "" {
 		ln, err := net.Listen("tcp", s.metricsAddr)
@@ -314,7 +320,7 @@ func (a *app) relay(ctx context.Context, args []string) error {
 		}
 		reg.MustRegister(m)
 		obs = m
-		var mounts []func(*http.ServeMux)
+		mounts := []func(*http.ServeMux){func(mux *http.ServeMux) { mux.Handle("GET /readyz", ready) }}
 		if s.admin {
 			page, err := admin.NewHandler(store, admin.Config{AllowWrites: s.adminWrites}, logger)
 			if err != nil {
@@ -327,6 +333,7 @@ func (a *app) relay(ctx context.Context, args []string) error {
 		defer stop()
 		logger.Info("relay: serving /metrics and /healthz", watermill.LogFields{"addr": ln.Addr().String()})
 	}
+	go ready.run(ctx)
 	runRelay(ctx, s, store, dest, h, obs, logger)
 	logger.Info("relay: stopped", watermill.LogFields{"pid": os.Getpid()})
 	return nil

@@ -159,3 +159,15 @@ func TestCLIRelayWrongAMQPPassword(t *testing.T) {
 	_, _ = io.Copy(io.Discard, stderr)
 	require.NoError(t, cmd.Wait(), "it kept running: exit 0 on SIGTERM")
 }
+
+// TestShortenKeepsTheReason: a long error keeps its end, where a wrapped
+// error's reason is, within the column's width.
+func TestShortenKeepsTheReason(t *testing.T) {
+	long := "retry budget of 5 attempts exhausted: amqp: publish to orders.placed: declare queue: " +
+		strings.Repeat("x", 80) + ` Exception (403) Reason: "ACCESS_REFUSED - queue name 'amq.orders' contains reserved prefix 'amq.*'"`
+	got := shorten(long)
+	require.Equal(t, lastErrorWidth, len([]rune(got)))
+	require.True(t, strings.HasPrefix(got, "retry budget of 5 attempts"), got)
+	require.True(t, strings.HasSuffix(got, "contains reserved prefix 'amq.*'\""), got)
+	require.Equal(t, "short: as is", shorten("short:\n  as is"))
+}

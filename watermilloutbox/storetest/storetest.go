@@ -1,7 +1,9 @@
 // Package storetest is the contract kit of watermilloutbox.Store: the tests
 // every store the relay runs on must pass (claims, fencing, leases, the
-// per-key ordering filter, failures, dead rows, releases, renewals, the
-// retention purge, topic filters, Listen). SQLStore runs it for PostgreSQL,
+// per-key ordering filter, strict order through a dead head, failures,
+// dead rows, releases, renewals, the retention purge, topic filters,
+// Listen), and, when the harness gives them, the operator's reads and
+// writes (ListDead, Requeue, Stats, BlockedKeys, RequeueKey, SkipKey). SQLStore runs it for PostgreSQL,
 // MySQL/MariaDB and SQLite; run it against a store of your own:
 //
 //	func TestMyStore(t *testing.T) {

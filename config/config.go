@@ -160,6 +160,14 @@ type Config struct {
 	// the order they were written.
 	DisableOrdering bool `env:"DISABLE_ORDERING"`
 
+	// StrictOrder makes a dead row hold its key: the later rows of its
+	// topic and partition key stay pending, untouched, until an operator
+	// requeues or skips the dead row (SQLStore.RequeueKey, SkipKey). For
+	// consumers to whom event N+1 without event N is worse than a delay.
+	// Default and zero (false): a dead row is set aside and its key moves
+	// on. Needs ordering (not DisableOrdering).
+	StrictOrder bool `env:"STRICT_ORDER"`
+
 	// MaxPayloadBytes is the largest payload accepted, in bytes; publishing
 	// a larger one is rejected before anything is written. Default and
 	// zero: no limit. Must not be negative.
@@ -208,7 +216,7 @@ func Default() Config {
 
 // SetDefaults replaces each zero field whose zero means "use the default"
 // with that default. Fields whose zero has a meaning of its own
-// (PublishedRetention, DisableOrdering, MaxPayloadBytes, DisableNotify) are left alone, as
+// (PublishedRetention, DisableOrdering, StrictOrder, MaxPayloadBytes, DisableNotify) are left alone, as
 // are negative values, which Validate rejects.
 func (c *Config) SetDefaults() {
 	if c.Table == "" {
@@ -308,6 +316,9 @@ func (c Config) validate() []*fieldError {
 	}
 	if c.MaxInFlightBytes < 1 {
 		add("MaxInFlightBytes", "must be at least 1", c.MaxInFlightBytes)
+	}
+	if c.StrictOrder && c.DisableOrdering {
+		errs = append(errs, &fieldError{field: "StrictOrder", rule: "needs ordering: unset %s", other: "DisableOrdering", got: c.StrictOrder})
 	}
 	if c.MaxPayloadBytes < 0 {
 		add("MaxPayloadBytes", "must not be negative", c.MaxPayloadBytes)

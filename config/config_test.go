@@ -227,7 +227,6 @@ func TestFromEnvMap_unsetKeepsDefaults(t *testing.T) {
 		"empty values": {
 			"OUTBOX_BATCH_SIZE":               "",
 			"OUTBOX_POLLING_INTERVAL_SECONDS": "",
-			"OUTBOX_TABLE":                    "",
 		},
 		"other prefixes only": {"BATCH_SIZE": "7", "ORDERS_OUTBOX_BATCH_SIZE": "7"},
 	} {
@@ -471,4 +470,27 @@ func TestEnvVariablesDocumented(t *testing.T) {
 		}
 		require.Regexp(t, `(?m)^//\s+OUTBOX_`+key+`\s+`+f.Name+`\s`, string(doc), "doc.go table lacks %s", f.Name)
 	}
+}
+
+// TestFromEnvMap_emptyTableRefused: OUTBOX_TABLE set but empty is an
+// error, not the default table (which could be another service's).
+func TestFromEnvMap_emptyTableRefused(t *testing.T) {
+	t.Parallel()
+	_, err := config.FromEnvMap(config.DefaultEnvPrefix, map[string]string{"OUTBOX_TABLE": ""})
+	require.ErrorContains(t, err, "OUTBOX_TABLE: set but empty")
+	_, err = config.FromEnvMap("ORDERS_", map[string]string{"ORDERS_TABLE": ""})
+	require.ErrorContains(t, err, "ORDERS_TABLE: set but empty")
+}
+
+func TestUnknownVariables(t *testing.T) {
+	t.Parallel()
+	environ := map[string]string{
+		"OUTBOX_BATCHSIZE": "50", "OUTBOX_BATCH_SIZE": "7", "OUTBOX_DATABASE_URL": "x", "OUTBOX_TABEL": "t",
+		"OUTBOX_max_retry_count": "3", "OTHER_BATCHSIZE": "1",
+	}
+	require.Equal(t, []string{
+		"OUTBOX_BATCHSIZE (did you mean OUTBOX_BATCH_SIZE?)",
+		"OUTBOX_TABEL",
+		"OUTBOX_max_retry_count (did you mean OUTBOX_MAX_RETRY_COUNT?)",
+	}, config.UnknownVariables(config.DefaultEnvPrefix, environ, "OUTBOX_DATABASE_URL"))
 }

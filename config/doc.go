@@ -29,6 +29,7 @@
 //	OUTBOX_MAX_IN_FLIGHT               MaxInFlight         1000              error
 //	OUTBOX_MAX_IN_FLIGHT_BYTES         MaxInFlightBytes    67108864 (64 MiB) error
 //	OUTBOX_DISABLE_ORDERING            DisableOrdering     false             -
+//	OUTBOX_STRICT_ORDER                StrictOrder         false             -
 //	OUTBOX_MAX_PAYLOAD_BYTES           MaxPayloadBytes     0                 no limit
 //	OUTBOX_MAX_METADATA_BYTES          MaxMetadataBytes    65536 (64 KiB)    error
 //	OUTBOX_DISABLE_NOTIFY              DisableNotify       false             -

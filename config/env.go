@@ -6,6 +6,7 @@ import (
 	"os"
 	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -58,6 +59,12 @@ func FromEnvMap(prefix string, environ map[string]string) (Config, error) {
 	if err != nil {
 		errs = append(errs, parseErrors(err, name, raw)...)
 	}
+	// An empty table variable most likely lost its value on the way (an
+	// unset shell variable, a templating slip); taken as the default it
+	// would create and use watermill_outbox, maybe in a shared database.
+	if v, ok := environ[name("Table")]; ok && v == "" {
+		errs = append(errs, fmt.Errorf("%s: set but empty: unset it for the default (%s), or name the table", name("Table"), DefaultTable))
+	}
 	// Validate even after a parse error, so one run reports every bad
 	// variable; a field that failed to parse still holds its valid default.
 	for _, fe := range c.validate() {
@@ -67,6 +74,37 @@ func FromEnvMap(prefix string, environ map[string]string) (Config, error) {
 		return Config{}, fmt.Errorf("config: %w", errors.Join(errs...))
 	}
 	return c, nil
+}
+
+// UnknownVariables lists, sorted, the variables of environ that start with
+// prefix but name no setting of Config, nor one of known (full names, such
+// as a command's own variables): most likely misspelt ("OUTBOX_BATCHSIZE"),
+// and otherwise silently ignored. Each comes with the setting it probably
+// meant, when one differs from it only in underscores or case.
+func UnknownVariables(prefix string, environ map[string]string, known ...string) []string {
+	squash := func(s string) string { return strings.ToUpper(strings.ReplaceAll(s, "_", "")) }
+	names := map[string]bool{}
+	for _, k := range known {
+		names[k] = true
+	}
+	for _, v := range fieldVars {
+		names[prefix+v] = true
+	}
+	var out []string
+	for k := range environ {
+		if !strings.HasPrefix(k, prefix) || names[k] {
+			continue
+		}
+		hint := ""
+		for n := range names {
+			if squash(n) == squash(k) {
+				hint = " (did you mean " + n + "?)"
+			}
+		}
+		out = append(out, k+hint)
+	}
+	slices.Sort(out)
+	return out
 }
 
 // fieldVars maps Config's field names to their variables, without prefix.

@@ -244,6 +244,17 @@ func TestEveryEnvironmentVariableChangesBehaviour(t *testing.T) {
 		require.False(t, unordered.firstClaim(t).Ordered)
 	})
 
+	t.Run("OUTBOX_STRICT_ORDER", func(t *testing.T) {
+		t.Parallel()
+		e := newRelayEnv(t, backends[2])
+		plain := &spy{Store: fromEnv(t, e, fast(nil))}
+		strict := &spy{Store: fromEnv(t, e, fast(map[string]string{"OUTBOX_STRICT_ORDER": "true"}))}
+		runForwarder(t, plain, newRecorder(), forwarder.Config{HandlerName: "p"})
+		runForwarder(t, strict, newRecorder(), forwarder.Config{HandlerName: "s"})
+		require.False(t, plain.firstClaim(t).StrictOrder)
+		require.True(t, strict.firstClaim(t).StrictOrder, "a dead head holds its key")
+	})
+
 	t.Run("OUTBOX_MAX_PAYLOAD_BYTES", func(t *testing.T) {
 		t.Parallel()
 		e := newRelayEnv(t, backends[2])

@@ -178,9 +178,17 @@ func NewForwarder(store outbox.Store, destination message.Publisher, config Conf
 	}
 	cfg := sub.config
 	var onPause func(bool, time.Time)
+	var onUnavailable func(*message.Message, error)
 	if obs != nil {
 		onPause = func(paused bool, since time.Time) {
 			obs.ObservePause(PauseEvent{Handler: config.HandlerName, Paused: paused, Since: since})
+		}
+		// Each failed attempt of an outage, as it happens (the row is
+		// retried in place, and its release, if any, is not counted again).
+		onUnavailable = func(msg *message.Message, err error) {
+			if row := rowFromContext(msg.Context()); row != nil {
+				obs.ObserveFailure(FailureEvent{Handler: config.HandlerName, Topic: row.Topic, Kind: FailureUnavailable, Err: err})
+			}
 		}
 	}
 	classifier := config.Classifier
@@ -194,6 +202,7 @@ func NewForwarder(store outbox.Store, destination message.Publisher, config Conf
 		CircuitMaxBackoff: cfg.UnavailableBackoffMax,
 		CircuitMinBackoff: min(retry.DefaultCircuitMinBackoff, cfg.UnavailableBackoffMax),
 		OnPause:           onPause,
+		OnUnavailable:     onUnavailable,
 	}, logger)
 	if err != nil {
 		return nil, fmt.Errorf("invalid config: %w", err)

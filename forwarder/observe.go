@@ -30,8 +30,9 @@ type Observer interface {
 	ObservePublish(PublishEvent)
 	// ObserveFailure: one delivery of a row ended without the destination
 	// accepting it; the row is retried, dead or released (see
-	// FailureKind). In-process quick retries and the probes of a paused
-	// relay are part of the one delivery.
+	// FailureKind). In-process quick retries are part of the one delivery;
+	// an unavailable destination is observed at each failed attempt, as it
+	// happens (the row is retried in place meanwhile).
 	ObserveFailure(FailureEvent)
 	// ObserveDead: a row became dead (its MarkDead write changed it).
 	ObserveDead(DeadEvent)
@@ -90,9 +91,9 @@ const (
 	// that may pass (retry.Transient): one attempt is charged, the row is
 	// retried after backoff, or dead once its budget is spent.
 	FailureTransient FailureKind = "transient"
-	// FailureUnavailable: the destination could not be reached
-	// (retry.Unavailable) until the delivery ended (shutdown): the row is
-	// released uncharged.
+	// FailureUnavailable: an attempt found the destination unreachable
+	// (retry.Unavailable); observed for each such attempt, while the row is
+	// retried in place (and released uncharged should the relay stop).
 	FailureUnavailable FailureKind = "unavailable"
 	// FailurePermanent: the destination can never take the message
 	// (retry.Permanent): the row is dead at once.

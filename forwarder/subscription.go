@@ -161,7 +161,7 @@ func (sub *subscription) capacity() int {
 // claim starts a claim in a worker.
 func (sub *subscription) claim() {
 	limit := sub.sched.start(sub.free())
-	req := outbox.ClaimRequest{Topics: sub.topics, Limit: limit, Lease: sub.cfg.ClaimTimeout, Ordered: !sub.cfg.DisableOrdering}
+	req := outbox.ClaimRequest{Topics: sub.topics, Limit: limit, Lease: sub.cfg.ClaimTimeout, Ordered: !sub.cfg.DisableOrdering, StrictOrder: sub.cfg.StrictOrder}
 	sub.spawn(func() {
 		ctx, cancel := workCtx()
 		defer cancel()
@@ -227,7 +227,8 @@ func (sub *subscription) onDelivered(d delivered) {
 		}
 		return
 	}
-	if obs := sub.s.obs; obs != nil {
+	// Unavailable attempts were observed as they failed (forwarder.go).
+	if obs := sub.s.obs; obs != nil && failureKind(d.verdict) != FailureUnavailable {
 		obs.ObserveFailure(FailureEvent{Handler: sub.s.handler, Topic: h.row.Topic, Kind: failureKind(d.verdict), Err: dec.cause})
 	}
 	behind := sub.win.failed(h)

@@ -25,7 +25,11 @@
 //	outbox_dead{topic}                           dead rows
 //	outbox_oldest_pending_age_seconds{topic}     age of the oldest undelivered row: alert on it
 //	outbox_oldest_dead_age_seconds{topic}        age of the oldest dead row
-//	outbox_stats_capped{topic,group}             1 when the counts of group "undelivered" or "dead" stop at watermilloutbox.StatsLimit
+//	outbox_backlog{topic}                        undelivered rows; past StatsLimit the planner's estimate
+//	outbox_blocked_keys{topic}                   keys held back by a failing (or, strict, dead) head
+//	outbox_oldest_blocked_age_seconds{topic}     age of the oldest such head
+//	outbox_stats_capped{topic,group}             1 when the counts of group "undelivered" or "dead" stop at watermilloutbox.StatsLimit,
+//	                                             or (topic "", group "blocked") the blocked keys at MaxBlockedKeys
 //	outbox_stats_last_refresh_timestamp_seconds  last successful read, Unix time
 //	outbox_stats_refresh_failures_total          failed or timed-out reads
 //

@@ -26,6 +26,18 @@ type StatsSource interface {
 	Stats(ctx context.Context) (outbox.Stats, error)
 }
 
+// BlockedSource lists the keys held back by a failing (or, under
+// StrictOrder, dead) head. *watermilloutbox.SQLStore implements it; when
+// the StatsSource does too, the blocked-key gauges are exported.
+type BlockedSource interface {
+	BlockedKeys(ctx context.Context, q outbox.BlockedQuery) ([]outbox.BlockedKey, error)
+}
+
+// MaxBlockedKeys is the most blocked keys one refresh reads (HeadsOnly,
+// a few index descents each); with more, outbox_stats_capped{group=
+// "blocked"} is 1 and the counts stop there.
+const MaxBlockedKeys = 2 * outbox.MaxBlockedPage
+
 // Defaults of Config.
 const (
 	// DefaultRefreshInterval is how old the table's figures may get before
@@ -175,14 +187,19 @@ type Metrics struct {
 	// The table's figures, cached.
 	descs struct {
 		pending, waiting, leased, dead, capped, oldestPending, oldestDead, refreshed *prometheus.Desc
+		backlog, blocked, oldestBlocked                                              *prometheus.Desc
 	}
+	blockedSrc      BlockedSource // nil: no blocked-key gauges
 	refreshFailures prometheus.Counter
 	mu              sync.Mutex
 	snap            outbox.Stats
-	snapAt          time.Time     // of the last successful read
-	attemptAt       time.Time     // of the last read begun
-	refreshing      chan struct{} // closed when the read in flight ends; nil: none
-	failing         int           // consecutive failed reads, for logging
+	blocked         map[string]blockedTopic // per topic, of the last read
+	blockedCapped   bool
+	seen            map[string]bool // topics ever read: their gauges read 0 once the rows are gone
+	snapAt          time.Time       // of the last successful read
+	attemptAt       time.Time       // of the last read begun
+	refreshing      chan struct{}   // closed when the read in flight ends; nil: none
+	failing         int             // consecutive failed reads, for logging
 
 	// The relay's.
 	claimed, reclaimed, published, dead *prometheus.CounterVec
@@ -199,6 +216,12 @@ type Metrics struct {
 }
 
 type seriesKey struct{ handler, topic string }
+
+// blockedTopic is one topic's blocked keys.
+type blockedTopic struct {
+	keys   int
+	oldest time.Duration
+}
 
 type topicSeries struct {
 	claimed, reclaimed, published, dead prometheus.Counter
@@ -227,7 +250,8 @@ func New(stats StatsSource, config Config, logger watermill.LoggerAdapter) (*Met
 	if v := reflect.ValueOf(stats); v.Kind() == reflect.Pointer && v.IsNil() {
 		stats = nil // a nil *SQLStore
 	}
-	m := &Metrics{config: config, stats: stats, logger: logger}
+	m := &Metrics{config: config, stats: stats, logger: logger, seen: map[string]bool{}}
+	m.blockedSrc, _ = stats.(BlockedSource)
 	m.topics.Store(&map[seriesKey]*topicSeries{})
 
 	name := func(n string) string { return prometheus.BuildFQName(config.Namespace, config.Subsystem, n) }
@@ -242,6 +266,9 @@ func New(stats StatsSource, config Config, logger watermill.LoggerAdapter) (*Met
 	d.capped = desc("outbox_stats_capped", "1 when the topic's undelivered (group=\"undelivered\") or dead (group=\"dead\") rows exceed the rows Stats reads, so the row gauges count only that many (watermilloutbox.StatsLimit).", labelTopic, labelGroup)
 	d.oldestPending = desc("outbox_oldest_pending_age_seconds", "Age of the topic's oldest undelivered row, by the database's clock.", labelTopic)
 	d.oldestDead = desc("outbox_oldest_dead_age_seconds", "Age of the topic's oldest dead row since it was written, by the database's clock.", labelTopic)
+	d.backlog = desc("outbox_backlog", "Undelivered rows (pending + waiting + leased), per topic: counted up to watermilloutbox.StatsLimit, past it (outbox_stats_capped{group=\"undelivered\"} 1) the database planner's estimate.", labelTopic)
+	d.blocked = desc("outbox_blocked_keys", "Partition keys held back by a head that is backing off or (StrictOrder) dead, per topic; counted up to metrics.MaxBlockedKeys over all topics (outbox_stats_capped{group=\"blocked\"}).", labelTopic)
+	d.oldestBlocked = desc("outbox_oldest_blocked_age_seconds", "Age of the oldest head holding a key back, per topic, by the database's clock; 0 when none.", labelTopic)
 	d.refreshed = desc("outbox_stats_last_refresh_timestamp_seconds", "When the table's figures were last read successfully, Unix time.")
 	m.refreshFailures = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: name("outbox_stats_refresh_failures_total"), ConstLabels: config.ConstLabels,
@@ -254,7 +281,7 @@ func New(stats StatsSource, config Config, logger watermill.LoggerAdapter) (*Met
 	m.claimed = counter("outbox_relay_claimed_total", "Rows the relay claimed.", labelHandler, labelTopic)
 	m.reclaimed = counter("outbox_relay_reclaimed_total", "Rows the relay claimed after another claim's lease on them expired (a relay crashed, stalled or lost its database): possibly published twice.", labelHandler, labelTopic)
 	m.published = counter("outbox_relay_published_total", "Messages the destination accepted.", labelHandler, labelTopic)
-	m.failed = counter("outbox_relay_failed_total", "Deliveries the destination did not accept, by kind: transient (an attempt charged, retried), unavailable (released uncharged), permanent (dead at once), unhandled (the router acked or nacked without the forwarder's handler; charged as transient).", labelHandler, labelTopic, labelKind)
+	m.failed = counter("outbox_relay_failed_total", "Deliveries the destination did not accept, by kind: transient (an attempt charged, retried), unavailable (each attempt that found the destination unreachable, as it happens; nothing charged), permanent (dead at once), unhandled (the router acked or nacked without the forwarder's handler; charged as transient).", labelHandler, labelTopic, labelKind)
 	m.dead = counter("outbox_relay_dead_total", "Rows the relay made dead.", labelHandler, labelTopic)
 	m.staleRows = counter("outbox_relay_stale_rows_total", "Rows a fenced write was rejected for because their claim was stale (the lease expired and another claim took them over), by write.", labelHandler, labelOperation)
 	m.dbErrors = counter("outbox_relay_db_errors_total", "Claims and fenced writes that failed and were retried.", labelHandler, labelOperation)
@@ -293,8 +320,12 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 		return
 	}
 	d := &m.descs
-	for _, desc := range []*prometheus.Desc{d.pending, d.waiting, d.leased, d.dead, d.capped, d.oldestPending, d.oldestDead, d.refreshed} {
+	for _, desc := range []*prometheus.Desc{d.pending, d.waiting, d.leased, d.dead, d.capped, d.oldestPending, d.oldestDead, d.refreshed, d.backlog} {
 		ch <- desc
+	}
+	if m.blockedSrc != nil {
+		ch <- d.blocked
+		ch <- d.oldestBlocked
 	}
 	m.refreshFailures.Describe(ch)
 }
@@ -308,7 +339,7 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	if m.stats == nil {
 		return
 	}
-	stats, at := m.current()
+	stats, blocked, blockedCapped, seen, at := m.current()
 	d := &m.descs
 	gauge := func(desc *prometheus.Desc, v float64, labels ...string) {
 		for i, l := range labels {
@@ -322,7 +353,15 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 		}
 		return 0
 	}
+	// Every topic ever read, its gauges 0 once its rows are gone: "no
+	// backlog" reads 0, not as missing data.
+	byTopic := make(map[string]outbox.TopicStats, len(seen))
 	for _, t := range stats.Topics {
+		byTopic[t.Topic] = t
+	}
+	for _, topic := range seen {
+		t := byTopic[topic]
+		t.Topic = topic
 		gauge(d.pending, float64(t.Pending), t.Topic)
 		gauge(d.waiting, float64(t.Waiting), t.Topic)
 		gauge(d.leased, float64(t.Leased), t.Topic)
@@ -331,6 +370,19 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 		gauge(d.capped, flag(t.DeadCapped), t.Topic, "dead")
 		gauge(d.oldestPending, t.OldestPending.Seconds(), t.Topic)
 		gauge(d.oldestDead, t.OldestDead.Seconds(), t.Topic)
+		backlog := float64(t.Undelivered())
+		if t.BacklogEstimate > 0 {
+			backlog = float64(t.BacklogEstimate)
+		}
+		gauge(d.backlog, backlog, t.Topic)
+		if m.blockedSrc != nil {
+			b := blocked[topic]
+			gauge(d.blocked, float64(b.keys), topic)
+			gauge(d.oldestBlocked, b.oldest.Seconds(), topic)
+		}
+	}
+	if m.blockedSrc != nil {
+		gauge(d.capped, flag(blockedCapped), "", "blocked")
 	}
 	if !at.IsZero() {
 		gauge(d.refreshed, float64(at.UnixNano())/1e9)
@@ -341,7 +393,7 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 // current returns the table's figures and when they were read, reading
 // them first if they are older than RefreshInterval and no read is in
 // flight; it waits at most RefreshTimeout for a read in flight.
-func (m *Metrics) current() (outbox.Stats, time.Time) {
+func (m *Metrics) current() (outbox.Stats, map[string]blockedTopic, bool, []string, time.Time) {
 	m.mu.Lock()
 	if m.refreshing == nil && time.Since(m.attemptAt) >= m.config.RefreshInterval {
 		m.refreshing = make(chan struct{})
@@ -360,7 +412,12 @@ func (m *Metrics) current() (outbox.Stats, time.Time) {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.snap, m.snapAt
+	seen := make([]string, 0, len(m.seen))
+	for topic := range m.seen {
+		seen = append(seen, topic)
+	}
+	slices.Sort(seen)
+	return m.snap, m.blocked, m.blockedCapped, seen, m.snapAt
 }
 
 // refresh reads the table's figures once; a failure keeps the last ones.
@@ -368,6 +425,11 @@ func (m *Metrics) refresh(done chan struct{}) {
 	ctx, cancel := context.WithTimeout(context.Background(), m.config.RefreshTimeout)
 	defer cancel()
 	stats, err := m.stats.Stats(ctx)
+	var blocked map[string]blockedTopic
+	var capped bool
+	if err == nil && m.blockedSrc != nil {
+		blocked, capped, err = m.readBlocked(ctx)
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	defer close(done)
@@ -388,7 +450,38 @@ func (m *Metrics) refresh(done chan struct{}) {
 		m.logger.Info("Outbox metrics: reading the table's figures works again", watermill.LogFields{"failures": m.failing})
 	}
 	m.failing = 0
-	m.snap, m.snapAt = stats, time.Now()
+	m.snap, m.blocked, m.blockedCapped, m.snapAt = stats, blocked, capped, time.Now()
+	for _, t := range stats.Topics {
+		m.seen[t.Topic] = true
+	}
+	for topic := range blocked {
+		m.seen[topic] = true
+	}
+}
+
+// readBlocked reads up to MaxBlockedKeys blocked keys, heads only, and
+// sums them up per topic.
+func (m *Metrics) readBlocked(ctx context.Context) (map[string]blockedTopic, bool, error) {
+	out := map[string]blockedTopic{}
+	q := outbox.BlockedQuery{Limit: outbox.MaxBlockedPage, HeadsOnly: true}
+	for read := 0; read < MaxBlockedKeys; {
+		page, err := m.blockedSrc.BlockedKeys(ctx, q)
+		if err != nil {
+			return nil, false, fmt.Errorf("blocked keys: %w", err)
+		}
+		for _, b := range page {
+			t := out[b.Topic]
+			t.keys++
+			t.oldest = max(t.oldest, b.HeadAge)
+			out[b.Topic] = t
+		}
+		read += len(page)
+		if len(page) < q.Limit {
+			return out, false, nil
+		}
+		q.AfterTopic, q.AfterKey = page[len(page)-1].Topic, page[len(page)-1].Key
+	}
+	return out, true, nil
 }
 
 // topic returns the series of one handler and topic, making them on first

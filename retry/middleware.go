@@ -77,6 +77,12 @@ type MiddlewareConfig struct {
 	// order of the changes; it must be quick and must not call back into
 	// the Middleware. Default nil: nobody is told.
 	OnPause func(paused bool, since time.Time)
+
+	// OnUnavailable, when set, is told of each attempt that failed because
+	// the destination is unavailable, as it happens: such a message is
+	// retried in place, not returned, so this is how an outage is counted
+	// while it lasts. It must be quick. Default nil: nobody is told.
+	OnUnavailable func(msg *message.Message, err error)
 }
 
 func (c *MiddlewareConfig) setDefaults() {
@@ -214,6 +220,9 @@ func (m *Middleware) Handle(h message.HandlerFunc, msg *message.Message) ([]*mes
 
 		switch kind {
 		case Unavailable:
+			if m.config.OnUnavailable != nil {
+				m.config.OnUnavailable(msg, err)
+			}
 			if delay, failures, opened := m.circuit.open(probe); opened {
 				fields := watermill.LogFields{"delay": delay.String(), "consecutive_failures": failures}
 				// Error once per outage; Info for each failed probe after.

@@ -15,15 +15,18 @@ import (
 // An error marked already keeps its mark; nil stays nil.
 //
 //   - Permanent: codes 311 ContentTooLarge and 312 NoRoute, RabbitMQ's 406
-//     "message size … is larger than … max size", and "cannot marshal
-//     message …" (how watermill-amqp wraps a marshaler error).
+//     "message size … is larger than … max size", its 403 for a name under
+//     the reserved prefix "amq." ("… contains reserved prefix 'amq.*'"),
+//     and "cannot marshal message …" (how watermill-amqp wraps a marshaler
+//     error).
 //   - Unavailable: amqp.ErrClosed and the connection-level codes 320
 //     ConnectionForced, 501 FrameError (amqp091 reports a broken socket
 //     so), 504 ChannelError, 505 UnexpectedFrame and 506 ResourceError;
 //     watermill-amqp's "not connected to AMQP" and "pub/sub is connection
 //     closedChan".
 //   - Everything else is left unmarked, so Transient: among them errors an
-//     operator can fix while rows wait (403 on a vhost or exchange, 404 for
+//     operator can fix while rows wait (403 on a vhost or exchange for want
+//     of a permission, 404 for
 //     a missing exchange, a 406 for queue arguments that differ) and a
 //     broker's negative publisher confirm ("delivery not confirmed").
 //
@@ -52,6 +55,13 @@ func amqpKind(err error) retry.Kind {
 			// RabbitMQ: "PRECONDITION_FAILED - message size N is larger
 			// than [configured ]max size M".
 			if strings.Contains(reason, "message size") && strings.Contains(reason, "larger than") {
+				return retry.Permanent
+			}
+		case amqp.AccessRefused:
+			// RabbitMQ: "ACCESS_REFUSED - exchange name 'amq.x' contains
+			// reserved prefix 'amq.*'" (queues likewise): the topic's name
+			// can never be declared, whatever an operator grants.
+			if strings.Contains(reason, "reserved prefix") {
 				return retry.Permanent
 			}
 		case amqp.ConnectionForced, amqp.FrameError, amqp.ChannelError, amqp.UnexpectedFrame, amqp.ResourceError:

@@ -91,11 +91,21 @@ type keyHead struct {
 	id   int64
 	free bool  // due and not leased
 	wait int64 // the key's first waiting row, 0 when none
+	dead int64 // its first dead row under StrictOrder, 0 when none
+}
+
+// blocker is the key's first row that holds the rows after it back:
+// waiting, or dead under StrictOrder; 0 when none.
+func (h keyHead) blocker() int64 {
+	if h.wait == 0 || (h.dead != 0 && h.dead < h.wait) {
+		return h.dead
+	}
+	return h.wait
 }
 
 // claimable: ordered claims take from a key only when its head is free and
-// no earlier row of it is backing off.
-func (h keyHead) claimable() bool { return h.free && (h.wait == 0 || h.id < h.wait) }
+// no earlier row of it is backing off (or dead, under StrictOrder).
+func (h keyHead) claimable() bool { return h.free && (h.blocker() == 0 || h.id < h.blocker()) }
 
 // candidate is a row a claim means to take.
 type candidate struct {
@@ -196,7 +206,7 @@ func (s *SQLStore) opening(req ClaimRequest) []pipeItem {
 	items = append(items, pipeItem{q: q, args: args})
 	if req.Topics.All() {
 		if req.Ordered {
-			q, args = s.q.walk(nil, s.cursor.get(), walkBudget(req.Limit))
+			q, args = s.q.walk(nil, s.cursor.get(), walkBudget(req.Limit), req.StrictOrder)
 		} else {
 			q, args = s.q.keyedRows(nil, s.cursor.get(), req.Limit)
 		}
@@ -246,7 +256,7 @@ func (s *SQLStore) keyless(ctx context.Context, tx tx, req ClaimRequest) ([]cand
 // most its share of the limit, and never reaching a leased, not yet due or
 // waiting row.
 func (s *SQLStore) keyedRuns(ctx context.Context, tx tx, req ClaimRequest) ([]candidate, bool, error) {
-	heads, more, err := s.walkKeys(ctx, tx, req.Topics, walkBudget(req.Limit))
+	heads, more, err := s.walkKeys(ctx, tx, req, walkBudget(req.Limit))
 	if err != nil {
 		return nil, false, err
 	}
@@ -279,7 +289,7 @@ func (s *SQLStore) keyedRuns(ctx context.Context, tx tx, req ClaimRequest) ([]ca
 			continue
 		}
 		for _, r := range rows {
-			if !r.free || r.id < h.id || (h.wait != 0 && r.id > h.wait) {
+			if !r.free || r.id < h.id || (h.blocker() != 0 && r.id > h.blocker()) {
 				break
 			}
 			out = append(out, candidate{id: r.id, run: run})
@@ -386,11 +396,11 @@ func (s *SQLStore) round(ctx context.Context, tx tx, topics TopicFilter, visit f
 // walkKeys visits up to budget keys with non-waiting pending rows, in key
 // order, once round from the cursor, and moves the cursor to the last key
 // visited. more reports that it stopped at the budget.
-func (s *SQLStore) walkKeys(ctx context.Context, tx tx, topics TopicFilter, budget int) ([]keyHead, bool, error) {
+func (s *SQLStore) walkKeys(ctx context.Context, tx tx, req ClaimRequest, budget int) ([]keyHead, bool, error) {
 	var heads []keyHead
 	seen := make(map[keyPos]bool)
-	err := s.round(ctx, tx, topics, func(seg *string, after keyPos, again bool) (bool, error) {
-		q, args := s.q.walk(seg, after, budget-len(heads))
+	err := s.round(ctx, tx, req.Topics, func(seg *string, after keyPos, again bool) (bool, error) {
+		q, args := s.q.walk(seg, after, budget-len(heads), req.StrictOrder)
 		rs, err := tx.query(ctx, q, args...)
 		if err != nil {
 			return false, err
@@ -398,7 +408,7 @@ func (s *SQLStore) walkKeys(ctx context.Context, tx tx, topics TopicFilter, budg
 		defer rs.Close()
 		for rs.Next() {
 			var h keyHead
-			if err := rs.Scan(&h.topic, &h.key, &h.id, &h.free, &h.wait); err != nil {
+			if err := rs.Scan(&h.topic, &h.key, &h.id, &h.free, &h.wait, &h.dead); err != nil {
 				return false, err
 			}
 			if seen[h.keyPos] {

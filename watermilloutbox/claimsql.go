@@ -79,12 +79,18 @@ func (q claimSQL) keyedTopics() string {
 
 // walk visits up to n keys after 'after' in key order (within topic when
 // it is set), returning for each its topic, key, head id, whether the head
-// is free, and the key's first waiting row (0 when none).
-func (q claimSQL) walk(topic *string, after keyPos, n int) (string, []any) {
+// is free, the key's first waiting row (0 when none) and, when strict, its
+// first dead row (0 when none, or not strict).
+func (q claimSQL) walk(topic *string, after keyPos, n int, strict bool) (string, []any) {
 	t := q.t
+	dead := "0"
+	if strict {
+		dead = `COALESCE((SELECT min(d.id) FROM ` + t.quoted + ` d WHERE ` + prefixed("d.", deadKeyPredicate) +
+			` AND d.topic = h.topic AND d.partition_key = h.partition_key), 0)`
+	}
 	heads := func(from string) string {
 		return `SELECT h.topic, h.partition_key, h.id, ` + q.free("h.") + `, COALESCE((SELECT min(w.id) FROM ` + t.quoted + ` w WHERE ` +
-			prefixed("w.", waitingKeyPredicate) + ` AND w.topic = h.topic AND w.partition_key = h.partition_key), 0)
+			prefixed("w.", waitingKeyPredicate) + ` AND w.topic = h.topic AND w.partition_key = h.partition_key), 0), ` + dead + `
 FROM ` + from
 	}
 	switch t.dialect {

@@ -57,7 +57,7 @@ func ExplainPostgresClaim(ctx context.Context, s *SQLStore, req ClaimRequest, pr
 		topic = &req.Topics.Names[0]
 	}
 	if req.Ordered {
-		q, args = s.q.walk(topic, keyPos{}, walkBudget(req.Limit))
+		q, args = s.q.walk(topic, keyPos{}, walkBudget(req.Limit), req.StrictOrder)
 	} else {
 		q, args = s.q.keyedRows(topic, keyPos{}, req.Limit)
 	}
@@ -88,7 +88,7 @@ func ClaimReadCost(ctx context.Context, s *SQLStore, req ClaimRequest) (int64, e
 	q, args = s.q.keyless(req.Topics, req.Limit)
 	stmts = append(stmts, [2]any{q, args})
 	if req.Ordered {
-		q, args = s.q.walk(nil, keyPos{}, walkBudget(req.Limit))
+		q, args = s.q.walk(nil, keyPos{}, walkBudget(req.Limit), req.StrictOrder)
 	} else {
 		q, args = s.q.keyedRows(nil, keyPos{}, req.Limit)
 	}

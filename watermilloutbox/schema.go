@@ -62,6 +62,8 @@ func (t table) index(suffix string) string {
 // backlog_idx and dead_idx hold the undelivered and the dead rows by topic,
 // oldest first: Stats reads each topic's oldest rows through them (never
 // the published rows), ListDead pages through a topic's dead rows.
+// dead_key_idx holds the dead keyed rows by key: under StrictOrder a claim
+// looks a key's dead rows up there, and BlockedKeys lists them.
 func (t table) ddl() []string {
 	switch t.dialect {
 	case PostgreSQL:
@@ -103,6 +105,7 @@ func (t table) ddl() []string {
 			`CREATE INDEX IF NOT EXISTS ` + t.index("published_idx") + ` ON ` + t.quoted + ` (published_at) WHERE state = 'published'`,
 			`CREATE INDEX IF NOT EXISTS ` + t.index("backlog_idx") + ` ON ` + t.quoted + ` (topic, id) WHERE ` + backlogPredicate,
 			`CREATE INDEX IF NOT EXISTS ` + t.index("dead_idx") + ` ON ` + t.quoted + ` (topic, id) WHERE state = 'dead'`,
+			`CREATE INDEX IF NOT EXISTS ` + t.index("dead_key_idx") + ` ON ` + t.quoted + ` (topic, partition_key, id) WHERE ` + deadKeyPredicate,
 		}
 	case MySQL:
 		// MySQL has no partial indexes and no CREATE INDEX IF NOT EXISTS, so
@@ -161,6 +164,7 @@ func (t table) ddl() []string {
 			`CREATE INDEX IF NOT EXISTS ` + t.index("published_idx") + ` ON ` + t.dialect.quoteIdent(t.base) + ` (published_at) WHERE state = 'published'`,
 			`CREATE INDEX IF NOT EXISTS ` + t.index("backlog_idx") + ` ON ` + t.dialect.quoteIdent(t.base) + ` (topic, id) WHERE ` + backlogPredicate,
 			`CREATE INDEX IF NOT EXISTS ` + t.index("dead_idx") + ` ON ` + t.dialect.quoteIdent(t.base) + ` (topic, id) WHERE state = 'dead'`,
+			`CREATE INDEX IF NOT EXISTS ` + t.index("dead_key_idx") + ` ON ` + t.dialect.quoteIdent(t.base) + ` (topic, partition_key, id) WHERE ` + deadKeyPredicate,
 		}
 	}
 }
@@ -177,6 +181,10 @@ const (
 	// statistics PostgreSQL took it for the per-key runs, filtering the
 	// other keys' rows (70 ms instead of 2 for one claim).
 	backlogPredicate = `state = 'pending' AND id > 0`
+	// deadKeyPredicate: dead keyed rows by key, which hold their key under
+	// StrictOrder and are listed by BlockedKeys (dead_key_idx; keyed_idx on
+	// MySQL, where dead rows have waiting = 0).
+	deadKeyPredicate = `state = 'dead' AND waiting = 0 AND partition_key IS NOT NULL`
 )
 
 // mysqlIndex is one of MySQL's indexes: its name suffix and columns.

@@ -60,6 +60,10 @@ type ClaimRequest struct {
 	// only when every earlier pending row with the same topic and key is
 	// claimed in the same call. Rows come back in ID order.
 	Ordered bool
+	// StrictOrder, with Ordered, makes a dead row hold its key too: a row
+	// with a partition key is not claimed while an earlier row of its topic
+	// and key is dead (config.Config.StrictOrder).
+	StrictOrder bool
 }
 
 // Store is the storage port the relay works through (the original plugin's

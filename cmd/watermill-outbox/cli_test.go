@@ -19,6 +19,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -250,9 +251,9 @@ func testStatsAndList(t *testing.T, f *fixture) {
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	require.Len(t, lines, 4, out)
 	require.Equal(t, "table "+f.table, strings.SplitN(lines[0], " on ", 2)[0])
-	require.Regexp(t, `^TOPIC\s+PENDING\s+WAITING\s+LEASED\s+DEAD\s+OLDEST PENDING\s+OLDEST DEAD$`, lines[1])
-	require.Regexp(t, `^orders\.placed\s+2\s+0\s+0\s+4\s+\S+\s+\S+$`, lines[2])
-	require.Regexp(t, `^payments\s+0\s+0\s+0\s+3\s+-\s+\S+$`, lines[3])
+	require.Regexp(t, `^TOPIC\s+PENDING\s+WAITING\s+LEASED\s+DEAD\s+BACKLOG\s+OLDEST UNDELIVERED\s+OLDEST DEAD$`, lines[1])
+	require.Regexp(t, `^orders\.placed\s+2\s+0\s+0\s+4\s+2\s+\S+\s+\S+$`, lines[2])
+	require.Regexp(t, `^payments\s+0\s+0\s+0\s+3\s+0\s+-\s+\S+$`, lines[3])
 
 	var js statsJSON
 	require.NoError(t, json.Unmarshal([]byte(f.cli.ok("stats", "--json")), &js))
@@ -394,6 +395,8 @@ func TestCLIBadSettings(t *testing.T) {
 		{"no database", nil, []string{"stats"}, "watermill-outbox: no database: set --database-url or OUTBOX_DATABASE_URL"},
 		{"bad setting", []string{"OUTBOX_DATABASE_URL=postgres://app:" + pw + "@127.0.0.1:1/test", "OUTBOX_BATCH_SIZE=NaN"}, []string{"stats"},
 			`watermill-outbox: OUTBOX_BATCH_SIZE: invalid value "NaN"`},
+		{"empty table", []string{"OUTBOX_DATABASE_URL=postgres://app:" + pw + "@127.0.0.1:1/test", "OUTBOX_TABLE="}, []string{"stats"},
+			"watermill-outbox: OUTBOX_TABLE: set but empty: unset it for the default (watermill_outbox), or name the table"},
 		{"two selections", nil, []string{"dead", "purge", "--all", "--topic", "x"}, "give exactly one of --id, --topic or --all"},
 		{"bad id", nil, []string{"dead", "purge", "--id", "1,-2"}, `invalid value "1,-2" for flag --id`},
 		{"bad topic", nil, []string{"dead", "requeue", "--topic", "a b"}, "--topic: outbox: invalid topic"},
@@ -462,7 +465,7 @@ func testCLIRelay(t *testing.T, driver string) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, "relay", "--metrics-addr", "127.0.0.1:0", "--amqp-url", url, "--driver", driver)
-	cmd.Env = f.cli.env
+	cmd.Env = append(f.cli.env, "OUTBOX_ADMIN=true")
 	stderr, err := cmd.StderrPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
@@ -495,6 +498,25 @@ func testCLIRelay(t *testing.T, driver string) {
 	_ = resp.Body.Close()
 	require.Contains(t, string(body), "go_goroutines ")
 	require.True(t, strings.Contains(string(body), "outbox_stats_last_refresh_timestamp_seconds "), "the outbox's metrics are served")
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err = http.Get("http://" + addr[1] + "/readyz")
+		require.NoError(t, err)
+		body, _ = io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		if resp.StatusCode == http.StatusOK || time.Now().After(deadline) {
+			break
+		}
+		<-time.After(50 * time.Millisecond) // polling the endpoint, not timing it
+	}
+	require.Equal(t, http.StatusOK, resp.StatusCode, string(body))
+	require.Equal(t, "ready\n", string(body))
+	resp, err = http.Get("http://" + addr[1] + "/admin/")
+	require.NoError(t, err)
+	body, _ = io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode, string(body))
+	require.Contains(t, string(body), "Read-only.", "OUTBOX_ADMIN=true serves the page, without writes")
 
 	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
 	waitLog("relay: stopped")

@@ -147,14 +147,17 @@ func printDead(out io.Writer, rows []outbox.DeadRow, now time.Time) error {
 	return w.Flush()
 }
 
-// shorten puts an error on one line of at most lastErrorWidth runes.
+// shorten puts an error on one line of at most lastErrorWidth runes. A
+// wrapped error ends with its reason ("…: declare queue: Exception (403)
+// Reason: …"), so a long one keeps its start and its end, cut between.
 func shorten(s string) string {
 	s = strings.Join(strings.Fields(s), " ")
 	if utf8.RuneCountInString(s) <= lastErrorWidth {
 		return s
 	}
 	r := []rune(s)
-	return string(r[:lastErrorWidth-1]) + "…"
+	const head = 30
+	return string(r[:head]) + "…" + string(r[len(r)-(lastErrorWidth-head-1):])
 }
 
 var plainWord = regexp.MustCompile(`^[A-Za-z0-9._/:@%+=,-]+$`)

@@ -159,10 +159,13 @@ func newRegistry() *prometheus.Registry {
 
 // serveMetrics serves /metrics from reg and /healthz from h on ln until
 // the returned stop is called.
-func serveMetrics(ln net.Listener, reg *prometheus.Registry, h *health, logger watermill.LoggerAdapter) (stop func()) {
+func serveMetrics(ln net.Listener, reg *prometheus.Registry, h *health, logger watermill.LoggerAdapter, mounts ...func(*http.ServeMux)) (stop func()) {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.Handle("GET /healthz", h)
+	for _, mount := range mounts {
+		mount(mux)
+	}
 	// Every phase bounded, so a slow or idle client holds no connection
 	// (and goroutine) for long.
 	srv := &http.Server{

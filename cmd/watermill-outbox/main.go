@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -39,6 +40,8 @@ Commands:
   dead list      page through the dead rows
   dead requeue   make dead rows pending again (a dry run unless --yes)
   dead purge     delete dead rows for good (a dry run unless --yes)
+  keys           list the blocked keys (a failing or, strict, dead head holds each)
+  keys requeue   retry a key's head now; keys skip: delete it (dry runs unless --yes)
   relay          relay the table to Kafka or RabbitMQ until SIGINT or SIGTERM
 
 The database comes from --database-url or OUTBOX_DATABASE_URL:
@@ -50,8 +53,10 @@ package config (OUTBOX_TABLE, OUTBOX_BATCH_SIZE, ...); --table overrides
 OUTBOX_TABLE.
 
 Exit status: 0 done, 1 failed, 2 bad usage or settings (a database that
-cannot be reached included). An error is one line naming the flag or the
-variable; a password in a URL is shown as ***.
+cannot be reached included, for every command but relay: the relay exits 2
+on a bad setting only, and logs and retries a database or broker it cannot
+reach, wrong password included, until SIGINT or SIGTERM). An error is one
+line naming the flag or the variable; a password in a URL is shown as ***.
 
 Run 'watermill-outbox <command> --help' for a command's flags.
 `
@@ -91,6 +96,7 @@ var commands = map[string]func(a *app, ctx context.Context, args []string) error
 	"dead list":    (*app).deadList,
 	"dead requeue": (*app).deadRequeue,
 	"dead purge":   (*app).deadPurge,
+	"keys":         (*app).keys,
 	"relay":        (*app).relay,
 }
 
@@ -140,6 +146,9 @@ func (a *app) dispatch(ctx context.Context, args []string) error {
 		}
 		sort.Strings(names)
 		return usagef("unknown command %q: want one of %s", key, strings.Join(names, ", "))
+	}
+	if !slices.ContainsFunc(rest, isHelp) {
+		a.warnUnknownVariables()
 	}
 	return run(a, ctx, rest)
 }

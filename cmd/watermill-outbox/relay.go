@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"regexp"
 	"strconv"
@@ -17,6 +18,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/e0a82c8c/watermill-outbox/admin"
 	"github.com/e0a82c8c/watermill-outbox/config"
 	"github.com/e0a82c8c/watermill-outbox/forwarder"
 	"github.com/e0a82c8c/watermill-outbox/internal/backoff"
@@ -47,6 +49,8 @@ Each flag defaults to an environment variable:
   --driver                   OUTBOX_DATABASE_DRIVER, PostgreSQL only: database/sql (default) or pgx (a pgx pool)
   --metrics-addr             OUTBOX_METRICS_ADDR, e.g. :9464 (empty: no HTTP server)
   --health-max-pause         OUTBOX_HEALTH_MAX_PAUSE_SECONDS (default 60)
+  --admin                    OUTBOX_ADMIN=true: serve the admin page at /admin/ (needs --metrics-addr)
+  --admin-writes             OUTBOX_ADMIN_WRITES=true: enable its requeue, skip and purge actions
   --table                    OUTBOX_TABLE
 The relay settings are the other OUTBOX_* variables of package config; the
 overrides --lease, --batch, --max-in-flight, --poll and --ordered replace
@@ -59,6 +63,15 @@ With --metrics-addr the relay serves over HTTP:
   /healthz  200 "ok" while the database answers and the relay has not been
             paused, waiting for an unavailable broker, for longer than
             --health-max-pause; else 503 and the reasons, one per line
+  /readyz   200 "ready" while the destination answers (checked at start and
+            every 15s: a connection with the relay's credentials to
+            RabbitMQ, a metadata request to Kafka); else 503 and why. The
+            relay logs an error at start when it cannot reach it, and keeps
+            running: it publishes once it can.
+  /admin/   with --admin: the admin page (package admin), read-only unless
+            --admin-writes. It has no login of its own: serve it only where
+            the address is reachable by operators alone, or behind a proxy
+            that authenticates them.
 
 It logs to stderr (log/slog text), passwords shown as ***.
 `
@@ -80,6 +93,8 @@ type relaySettings struct {
 	metricsAddr   string
 	maxPause      time.Duration
 	pgx           bool // the store over a pgx pool instead of database/sql
+	admin         bool // serve the admin page at /admin/
+	adminWrites   bool // with its actions
 }
 
 // parseRelay reads the relay's flags and environment. Its error reports
@@ -100,6 +115,8 @@ func (a *app) parseRelay(args []string) (relaySettings, error) {
 	inFlight := f.Int("max-in-flight", 0, "in-flight window (overrides OUTBOX_MAX_IN_FLIGHT)")
 	poll := f.Duration("poll", 0, "polling interval (overrides OUTBOX_POLLING_INTERVAL_SECONDS)")
 	ordered := f.Bool("ordered", true, "keep per-key order (overrides OUTBOX_DISABLE_ORDERING)")
+	adminPage := f.String("admin", "", "true: serve the admin page at /admin/ on --metrics-addr")
+	adminWrites := f.String("admin-writes", "", "true: enable the admin page's requeue, skip and purge actions")
 	if err := a.parse(f, args); err != nil {
 		return relaySettings{}, err
 	}
@@ -182,6 +199,25 @@ func (a *app) parseRelay(args []string) (relaySettings, error) {
 		if _, port, err := net.SplitHostPort(addr); err != nil || port == "" {
 			bad("%s: want host:port or :port, got %q", addrSetting, addr)
 		}
+	}
+	for _, b := range []struct {
+		flag, env string
+		v         *string
+		to        *bool
+	}{{"admin", "OUTBOX_ADMIN", adminPage, &s.admin}, {"admin-writes", "OUTBOX_ADMIN_WRITES", adminWrites, &s.adminWrites}} {
+		if raw, setting := value(b.flag, b.v, b.env); raw != "" {
+			on, err := strconv.ParseBool(raw)
+			if err != nil {
+				bad("%s: want true or false, got %q", setting, raw)
+			}
+			*b.to = on
+		}
+	}
+	if s.admin && s.metricsAddr == "" {
+		bad("--admin (OUTBOX_ADMIN): the page is served on --metrics-addr (OUTBOX_METRICS_ADDR), which is not set")
+	}
+	if s.adminWrites && !s.admin {
+		bad("--admin-writes (OUTBOX_ADMIN_WRITES): needs --admin (OUTBOX_ADMIN)")
 	}
 	s.maxPause = defaultMaxPause
 	if raw, setting := value("health-max-pause", maxPause, "OUTBOX_HEALTH_MAX_PAUSE_SECONDS"); raw != "" {
@@ -271,6 +307,7 @@ func (a *app) relay(ctx context.Context, args []string) error {
 		ping = db.PingContext
 	}
 	h := newHealth(ping, s.maxPause, logger)
+	ready := newReach(s, logger)
 	var obs forwarder.Observer
 	if s.metricsAddr != "" {
 		ln, err := net.Listen("tcp", s.metricsAddr)
@@ -284,10 +321,20 @@ func (a *app) relay(ctx context.Context, args []string) error {
 		}
 		reg.MustRegister(m)
 		obs = m
-		stop := serveMetrics(ln, reg, h, logger)
+		mounts := []func(*http.ServeMux){func(mux *http.ServeMux) { mux.Handle("GET /readyz", ready) }}
+		if s.admin {
+			page, err := admin.NewHandler(store, admin.Config{AllowWrites: s.adminWrites}, logger)
+			if err != nil {
+				return err
+			}
+			mounts = append(mounts, func(mux *http.ServeMux) { mux.Handle("/admin/", http.StripPrefix("/admin", page)) })
+			logger.Info("relay: serving the admin page at /admin/", watermill.LogFields{"writes": s.adminWrites})
+		}
+		stop := serveMetrics(ln, reg, h, logger, mounts...)
 		defer stop()
 		logger.Info("relay: serving /metrics and /healthz", watermill.LogFields{"addr": ln.Addr().String()})
 	}
+	go ready.run(ctx)
 	runRelay(ctx, s, store, dest, h, obs, logger)
 	logger.Info("relay: stopped", watermill.LogFields{"pid": os.Getpid()})
 	return nil

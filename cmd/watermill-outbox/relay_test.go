@@ -2,6 +2,7 @@ package main
 
 import (
 	"io"
+	"os"
 	"testing"
 	"time"
 
@@ -16,8 +17,9 @@ func relayEnv(t *testing.T) {
 	t.Setenv("OUTBOX_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
 	t.Setenv("OUTBOX_KAFKA_BROKERS", "127.0.0.1:9092")
 	for _, v := range []string{"OUTBOX_SINK", "OUTBOX_AMQP_URL", "OUTBOX_KAFKA_MAX_MESSAGE_BYTES", "OUTBOX_METRICS_ADDR",
-		"OUTBOX_HEALTH_MAX_PAUSE_SECONDS", "OUTBOX_TABLE"} {
-		t.Setenv(v, "")
+		"OUTBOX_HEALTH_MAX_PAUSE_SECONDS", "OUTBOX_TABLE", "OUTBOX_ADMIN", "OUTBOX_ADMIN_WRITES"} {
+		t.Setenv(v, "") // restored after the test
+		require.NoError(t, os.Unsetenv(v))
 	}
 }
 
@@ -50,6 +52,13 @@ func TestParseGood(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "amqp", s.sink)
 	require.Equal(t, defaultMaxPause, s.maxPause)
+	require.False(t, s.admin, "the admin page is off by default")
+
+	t.Setenv("OUTBOX_ADMIN", "true")
+	s, err = parseRelay("--metrics-addr", ":0", "--admin-writes", "1")
+	require.NoError(t, err)
+	require.True(t, s.admin)
+	require.True(t, s.adminWrites)
 }
 
 // TestParseGarbage: a bad setting, from a flag or the environment, is an
@@ -88,6 +97,9 @@ func TestParseGarbage(t *testing.T) {
 		{"garbage batch flag", nil, []string{"-batch", "many"}, "--batch"},
 		{"unknown flag", nil, []string{"--bogus"}, "--bogus"},
 		{"stray argument", nil, []string{"now"}, `unexpected argument "now"`},
+		{"admin without an address", map[string]string{"OUTBOX_ADMIN": "true"}, nil, "OUTBOX_ADMIN): the page is served on --metrics-addr"},
+		{"admin garbage", map[string]string{"OUTBOX_ADMIN": "yes please", "OUTBOX_METRICS_ADDR": ":0"}, nil, `OUTBOX_ADMIN: want true or false, got "yes please"`},
+		{"admin writes without the page", nil, []string{"--metrics-addr", ":0", "--admin-writes=true"}, "--admin-writes (OUTBOX_ADMIN_WRITES): needs --admin"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			relayEnv(t)

@@ -21,7 +21,9 @@ Prints the table's state per topic:
   WAITING         rows backing off after a failed attempt, not due yet
   LEASED          rows a relay has claimed and holds a live lease on
   DEAD            rows the relay gave up on (see 'watermill-outbox dead')
-  OLDEST PENDING  age of the oldest undelivered row (pending, waiting or leased):
+  BACKLOG         undelivered rows (pending + waiting + leased); ~N past the cap is
+                  the database planner's estimate, not a count (see the README for its error)
+  OLDEST UNDELIVERED  age of the oldest undelivered row (pending, waiting or leased):
                   what to alert on, as a relay that is down or stuck shows as a growing age
   OLDEST DEAD     age of the oldest dead row, since it was written
 
@@ -48,6 +50,9 @@ type topicStatsJSON struct {
 	OldestDeadSeconds    float64 `json:"oldest_dead_seconds"`
 	BacklogCapped        bool    `json:"backlog_capped"`
 	DeadCapped           bool    `json:"dead_capped"`
+	// BacklogEstimate is the planner's estimate of the undelivered rows,
+	// set only when backlog_capped (0 on SQLite).
+	BacklogEstimate int64 `json:"backlog_estimate,omitempty"`
 }
 
 func (a *app) stats(ctx context.Context, args []string) error {
@@ -74,7 +79,7 @@ func (a *app) stats(ctx context.Context, args []string) error {
 			out.Topics = append(out.Topics, topicStatsJSON{
 				Topic: t.Topic, Pending: t.Pending, Waiting: t.Waiting, Leased: t.Leased, Dead: t.Dead,
 				OldestPendingSeconds: t.OldestPending.Seconds(), OldestDeadSeconds: t.OldestDead.Seconds(),
-				BacklogCapped: t.BacklogCapped, DeadCapped: t.DeadCapped,
+				BacklogCapped: t.BacklogCapped, DeadCapped: t.DeadCapped, BacklogEstimate: t.BacklogEstimate,
 			})
 		}
 		return writeJSON(a.stdout, out)
@@ -85,19 +90,23 @@ func (a *app) stats(ctx context.Context, args []string) error {
 		return nil
 	}
 	w := tabwriter.NewWriter(a.stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "TOPIC\tPENDING\tWAITING\tLEASED\tDEAD\tOLDEST PENDING\tOLDEST DEAD")
+	fmt.Fprintln(w, "TOPIC\tPENDING\tWAITING\tLEASED\tDEAD\tBACKLOG\tOLDEST UNDELIVERED\tOLDEST DEAD")
 	capped := false
 	for _, t := range st.Topics {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", display(t.Topic),
+		backlog := count(t.Undelivered(), t.BacklogCapped)
+		if t.BacklogEstimate > 0 {
+			backlog = "~" + strconv.FormatInt(t.BacklogEstimate, 10)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", display(t.Topic),
 			count(t.Pending, t.BacklogCapped), count(t.Waiting, t.BacklogCapped), count(t.Leased, t.BacklogCapped),
-			count(t.Dead, t.DeadCapped), age(t.OldestPending), age(t.OldestDead))
+			count(t.Dead, t.DeadCapped), backlog, age(t.OldestPending), age(t.OldestDead))
 		capped = capped || t.BacklogCapped || t.DeadCapped
 	}
 	if err := w.Flush(); err != nil {
 		return err
 	}
 	if capped {
-		fmt.Fprintf(a.stdout, "+ capped: the topic has more rows than the %d oldest read\n", outbox.StatsLimit)
+		fmt.Fprintf(a.stdout, "+ capped: the topic has more rows than the %d oldest read; ~ an estimate of the whole backlog\n", outbox.StatsLimit)
 	}
 	return nil
 }

@@ -1,7 +1,9 @@
 // Package storetest is the contract kit of watermilloutbox.Store: the tests
 // every store the relay runs on must pass (claims, fencing, leases, the
-// per-key ordering filter, failures, dead rows, releases, renewals, the
-// retention purge, topic filters, Listen). SQLStore runs it for PostgreSQL,
+// per-key ordering filter, strict order through a dead head, failures,
+// dead rows, releases, renewals, the retention purge, topic filters,
+// Listen), and, when the harness gives them, the operator's reads and
+// writes (ListDead, Requeue, Stats, BlockedKeys, RequeueKey, SkipKey). SQLStore runs it for PostgreSQL,
 // MySQL/MariaDB and SQLite; run it against a store of your own:
 //
 //	func TestMyStore(t *testing.T) {
@@ -51,6 +53,13 @@ type Harness struct {
 	Requeue func(ctx context.Context, s outbox.Store, ids ...int64) (int, error)
 	// Stats reads the store's state per topic (SQLStore.Stats).
 	Stats func(ctx context.Context, s outbox.Store) (outbox.Stats, error)
+	// BlockedKeys lists the keys held back (SQLStore.BlockedKeys).
+	BlockedKeys func(ctx context.Context, s outbox.Store, q outbox.BlockedQuery) ([]outbox.BlockedKey, error)
+	// RequeueKey and SkipKey retry or drop the head holding a key back
+	// (SQLStore.RequeueKey, SkipKey).
+	RequeueKey, SkipKey func(ctx context.Context, s outbox.Store, topic, key string) (outbox.KeyAction, error)
+	// NewStrict is New for a store made with config.Config.StrictOrder.
+	NewStrict func(t *testing.T) (outbox.Store, Insert)
 }
 
 // Run runs every test of the kit against h's stores.
@@ -77,6 +86,12 @@ func Run(t *testing.T, h Harness) {
 		{"WaitingRowsReturnWhenDue", testWaiting},
 		{"ClaimSaysWhenMoreMayBeDue", testMore},
 		{"StatsCountEachState", testStats},
+		{"StrictOrderDeadHeadHoldsItsKey", testStrictClaim},
+		{"BlockedKeysNameTheHead", testBlockedKeys},
+		{"BlockedKeysPage", testBlockedPaging},
+		{"StrictKeyRequeueKeepsOrder", testStrictRequeue},
+		{"StrictKeySkipLetsTheKeyGo", testStrictSkip},
+		{"RequeueKeyRetriesAWaitingHeadNow", testRequeueWaiting},
 		{"TopicFilter", testTopicFilter},
 		{"ListenAnswers", testListen},
 		{"MaintainAnswers", testMaintain},

@@ -32,13 +32,32 @@ func sqlHarness(dialect outbox.Dialect, open func(t testing.TB) *sql.DB) storete
 		Stats: func(ctx context.Context, s outbox.Store) (outbox.Stats, error) {
 			return sqlStoreOf(s).Stats(ctx)
 		},
+		BlockedKeys: func(ctx context.Context, s outbox.Store, q outbox.BlockedQuery) ([]outbox.BlockedKey, error) {
+			return sqlStoreOf(s).BlockedKeys(ctx, q)
+		},
+		RequeueKey: func(ctx context.Context, s outbox.Store, topic, key string) (outbox.KeyAction, error) {
+			return sqlStoreOf(s).RequeueKey(ctx, topic, key)
+		},
+		SkipKey: func(ctx context.Context, s outbox.Store, topic, key string) (outbox.KeyAction, error) {
+			return sqlStoreOf(s).SkipKey(ctx, topic, key)
+		},
+		NewStrict: func(t *testing.T) (outbox.Store, storetest.Insert) {
+			store := newSQLStoreWith(t, dialect, open(t), config.Config{StrictOrder: true})
+			return store, inserter(store)
+		},
 	}
 }
 
 func newSQLStore(t *testing.T, dialect outbox.Dialect, db *sql.DB) *outbox.SQLStore {
 	t.Helper()
+	return newSQLStoreWith(t, dialect, db, config.Config{})
+}
+
+func newSQLStoreWith(t *testing.T, dialect outbox.Dialect, db *sql.DB, cfg config.Config) *outbox.SQLStore {
+	t.Helper()
 	table := testenv.TableName(t)
-	store, err := outbox.NewSQLStore(db, outbox.SQLStoreConfig{Dialect: dialect, Outbox: config.Config{Table: table}}, nil)
+	cfg.Table = table
+	store, err := outbox.NewSQLStore(db, outbox.SQLStoreConfig{Dialect: dialect, Outbox: cfg}, nil)
 	require.NoError(t, err)
 	require.NoError(t, store.Migrate(context.Background()))
 	t.Cleanup(func() { _, _ = db.Exec(`DROP TABLE IF EXISTS ` + table) })
@@ -78,14 +97,18 @@ func TestSQLStoreMySQL(t *testing.T) {
 func TestPgxStore(t *testing.T) {
 	t.Parallel()
 	h := sqlHarness(outbox.PostgreSQL, testenv.Postgres)
-	h.New = func(t *testing.T) (outbox.Store, storetest.Insert) {
+	newPgx := func(t *testing.T, cfg config.Config) (outbox.Store, storetest.Insert) {
 		pool := testenv.PostgresPool(t)
-		table := testenv.TableName(t)
-		store, err := outbox.NewPgxStore(pool, outbox.PgxStoreConfig{Outbox: config.Config{Table: table}}, nil)
+		cfg.Table = testenv.TableName(t)
+		store, err := outbox.NewPgxStore(pool, outbox.PgxStoreConfig{Outbox: cfg}, nil)
 		require.NoError(t, err)
 		require.NoError(t, store.Migrate(context.Background()))
-		t.Cleanup(func() { _, _ = pool.Exec(context.Background(), `DROP TABLE IF EXISTS `+table) })
+		t.Cleanup(func() { _, _ = pool.Exec(context.Background(), `DROP TABLE IF EXISTS `+cfg.Table) })
 		return store, inserter(store)
+	}
+	h.New = func(t *testing.T) (outbox.Store, storetest.Insert) { return newPgx(t, config.Config{}) }
+	h.NewStrict = func(t *testing.T) (outbox.Store, storetest.Insert) {
+		return newPgx(t, config.Config{StrictOrder: true})
 	}
 	storetest.Run(t, h)
 }

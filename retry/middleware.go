@@ -181,6 +181,16 @@ func (m *Middleware) Middleware(h message.HandlerFunc) message.HandlerFunc {
 //   - on a Permanent error returns Permanent;
 //   - on a Transient error retries up to QuickRetries times in process
 //     (within half the Lease), then returns Transient.
+//
+// An Unavailable failure is evidence that the destination is down only
+// while nothing else gets through. A message whose Unavailable failure
+// repeats after the destination answered other calls since its previous
+// failure (a message that always times out, or that makes the broker drop
+// the connection) fails on its own: Handle returns Transient, so the row
+// is charged an attempt, keeps its error and is dead after MaxRetryCount,
+// and the circuit stays closed for the others. A failure while other calls
+// were answered during it does not open the circuit either. A destination
+// that answers nobody still pauses every handler and charges no row.
 func (m *Middleware) Handle(h message.HandlerFunc, msg *message.Message) ([]*message.Message, Kind, error) {
 	ctx := msg.Context()
 	start := time.Now()
@@ -189,12 +199,14 @@ func (m *Middleware) Handle(h message.HandlerFunc, msg *message.Message) ([]*mes
 		slowest     time.Duration // longest call of h so far
 		quick       int           // quick retries done
 		unavailable int           // Unavailable failures of this message
+		answersThen uint64        // the destination's answers at its last one
 	)
 	for {
-		probe, err := m.circuit.wait(ctx)
+		probe, gen, err := m.circuit.wait(ctx)
 		if err != nil {
 			return nil, Unavailable, m.released(msg, lastErr, err)
 		}
+		before := m.circuit.answerCount()
 		callStart := time.Now()
 		produced, err := h(msg)
 		slowest = max(slowest, time.Since(callStart))
@@ -203,7 +215,7 @@ func (m *Middleware) Handle(h message.HandlerFunc, msg *message.Message) ([]*mes
 			kind = m.classify(err)
 		}
 		if kind != Unavailable {
-			if m.circuit.close() {
+			if m.circuit.answered() {
 				m.logger.Info("Destination available again, resuming", nil)
 			}
 		}
@@ -214,7 +226,26 @@ func (m *Middleware) Handle(h message.HandlerFunc, msg *message.Message) ([]*mes
 
 		switch kind {
 		case Unavailable:
-			if delay, failures, opened := m.circuit.open(probe); opened {
+			answers := m.circuit.answerCount()
+			if unavailable > 0 && answers != answersThen {
+				// Others got through since this message last failed: the
+				// failure is the message's own.
+				if probe {
+					m.circuit.endProbe(gen)
+				}
+				err = fmt.Errorf("failed %d times while the destination accepted other messages: %w", unavailable+1, err)
+				m.logger.Debug("Publish failed on its own: "+err.Error(), m.fields(msg))
+				return nil, Transient, err
+			}
+			unavailable++
+			answersThen = answers
+			if answers != before {
+				// Others were answered during this call: not evidence of
+				// an outage. Retry after this message's own backoff.
+				if probe {
+					m.circuit.endProbe(gen)
+				}
+			} else if delay, failures, opened := m.circuit.open(probe); opened {
 				fields := watermill.LogFields{"delay": delay.String(), "consecutive_failures": failures}
 				// Error once per outage; Info for each failed probe after.
 				if failures == 1 {
@@ -226,9 +257,8 @@ func (m *Middleware) Handle(h message.HandlerFunc, msg *message.Message) ([]*mes
 			// Retry in place after the pause: Unavailable never burns the
 			// budget, and giving the row back would only re-claim it. The
 			// message also waits its own backoff, in case another message's
-			// success closes the circuit meanwhile: its failure may be its
-			// own (one partition without a leader), and must not spin.
-			unavailable++
+			// success closes the circuit meanwhile: then its next failure
+			// is its own (see above).
 			if !backoff.Sleep(ctx, Backoff(unavailable, m.config.CircuitMinBackoff, m.config.CircuitMaxBackoff)) {
 				return nil, Unavailable, m.released(msg, err, context.Cause(ctx))
 			}

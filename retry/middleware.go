@@ -184,8 +184,9 @@ func (m *Middleware) Middleware(h message.HandlerFunc) message.HandlerFunc {
 //
 // An Unavailable failure is evidence that the destination is down only
 // while nothing else gets through. A message whose Unavailable failure
-// keeps repeating while the destination accepts other messages between
-// its failures, for at least ownFailureSpans times CircuitMaxBackoff (10s
+// keeps repeating while the destination accepts other messages (some
+// between its last two failures), for at least ownFailureSpans times
+// CircuitMaxBackoff since others first got through after one of them (10s
 // by default; a partition's leader election is shorter), fails on its own
 // (it always times out, say): Handle returns Transient, so the row is
 // charged an attempt, keeps its error and is dead after MaxRetryCount. A
@@ -202,7 +203,7 @@ func (m *Middleware) Handle(h message.HandlerFunc, msg *message.Message) ([]*mes
 		unavailable int           // Unavailable failures of this message
 		acceptedAt  uint64        // calls accepted at its last one
 		failedAt    time.Time     // when its last one ended
-		ownSince    time.Time     // others got through between its failures since then
+		ownSince    time.Time     // its first one others got through after
 	)
 	for {
 		probe, gen, err := m.circuit.wait(ctx)
@@ -230,13 +231,11 @@ func (m *Middleware) Handle(h message.HandlerFunc, msg *message.Message) ([]*mes
 		switch kind {
 		case Unavailable:
 			accepted, now := m.circuit.acceptedCount(), time.Now()
-			switch {
-			case unavailable == 0 || accepted == acceptedAt:
-				ownSince = time.Time{} // nothing else got through: an outage
-			case ownSince.IsZero():
+			othersThrough := unavailable > 0 && accepted != acceptedAt
+			if othersThrough && ownSince.IsZero() {
 				ownSince = failedAt
 			}
-			if !ownSince.IsZero() && now.Sub(ownSince) >= ownFailureSpans*m.config.CircuitMaxBackoff {
+			if othersThrough && now.Sub(ownSince) >= ownFailureSpans*m.config.CircuitMaxBackoff {
 				// Others kept getting through while this message kept
 				// failing: the failure is the message's own.
 				if probe {

@@ -47,10 +47,11 @@ func TestRabbitMQHeadersTooLargeForAFrame(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- f.Run(t.Context()) }()
 
-	waitFor(t, 60*time.Second, "every row settled", func() bool { return e.count(t, "1=1") == 1 })
-	r, ok := e.row(t, bad)
-	require.True(t, ok)
-	require.Equal(t, "dead", r.State)
+	waitFor(t, 60*time.Second, "every row settled", func() bool {
+		r, ok := e.row(t, bad)
+		return ok && r.State == "dead" && e.count(t, "1=1") == 1
+	})
+	r, _ := e.row(t, bad)
 	require.Equal(t, 1, r.Attempts, "refused before sending: dead after one attempt")
 	require.Contains(t, r.LastError.String, "frame_max")
 	paused, _ := f.Paused()

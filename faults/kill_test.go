@@ -16,6 +16,11 @@ import (
 // while it drains 20,000 events from PostgreSQL to Kafka, and restarted each
 // time. Every committed event reaches the broker; the duplicates are at most
 // the in-flight window per kill.
+//
+// The kills follow the drain, not the clock: before each one the relay has
+// published all but a batch of what is written, and a new batch is
+// committed, so every kill lands while the relay has rows to work on
+// (mid-claim, mid-publish or mid-ack), however fast or slow the machine.
 func TestKill9DuringDrain(t *testing.T) { postgresDrivers(t, testKill9DuringDrain) }
 
 func testKill9DuringDrain(t *testing.T, newScenario func(*testing.T) *scenario) {
@@ -23,29 +28,27 @@ func testKill9DuringDrain(t *testing.T, newScenario func(*testing.T) *scenario) 
 		events = 20000
 		kills  = 20
 		window = 1000 // MaxInFlight: claimed, unsettled rows per relay
+		batch  = 750  // events committed just before each kill
 	)
 	s := newScenario(t)
 	k := startKafka(t, false, s.topic)
-	s.prewrite(events, 1000, func(i int) string { return fmt.Sprintf("key-%d", i%500) })
+	keyOf := func(i int) string { return fmt.Sprintf("key-%d", i%500) }
+	written := events - kills*batch
+	s.prewrite(written, 1000, keyOf)
 
 	// Order is not under test here (TestManyInstancesUnderKills does it), so
 	// the relay runs unordered, and fast.
 	r := newRelay(t, "relay", s.relayEnv(map[string]string{"OUTBOX_SINK": "kafka", "OUTBOX_KAFKA_BROKERS": k.addr}),
 		"-lease", "2s", "-batch", "500", "-max-in-flight", strconv.Itoa(window), "-ordered=false")
 	r.start()
-	for i := 0; i < kills; i++ {
-		base := s.published()
-		require.GreaterOrEqual(t, base, 0)
-		// Spread the kills over the first 70 % of the drain, each at a
-		// random point of its stretch: mid-claim, mid-publish or mid-ack.
-		// The rest is margin: acks land a batch of up to 500 rows at once,
-		// and a drain of 20,000 takes a few seconds.
-		step := max(20, (events*7/10-base)/(kills-i))
-		at := base + step/2 + rand.IntN(step/2)
-		waitFast(t, time.Minute, "the relay to publish more", func() bool {
-			return s.published() >= at || s.pending() == 0
+	for i := range kills {
+		// Each kill at a random point of the last batch's drain.
+		target := written - batch + rand.IntN(batch/2)
+		waitFast(t, time.Minute, fmt.Sprintf("the relay to publish %d events before kill %d", target, i+1), func() bool {
+			return s.published() >= target
 		})
-		require.Positive(t, s.pending(), "the outbox drained after only %d kills", i)
+		s.prewrite(batch, batch, keyOf)
+		written += batch
 		r.kill9()
 		r.start()
 	}

@@ -8,12 +8,16 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/e0a82c8c/watermill-outbox/forwarder"
+	"github.com/e0a82c8c/watermill-outbox/internal/testenv"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
 
 // TestPubSub runs Watermill's universal Pub/Sub suite over the outbox: the
 // transactional publisher (in AutoCommit mode, as the suite has no
-// transactions) and the outbox subscriber.
+// transactions) and the outbox subscriber. It runs the suite's full sizes
+// (5,000 to 10,000 messages a test) where the services are required, as in
+// CI (OUTBOX_REQUIRE_SERVICES=1), and its short sizes otherwise, so that
+// `go test -race ./...` ends in minutes on a small machine.
 func TestPubSub(t *testing.T) {
 	t.Parallel()
 	forEachBackend(t, func(t *testing.T, e *relayEnv) {
@@ -27,6 +31,7 @@ func TestPubSub(t *testing.T) {
 			Persistent:      true,
 			// Acked rows are deleted: a new subscriber gets only what is left.
 			NewSubscriberReceivesOldMessages: false,
+			ForceShort:                       !testenv.RequireServices(),
 		}, func(t *testing.T) (message.Publisher, message.Subscriber) {
 			// The suite closes both, so each call gets its own.
 			store := e.with(t, cfg)

@@ -49,9 +49,12 @@ type SubscriberConfig struct {
 //     time, in id order: the next only after the previous was acked. A nack
 //     releases the rest of that key's claimed rows.
 //   - Close, or the end of Subscribe's ctx, stops claiming, closes the
-//     channel, waits briefly for messages being handled to be settled, then
-//     releases every claim still held. It never marks a row published that
-//     was not acked.
+//     channel and gives back at once the rows not handed out (and, for the
+//     Forwarder's subscriber, those whose handler has not begun); it waits
+//     for the messages being handled to be settled for at most 5s (half the
+//     claim timeout if that is less), then releases every claim still
+//     held, its last writes bounded by the relay's 30s database call
+//     timeout. It never marks a row published that was not acked.
 //
 // The Forwarder's own Subscriber goes further: it settles a row by what the
 // forwarder's handler recorded (see Forwarder), not by the ack alone.

@@ -126,7 +126,7 @@ func (sub *subscription) run() {
 		case <-grace:
 			return
 		case out <- next:
-			sub.win.popEmitted()
+			sub.emitted(sub.win.popEmitted())
 		case <-sub.wake:
 			sub.sched.onWake(time.Now())
 		case <-sub.sched.C():
@@ -239,11 +239,24 @@ func (sub *subscription) onDelivered(d delivered) {
 }
 
 // drain switches the loop to draining: the channel closes, the rows not
-// handed out go back at once, and the grace for the others begins.
+// handed out go back at once, and the grace for the others begins. The
+// forwarder's rows handed out whose handler has not begun go back at once
+// too: sealed, they can no longer be published, so only the handlers
+// publishing are waited for.
 func (sub *subscription) drain() <-chan time.Time {
 	sub.draining = true
 	close(sub.out)
 	sub.release(sub.win.unemitted())
+	var unhandled []*held
+	for _, h := range sub.win.held {
+		if h.state != emitted || h.rec == nil {
+			continue
+		}
+		if v, ok := h.rec.Seal(); ok && !v.Recorded {
+			unhandled = append(unhandled, h)
+		}
+	}
+	sub.release(unhandled)
 	return time.After(min(closeGrace, sub.cfg.ClaimTimeout/2))
 }
 

@@ -26,7 +26,8 @@ type delivered struct {
 	acked   bool // the router acked (rather than nacked) the message
 }
 
-// prepare builds h's message, makes it ready and starts its watcher.
+// prepare builds h's message and makes it ready. Its watcher starts when
+// it is emitted: a row waiting in the window costs no goroutine.
 func (sub *subscription) prepare(h *held) {
 	md := make(message.Metadata, len(h.row.Metadata)+3)
 	for k, v := range h.row.Metadata {
@@ -48,11 +49,15 @@ func (sub *subscription) prepare(h *held) {
 	msg.SetContext(ctx)
 	h.msg, h.cancel, h.rec = msg, cancel, rec
 	sub.win.pushReady(h)
+}
 
+// emitted starts the watcher of a row just handed out: it reports the
+// verdict on the row to the loop, and ends when the loop stops.
+func (sub *subscription) emitted(h *held) {
 	sub.work.Add(1)
 	go func() {
 		defer sub.work.Done()
-		d, ok := sub.watch(h, rec)
+		d, ok := sub.watch(h, h.rec)
 		if !ok {
 			return
 		}

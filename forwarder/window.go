@@ -160,12 +160,14 @@ func (w *window) next() *held {
 	return w.ready[0]
 }
 
-// popEmitted removes the row next returned from the ready queue: it was
-// handed out.
-func (w *window) popEmitted() {
+// popEmitted removes the row next returned from the ready queue, as
+// handed out, and returns it.
+func (w *window) popEmitted() *held {
 	h := w.ready[0]
+	w.ready[0] = nil
 	w.ready = w.ready[1:]
 	h.state = emitted
+	return h
 }
 
 // holds reports whether h is still this window's row (not released by a

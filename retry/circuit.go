@@ -13,6 +13,9 @@ import (
 // closes the circuit and releases them all, its Unavailable failure opens it
 // again for twice as long, up to max. A broker that stays down is asked
 // once per pause, not once per waiting message.
+//
+// It also counts the calls the destination accepted, so a message can tell
+// whether others got through while it kept failing (see Middleware.Handle).
 type circuit struct {
 	min, max time.Duration
 	onPause  func(paused bool, since time.Time) // MiddlewareConfig.OnPause; may be nil
@@ -22,6 +25,8 @@ type circuit struct {
 	since    time.Time     // when the current outage began
 	until    time.Time     // the pause ends then
 	probing  bool          // a handler is probing
+	probeGen uint64        // counts probes; identifies the current one
+	accepted uint64        // calls that succeeded, ever
 	closed   chan struct{} // closed when the circuit closes; new per outage
 	changed  chan struct{} // closed on every open and on a probe's end; renewed
 }
@@ -64,11 +69,15 @@ func (c *circuit) open(probe bool) (delay time.Duration, failures int, opened bo
 	return delay, c.failures, true
 }
 
-// close closes the circuit, releasing waiting handlers at once. It reports
-// whether the circuit was open.
-func (c *circuit) close() bool {
+// answered records that the destination answered a call (it succeeded, or
+// failed otherwise than Unavailable) and closes the circuit, releasing
+// waiting handlers at once. It reports whether the circuit was open.
+func (c *circuit) answered(succeeded bool) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if succeeded {
+		c.accepted++
+	}
 	if c.failures == 0 {
 		return false
 	}
@@ -82,6 +91,24 @@ func (c *circuit) close() bool {
 	return true
 }
 
+// acceptedCount returns how many calls have succeeded.
+func (c *circuit) acceptedCount() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.accepted
+}
+
+// endProbe ends probe gen without a verdict on the destination (the
+// failure was the message's own): the next waiter probes at once.
+func (c *circuit) endProbe(gen uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.probing && c.probeGen == gen {
+		c.probing = false
+		c.signal()
+	}
+}
+
 // pausedSince reports whether the circuit is open, and since when.
 func (c *circuit) pausedSince() (bool, time.Time) {
 	c.mu.Lock()
@@ -90,29 +117,32 @@ func (c *circuit) pausedSince() (bool, time.Time) {
 }
 
 // wait returns once the caller may call the destination: at once when the
-// circuit is closed, and with probe set when the pause is over and no other
-// handler is probing. It returns ctx's cause once ctx is done (checked
-// first: a message whose context ended is not handled). A prober must
-// report its result with open(true) or close.
-func (c *circuit) wait(ctx context.Context) (probe bool, err error) {
+// circuit is closed, and with probe set (and the probe's gen) when the
+// pause is over and no other handler is probing. It returns ctx's cause
+// once ctx is done (checked first: a message whose context ended is not
+// handled). A prober must report its result with open(true), answered or
+// endProbe.
+func (c *circuit) wait(ctx context.Context) (probe bool, gen uint64, err error) {
 	for {
 		if ctx.Err() != nil {
-			return false, context.Cause(ctx)
+			return false, 0, context.Cause(ctx)
 		}
 		c.mu.Lock()
 		if c.failures == 0 {
 			c.mu.Unlock()
-			return false, nil
+			return false, 0, nil
 		}
 		d, closed, changed := time.Until(c.until), c.closed, c.changed
 		if d <= 0 && !c.probing {
 			c.probing = true
+			c.probeGen++
+			gen := c.probeGen
 			c.mu.Unlock()
-			return true, nil
+			return true, gen, nil
 		}
 		c.mu.Unlock()
 		if !waitFor(ctx, d, closed, changed) {
-			return false, context.Cause(ctx)
+			return false, 0, context.Cause(ctx)
 		}
 	}
 }

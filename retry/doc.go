@@ -24,7 +24,11 @@
 // CircuitMaxBackoff, 1s by default, and one message at a time probes the
 // destination, so a relay resumes within about a second of the broker's
 // return), and retries Transient failures in process if QuickRetries is
-// set. Handle returns its verdict. The forwarder runs it inside its own
+// set. An Unavailable failure counts as an outage only while nothing else
+// gets through: a message that keeps failing Unavailable while the
+// destination accepts other messages between its failures, for ten times
+// CircuitMaxBackoff, fails on its own, and Handle returns Transient for
+// it. Handle returns its verdict. The forwarder runs it inside its own
 // handler, so the router's middlewares, wherever they are added, cannot
 // hide an error from it, and records the verdict for the subscriber, which
 // decides the row's fate (retry budget included) in one place.

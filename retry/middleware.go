@@ -187,6 +187,18 @@ func (m *Middleware) Middleware(h message.HandlerFunc) message.HandlerFunc {
 //   - on a Permanent error returns Permanent;
 //   - on a Transient error retries up to QuickRetries times in process
 //     (within half the Lease), then returns Transient.
+//
+// An Unavailable failure is evidence that the destination is down only
+// while nothing else gets through. A message whose Unavailable failure
+// keeps repeating while the destination accepts other messages (some
+// between its last two failures), for at least ownFailureSpans times
+// CircuitMaxBackoff since others first got through after one of them (10s
+// by default; a partition's leader election is shorter), fails on its own
+// (it always times out, say): Handle returns Transient, so the row is
+// charged an attempt, keeps its error and is dead after MaxRetryCount. A
+// failure while others got through during it does not open the circuit.
+// A destination that accepts nothing still pauses every handler and
+// charges no row.
 func (m *Middleware) Handle(h message.HandlerFunc, msg *message.Message) ([]*message.Message, Kind, error) {
 	ctx := msg.Context()
 	start := time.Now()
@@ -195,12 +207,16 @@ func (m *Middleware) Handle(h message.HandlerFunc, msg *message.Message) ([]*mes
 		slowest     time.Duration // longest call of h so far
 		quick       int           // quick retries done
 		unavailable int           // Unavailable failures of this message
+		acceptedAt  uint64        // calls accepted at its last one
+		failedAt    time.Time     // when its last one ended
+		ownSince    time.Time     // its first one others got through after
 	)
 	for {
-		probe, err := m.circuit.wait(ctx)
+		probe, gen, err := m.circuit.wait(ctx)
 		if err != nil {
 			return nil, Unavailable, m.released(msg, lastErr, err)
 		}
+		before := m.circuit.acceptedCount()
 		callStart := time.Now()
 		produced, err := h(msg)
 		slowest = max(slowest, time.Since(callStart))
@@ -209,7 +225,7 @@ func (m *Middleware) Handle(h message.HandlerFunc, msg *message.Message) ([]*mes
 			kind = m.classify(err)
 		}
 		if kind != Unavailable {
-			if m.circuit.close() {
+			if m.circuit.answered(err == nil) {
 				m.logger.Info("Destination available again, resuming", nil)
 			}
 		}
@@ -220,10 +236,34 @@ func (m *Middleware) Handle(h message.HandlerFunc, msg *message.Message) ([]*mes
 
 		switch kind {
 		case Unavailable:
+			accepted, now := m.circuit.acceptedCount(), time.Now()
+			othersThrough := unavailable > 0 && accepted != acceptedAt
+			if othersThrough && ownSince.IsZero() {
+				ownSince = failedAt
+			}
+			if othersThrough && now.Sub(ownSince) >= ownFailureSpans*m.config.CircuitMaxBackoff {
+				// Others kept getting through while this message kept
+				// failing: the failure is the message's own.
+				if probe {
+					m.circuit.endProbe(gen)
+				}
+				err = fmt.Errorf("failed %d times in %s while the destination accepted other messages: %w",
+					unavailable+1, now.Sub(ownSince).Round(time.Millisecond), err)
+				m.logger.Debug("Publish failed on its own: "+err.Error(), m.fields(msg))
+				return nil, Transient, err
+			}
 			if m.config.OnUnavailable != nil {
 				m.config.OnUnavailable(msg, err)
 			}
-			if delay, failures, opened := m.circuit.open(probe); opened {
+			unavailable++
+			acceptedAt, failedAt = accepted, now
+			if accepted != before {
+				// Others got through during this call: not evidence of an
+				// outage. Retry after this message's own backoff.
+				if probe {
+					m.circuit.endProbe(gen)
+				}
+			} else if delay, failures, opened := m.circuit.open(probe); opened {
 				fields := watermill.LogFields{"delay": delay.String(), "consecutive_failures": failures}
 				// Error once per outage; Info for each failed probe after.
 				if failures == 1 {
@@ -235,9 +275,8 @@ func (m *Middleware) Handle(h message.HandlerFunc, msg *message.Message) ([]*mes
 			// Retry in place after the pause: Unavailable never burns the
 			// budget, and giving the row back would only re-claim it. The
 			// message also waits its own backoff, in case another message's
-			// success closes the circuit meanwhile: its failure may be its
-			// own (one partition without a leader), and must not spin.
-			unavailable++
+			// success closes the circuit meanwhile: then its next failure
+			// is its own (see above).
 			if !backoff.Sleep(ctx, Backoff(unavailable, m.config.CircuitMinBackoff, m.config.CircuitMaxBackoff)) {
 				return nil, Unavailable, m.released(msg, err, context.Cause(ctx))
 			}
@@ -255,6 +294,13 @@ func (m *Middleware) Handle(h message.HandlerFunc, msg *message.Message) ([]*mes
 		}
 	}
 }
+
+// ownFailureSpans, times CircuitMaxBackoff, is how long a message's
+// Unavailable failures must go on while others get through before they
+// count as its own: long enough for a Kafka partition to elect a new
+// leader, short enough that a message that always times out is dead within
+// minutes.
+const ownFailureSpans = 10
 
 // classify runs the classifier; an invalid verdict counts as Transient, the
 // one that can neither stall the relay nor kill a row at once.

@@ -3,6 +3,7 @@ package retry_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -510,4 +511,121 @@ func TestMiddlewareOnPause(t *testing.T) {
 	require.True(t, changes[0].paused)
 	require.False(t, changes[0].since.IsZero())
 	require.Equal(t, change{paused: false}, changes[1])
+}
+
+// TestMiddlewareOwnFailure: a message that always times out while the
+// destination answers other messages fails on its own: Transient (charged),
+// with its error, and the circuit never opens.
+func TestMiddlewareOwnFailure(t *testing.T) {
+	t.Parallel()
+	var pauses atomic.Int32
+	cfg := fastConfig()
+	cfg.OnPause = func(paused bool, _ time.Time) {
+		if paused {
+			pauses.Add(1)
+		}
+	}
+	m := newMiddleware(t, cfg, nil)
+	calls, answered := make(chan struct{}), make(chan struct{})
+	bad := func(*message.Message) ([]*message.Message, error) {
+		calls <- struct{}{}
+		<-answered // another message gets through meanwhile
+		return nil, fmt.Errorf("publish: %w", context.DeadlineExceeded)
+	}
+	done := start(m, bad, newMessage(context.Background(), "1"))
+	ok, _ := script()
+	for n := 0; ; n++ {
+		select {
+		case <-calls:
+		case r := <-done:
+			require.Equal(t, retry.Transient, r.kind, "charged: the failure is the message's own")
+			require.ErrorIs(t, r.err, context.DeadlineExceeded)
+			require.ErrorContains(t, r.err, "while the destination accepted other messages")
+			require.GreaterOrEqual(t, n, 2, "the failure must repeat to be the message's")
+			require.False(t, paused(m))
+			require.Zero(t, pauses.Load(), "never paused: the destination answered")
+			return
+		case <-time.After(testTimeout):
+			t.Fatal("the message that always times out never returned")
+		}
+		require.NoError(t, run(t, m, ok, newMessage(context.Background(), "1")).err)
+		answered <- struct{}{}
+	}
+}
+
+// TestMiddlewareShortOwnFailureIsNotCharged: a message failing Unavailable
+// while others get through, for less than ten times CircuitMaxBackoff (a
+// partition electing a new leader), is not charged: released as Unavailable
+// when its context ends.
+func TestMiddlewareShortOwnFailureIsNotCharged(t *testing.T) {
+	t.Parallel()
+	cfg := fastConfig()
+	cfg.CircuitMaxBackoff = time.Hour
+	m := newMiddleware(t, cfg, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	calls, answered := make(chan struct{}), make(chan struct{})
+	bad := func(*message.Message) ([]*message.Message, error) {
+		select {
+		case calls <- struct{}{}:
+			<-answered
+		case <-ctx.Done():
+		}
+		return nil, retry.UnavailableError(errors.New("leader not available"))
+	}
+	done := start(m, bad, newMessage(ctx, "1"))
+	ok, _ := script()
+	for range 5 {
+		select {
+		case <-calls:
+		case r := <-done:
+			t.Fatalf("returned early: %v %v", r.kind, r.err)
+		case <-time.After(testTimeout):
+			t.Fatal("not retried")
+		}
+		require.NoError(t, run(t, m, ok, newMessage(context.Background(), "1")).err)
+		answered <- struct{}{}
+	}
+	cancel()
+	r := await(t, done)
+	require.Equal(t, retry.Unavailable, r.kind, "not charged")
+	require.False(t, paused(m))
+}
+
+// TestMiddlewareOutageChargesNobody: while every call fails Unavailable,
+// the messages are held uncharged however often they fail, and released
+// as Unavailable when their context ends.
+func TestMiddlewareOutageChargesNobody(t *testing.T) {
+	t.Parallel()
+	m := newMiddleware(t, fastConfig(), nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var calls atomic.Int32
+	failed := make(chan struct{}, 100)
+	down := func(*message.Message) ([]*message.Message, error) {
+		calls.Add(1)
+		select {
+		case failed <- struct{}{}:
+		default:
+		}
+		return nil, fmt.Errorf("publish: %w", context.DeadlineExceeded)
+	}
+	var dones []<-chan result
+	for range 3 {
+		dones = append(dones, start(m, down, newMessage(ctx, "1")))
+	}
+	for range 10 {
+		select {
+		case <-failed:
+		case <-time.After(testTimeout):
+			t.Fatal("destination not tried")
+		}
+	}
+	require.True(t, paused(m))
+	cancel()
+	for _, d := range dones {
+		r := await(t, d)
+		require.Equal(t, retry.Unavailable, r.kind, "an outage charges no message")
+		require.Error(t, r.err)
+	}
 }

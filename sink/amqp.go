@@ -218,6 +218,12 @@ type AMQPPublisher struct {
 // "_watermill_message_uuid" header and as MessageId, and its payload as the
 // body.
 //
+// A message whose properties and headers (its metadata) cannot fit in one
+// frame of the size negotiated with the broker (frame_max, 128 KiB by
+// default) is refused as Permanent before anything of its Publish call is
+// sent: RabbitMQ would close the connection over it (501 FRAME_ERROR),
+// failing the confirms of every message in flight on it.
+//
 // Errors are marked for retry.DefaultClassifier (see ClassifyAMQPError): a
 // message RabbitMQ can never take is Permanent, a broker that cannot be
 // reached, or refuses the connection, Unavailable. After Close, Publish
@@ -270,14 +276,23 @@ func (p *AMQPPublisher) publish(topic string, msgs []*message.Message) error {
 	if err != nil {
 		return err
 	}
-	confirms := make([]*amqp.DeferredConfirmation, 0, len(msgs))
-	for _, m := range msgs {
+	// Every message is checked before any is sent: a refused one must not
+	// leave the others of the call half sent.
+	pubs := make([]amqp.Publishing, len(msgs))
+	for i, m := range msgs {
 		pub, err := p.marshaler.Marshal(m)
 		if err != nil {
 			// The marshaler fails only on the message itself.
 			return retry.PermanentError(fmt.Errorf("cannot marshal message %s: %w", m.UUID, err))
 		}
-		dc, err := ch.PublishWithDeferredConfirm(p.exchange, topic, true, false, pub)
+		if err := fitsFrame(pub, conn.Config.FrameSize); err != nil {
+			return retry.PermanentError(fmt.Errorf("message %s: %w", m.UUID, err))
+		}
+		pubs[i] = pub
+	}
+	confirms := make([]*amqp.DeferredConfirmation, 0, len(msgs))
+	for i, m := range msgs {
+		dc, err := ch.PublishWithDeferredConfirm(p.exchange, topic, true, false, pubs[i])
 		if err != nil {
 			return fmt.Errorf("publish message %s: %w", m.UUID, err)
 		}
@@ -431,4 +446,73 @@ func (p *AMQPPublisher) connect() error {
 	p.conn, p.ch = conn, nil
 	p.pool = make([]*amqp.Channel, p.config.ChannelPoolSize)
 	return nil
+}
+
+// Sizes of the AMQP 0-9-1 framing around a content header's properties.
+const (
+	frameOverhead  = 8  // frame type, channel, payload size, frame end
+	headerFixedLen = 14 // class, weight, body size, property flags
+)
+
+// fitsFrame refuses a publishing whose content header frame would exceed
+// the frame size negotiated with the broker (frameMax; 0: unlimited). The
+// body is split over as many frames as it needs, but the header frame,
+// which carries the properties and the headers (the message's metadata),
+// cannot be split: RabbitMQ answers an oversized one with 501 FRAME_ERROR
+// and closes the connection, failing the confirms of every message in
+// flight on it.
+func fitsFrame(p amqp.Publishing, frameMax int) error {
+	if frameMax <= 0 {
+		return nil
+	}
+	size := headerFixedLen + tableSize(p.Headers) + 1 + 1 + 8 // delivery mode, priority, timestamp
+	for _, s := range []string{p.ContentType, p.ContentEncoding, p.CorrelationId, p.ReplyTo,
+		p.Expiration, p.MessageId, p.Type, p.UserId, p.AppId} {
+		size += 1 + len(s)
+	}
+	if limit := frameMax - frameOverhead; size > limit {
+		return fmt.Errorf("metadata too large for RabbitMQ: its properties and headers take %d bytes encoded, "+
+			"more than the %d bytes one frame holds (frame_max %d negotiated with the broker)", size, limit, frameMax)
+	}
+	return nil
+}
+
+// tableSize is the encoded size of an AMQP field table, as amqp091 writes
+// it.
+func tableSize(t amqp.Table) int {
+	n := 4
+	for k, v := range t {
+		n += 1 + len(k) + fieldSize(v)
+	}
+	return n
+}
+
+// fieldSize is the encoded size of a field value with its type octet.
+func fieldSize(v any) int {
+	switch v := v.(type) {
+	case nil:
+		return 1
+	case bool, byte, int8:
+		return 2
+	case int16:
+		return 3
+	case int, int32, float32:
+		return 5
+	case amqp.Decimal:
+		return 6
+	case string:
+		return 5 + len(v)
+	case []byte:
+		return 5 + len(v)
+	case []any:
+		n := 5
+		for _, e := range v {
+			n += fieldSize(e)
+		}
+		return n
+	case amqp.Table:
+		return 1 + tableSize(v)
+	default: // int64, float64, time.Time; amqp091 refuses other types
+		return 9
+	}
 }

@@ -112,6 +112,9 @@ func (s *SQLStore) Claim(ctx context.Context, req ClaimRequest) (Claimed, error)
 	if req.Lease <= 0 {
 		return Claimed{}, fmt.Errorf("outbox: claim: lease must be positive, got %s", req.Lease)
 	}
+	if req.Relay != "" && !validRelayID(req.Relay) {
+		return Claimed{}, fmt.Errorf("outbox: claim: invalid relay id %q: want 1 to %d letters, digits and . _ : -", req.Relay, maxRelayID)
+	}
 	if err := s.checkDialect(ctx); err != nil {
 		return Claimed{}, fmt.Errorf("outbox: claim: %w", err)
 	}
@@ -174,7 +177,7 @@ func (s *SQLStore) claim(ctx context.Context, tx tx, req ClaimRequest, c *Claime
 	if len(cands) == 0 {
 		return nil
 	}
-	c.Rows, err = s.take(ctx, tx, c.Token, req, cands)
+	c.Rows, c.TakenOver, err = s.take(ctx, tx, c.Token, req, cands)
 	return err
 }
 
@@ -184,13 +187,13 @@ func (s *SQLStore) claim(ctx context.Context, tx tx, req ClaimRequest, c *Claime
 func (s *SQLStore) opening(req ClaimRequest) []pipeItem {
 	q, args := s.q.promote(req.Limit)
 	items := []pipeItem{{q: q, args: args, exec: true}}
-	q, args = s.q.keyless(req.Topics, req.Limit)
+	q, args = s.claimQ(req).keyless(req.Topics, req.Limit)
 	items = append(items, pipeItem{q: q, args: args})
 	if req.Topics.All() {
 		if req.Ordered {
-			q, args = s.q.walk(nil, s.cursor.get(), walkBudget(req.Limit))
+			q, args = s.claimQ(req).walk(nil, s.cursor.get(), walkBudget(req.Limit))
 		} else {
-			q, args = s.q.keyedRows(nil, s.cursor.get(), req.Limit)
+			q, args = s.claimQ(req).keyedRows(nil, s.cursor.get(), req.Limit)
 		}
 		items = append(items, pipeItem{q: q, args: args})
 	}
@@ -224,7 +227,7 @@ func (s *SQLStore) candidates(ctx context.Context, tx tx, req ClaimRequest) ([]c
 
 // keyless reads up to req.Limit due, unleased keyless rows, oldest first.
 func (s *SQLStore) keyless(ctx context.Context, tx tx, req ClaimRequest) ([]candidate, error) {
-	q, args := s.q.keyless(req.Topics, req.Limit)
+	q, args := s.claimQ(req).keyless(req.Topics, req.Limit)
 	ids, err := queryColumn[int64](ctx, tx, q, args...)
 	out := make([]candidate, len(ids))
 	for i, id := range ids {
@@ -238,7 +241,7 @@ func (s *SQLStore) keyless(ctx context.Context, tx tx, req ClaimRequest) ([]cand
 // most its share of the limit, and never reaching a leased, not yet due or
 // waiting row.
 func (s *SQLStore) keyedRuns(ctx context.Context, tx tx, req ClaimRequest) ([]candidate, bool, error) {
-	heads, more, err := s.walkKeys(ctx, tx, req.Topics, walkBudget(req.Limit))
+	heads, more, err := s.walkKeys(ctx, tx, s.claimQ(req), req.Topics, walkBudget(req.Limit))
 	if err != nil {
 		return nil, false, err
 	}
@@ -258,7 +261,7 @@ func (s *SQLStore) keyedRuns(ctx context.Context, tx tx, req ClaimRequest) ([]ca
 	}
 	var runs map[keyPos][]runRow
 	if share > 1 {
-		if runs, err = s.runs(ctx, tx, chained, share); err != nil {
+		if runs, err = s.runs(ctx, tx, s.claimQ(req), chained, share); err != nil {
 			return nil, false, err
 		}
 	}
@@ -291,8 +294,8 @@ type runRow struct {
 
 // runs reads, for each key, up to n non-waiting pending rows from its head
 // on, in id order.
-func (s *SQLStore) runs(ctx context.Context, tx tx, heads []keyHead, n int) (map[keyPos][]runRow, error) {
-	q, args := s.q.runs(heads, n)
+func (s *SQLStore) runs(ctx context.Context, tx tx, cq claimSQL, heads []keyHead, n int) (map[keyPos][]runRow, error) {
+	q, args := cq.runs(heads, n)
 	rs, err := tx.query(ctx, q, args...)
 	if err != nil {
 		return nil, err
@@ -378,11 +381,11 @@ func (s *SQLStore) round(ctx context.Context, tx tx, topics TopicFilter, visit f
 // walkKeys visits up to budget keys with non-waiting pending rows, in key
 // order, once round from the cursor, and moves the cursor to the last key
 // visited. more reports that it stopped at the budget.
-func (s *SQLStore) walkKeys(ctx context.Context, tx tx, topics TopicFilter, budget int) ([]keyHead, bool, error) {
+func (s *SQLStore) walkKeys(ctx context.Context, tx tx, cq claimSQL, topics TopicFilter, budget int) ([]keyHead, bool, error) {
 	var heads []keyHead
 	seen := make(map[keyPos]bool)
 	err := s.round(ctx, tx, topics, func(seg *string, after keyPos, again bool) (bool, error) {
-		q, args := s.q.walk(seg, after, budget-len(heads))
+		q, args := cq.walk(seg, after, budget-len(heads))
 		rs, err := tx.query(ctx, q, args...)
 		if err != nil {
 			return false, err
@@ -418,7 +421,7 @@ func (s *SQLStore) keyedRows(ctx context.Context, tx tx, req ClaimRequest) ([]ca
 	var last keyPos
 	seen := make(map[int64]bool)
 	err := s.round(ctx, tx, req.Topics, func(seg *string, after keyPos, again bool) (bool, error) {
-		q, args := s.q.keyedRows(seg, after, req.Limit-len(out))
+		q, args := s.claimQ(req).keyedRows(seg, after, req.Limit-len(out))
 		rs, err := tx.query(ctx, q, args...)
 		if err != nil {
 			return false, err
@@ -447,10 +450,36 @@ func (s *SQLStore) keyedRows(ctx context.Context, tx tx, req ClaimRequest) ([]ca
 	return out, len(out) >= req.Limit, nil
 }
 
+// claimQ is the statement builder of one claim, naming its relay.
+func (s *SQLStore) claimQ(req ClaimRequest) claimSQL {
+	q := s.q
+	q.relay = req.Relay
+	return q
+}
+
 // take locks the candidates that are still free (skipping rows locked by
-// others), claims them, and returns them. In an ordered claim, a run that
-// lost a row keeps only the rows before it: the rest are not claimed.
-func (s *SQLStore) take(ctx context.Context, tx tx, token string, req ClaimRequest, cands []candidate) ([]Row, error) {
+// others), claims them, and returns them, and how many it took over from
+// each relay declared dead (Claimed.TakenOver). In an ordered claim, a run
+// that lost a row keeps only the rows before it: the rest are not claimed.
+func (s *SQLStore) take(ctx context.Context, tx tx, token string, req ClaimRequest, cands []candidate) ([]Row, map[string]int, error) {
+	from := make(map[int64]string) // row → the dead relay it was taken from
+	note := func(r Row, takenFrom sql.NullString) {
+		if takenFrom.String != "" {
+			from[r.ID] = takenFrom.String
+		}
+	}
+	takenOver := func(kept []Row) map[string]int {
+		var out map[string]int
+		for _, r := range kept {
+			if relay, ok := from[r.ID]; ok {
+				if out == nil {
+					out = make(map[string]int)
+				}
+				out[relay]++
+			}
+		}
+		return out
+	}
 	ids := make([]int64, len(cands))
 	for i, c := range cands {
 		ids[i] = c.id
@@ -459,44 +488,54 @@ func (s *SQLStore) take(ctx context.Context, tx tx, token string, req ClaimReque
 		// MySQL locks by primary key in id order, as acks lock rows, so
 		// claims and acks never deadlock; SQLite holds the write lock.
 		// Then what the cut keeps is claimed.
-		q, args := s.q.lockFree(s, ids)
-		locked, err := s.queryRows(ctx, tx, q, args, withReclaimed)
+		q, args := s.claimQ(req).lockFree(s, ids)
+		var locked []Row
+		err := s.scanRows(ctx, tx, q, args, withReclaimed, func(r Row, takenFrom sql.NullString) {
+			locked = append(locked, r)
+			note(r, takenFrom)
+		})
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		kept, _ := cut(cands, locked)
 		if len(kept) == 0 {
-			return nil, nil
+			return nil, nil, nil
 		}
-		q, args = s.q.claimIDs(s, token, req.Lease, rowIDs(kept))
+		q, args = s.claimQ(req).claimIDs(s, token, req.Lease, rowIDs(kept))
 		if _, err := tx.exec(ctx, q, args...); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		return kept, nil
+		return kept, takenOver(kept), nil
 	}
-	q, args := s.q.claimFree(s, token, req.Lease, ids)
+	q, args := s.claimQ(req).claimFree(s, token, req.Lease, ids)
 	var taken []Row
 	var err error
 	if p, ok := tx.(*pipeTx); ok {
 		// The take and COMMIT in one round trip; rows the cut drops are
 		// given back after it.
 		err = p.queryThenCommit(ctx, q, args, func(rs rows) error {
-			return s.readRows(rs, withReclaimed, func(r Row, _ sql.NullString) { taken = append(taken, r) })
+			return s.readRows(rs, withReclaimed, func(r Row, takenFrom sql.NullString) {
+				taken = append(taken, r)
+				note(r, takenFrom)
+			})
 		})
 	} else {
-		taken, err = s.queryRows(ctx, tx, q, args, withReclaimed)
+		err = s.scanRows(ctx, tx, q, args, withReclaimed, func(r Row, takenFrom sql.NullString) {
+			taken = append(taken, r)
+			note(r, takenFrom)
+		})
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	kept, dropped := cut(cands, taken)
 	if len(dropped) > 0 {
 		q, args := s.q.unclaim(s, token, dropped)
 		if _, err := tx.exec(ctx, q, args...); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
-	return kept, nil
+	return kept, takenOver(kept), nil
 }
 
 // cut keeps per-key order when a claim lost candidates between reading

@@ -1,7 +1,8 @@
 // Package storetest is the contract kit of watermilloutbox.Store: the tests
 // every store the relay runs on must pass (claims, fencing, leases, the
 // per-key ordering filter, failures, dead rows, releases, renewals, the
-// retention purge, topic filters, Listen). SQLStore runs it for PostgreSQL,
+// retention purge, topic filters, Listen, and, for a store that implements
+// watermilloutbox.RelayRegistry, relay liveness). SQLStore runs it for PostgreSQL,
 // MySQL/MariaDB and SQLite; run it against a store of your own:
 //
 //	func TestMyStore(t *testing.T) {
@@ -81,6 +82,9 @@ func Run(t *testing.T, h Harness) {
 		{"ListenAnswers", testListen},
 		{"MaintainAnswers", testMaintain},
 		{"ConfigIsValid", testConfig},
+		{"LiveRelayKeepsItsLease", testLiveRelayKeepsItsLease},
+		{"GoneRelayIsTakenOver", testGoneRelayIsTakenOver},
+		{"ExpiredRelayIsTakenOver", testExpiredRelayIsTakenOver},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

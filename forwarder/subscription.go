@@ -152,7 +152,8 @@ func (sub *subscription) free() int { return sub.cfg.MaxInFlight - sub.win.size(
 // claim starts a claim in a worker.
 func (sub *subscription) claim() {
 	limit := sub.sched.start(sub.free())
-	req := outbox.ClaimRequest{Topics: sub.topics, Limit: limit, Lease: sub.cfg.ClaimTimeout, Ordered: !sub.cfg.DisableOrdering}
+	req := outbox.ClaimRequest{Topics: sub.topics, Limit: limit, Lease: sub.cfg.ClaimTimeout, Ordered: !sub.cfg.DisableOrdering,
+		Relay: sub.s.live.relay()}
 	sub.spawn(func() {
 		ctx, cancel := workCtx()
 		defer cancel()
@@ -162,8 +163,9 @@ func (sub *subscription) claim() {
 			start = time.Now()
 		}
 		c, err := sub.s.store.Claim(ctx, req)
+		sub.s.live.tookOver(c.TakenOver)
 		if obs != nil {
-			obs.ObserveClaim(ClaimEvent{Handler: sub.s.handler, Rows: c.Rows, Duration: time.Since(start), Err: err})
+			obs.ObserveClaim(ClaimEvent{Handler: sub.s.handler, Rows: c.Rows, TakenOver: takenOver(c), Duration: time.Since(start), Err: err})
 		}
 		send(sub, sub.claims, claimed{token: c.Token, rows: c.Rows, more: c.More, limit: limit, err: err})
 	})

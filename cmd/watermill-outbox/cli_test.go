@@ -250,9 +250,9 @@ func testStatsAndList(t *testing.T, f *fixture) {
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	require.Len(t, lines, 4, out)
 	require.Equal(t, "table "+f.table, strings.SplitN(lines[0], " on ", 2)[0])
-	require.Regexp(t, `^TOPIC\s+PENDING\s+WAITING\s+LEASED\s+DEAD\s+OLDEST PENDING\s+OLDEST DEAD$`, lines[1])
-	require.Regexp(t, `^orders\.placed\s+2\s+0\s+0\s+4\s+\S+\s+\S+$`, lines[2])
-	require.Regexp(t, `^payments\s+0\s+0\s+0\s+3\s+-\s+\S+$`, lines[3])
+	require.Regexp(t, `^TOPIC\s+PENDING\s+WAITING\s+LEASED\s+ORPHANED\s+DEAD\s+OLDEST PENDING\s+OLDEST LEASED\s+OLDEST DEAD$`, lines[1])
+	require.Regexp(t, `^orders\.placed\s+2\s+0\s+0\s+0\s+4\s+\S+\s+-\s+\S+$`, lines[2])
+	require.Regexp(t, `^payments\s+0\s+0\s+0\s+0\s+3\s+-\s+-\s+\S+$`, lines[3])
 
 	var js statsJSON
 	require.NoError(t, json.Unmarshal([]byte(f.cli.ok("stats", "--json")), &js))

@@ -177,8 +177,8 @@ func (l *liveness) logTakeover(relay string) {
 	delete(l.timers, relay)
 	l.logged[relay] = true
 	l.mu.Unlock()
-	warn(l.logger, "Outbox relay took over rows from a relay declared dead (its heartbeat expired before their lease ended); "+
-		"they may be published twice", nil, watermill.LogFields{"relay": l.id, "dead_relay": relay, "rows": n})
+	l.logger.Info("Outbox relay took over rows from a relay declared dead (its heartbeat expired before their lease ended); "+
+		"they may be published twice", watermill.LogFields{"relay": l.id, "dead_relay": relay, "rows": n})
 }
 
 // flush logs the takeovers still waiting for their line.

@@ -124,6 +124,7 @@ func newFixture(t *testing.T, bin string, d cliDB) *fixture {
 	url, db := d.open(t)
 	table := testenv.TableName(t)
 	t.Cleanup(func() { _, _ = db.Exec(`DROP TABLE IF EXISTS ` + table) })
+	t.Cleanup(func() { _, _ = db.Exec(`DROP TABLE IF EXISTS ` + table + `_relays`) })
 	f := &fixture{t: t, db: db, table: table, cli: newCLI(t, bin, "OUTBOX_DATABASE_URL="+url, "OUTBOX_TABLE="+table)}
 	out := f.cli.ok("migrate")
 	require.Contains(t, out, "table "+table+" is up to date on ")

@@ -42,6 +42,7 @@ func newSQLStore(t *testing.T, dialect outbox.Dialect, db *sql.DB) *outbox.SQLSt
 	require.NoError(t, err)
 	require.NoError(t, store.Migrate(context.Background()))
 	t.Cleanup(func() { _, _ = db.Exec(`DROP TABLE IF EXISTS ` + table) })
+	t.Cleanup(func() { _, _ = db.Exec(`DROP TABLE IF EXISTS ` + table + `_relays`) })
 	return store
 }
 
@@ -85,6 +86,7 @@ func TestPgxStore(t *testing.T) {
 		require.NoError(t, err)
 		require.NoError(t, store.Migrate(context.Background()))
 		t.Cleanup(func() { _, _ = pool.Exec(context.Background(), `DROP TABLE IF EXISTS `+table) })
+		t.Cleanup(func() { _, _ = pool.Exec(context.Background(), `DROP TABLE IF EXISTS `+table+`_relays`) })
 		return store, inserter(store)
 	}
 	storetest.Run(t, h)

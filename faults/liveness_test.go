@@ -131,8 +131,8 @@ func (l *livenessRun) registered() int {
 // and rows it holds under a live lease.
 func (l *livenessRun) holding() (id string, keys, rows int) {
 	l.t.Helper()
-	err := l.s.db.QueryRow(`SELECT claimed_by, count(DISTINCT partition_key), count(*) FROM ` + l.s.table +
-		` WHERE state = 'pending' AND claimed_by IS NOT NULL AND claimed_until > ` + l.now() +
+	err := l.s.db.QueryRow(`SELECT claimed_by, count(DISTINCT partition_key), count(*) FROM `+l.s.table+
+		` WHERE state = 'pending' AND claimed_by IS NOT NULL AND claimed_until > `+l.now()+
 		` GROUP BY claimed_by ORDER BY 2 DESC, 3 DESC LIMIT 1`).Scan(&id, &keys, &rows)
 	if err != nil {
 		return "", 0, 0

@@ -160,16 +160,27 @@ func (l *livenessRun) relayOf(id string) *relay {
 }
 
 // victim waits for a moment when one relay holds rows over at least 3/4
-// of the keys, and returns it with its id.
+// of the keys, pauses it (SIGSTOP) there and returns it with its id. A
+// relay that settled its rows between the look and the pause is resumed
+// and the look made again (a pause this short declares nothing dead).
 func (l *livenessRun) victim() (*relay, string) {
 	l.t.Helper()
-	var id string
-	waitFast(l.t, time.Minute, "a relay holding rows over most keys", func() bool {
-		var keys int
-		id, keys, _ = l.holding()
-		return keys >= livenessKeys*3/4
-	})
-	return l.relayOf(id), id
+	for range 50 {
+		var id string
+		waitFast(l.t, time.Minute, "a relay holding rows over most keys", func() bool {
+			var keys int
+			id, keys, _ = l.holding()
+			return keys >= livenessKeys*3/4
+		})
+		r := l.relayOf(id)
+		r.pause()
+		if l.heldKeys(id) >= livenessKeys*3/4 {
+			return r, id
+		}
+		r.resume()
+	}
+	l.t.Fatal("no relay was caught holding rows over most keys")
+	return nil, ""
 }
 
 // held lists the rows relay id holds under a live lease: id → token.
@@ -294,7 +305,7 @@ func TestRelayKilledHandsOverInSeconds(t *testing.T) {
 func testRelayKilledHandsOver(t *testing.T, newScenario func(*testing.T) *scenario) {
 	s := newScenario(t)
 	l := startLivenessRun(t, s)
-	victim, id := l.victim()
+	victim, id := l.victim() // paused: it holds what it held
 	victim.kill9()
 	at := l.clock()
 	rows, keys := len(l.held(id)), l.heldKeys(id)
@@ -338,15 +349,18 @@ func testRelayPausedIsFenced(t *testing.T, newScenario func(*testing.T) *scenari
 		ports[i] = []string{"-metrics-addr", addrs[i]}
 	}
 	l := startLivenessRun(t, s, ports...)
+	befores := make([]float64, len(addrs))
+	for i, addr := range addrs {
+		befores[i] = scrape(t, addr, "outbox_relay_stale_rows_total")
+	}
 	victim, id := l.victim()
 	var addr string
+	var before float64
 	for i, r := range l.relays {
 		if r == victim {
-			addr = addrs[i]
+			addr, before = addrs[i], befores[i]
 		}
 	}
-	before := scrape(t, addr, "outbox_relay_stale_rows_total")
-	victim.pause()
 	at := l.clock()
 	tokens := l.held(id)
 	t.Logf("paused %s (%s) holding %d rows over %d of %d keys", victim.name, id, len(tokens), l.heldKeys(id), livenessKeys)

@@ -35,13 +35,22 @@ const (
 	sawLapse    = "Outbox relay was declared dead"
 )
 
-// livenessFigures are the scenarios' figures for the summary.
-var livenessFigures = map[string]string{}
+// livenessFigures are the scenarios' figures for the summary, over every
+// run of them: the worst stall, the most rows a relay held, the fenced
+// rows added up.
+var livenessFigures = map[string]float64{}
 
-func recordLiveness(name, figure string) {
+// livenessMax keeps the largest value of a figure; livenessSum adds up.
+func livenessMax(name string, v float64) {
 	resultsMu.Lock()
 	defer resultsMu.Unlock()
-	livenessFigures[name] = figure
+	livenessFigures[name] = max(livenessFigures[name], v)
+}
+
+func livenessSum(name string, v float64) {
+	resultsMu.Lock()
+	defer resultsMu.Unlock()
+	livenessFigures[name] += v
 }
 
 // livenessSummary is the summary's line for the liveness scenarios, ""
@@ -52,10 +61,14 @@ func livenessSummary() string {
 	if len(livenessFigures) == 0 {
 		return ""
 	}
-	line := "\nfaults: dead relay (default 300s lease):"
-	for _, name := range []string{"kill_worst_key_stall", "kill_held_rows", "stop_worst_key_stall", "stop_held_rows", "stop_fenced_rows", "stop_stale_accepted"} {
-		if v, ok := livenessFigures[name]; ok {
-			line += " " + name + "=" + v
+	line := "\nfaults: dead relay, default lease:"
+	for _, f := range []struct{ name, format string }{
+		{"kill_worst_key_stall", " %s=%.2fs"}, {"kill_held_rows", " %s=%.0f"},
+		{"stop_worst_key_stall", " %s=%.2fs"}, {"stop_held_rows", " %s=%.0f"},
+		{"stop_fenced_rows", " %s=%.0f"}, {"stop_stale_accepted", " %s=%.0f"},
+	} {
+		if v, ok := livenessFigures[f.name]; ok {
+			line += fmt.Sprintf(f.format, f.name, v)
 		}
 	}
 	return line
@@ -313,8 +326,8 @@ func testRelayKilledHandsOver(t *testing.T, newScenario func(*testing.T) *scenar
 	require.Positive(t, rows)
 
 	worst := l.stalls(at)
-	recordLiveness("kill_worst_key_stall", fmt.Sprintf("%.2fs", worst.Seconds()))
-	recordLiveness("kill_held_rows", strconv.Itoa(rows))
+	livenessMax("kill_worst_key_stall", worst.Seconds())
+	livenessMax("kill_held_rows", float64(rows))
 	waitFor(t, time.Minute, "the survivors to log the takeover", func() bool { return l.sawInAnyLog(sawTakeover) })
 	victim.start() // restarted, as an orchestrator would
 
@@ -368,8 +381,8 @@ func testRelayPausedIsFenced(t *testing.T, newScenario func(*testing.T) *scenari
 
 	worst := l.stalls(at)
 	waitFor(t, time.Minute, "every row the paused relay held to be taken over", func() bool { return l.stale(tokens) == 0 })
-	recordLiveness("stop_worst_key_stall", fmt.Sprintf("%.2fs", worst.Seconds()))
-	recordLiveness("stop_held_rows", strconv.Itoa(len(tokens)))
+	livenessMax("stop_worst_key_stall", worst.Seconds())
+	livenessMax("stop_held_rows", float64(len(tokens)))
 	victim.resume()
 
 	// Once resumed it learns it was declared dead; its pending acks and
@@ -378,8 +391,8 @@ func testRelayPausedIsFenced(t *testing.T, newScenario func(*testing.T) *scenari
 	waitFor(t, time.Minute, "a survivor to log the takeover", func() bool { return l.sawInAnyLog(sawTakeover) })
 	require.Zero(t, l.stale(tokens), "no row carries the stale relay's claim: none of its writes can be accepted")
 	fenced := scrape(t, addr, "outbox_relay_stale_rows_total") - before
-	recordLiveness("stop_fenced_rows", strconv.Itoa(int(fenced)))
-	recordLiveness("stop_stale_accepted", "0")
+	livenessSum("stop_fenced_rows", fenced)
+	livenessSum("stop_stale_accepted", float64(l.stale(tokens))) // 0, required above
 	t.Logf("the resumed relay's fenced writes were rejected for %d rows", int(fenced))
 
 	res := l.finish()

@@ -185,6 +185,15 @@ func (l *livenessRun) victim() (*relay, string) {
 		})
 		r := l.relayOf(id)
 		r.pause()
+		// A write it sent just before the pause (an ack of many rows)
+		// still lands: look again once what it holds stops changing.
+		prev := -1
+		poll(l.t, 20*time.Millisecond, 10*time.Second, "the paused relay's last write to land", func() bool {
+			n := len(l.held(id))
+			same := n == prev
+			prev = n
+			return same
+		})
 		if l.heldKeys(id) >= livenessKeys*3/4 {
 			return r, id
 		}

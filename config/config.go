@@ -70,6 +70,14 @@ const (
 	// cost of one probe publish a second during an outage.
 	DefaultUnavailableBackoffMax = time.Second
 
+	// DefaultRelayTimeout is how long a relay may go without a heartbeat
+	// before other relays take its rows over.
+	DefaultRelayTimeout = 3 * time.Second
+
+	// minRelayTimeout keeps the heartbeat (a third of the timeout) from
+	// turning into a busy loop against the database.
+	minRelayTimeout = 100 * time.Millisecond
+
 	// minUnavailableBackoffMax keeps the probes of a relay whose broker is
 	// down from turning into a busy loop.
 	minUnavailableBackoffMax = 10 * time.Millisecond
@@ -205,6 +213,17 @@ type Config struct {
 	// DefaultUnavailableBackoffMax (1s); zero means the default. At least
 	// 10ms.
 	UnavailableBackoffMax time.Duration `env:"UNAVAILABLE_BACKOFF_MAX_SECONDS"`
+
+	// RelayTimeout is how long a relay may go without a heartbeat before
+	// the other relays take over the rows it holds, whatever their lease
+	// (ClaimTimeout) says: a killed relay's keys wait about this long, not
+	// the lease. Each relay beats every RelayTimeout/3 in the table's
+	// registry (<Table>_relays). A relay paused or cut off from the
+	// database for longer is declared dead: the rows it was publishing may
+	// go out twice, never lost or out of order (its writes are fenced).
+	// Default DefaultRelayTimeout (3s); zero means the default. At least
+	// 100ms.
+	RelayTimeout time.Duration `env:"RELAY_TIMEOUT_SECONDS"`
 }
 
 // Default returns a Config with every default filled in.
@@ -254,6 +273,9 @@ func (c *Config) SetDefaults() {
 	}
 	if c.UnavailableBackoffMax == 0 {
 		c.UnavailableBackoffMax = DefaultUnavailableBackoffMax
+	}
+	if c.RelayTimeout == 0 {
+		c.RelayTimeout = DefaultRelayTimeout
 	}
 }
 
@@ -319,6 +341,9 @@ func (c Config) validate() []*fieldError {
 	}
 	if c.StrictOrder && c.DisableOrdering {
 		errs = append(errs, &fieldError{field: "StrictOrder", rule: "needs ordering: unset %s", other: "DisableOrdering", got: c.StrictOrder})
+	}
+	if c.RelayTimeout < minRelayTimeout {
+		add("RelayTimeout", "must be at least "+minRelayTimeout.String(), c.RelayTimeout)
 	}
 	if c.MaxPayloadBytes < 0 {
 		add("MaxPayloadBytes", "must not be negative", c.MaxPayloadBytes)

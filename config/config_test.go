@@ -35,6 +35,7 @@ func TestDefault(t *testing.T) {
 		NotifyInterval:     config.DefaultNotifyInterval,
 
 		UnavailableBackoffMax: config.DefaultUnavailableBackoffMax,
+		RelayTimeout:          config.DefaultRelayTimeout,
 	}, c)
 	require.NoError(t, c.Validate())
 
@@ -50,6 +51,7 @@ func TestDefault(t *testing.T) {
 	require.Equal(t, 1000, c.MaxInFlight)
 	require.Equal(t, 5*time.Millisecond, c.NotifyInterval)
 	require.Equal(t, time.Second, c.UnavailableBackoffMax)
+	require.Equal(t, 3*time.Second, c.RelayTimeout)
 }
 
 func TestSetDefaults(t *testing.T) {
@@ -82,6 +84,7 @@ func TestSetDefaults(t *testing.T) {
 			NotifyInterval:     20 * time.Millisecond,
 
 			UnavailableBackoffMax: 5 * time.Second,
+			RelayTimeout:          time.Second,
 		}
 		want := c
 		c.SetDefaults()
@@ -260,6 +263,7 @@ func TestFromEnvMap_allVariables(t *testing.T) {
 		"OUTBOX_NOTIFY_INTERVAL_SECONDS":     "0.002",
 
 		"OUTBOX_UNAVAILABLE_BACKOFF_MAX_SECONDS": "2.5",
+		"OUTBOX_RELAY_TIMEOUT_SECONDS":           "4",
 	})
 
 	require.NoError(t, err)
@@ -281,6 +285,7 @@ func TestFromEnvMap_allVariables(t *testing.T) {
 		NotifyInterval:     2 * time.Millisecond,
 
 		UnavailableBackoffMax: 2500 * time.Millisecond,
+		RelayTimeout:          4 * time.Second,
 	}, c)
 }
 

@@ -98,6 +98,7 @@ func newScenario(t *testing.T, dialect outbox.Dialect) *scenario {
 	require.NoError(t, err)
 	require.NoError(t, store.Migrate(context.Background()))
 	t.Cleanup(func() { _, _ = s.db.Exec(`DROP TABLE IF EXISTS ` + s.table) })
+	t.Cleanup(func() { _, _ = s.db.Exec(`DROP TABLE IF EXISTS ` + s.table + `_relays`) })
 	s.pub, err = outbox.NewPublisher(store, outbox.PublisherConfig{}, nil)
 	require.NoError(t, err)
 	return s

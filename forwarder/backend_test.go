@@ -67,6 +67,7 @@ func newRelayEnv(t *testing.T, b backend) *relayEnv {
 	e.store = e.with(t, fastConfig())
 	require.NoError(t, e.store.Migrate(context.Background()))
 	t.Cleanup(func() { _, _ = db.Exec(`DROP TABLE IF EXISTS ` + e.table) })
+	t.Cleanup(func() { _, _ = db.Exec(`DROP TABLE IF EXISTS ` + e.table + `_relays`) })
 	pub, err := outbox.NewPublisher(e.store, outbox.PublisherConfig{AutoCommit: true}, nil)
 	require.NoError(t, err)
 	e.pub = pub

@@ -5,8 +5,10 @@
 //
 // A Forwarder is a Subscriber over the table plus a router handler:
 //
-//   - the Subscriber claims due rows in short, fenced transactions (leases
-//     that expire, so a crashed relay's rows are taken over), emits them as
+//   - the Subscriber claims due rows in short, fenced transactions (a
+//     relay that stops beating in the store's relay registry for
+//     RelayTimeout is dead, and its rows are taken over whatever their
+//     lease; a lease also expires on its own), emits them as
 //     Watermill messages with their original UUID, payload and metadata,
 //     keeps per-key order, renews leases, and settles each row by what the
 //     handler recorded for it: published, retried with backoff, dead after
@@ -36,6 +38,9 @@
 //   - settle.go: the one decision of a row's fate from a verdict, and the
 //     fenced writes that carry it out;
 //   - acks.go, renew.go: batched ack writes and lease renewals;
+//   - heartbeat.go: the relay's heartbeat in the store's relay registry,
+//     and the lines that say it was declared dead or took over a dead
+//     relay's rows;
 //   - dbretry.go: the one retry policy for every database call the loop
 //     retries;
 //   - subscription.go: the loop itself, running and draining (shutdown is

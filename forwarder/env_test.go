@@ -2,6 +2,7 @@ package forwarder_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"slices"
 	"strings"
@@ -348,6 +349,41 @@ func TestEveryEnvironmentVariableChangesBehaviour(t *testing.T) {
 		require.Less(t, slow.Load(), int32(15), "with a 60s cap the pauses grow past the 20ms cap's")
 		require.Zero(t, e.count(t, "attempts > 0"), "an unavailable broker charges nothing")
 	})
+
+	t.Run("OUTBOX_RELAY_TIMEOUT_SECONDS", func(t *testing.T) {
+		t.Parallel()
+		e := newRelayEnv(t, backends[2])
+		// Each relay registers alive for its timeout: the time others
+		// wait before taking its rows over, should it die.
+		runForwarder(t, fromEnv(t, e, fast(map[string]string{"OUTBOX_RELAY_TIMEOUT_SECONDS": "0.5"})), newRecorder(), forwarder.Config{HandlerName: "quick"})
+		runForwarder(t, fromEnv(t, e, fast(map[string]string{"OUTBOX_RELAY_TIMEOUT_SECONDS": "3600"})), newRecorder(), forwarder.Config{HandlerName: "slow"})
+		var left []int64 // µs each relay is alive for from now
+		waitFor(t, 30*time.Second, "both relays to register", func() bool {
+			var err error
+			left, err = queryInts(e.db, `SELECT alive_until - CAST(unixepoch('subsec') * 1000000 AS INTEGER) FROM `+e.table+`_relays ORDER BY 1`)
+			require.NoError(t, err)
+			return len(left) == 2
+		})
+		require.LessOrEqual(t, left[0], int64(500_000), "alive for at most 0.5s")
+		require.Greater(t, left[1], int64(3000*time.Second/time.Microsecond), "alive for about an hour")
+	})
+}
+
+func queryInts(db *sql.DB, q string) ([]int64, error) {
+	rows, err := db.Query(q)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []int64
+	for rows.Next() {
+		var v int64
+		if err := rows.Scan(&v); err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
 }
 
 // notificationsBetween counts the NOTIFYs on e's channel that fn causes:

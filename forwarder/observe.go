@@ -64,6 +64,9 @@ type ClaimEvent struct {
 	// Rows are the rows claimed, in id order (Row.Reclaimed marks those
 	// taken over from an expired lease). Read them only during the call.
 	Rows []outbox.Row
+	// TakenOver counts the rows of Rows taken from relays declared dead
+	// (their heartbeat expired) before their lease ended.
+	TakenOver int
 	// Duration is how long Store.Claim took.
 	Duration time.Duration
 	// Err is the claim's error; Rows is empty then.

@@ -43,7 +43,10 @@ type SubscriberConfig struct {
 //     backoff with jitter, releasing the claim at once; at MaxRetryCount the
 //     row is dead.
 //   - Rows leased longer than half the claim timeout get their lease renewed
-//     while they are held; a crashed relay's rows are claimed again when its
+//     while they are held. The subscriber beats in the store's relay
+//     registry (watermilloutbox.RelayRegistry) every RelayTimeout/3; a
+//     crashed relay's rows are claimed again once its heartbeat is
+//     RelayTimeout old, or, on a store without a registry, when their
 //     lease expires.
 //   - With ordering on, messages of one partition key are emitted one at a
 //     time, in id order: the next only after the previous was acked. A nack
@@ -73,6 +76,7 @@ type Subscriber struct {
 	// failures, dead rows and fenced writes under the handler's name.
 	obs     Observer
 	handler string
+	live    *liveness // heartbeat in the store's relay registry
 
 	closing   chan struct{}
 	closeOnce sync.Once
@@ -122,6 +126,7 @@ func newSubscriber(store outbox.Store, sc SubscriberConfig, logger watermill.Log
 		handler: handler,
 		closing: make(chan struct{}),
 		subs:    make(map[*subscription]struct{}),
+		live:    newLiveness(store, cfg.RelayTimeout, logger),
 	}, nil
 }
 
@@ -158,6 +163,7 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 		s.subsWg.Add(1)
 		go s.listen()
 	}
+	s.live.start()
 	sub := newSubscription(s, ctx, filter)
 	s.subs[sub] = struct{}{}
 	s.subsWg.Add(1)
@@ -240,6 +246,7 @@ func (s *Subscriber) Close() error {
 	s.closeOnce.Do(func() { close(s.closing) })
 	s.mu.Unlock()
 	s.subsWg.Wait()
+	s.live.close() // after the subscriptions released their rows
 	return nil
 }
 

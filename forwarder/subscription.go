@@ -161,7 +161,8 @@ func (sub *subscription) capacity() int {
 // claim starts a claim in a worker.
 func (sub *subscription) claim() {
 	limit := sub.sched.start(sub.free())
-	req := outbox.ClaimRequest{Topics: sub.topics, Limit: limit, Lease: sub.cfg.ClaimTimeout, Ordered: !sub.cfg.DisableOrdering, StrictOrder: sub.cfg.StrictOrder}
+	req := outbox.ClaimRequest{Topics: sub.topics, Limit: limit, Lease: sub.cfg.ClaimTimeout, Ordered: !sub.cfg.DisableOrdering,
+		StrictOrder: sub.cfg.StrictOrder, Relay: sub.s.live.relay()}
 	sub.spawn(func() {
 		ctx, cancel := workCtx()
 		defer cancel()
@@ -171,8 +172,9 @@ func (sub *subscription) claim() {
 			start = time.Now()
 		}
 		c, err := sub.s.store.Claim(ctx, req)
+		sub.s.live.tookOver(c.TakenOver)
 		if obs != nil {
-			obs.ObserveClaim(ClaimEvent{Handler: sub.s.handler, Rows: c.Rows, Duration: time.Since(start), Err: err})
+			obs.ObserveClaim(ClaimEvent{Handler: sub.s.handler, Rows: c.Rows, TakenOver: takenOver(c), Duration: time.Since(start), Err: err})
 		}
 		send(sub, sub.claims, claimed{token: c.Token, rows: c.Rows, more: c.More, limit: limit, err: err})
 	})

@@ -21,9 +21,11 @@
 //
 //	outbox_pending{topic}                        rows due now that no relay holds
 //	outbox_waiting{topic}                        rows backing off after a failed attempt
-//	outbox_leased{topic}                         rows a relay holds a live lease on
+//	outbox_leased{topic}                         rows a live relay holds a lease on
+//	outbox_orphaned{topic}                       rows still leased to a relay that is gone (heartbeat expired): the next claim takes them over
 //	outbox_dead{topic}                           dead rows
 //	outbox_oldest_pending_age_seconds{topic}     age of the oldest undelivered row: alert on it
+//	outbox_oldest_leased_age_seconds{topic}      age of the oldest leased or orphaned row: how long a key has waited on a lease
 //	outbox_oldest_dead_age_seconds{topic}        age of the oldest dead row
 //	outbox_backlog{topic}                        undelivered rows; past StatsLimit the planner's estimate
 //	outbox_blocked_keys{topic}                   keys held back by a failing (or, strict, dead) head
@@ -41,6 +43,7 @@
 //	outbox_relay_failed_total{handler_name,topic,kind}      failed deliveries; kind: transient, unavailable, permanent, unhandled
 //	outbox_relay_dead_total{handler_name,topic}             rows made dead
 //	outbox_relay_stale_rows_total{handler_name,operation}   rows a fenced write was rejected for: their claim was stale
+//	outbox_relay_taken_over_total{handler_name}             rows claimed from relays declared dead before their lease ended (possible duplicates)
 //	outbox_relay_db_errors_total{handler_name,operation}    failed (and retried) claims and fenced writes
 //	outbox_relay_lag_seconds{handler_name,topic}            histogram: row insert to the destination's confirmation
 //	outbox_relay_claim_duration_seconds{handler_name}       histogram: successful claims

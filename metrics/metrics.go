@@ -186,8 +186,8 @@ type Metrics struct {
 
 	// The table's figures, cached.
 	descs struct {
-		pending, waiting, leased, dead, capped, oldestPending, oldestDead, refreshed *prometheus.Desc
-		backlog, blocked, oldestBlocked                                              *prometheus.Desc
+		pending, waiting, leased, orphaned, dead, capped, oldestPending, oldestLeased, oldestDead, refreshed *prometheus.Desc
+		backlog, blocked, oldestBlocked                                                                      *prometheus.Desc
 	}
 	blockedSrc      BlockedSource // nil: no blocked-key gauges
 	refreshFailures prometheus.Counter
@@ -204,7 +204,7 @@ type Metrics struct {
 	// The relay's.
 	claimed, reclaimed, published, dead *prometheus.CounterVec
 	failed                              *prometheus.CounterVec
-	staleRows, dbErrors                 *prometheus.CounterVec
+	staleRows, dbErrors, takenOver      *prometheus.CounterVec
 	lag                                 *prometheus.HistogramVec
 	claimDuration, writeDuration        *prometheus.HistogramVec
 	paused                              *prometheus.GaugeVec
@@ -261,10 +261,12 @@ func New(stats StatsSource, config Config, logger watermill.LoggerAdapter) (*Met
 	d := &m.descs
 	d.pending = desc("outbox_pending", "Undelivered rows due now that no relay holds, per topic.", labelTopic)
 	d.waiting = desc("outbox_waiting", "Undelivered rows backing off after a failed attempt, not due yet, per topic.", labelTopic)
-	d.leased = desc("outbox_leased", "Undelivered rows a relay holds a live lease on, per topic.", labelTopic)
+	d.leased = desc("outbox_leased", "Undelivered rows a live relay holds a lease on, per topic.", labelTopic)
+	d.orphaned = desc("outbox_orphaned", "Undelivered rows still leased to a relay that is gone (its heartbeat expired), per topic: the next claim of a live relay takes them over; if this stays above zero, no relay is claiming.", labelTopic)
 	d.dead = desc("outbox_dead", "Dead rows (the relay gave up on them; see ListDead, Requeue), per topic.", labelTopic)
 	d.capped = desc("outbox_stats_capped", "1 when the topic's undelivered (group=\"undelivered\") or dead (group=\"dead\") rows exceed the rows Stats reads, so the row gauges count only that many (watermilloutbox.StatsLimit).", labelTopic, labelGroup)
 	d.oldestPending = desc("outbox_oldest_pending_age_seconds", "Age of the topic's oldest undelivered row, by the database's clock.", labelTopic)
+	d.oldestLeased = desc("outbox_oldest_leased_age_seconds", "Age of the topic's oldest leased (or orphaned) row since it was written, by the database's clock: how long a key has waited on a lease.", labelTopic)
 	d.oldestDead = desc("outbox_oldest_dead_age_seconds", "Age of the topic's oldest dead row since it was written, by the database's clock.", labelTopic)
 	d.backlog = desc("outbox_backlog", "Undelivered rows (pending + waiting + leased), per topic: counted up to watermilloutbox.StatsLimit, past it (outbox_stats_capped{group=\"undelivered\"} 1) the database planner's estimate.", labelTopic)
 	d.blocked = desc("outbox_blocked_keys", "Partition keys held back by a head that is backing off or (StrictOrder) dead, per topic; counted up to metrics.MaxBlockedKeys over all topics (outbox_stats_capped{group=\"blocked\"}).", labelTopic)
@@ -284,6 +286,7 @@ func New(stats StatsSource, config Config, logger watermill.LoggerAdapter) (*Met
 	m.failed = counter("outbox_relay_failed_total", "Deliveries the destination did not accept, by kind: transient (an attempt charged, retried), unavailable (each attempt that found the destination unreachable, as it happens; nothing charged), permanent (dead at once), unhandled (the router acked or nacked without the forwarder's handler; charged as transient).", labelHandler, labelTopic, labelKind)
 	m.dead = counter("outbox_relay_dead_total", "Rows the relay made dead.", labelHandler, labelTopic)
 	m.staleRows = counter("outbox_relay_stale_rows_total", "Rows a fenced write was rejected for because their claim was stale (the lease expired and another claim took them over), by write.", labelHandler, labelOperation)
+	m.takenOver = counter("outbox_relay_taken_over_total", "Rows the relay claimed from relays declared dead (their heartbeat expired) before those rows' lease ended: possibly published twice. Also counted in outbox_relay_reclaimed_total.", labelHandler)
 	m.dbErrors = counter("outbox_relay_db_errors_total", "Claims and fenced writes that failed and were retried.", labelHandler, labelOperation)
 	m.lag = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name: name("outbox_relay_lag_seconds"), ConstLabels: config.ConstLabels, Buckets: config.LagBuckets,
@@ -306,7 +309,7 @@ func New(stats StatsSource, config Config, logger watermill.LoggerAdapter) (*Met
 
 func (m *Metrics) vectors() []prometheus.Collector {
 	return []prometheus.Collector{
-		m.claimed, m.reclaimed, m.published, m.failed, m.dead, m.staleRows, m.dbErrors,
+		m.claimed, m.reclaimed, m.published, m.failed, m.dead, m.staleRows, m.dbErrors, m.takenOver,
 		m.lag, m.claimDuration, m.writeDuration, m.paused,
 	}
 }
@@ -320,7 +323,7 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 		return
 	}
 	d := &m.descs
-	for _, desc := range []*prometheus.Desc{d.pending, d.waiting, d.leased, d.dead, d.capped, d.oldestPending, d.oldestDead, d.refreshed, d.backlog} {
+	for _, desc := range []*prometheus.Desc{d.pending, d.waiting, d.leased, d.orphaned, d.dead, d.capped, d.oldestPending, d.oldestLeased, d.oldestDead, d.refreshed, d.backlog} {
 		ch <- desc
 	}
 	if m.blockedSrc != nil {
@@ -365,10 +368,12 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 		gauge(d.pending, float64(t.Pending), t.Topic)
 		gauge(d.waiting, float64(t.Waiting), t.Topic)
 		gauge(d.leased, float64(t.Leased), t.Topic)
+		gauge(d.orphaned, float64(t.Orphaned), t.Topic)
 		gauge(d.dead, float64(t.Dead), t.Topic)
 		gauge(d.capped, flag(t.BacklogCapped), t.Topic, "undelivered")
 		gauge(d.capped, flag(t.DeadCapped), t.Topic, "dead")
 		gauge(d.oldestPending, t.OldestPending.Seconds(), t.Topic)
+		gauge(d.oldestLeased, t.OldestLeased.Seconds(), t.Topic)
 		gauge(d.oldestDead, t.OldestDead.Seconds(), t.Topic)
 		backlog := float64(t.Undelivered())
 		if t.BacklogEstimate > 0 {
@@ -525,6 +530,9 @@ func (m *Metrics) ObserveClaim(e forwarder.ClaimEvent) {
 	}
 	m.claimDuration.WithLabelValues(e.Handler).Observe(e.Duration.Seconds())
 	m.paused.WithLabelValues(e.Handler) // 0 from the first claim on, not absent until a pause
+	if e.TakenOver > 0 {
+		m.takenOver.WithLabelValues(e.Handler).Add(float64(e.TakenOver))
+	}
 	// Rows of a topic mostly come in runs: one lookup and one Add per run.
 	for i := 0; i < len(e.Rows); {
 		topic := e.Rows[i].Topic

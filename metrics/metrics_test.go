@@ -41,6 +41,7 @@ func newOutbox(t *testing.T, cfg config.Config) *outboxEnv {
 	require.NoError(t, err)
 	require.NoError(t, store.Migrate(context.Background()))
 	t.Cleanup(func() { _, _ = db.Exec(`DROP TABLE IF EXISTS ` + cfg.Table) })
+	t.Cleanup(func() { _, _ = db.Exec(`DROP TABLE IF EXISTS ` + cfg.Table + `_relays`) })
 	pub, err := outbox.NewPublisher(store, outbox.PublisherConfig{AutoCommit: true}, nil)
 	require.NoError(t, err)
 	return &outboxEnv{db: db, table: cfg.Table, store: store, pub: pub}

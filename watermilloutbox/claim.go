@@ -2,6 +2,7 @@ package watermilloutbox
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"slices"
@@ -123,6 +124,9 @@ func (s *SQLStore) Claim(ctx context.Context, req ClaimRequest) (Claimed, error)
 	if req.Lease <= 0 {
 		return Claimed{}, fmt.Errorf("outbox: claim: lease must be positive, got %s", req.Lease)
 	}
+	if req.Relay != "" && !validRelayID(req.Relay) {
+		return Claimed{}, fmt.Errorf("outbox: claim: invalid relay id %q: want 1 to %d letters, digits and . _ : -", req.Relay, maxRelayID)
+	}
 	if err := s.checkDialect(ctx); err != nil {
 		return Claimed{}, fmt.Errorf("outbox: claim: %w", err)
 	}
@@ -192,7 +196,7 @@ func (s *SQLStore) claim(ctx context.Context, tx tx, req ClaimRequest, c *Claime
 	if len(cands) == 0 {
 		return nil
 	}
-	c.Rows, err = s.take(ctx, tx, c.Token, req, cands, taking)
+	c.Rows, c.TakenOver, err = s.take(ctx, tx, c.Token, req, cands, taking)
 	return err
 }
 
@@ -202,13 +206,13 @@ func (s *SQLStore) claim(ctx context.Context, tx tx, req ClaimRequest, c *Claime
 func (s *SQLStore) opening(req ClaimRequest) []pipeItem {
 	q, args := s.q.promote(req.Limit)
 	items := []pipeItem{{q: q, args: args, exec: true}}
-	q, args = s.q.keyless(req.Topics, req.Limit)
+	q, args = s.claimQ(req).keyless(req.Topics, req.Limit)
 	items = append(items, pipeItem{q: q, args: args})
 	if req.Topics.All() {
 		if req.Ordered {
-			q, args = s.q.walk(nil, s.cursor.get(), walkBudget(req.Limit), req.StrictOrder)
+			q, args = s.claimQ(req).walk(nil, s.cursor.get(), walkBudget(req.Limit), req.StrictOrder)
 		} else {
-			q, args = s.q.keyedRows(nil, s.cursor.get(), req.Limit)
+			q, args = s.claimQ(req).keyedRows(nil, s.cursor.get(), req.Limit)
 		}
 		items = append(items, pipeItem{q: q, args: args})
 	}
@@ -242,7 +246,7 @@ func (s *SQLStore) candidates(ctx context.Context, tx tx, req ClaimRequest) ([]c
 
 // keyless reads up to req.Limit due, unleased keyless rows, oldest first.
 func (s *SQLStore) keyless(ctx context.Context, tx tx, req ClaimRequest) ([]candidate, error) {
-	q, args := s.q.keyless(req.Topics, req.Limit)
+	q, args := s.claimQ(req).keyless(req.Topics, req.Limit)
 	ids, err := queryColumn[int64](ctx, tx, q, args...)
 	out := make([]candidate, len(ids))
 	for i, id := range ids {
@@ -276,7 +280,7 @@ func (s *SQLStore) keyedRuns(ctx context.Context, tx tx, req ClaimRequest) ([]ca
 	}
 	var runs map[keyPos][]runRow
 	if share > 1 {
-		if runs, err = s.runs(ctx, tx, chained, share); err != nil {
+		if runs, err = s.runs(ctx, tx, s.claimQ(req), chained, share); err != nil {
 			return nil, false, err
 		}
 	}
@@ -309,8 +313,8 @@ type runRow struct {
 
 // runs reads, for each key, up to n non-waiting pending rows from its head
 // on, in id order.
-func (s *SQLStore) runs(ctx context.Context, tx tx, heads []keyHead, n int) (map[keyPos][]runRow, error) {
-	q, args := s.q.runs(heads, n)
+func (s *SQLStore) runs(ctx context.Context, tx tx, cq claimSQL, heads []keyHead, n int) (map[keyPos][]runRow, error) {
+	q, args := cq.runs(heads, n)
 	rs, err := tx.query(ctx, q, args...)
 	if err != nil {
 		return nil, err
@@ -399,8 +403,9 @@ func (s *SQLStore) round(ctx context.Context, tx tx, topics TopicFilter, visit f
 func (s *SQLStore) walkKeys(ctx context.Context, tx tx, req ClaimRequest, budget int) ([]keyHead, bool, error) {
 	var heads []keyHead
 	seen := make(map[keyPos]bool)
+	cq := s.claimQ(req)
 	err := s.round(ctx, tx, req.Topics, func(seg *string, after keyPos, again bool) (bool, error) {
-		q, args := s.q.walk(seg, after, budget-len(heads), req.StrictOrder)
+		q, args := cq.walk(seg, after, budget-len(heads), req.StrictOrder)
 		rs, err := tx.query(ctx, q, args...)
 		if err != nil {
 			return false, err
@@ -436,7 +441,7 @@ func (s *SQLStore) keyedRows(ctx context.Context, tx tx, req ClaimRequest) ([]ca
 	var last keyPos
 	seen := make(map[int64]bool)
 	err := s.round(ctx, tx, req.Topics, func(seg *string, after keyPos, again bool) (bool, error) {
-		q, args := s.q.keyedRows(seg, after, req.Limit-len(out))
+		q, args := s.claimQ(req).keyedRows(seg, after, req.Limit-len(out))
 		rs, err := tx.query(ctx, q, args...)
 		if err != nil {
 			return false, err
@@ -465,12 +470,49 @@ func (s *SQLStore) keyedRows(ctx context.Context, tx tx, req ClaimRequest) ([]ca
 	return out, len(out) >= req.Limit, nil
 }
 
+// claimQ is the statement builder of one claim, naming its relay.
+func (s *SQLStore) claimQ(req ClaimRequest) claimSQL {
+	q := s.q
+	q.relay = req.Relay
+	return q
+}
+
 // take locks the candidates that are still free (skipping rows locked by
-// others), claims them, and returns them. In an ordered claim, a run that
-// lost a row keeps only the rows before it: the rest are not claimed. A
-// taken row that cannot be decoded is made dead with the reason instead
+// others), claims them, and returns them, and how many it took over from
+// each relay declared dead (Claimed.TakenOver). In an ordered claim, a run
+// that lost a row keeps only the rows before it: the rest are not claimed.
+// A taken row that cannot be decoded is made dead with the reason instead
 // of being returned (bury).
-func (s *SQLStore) take(ctx context.Context, tx tx, token string, req ClaimRequest, cands []candidate, taking *[]int64) ([]Row, error) {
+func (s *SQLStore) take(ctx context.Context, tx tx, token string, req ClaimRequest, cands []candidate, taking *[]int64) ([]Row, map[string]int, error) {
+	from := make(map[int64]string) // row → the dead relay it was taken from
+	var bad map[int64]string
+	collect := func(into *[]Row) func(Row, sql.NullString, error) {
+		add := collectRows(into, &bad)
+		return func(r Row, takenFrom sql.NullString, why error) {
+			add(r, takenFrom, why)
+			if takenFrom.String != "" {
+				from[r.ID] = takenFrom.String
+			}
+		}
+	}
+	// finish buries the undecodable rows of kept and counts what the rest
+	// took over from dead relays.
+	finish := func(kept []Row) ([]Row, map[string]int, error) {
+		kept, err := s.bury(ctx, tx, token, kept, bad)
+		if err != nil {
+			return nil, nil, err
+		}
+		var out map[string]int
+		for _, r := range kept {
+			if relay, ok := from[r.ID]; ok {
+				if out == nil {
+					out = make(map[string]int)
+				}
+				out[relay]++
+			}
+		}
+		return kept, out, nil
+	}
 	ids := make([]int64, len(cands))
 	for i, c := range cands {
 		ids[i] = c.id
@@ -479,24 +521,24 @@ func (s *SQLStore) take(ctx context.Context, tx tx, token string, req ClaimReque
 		// MySQL locks by primary key in id order, as acks lock rows, so
 		// claims and acks never deadlock; SQLite holds the write lock.
 		// Then what the cut keeps is claimed.
-		q, args := s.q.lockFree(s, ids)
-		locked, bad, err := s.queryRows(ctx, tx, q, args, withReclaimed)
+		q, args := s.claimQ(req).lockFree(s, ids)
+		var locked []Row
+		err := s.scanRows(ctx, tx, q, args, withReclaimed, collect(&locked))
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		kept, _ := cut(cands, locked)
 		if len(kept) == 0 {
-			return nil, nil
+			return nil, nil, nil
 		}
-		q, args = s.q.claimIDs(s, token, req.Lease, rowIDs(kept))
+		q, args = s.claimQ(req).claimIDs(s, token, req.Lease, rowIDs(kept))
 		if _, err := tx.exec(ctx, q, args...); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		return s.bury(ctx, tx, token, kept, bad)
+		return finish(kept)
 	}
-	q, args := s.q.claimFree(s, token, req.Lease, ids)
+	q, args := s.claimQ(req).claimFree(s, token, req.Lease, ids)
 	var taken []Row
-	var bad map[int64]string
 	var err error
 	if p, ok := tx.(*pipeTx); ok {
 		// The take and COMMIT in one round trip; rows the cut drops are
@@ -504,25 +546,25 @@ func (s *SQLStore) take(ctx context.Context, tx tx, token string, req ClaimReque
 		// are (see Claim): the take may have committed.
 		*taking = ids
 		err = p.queryThenCommit(ctx, q, args, func(rs rows) error {
-			return s.readRows(rs, withReclaimed, collectRows(&taken, &bad))
+			return s.readRows(rs, withReclaimed, collect(&taken))
 		})
 		if err == nil && s.takeHook != nil {
 			err = s.takeHook()
 		}
 	} else {
-		taken, bad, err = s.queryRows(ctx, tx, q, args, withReclaimed)
+		err = s.scanRows(ctx, tx, q, args, withReclaimed, collect(&taken))
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	kept, dropped := cut(cands, taken)
 	if len(dropped) > 0 {
 		q, args := s.q.unclaim(s, token, dropped)
 		if _, err := tx.exec(ctx, q, args...); err != nil {
-			return nil, fmt.Errorf("give back rows the cut dropped: %w", err)
+			return nil, nil, fmt.Errorf("give back rows the cut dropped: %w", err)
 		}
 	}
-	return s.bury(ctx, tx, token, kept, bad)
+	return finish(kept)
 }
 
 // bury makes the rows of kept that bad names dead, with the reason as their

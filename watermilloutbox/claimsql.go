@@ -8,15 +8,37 @@ import (
 
 // claimSQL builds the statements of a claim (claim.go) in the table's
 // dialect. Every statement that reads candidates repeats the predicate of
-// the partial index it means to walk (see table.ddl).
-type claimSQL struct{ t table }
+// the partial index it means to walk (see table.ddl). relay is the
+// claiming relay (ClaimRequest.Relay, validated), "" for none.
+type claimSQL struct {
+	t     table
+	relay string
+}
 
 func (q claimSQL) p(n int) string { return q.t.dialect.placeholder(n) }
 
-// free is the condition of a row a claim may take: due and not leased.
+// free is the condition of a row a claim may take: due, and not leased or
+// leased to a relay whose heartbeat expired (relays.go). It is never NULL.
 func (q claimSQL) free(alias string) string {
 	now := q.t.now()
-	return alias + "available_at <= " + now + " AND (" + alias + "claimed_until IS NULL OR " + alias + "claimed_until < " + now + ")"
+	return alias + "available_at <= " + now + " AND (" + alias + "claimed_until IS NULL OR " + alias + "claimed_until < " + now +
+		" OR " + q.t.heldByDead(alias, q.relay) + ")"
+}
+
+// takenFrom says, for a row being claimed, whose claim it held: NULL for
+// none, the relay's id for a relay declared dead whose lease had not ended
+// (a takeover), "" for a lease that had ended.
+func (q claimSQL) takenFrom(alias string) string {
+	return "CASE WHEN " + alias + "claim_token IS NULL THEN NULL WHEN " + alias + "claimed_until >= " + q.t.now() + " AND " +
+		q.t.heldByDead(alias, q.relay) + " THEN " + alias + "claimed_by ELSE '' END"
+}
+
+// holder is the claimed_by value a claim writes.
+func (q claimSQL) holder() any {
+	if q.relay == "" {
+		return nil
+	}
+	return q.relay
 }
 
 // promote turns waiting rows whose delay has passed into plain pending rows
@@ -174,7 +196,7 @@ func (q claimSQL) runs(heads []keyHead, n int) (string, []any) {
 		}
 		return `SELECT c.topic, c.partition_key, r.id, ` + q.free("r.") + `
 FROM unnest($1::text[], $2::text[], $3::bigint[]) AS c(topic, partition_key, head)
-CROSS JOIN LATERAL (SELECT id, available_at, claimed_until FROM ` + t.quoted + ` WHERE ` + keyedPredicate +
+CROSS JOIN LATERAL (SELECT id, available_at, claimed_until, claimed_by FROM ` + t.quoted + ` WHERE ` + keyedPredicate +
 			` AND topic = c.topic AND partition_key = c.partition_key AND id >= c.head ORDER BY id LIMIT $4) r`, []any{topics, keys, ids, n}
 	}
 	// No LATERAL on MariaDB or SQLite: one part per key.
@@ -217,34 +239,34 @@ func (q claimSQL) takeFree(alias string) string {
 }
 
 // claimFree claims the candidates that are still free, skipping rows
-// another transaction holds, and returns them with whether each was
-// reclaimed (PostgreSQL).
+// another transaction holds, and returns them with whose claim each held
+// (takenFrom; PostgreSQL).
 func (q claimSQL) claimFree(s *SQLStore, token string, lease time.Duration, ids []int64) (string, []any) {
-	return `UPDATE ` + q.t.quoted + ` t SET claim_token = $1, claimed_until = ` + s.plus(2) +
-		` FROM (SELECT id, claim_token IS NOT NULL AS reclaimed FROM ` + q.t.quoted + ` WHERE id = ANY($3) AND ` + q.takeFree("") +
+	return `UPDATE ` + q.t.quoted + ` t SET claim_token = $1, claimed_until = ` + s.plus(2) + `, claimed_by = $4` +
+		` FROM (SELECT id, ` + q.takenFrom("") + ` AS taken_from FROM ` + q.t.quoted + ` WHERE id = ANY($3) AND ` + q.takeFree("") +
 		` FOR UPDATE SKIP LOCKED) c WHERE t.id = c.id
-RETURNING ` + s.rowColumns("t.") + `, c.reclaimed`, []any{token, lease.Microseconds(), ids}
+RETURNING ` + s.rowColumns("t.") + `, c.taken_from`, []any{token, lease.Microseconds(), ids, q.holder()}
 }
 
 // lockFree locks the candidates that are still free by primary key, in id
 // order, skipping rows another transaction holds, and returns them with
-// whether each was reclaimed (MySQL; SQLite, whose claim holds the write
-// lock, reads them).
+// whose claim each held (takenFrom; MySQL; SQLite, whose claim holds the
+// write lock, reads them).
 func (q claimSQL) lockFree(s *SQLStore, ids []int64) (string, []any) {
 	in, args := s.idList(1, ids)
 	lock := " FOR UPDATE SKIP LOCKED"
 	if q.t.dialect == SQLite {
 		lock = ""
 	}
-	return `SELECT ` + s.rowColumns("") + `, claim_token IS NOT NULL FROM ` + q.t.quoted + ` WHERE ` + in + ` AND ` + q.takeFree("") +
+	return `SELECT ` + s.rowColumns("") + `, ` + q.takenFrom("") + ` FROM ` + q.t.quoted + ` WHERE ` + in + ` AND ` + q.takeFree("") +
 		` ORDER BY id` + lock, args
 }
 
 // claimIDs claims rows locked by lockFree.
 func (q claimSQL) claimIDs(s *SQLStore, token string, lease time.Duration, ids []int64) (string, []any) {
-	in, args := s.idList(3, ids)
-	return `UPDATE ` + q.t.quoted + ` SET claim_token = ` + q.p(1) + `, claimed_until = ` + s.plus(2) + ` WHERE ` + in,
-		append([]any{token, lease.Microseconds()}, args...)
+	in, args := s.idList(4, ids)
+	return `UPDATE ` + q.t.quoted + ` SET claim_token = ` + q.p(1) + `, claimed_until = ` + s.plus(2) + `, claimed_by = ` + q.p(3) + ` WHERE ` + in,
+		append([]any{token, lease.Microseconds(), q.holder()}, args...)
 }
 
 // unclaim gives back rows the claim took but the cut dropped.

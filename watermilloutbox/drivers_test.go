@@ -77,6 +77,7 @@ var pgDrivers = []pgDriver{
 				store: func(t *testing.T, cfg config.Config) *outbox.SQLStore {
 					cfg.Table = testenv.TableName(t)
 					t.Cleanup(func() { _, _ = pool.Exec(ctx, `DROP TABLE IF EXISTS `+cfg.Table) })
+					t.Cleanup(func() { _, _ = pool.Exec(ctx, `DROP TABLE IF EXISTS `+cfg.Table+`_relays`) })
 					store, err := outbox.NewPgxStore(pool, outbox.PgxStoreConfig{Outbox: cfg}, nil)
 					require.NoError(t, err)
 					require.NoError(t, store.Migrate(ctx))

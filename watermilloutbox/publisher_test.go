@@ -30,6 +30,7 @@ func newStore(t *testing.T, db *sql.DB, dialect outbox.Dialect, cfg config.Confi
 	t.Helper()
 	cfg.Table = testenv.TableName(t)
 	t.Cleanup(func() { _, _ = db.Exec(`DROP TABLE IF EXISTS ` + cfg.Table) })
+	t.Cleanup(func() { _, _ = db.Exec(`DROP TABLE IF EXISTS ` + cfg.Table + `_relays`) })
 	store, err := outbox.NewSQLStore(db, outbox.SQLStoreConfig{Dialect: dialect, Outbox: cfg}, nil)
 	require.NoError(t, err)
 	require.NoError(t, store.Migrate(context.Background()))

@@ -56,8 +56,8 @@ func (t table) index(suffix string) string {
 // costs one index descent, its tail nothing); and, for rows backing off
 // (waiting = 1, still state 'pending'), waiting_idx by the time they are
 // due again and waiting_key_idx by key, which the ordered claims consult.
-// A claim changes only claim_token and claimed_until, which no index
-// covers, so on PostgreSQL it stays a HOT update (see fillfactor below).
+// A claim changes only claim_token, claimed_until and claimed_by, which no
+// index covers, so on PostgreSQL it stays a HOT update (see fillfactor below).
 //
 // backlog_idx and dead_idx hold the undelivered and the dead rows by topic,
 // oldest first: Stats reads each topic's oldest rows through them (never
@@ -80,7 +80,7 @@ func (t table) ddl() []string {
 		// (20 % of the live rows) says little; at every 1,000 dead rows,
 		// unthrottled, vacuum keeps the table and its indexes from growing
 		// (see Maintain for a server with autovacuum off).
-		return []string{
+		return append([]string{
 			`CREATE TABLE IF NOT EXISTS ` + t.quoted + ` (
     id            BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     uuid          TEXT        NOT NULL,
@@ -93,6 +93,7 @@ func (t table) ddl() []string {
     attempts      INTEGER     NOT NULL DEFAULT 0,
     claim_token   TEXT,
     claimed_until TIMESTAMPTZ,
+    claimed_by    TEXT,
     published_at  TIMESTAMPTZ,
     state         TEXT        NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'published', 'dead')),
     last_error    TEXT,
@@ -106,7 +107,7 @@ func (t table) ddl() []string {
 			`CREATE INDEX IF NOT EXISTS ` + t.index("backlog_idx") + ` ON ` + t.quoted + ` (topic, id) WHERE ` + backlogPredicate,
 			`CREATE INDEX IF NOT EXISTS ` + t.index("dead_idx") + ` ON ` + t.quoted + ` (topic, id) WHERE state = 'dead'`,
 			`CREATE INDEX IF NOT EXISTS ` + t.index("dead_key_idx") + ` ON ` + t.quoted + ` (topic, partition_key, id) WHERE ` + deadKeyPredicate,
-		}
+		}, t.relaysDDL()...)
 	case MySQL:
 		// MySQL has no partial indexes and no CREATE INDEX IF NOT EXISTS, so
 		// the indexes are declared with the table, led by the columns the
@@ -114,7 +115,7 @@ func (t table) ddl() []string {
 		// whatever the session time zone, as the relay compares them with
 		// UTC_TIMESTAMP. The binary collation keeps topics and keys
 		// byte-exact, as on the other dialects.
-		return []string{
+		return append([]string{
 			`CREATE TABLE IF NOT EXISTS ` + t.quoted + ` (
     id            BIGINT       NOT NULL AUTO_INCREMENT PRIMARY KEY,
     uuid          VARCHAR(255) NOT NULL,
@@ -127,19 +128,20 @@ func (t table) ddl() []string {
     attempts      INT          NOT NULL DEFAULT 0,
     claim_token   CHAR(36)     NULL,
     claimed_until DATETIME(6)  NULL,
+    claimed_by    VARCHAR(64)  NULL,
     published_at  DATETIME(6)  NULL,
     state         VARCHAR(16)  NOT NULL DEFAULT 'pending',
     last_error    TEXT         NULL,
     waiting       TINYINT      NOT NULL DEFAULT 0,
     ` + mysqlIndexes(t, ",\n    ") + `
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin`,
-		}
+		}, t.relaysDDL()...)
 	default: // SQLite
 		// Times are integer microseconds since the Unix epoch (UTC).
 		// AUTOINCREMENT: ids are never reused, which the order and fencing
 		// rules rely on.
 		const nowMicros = `(CAST(unixepoch('subsec') * 1000000 AS INTEGER))`
-		return []string{
+		return append([]string{
 			`CREATE TABLE IF NOT EXISTS ` + t.quoted + ` (
     id            INTEGER PRIMARY KEY AUTOINCREMENT,
     uuid          TEXT    NOT NULL,
@@ -152,6 +154,7 @@ func (t table) ddl() []string {
     attempts      INTEGER NOT NULL DEFAULT 0,
     claim_token   TEXT,
     claimed_until INTEGER,
+    claimed_by    TEXT,
     published_at  INTEGER,
     state         TEXT    NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'published', 'dead')),
     last_error    TEXT,
@@ -165,7 +168,7 @@ func (t table) ddl() []string {
 			`CREATE INDEX IF NOT EXISTS ` + t.index("backlog_idx") + ` ON ` + t.dialect.quoteIdent(t.base) + ` (topic, id) WHERE ` + backlogPredicate,
 			`CREATE INDEX IF NOT EXISTS ` + t.index("dead_idx") + ` ON ` + t.dialect.quoteIdent(t.base) + ` (topic, id) WHERE state = 'dead'`,
 			`CREATE INDEX IF NOT EXISTS ` + t.index("dead_key_idx") + ` ON ` + t.dialect.quoteIdent(t.base) + ` (topic, partition_key, id) WHERE ` + deadKeyPredicate,
-		}
+		}, t.relaysDDL()...)
 	}
 }
 
@@ -306,7 +309,7 @@ func (t table) migrate(ctx context.Context, db database) error {
 
 // create runs the DDL, then brings a table an earlier version created up
 // to date: it adds the waiting column (marking the rows then backing off),
-// the claim's indexes, and drops the indexes the claim no longer reads.
+// the claimed_by column and the relay registry, the claim's indexes, and drops the indexes the claim no longer reads.
 // hasColumn and hasIndex look in the catalog; hasIndex is nil where
 // CREATE INDEX IF NOT EXISTS and DROP INDEX IF EXISTS do the looking.
 func (t table) create(ctx context.Context, db queryer, hasColumn, hasIndex func(name string) (bool, error)) error {
@@ -328,7 +331,17 @@ func (t table) create(ctx context.Context, db queryer, hasColumn, hasIndex func(
 			return err
 		}
 	}
-	if err := execAll(ctx, db, ddl[1:]); err != nil {
+	// claimed_by names the relay holding a claim (relays.go); rows claimed
+	// before it existed are held by their lease alone.
+	if has, err = hasColumn("claimed_by"); err != nil {
+		return fmt.Errorf("look up the claimed_by column: %w", err)
+	} else if !has {
+		column := map[Dialect]string{PostgreSQL: "TEXT", MySQL: "VARCHAR(64) NULL", SQLite: "TEXT"}[t.dialect]
+		if err := execAll(ctx, db, []string{`ALTER TABLE ` + t.quoted + ` ADD COLUMN claimed_by ` + column}); err != nil {
+			return err
+		}
+	}
+	if err := execAll(ctx, db, ddl[1:]); err != nil { // the indexes (not MySQL's) and the relay registry
 		return err
 	}
 	if t.dialect != MySQL {

@@ -54,11 +54,13 @@ func TestMigrateIsIdempotentAndConcurrent(t *testing.T) {
 
 	table := testenv.TableName(t)
 	t.Cleanup(func() { _, _ = db.Exec(`DROP TABLE IF EXISTS ` + table) })
+	t.Cleanup(func() { _, _ = db.Exec(`DROP TABLE IF EXISTS ` + table + `_relays`) })
 	require.NoError(t, migrate(ctx, db, outbox.PostgreSQL, table))
 	require.NoError(t, migrate(ctx, db, outbox.PostgreSQL, table))
 
 	concurrent := testenv.TableName(t)
 	t.Cleanup(func() { _, _ = db.Exec(`DROP TABLE IF EXISTS ` + concurrent) })
+	t.Cleanup(func() { _, _ = db.Exec(`DROP TABLE IF EXISTS ` + concurrent + `_relays`) })
 	var wg sync.WaitGroup
 	errs := make([]error, 4)
 	for i := range errs {

@@ -48,16 +48,17 @@ type SQLStoreConfig struct {
 // and an id cursor that skips rows committed out of id order), and has no
 // leases, attempts or dead state. Hence the queries below.
 type SQLStore struct {
-	db     database
-	sqlDB  *sql.DB       // db's *sql.DB, nil over a pgx pool
-	pool   *pgxpool.Pool // db's pgx pool, nil over a *sql.DB
-	config config.Config
-	t      table
-	logger watermill.LoggerAdapter
-	probe  dialectProbe
-	q      claimSQL
-	cursor keyCursor // where the last walk over the keys stopped
-	vacuum vacuumClock
+	db         database
+	sqlDB      *sql.DB       // db's *sql.DB, nil over a pgx pool
+	pool       *pgxpool.Pool // db's pgx pool, nil over a *sql.DB
+	config     config.Config
+	t          table
+	logger     watermill.LoggerAdapter
+	probe      dialectProbe
+	q          claimSQL
+	cursor     keyCursor // where the last walk over the keys stopped
+	vacuum     vacuumClock
+	relayPurge relayPurge
 
 	// claimHook, when set (tests only), runs inside the MySQL claim
 	// transaction just before it commits.
@@ -125,7 +126,7 @@ func newStore(db database, dialect Dialect, cfg config.Config, logger watermill.
 	if logger == nil {
 		logger = watermill.NopLogger{}
 	}
-	return &SQLStore{db: db, config: cfg, t: t, logger: logger, q: claimSQL{t}}, nil
+	return &SQLStore{db: db, config: cfg, t: t, logger: logger, q: claimSQL{t: t}}, nil
 }
 
 // Config implements Store: the settings the store was built with, defaults
@@ -253,7 +254,7 @@ type rowExtra int
 const (
 	noExtra       rowExtra = iota
 	withLastError          // last_error (dead rows)
-	withReclaimed          // whether the row held another claim's token (claims)
+	withReclaimed          // whose claim the row held, NULL for none (claims; see claimSQL.takenFrom)
 )
 
 // queryRows runs q, which selects rowColumns and the extra column, and
@@ -309,7 +310,7 @@ func (s *SQLStore) readRows(rs rows, extra rowExtra, fn func(Row, sql.NullString
 		case withLastError:
 			dest = append(dest, &lastErr)
 		case withReclaimed:
-			dest = append(dest, &r.Reclaimed)
+			dest = append(dest, &lastErr)
 		}
 		if err := rs.Scan(dest...); err != nil {
 			return err
@@ -328,6 +329,9 @@ func (s *SQLStore) readRows(rs rows, extra rowExtra, fn func(Row, sql.NullString
 		}
 		if r.Payload == nil {
 			r.Payload = []byte{}
+		}
+		if extra == withReclaimed {
+			r.Reclaimed = lastErr.Valid
 		}
 		fn(r, lastErr, why)
 	}

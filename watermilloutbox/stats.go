@@ -24,7 +24,7 @@ type Stats struct {
 }
 
 // TopicStats is the state of one topic's rows. An undelivered row is in
-// exactly one of Pending, Waiting and Leased.
+// exactly one of Pending, Waiting, Leased and Orphaned.
 type TopicStats struct {
 	Topic string
 	// Pending counts the rows due now (available_at passed) that no relay
@@ -33,8 +33,13 @@ type TopicStats struct {
 	// Waiting counts the rows backing off after a failed attempt, not due
 	// yet.
 	Waiting int
-	// Leased counts the rows a relay has claimed and holds a live lease on.
+	// Leased counts the rows a live relay has claimed and holds a lease on.
 	Leased int
+	// Orphaned counts the rows still under the lease of a relay that is
+	// gone (its heartbeat expired, see RelayRegistry): the next claim of
+	// any live relay takes them over. A count that stays above zero means
+	// no relay is claiming.
+	Orphaned int
 	// Dead counts the rows the relay gave up on (see ListDead, Requeue).
 	Dead int
 	// OldestPending is the age of the topic's oldest undelivered row
@@ -42,12 +47,18 @@ type TopicStats struct {
 	// is none. It is what to alert on: a relay that is down or stuck shows
 	// as a growing age whatever the rate.
 	OldestPending time.Duration
+	// OldestLeased is the age of the topic's oldest leased or orphaned row
+	// since it was written: how long a key has waited on a lease. A relay
+	// stuck on a publish, or a dead one nobody took over from, shows here.
+	// Zero when no row is leased.
+	OldestLeased time.Duration
 	// OldestDead is the age of the topic's oldest dead row since it was
 	// written; zero when there is none.
 	OldestDead time.Duration
 	// BacklogCapped reports that the topic has more undelivered rows than
-	// StatsLimit: Pending, Waiting and Leased then count its StatsLimit
-	// oldest ones, and their sum is StatsLimit. OldestPending is exact.
+	// StatsLimit: Pending, Waiting, Leased and Orphaned then count its
+	// StatsLimit oldest ones, and their sum is StatsLimit. OldestPending
+	// is exact.
 	BacklogCapped bool
 	// DeadCapped: likewise for Dead.
 	DeadCapped bool
@@ -58,8 +69,8 @@ type TopicStats struct {
 	BacklogEstimate int64
 }
 
-// Undelivered is Pending + Waiting + Leased.
-func (t TopicStats) Undelivered() int { return t.Pending + t.Waiting + t.Leased }
+// Undelivered is Pending + Waiting + Leased + Orphaned.
+func (t TopicStats) Undelivered() int { return t.Pending + t.Waiting + t.Leased + t.Orphaned }
 
 // Stats reads the table's state per topic. Its cost is bounded whatever
 // the backlog: one index descent per topic finds the topics (backlog_idx,
@@ -98,20 +109,23 @@ func (s *SQLStore) Stats(ctx context.Context) (Stats, error) {
 	}
 	defer rs.Close()
 	for rs.Next() {
-		var part, n, pending, waiting, leased int
-		var oldest *int64
-		if err := rs.Scan(&part, &n, &pending, &waiting, &leased, &oldest); err != nil {
+		var part, n, pending, waiting, leased, orphaned int
+		var oldest, oldestLeased *int64
+		if err := rs.Scan(&part, &n, &pending, &waiting, &leased, &orphaned, &oldest, &oldestLeased); err != nil {
 			return Stats{}, fmt.Errorf("outbox: stats: %w", err)
 		}
 		ts := &out.Topics[part/2]
-		var age time.Duration
-		if oldest != nil {
-			age = max(time.Duration(*oldest)*time.Microsecond, 0)
+		age := func(micros *int64) time.Duration {
+			if micros == nil {
+				return 0
+			}
+			return max(time.Duration(*micros)*time.Microsecond, 0)
 		}
 		if part%2 == 0 {
-			ts.Pending, ts.Waiting, ts.Leased, ts.OldestPending, ts.BacklogCapped = pending, waiting, leased, age, n >= StatsLimit
+			ts.Pending, ts.Waiting, ts.Leased, ts.Orphaned, ts.BacklogCapped = pending, waiting, leased, orphaned, n >= StatsLimit
+			ts.OldestPending, ts.OldestLeased = age(oldest), age(oldestLeased)
 		} else {
-			ts.Dead, ts.OldestDead, ts.DeadCapped = n, age, n >= StatsLimit
+			ts.Dead, ts.OldestDead, ts.DeadCapped = n, age(oldest), n >= StatsLimit
 		}
 	}
 	if err := rs.Err(); err != nil {
@@ -150,8 +164,8 @@ SELECT topic FROM bt WHERE topic IS NOT NULL UNION SELECT topic FROM dt WHERE to
 }
 
 // statsQuery reads, for each topic, its oldest StatsLimit undelivered rows
-// (part 2i) and dead rows (part 2i+1), as counts and the oldest age in
-// microseconds.
+// (part 2i) and dead rows (part 2i+1), as counts, the oldest age and the
+// oldest leased row's age in microseconds.
 func (s *SQLStore) statsQuery(topics []string) (string, []any) {
 	t := s.t
 	now := t.now()
@@ -162,14 +176,17 @@ func (s *SQLStore) statsQuery(topics []string) (string, []any) {
 	}[t.dialect]
 	flag := func(cond string) string { return "CASE WHEN " + cond + " THEN 1 ELSE 0 END" }
 	unleased := "(claimed_until IS NULL OR claimed_until < " + now + ")"
+	dead := t.heldByDead("", "")
 	var parts []string
 	var args []any
 	for i, name := range topics {
 		for j, state := range []string{backlogPredicate, "state = 'dead'"} {
 			args = append(args, name, StatsLimit)
 			parts = append(parts, `SELECT `+strconv.Itoa(2*i+j)+`, count(*), coalesce(sum(due), 0), coalesce(sum(backoff), 0), coalesce(sum(leased), 0), `+
-				nowMicros+` - min(created) FROM (SELECT `+flag("available_at <= "+now+" AND "+unleased)+` AS due, `+
-				flag("available_at > "+now+" AND "+unleased)+` AS backoff, `+flag("claimed_until >= "+now)+` AS leased, `+
+				`coalesce(sum(orphaned), 0), `+nowMicros+` - min(created), `+nowMicros+` - min(CASE WHEN leased = 1 OR orphaned = 1 THEN created END) FROM (SELECT `+
+				flag("available_at <= "+now+" AND "+unleased)+` AS due, `+
+				flag("available_at > "+now+" AND "+unleased)+` AS backoff, `+flag("claimed_until >= "+now+" AND NOT "+dead)+` AS leased, `+
+				flag("claimed_until >= "+now+" AND "+dead)+` AS orphaned, `+
 				s.createdMicros("")+` AS created FROM `+t.quoted+` WHERE `+state+` AND topic = `+t.dialect.placeholder(len(args)-1)+
 				` ORDER BY id LIMIT `+t.dialect.placeholder(len(args))+`) r`+strconv.Itoa(2*i+j))
 		}

@@ -27,9 +27,10 @@ type Row struct {
 	// Attempts counts the failed publish attempts before this claim.
 	Attempts int
 	// Reclaimed reports that the row still held an earlier claim whose
-	// lease had expired: a relay claimed it and never settled it (it
-	// crashed, stalled or lost its database). It may have been published
-	// already, so this delivery may be a duplicate.
+	// lease had expired, or whose relay was declared dead (its heartbeat
+	// expired, see RelayRegistry): a relay claimed it and never settled it
+	// (it crashed, stalled or lost its database). It may have been
+	// published already, so this delivery may be a duplicate.
 	Reclaimed bool
 }
 
@@ -44,6 +45,10 @@ type Claimed struct {
 	// it took as many as it was allowed, or stopped at its scan budget. The
 	// relay then claims again at once instead of waiting for its next poll.
 	More bool
+	// TakenOver counts, per relay id, the rows this claim took from
+	// relays declared dead (their heartbeat expired) before those rows'
+	// lease had ended; nil when none.
+	TakenOver map[string]int
 }
 
 // ClaimRequest says which rows Store.Claim may take.
@@ -54,8 +59,14 @@ type ClaimRequest struct {
 	// Limit is the most rows to claim; at least 1.
 	Limit int
 	// Lease is how long the claim holds before another relay may take the
-	// rows over (crash recovery).
+	// rows over, unless the relay is declared dead first (see Relay).
 	Lease time.Duration
+	// Relay is the claiming relay's id in the store's RelayRegistry,
+	// recorded with the claim: once the relay's heartbeat expires, other
+	// claims take its rows whatever their lease says. "" (the default)
+	// claims for no registered relay: the rows are held by the lease
+	// alone. At most 64 letters, digits and . _ : -.
+	Relay string
 	// Ordered keeps per-key order: a row with a partition key is claimed
 	// only when every earlier pending row with the same topic and key is
 	// claimed in the same call. Rows come back in ID order.
@@ -85,7 +96,8 @@ type Store interface {
 	Config() config.Config
 
 	// Claim takes up to req.Limit pending rows that are due (available_at
-	// passed) and not under a live lease, writes a fresh claim token and a
+	// passed) and not under a live lease (a lease whose relay was declared
+	// dead is not live, see RelayRegistry), writes a fresh claim token and a
 	// lease of req.Lease, and commits before returning. It holds no lock or
 	// transaction afterwards. Its cost should follow the rows it returns,
 	// not the rows it passes over (backing off, leased, or queued behind a

@@ -107,6 +107,7 @@ func TestMigrateUpgradesAnEarlierTable(t *testing.T) {
 			ctx := context.Background()
 			table := testenv.TableName(t)
 			t.Cleanup(func() { _, _ = db.Exec(`DROP TABLE IF EXISTS ` + table) })
+			t.Cleanup(func() { _, _ = db.Exec(`DROP TABLE IF EXISTS ` + table + `_relays`) })
 			exec := func(q string) {
 				t.Helper()
 				_, err := db.Exec(q)
@@ -144,8 +145,15 @@ func TestMigrateUpgradesAnEarlierTable(t *testing.T) {
 			require.False(t, names["pending_idx"] || names["key_idx"], "the old claim indexes are dropped: %v", names)
 			require.True(t, names["unkeyed_idx"] && names["keyed_idx"] && names["waiting_idx"] && names["backlog_idx"], "%v", names)
 
-			c, err := store.Claim(ctx, outbox.ClaimRequest{Limit: 10, Lease: time.Minute, Ordered: true})
+			// The relay registry and claimed_by are there: a registered
+			// relay's claim names it.
+			_, err = store.Beat(ctx, "relay-1", time.Minute)
 			require.NoError(t, err)
+			c, err := store.Claim(ctx, outbox.ClaimRequest{Limit: 10, Lease: time.Minute, Ordered: true, Relay: "relay-1"})
+			require.NoError(t, err)
+			var held int
+			require.NoError(t, db.QueryRow(`SELECT count(*) FROM `+table+` WHERE claimed_by = 'relay-1'`).Scan(&held))
+			require.Equal(t, 2, held, "claims record their relay")
 			var uuids []string
 			for _, r := range c.Rows {
 				uuids = append(uuids, r.UUID)

@@ -125,6 +125,7 @@ func newFixture(t *testing.T, bin string, d cliDB) *fixture {
 	url, db := d.open(t)
 	table := testenv.TableName(t)
 	t.Cleanup(func() { _, _ = db.Exec(`DROP TABLE IF EXISTS ` + table) })
+	t.Cleanup(func() { _, _ = db.Exec(`DROP TABLE IF EXISTS ` + table + `_relays`) })
 	f := &fixture{t: t, db: db, table: table, cli: newCLI(t, bin, "OUTBOX_DATABASE_URL="+url, "OUTBOX_TABLE="+table)}
 	out := f.cli.ok("migrate")
 	require.Contains(t, out, "table "+table+" is up to date on ")
@@ -251,9 +252,9 @@ func testStatsAndList(t *testing.T, f *fixture) {
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	require.Len(t, lines, 4, out)
 	require.Equal(t, "table "+f.table, strings.SplitN(lines[0], " on ", 2)[0])
-	require.Regexp(t, `^TOPIC\s+PENDING\s+WAITING\s+LEASED\s+DEAD\s+BACKLOG\s+OLDEST UNDELIVERED\s+OLDEST DEAD$`, lines[1])
-	require.Regexp(t, `^orders\.placed\s+2\s+0\s+0\s+4\s+2\s+\S+\s+\S+$`, lines[2])
-	require.Regexp(t, `^payments\s+0\s+0\s+0\s+3\s+0\s+-\s+\S+$`, lines[3])
+	require.Regexp(t, `^TOPIC\s+PENDING\s+WAITING\s+LEASED\s+ORPHANED\s+DEAD\s+BACKLOG\s+OLDEST UNDELIVERED\s+OLDEST LEASED\s+OLDEST DEAD$`, lines[1])
+	require.Regexp(t, `^orders\.placed\s+2\s+0\s+0\s+0\s+4\s+2\s+\S+\s+-\s+\S+$`, lines[2])
+	require.Regexp(t, `^payments\s+0\s+0\s+0\s+0\s+3\s+0\s+-\s+-\s+\S+$`, lines[3])
 
 	var js statsJSON
 	require.NoError(t, json.Unmarshal([]byte(f.cli.ok("stats", "--json")), &js))

@@ -19,12 +19,16 @@ Prints the table's state per topic:
 
   PENDING         rows due now that no relay holds: what the relays have yet to take
   WAITING         rows backing off after a failed attempt, not due yet
-  LEASED          rows a relay has claimed and holds a live lease on
+  LEASED          rows a live relay has claimed and holds a lease on
+  ORPHANED        rows still leased to a relay that is gone (its heartbeat expired,
+                  see OUTBOX_RELAY_TIMEOUT_SECONDS): the next claim of a live relay
+                  takes them over; a count that stays means no relay is claiming
   DEAD            rows the relay gave up on (see 'watermill-outbox dead')
   BACKLOG         undelivered rows (pending + waiting + leased); ~N past the cap is
                   the database planner's estimate, not a count (see the README for its error)
   OLDEST UNDELIVERED  age of the oldest undelivered row (pending, waiting or leased):
                   what to alert on, as a relay that is down or stuck shows as a growing age
+  OLDEST LEASED   age of the oldest leased or orphaned row: how long a key has waited on a lease
   OLDEST DEAD     age of the oldest dead row, since it was written
 
 Its cost is bounded whatever the backlog: it reads each topic's ` + strconv.Itoa(outbox.StatsLimit) + `
@@ -45,8 +49,10 @@ type topicStatsJSON struct {
 	Pending              int     `json:"pending"`
 	Waiting              int     `json:"waiting"`
 	Leased               int     `json:"leased"`
+	Orphaned             int     `json:"orphaned"`
 	Dead                 int     `json:"dead"`
 	OldestPendingSeconds float64 `json:"oldest_pending_seconds"`
+	OldestLeasedSeconds  float64 `json:"oldest_leased_seconds"`
 	OldestDeadSeconds    float64 `json:"oldest_dead_seconds"`
 	BacklogCapped        bool    `json:"backlog_capped"`
 	DeadCapped           bool    `json:"dead_capped"`
@@ -77,9 +83,10 @@ func (a *app) stats(ctx context.Context, args []string) error {
 		out := statsJSON{Table: table, Database: dbu.String(), StatsLimit: outbox.StatsLimit, Topics: []topicStatsJSON{}}
 		for _, t := range st.Topics {
 			out.Topics = append(out.Topics, topicStatsJSON{
-				Topic: t.Topic, Pending: t.Pending, Waiting: t.Waiting, Leased: t.Leased, Dead: t.Dead,
-				OldestPendingSeconds: t.OldestPending.Seconds(), OldestDeadSeconds: t.OldestDead.Seconds(),
-				BacklogCapped: t.BacklogCapped, DeadCapped: t.DeadCapped, BacklogEstimate: t.BacklogEstimate,
+				Topic: t.Topic, Pending: t.Pending, Waiting: t.Waiting, Leased: t.Leased, Orphaned: t.Orphaned, Dead: t.Dead,
+				OldestPendingSeconds: t.OldestPending.Seconds(), OldestLeasedSeconds: t.OldestLeased.Seconds(),
+				OldestDeadSeconds: t.OldestDead.Seconds(),
+				BacklogCapped:     t.BacklogCapped, DeadCapped: t.DeadCapped, BacklogEstimate: t.BacklogEstimate,
 			})
 		}
 		return writeJSON(a.stdout, out)
@@ -90,16 +97,17 @@ func (a *app) stats(ctx context.Context, args []string) error {
 		return nil
 	}
 	w := tabwriter.NewWriter(a.stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "TOPIC\tPENDING\tWAITING\tLEASED\tDEAD\tBACKLOG\tOLDEST UNDELIVERED\tOLDEST DEAD")
+	fmt.Fprintln(w, "TOPIC\tPENDING\tWAITING\tLEASED\tORPHANED\tDEAD\tBACKLOG\tOLDEST UNDELIVERED\tOLDEST LEASED\tOLDEST DEAD")
 	capped := false
 	for _, t := range st.Topics {
 		backlog := count(t.Undelivered(), t.BacklogCapped)
 		if t.BacklogEstimate > 0 {
 			backlog = "~" + strconv.FormatInt(t.BacklogEstimate, 10)
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", display(t.Topic),
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", display(t.Topic),
 			count(t.Pending, t.BacklogCapped), count(t.Waiting, t.BacklogCapped), count(t.Leased, t.BacklogCapped),
-			count(t.Dead, t.DeadCapped), backlog, age(t.OldestPending), age(t.OldestDead))
+			count(t.Orphaned, t.BacklogCapped), count(t.Dead, t.DeadCapped), backlog,
+			age(t.OldestPending), age(t.OldestLeased), age(t.OldestDead))
 		capped = capped || t.BacklogCapped || t.DeadCapped
 	}
 	if err := w.Flush(); err != nil {

@@ -2,8 +2,10 @@
 // every store the relay runs on must pass (claims, fencing, leases, the
 // per-key ordering filter, strict order through a dead head, failures,
 // dead rows, releases, renewals, the retention purge, topic filters,
-// Listen), and, when the harness gives them, the operator's reads and
-// writes (ListDead, Requeue, Stats, BlockedKeys, RequeueKey, SkipKey). SQLStore runs it for PostgreSQL,
+// Listen, and, for a store that implements watermilloutbox.RelayRegistry,
+// relay liveness), and, when the harness gives them, the operator's reads
+// and writes (ListDead, Requeue, Stats, BlockedKeys, RequeueKey, SkipKey).
+// SQLStore runs it for PostgreSQL,
 // MySQL/MariaDB and SQLite; run it against a store of your own:
 //
 //	func TestMyStore(t *testing.T) {
@@ -96,6 +98,9 @@ func Run(t *testing.T, h Harness) {
 		{"ListenAnswers", testListen},
 		{"MaintainAnswers", testMaintain},
 		{"ConfigIsValid", testConfig},
+		{"LiveRelayKeepsItsLease", testLiveRelayKeepsItsLease},
+		{"GoneRelayIsTakenOver", testGoneRelayIsTakenOver},
+		{"ExpiredRelayIsTakenOver", testExpiredRelayIsTakenOver},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -61,6 +61,7 @@ func newSQLStoreWith(t *testing.T, dialect outbox.Dialect, db *sql.DB, cfg confi
 	require.NoError(t, err)
 	require.NoError(t, store.Migrate(context.Background()))
 	t.Cleanup(func() { _, _ = db.Exec(`DROP TABLE IF EXISTS ` + table) })
+	t.Cleanup(func() { _, _ = db.Exec(`DROP TABLE IF EXISTS ` + table + `_relays`) })
 	return store
 }
 
@@ -104,6 +105,7 @@ func TestPgxStore(t *testing.T) {
 		require.NoError(t, err)
 		require.NoError(t, store.Migrate(context.Background()))
 		t.Cleanup(func() { _, _ = pool.Exec(context.Background(), `DROP TABLE IF EXISTS `+cfg.Table) })
+		t.Cleanup(func() { _, _ = pool.Exec(context.Background(), `DROP TABLE IF EXISTS `+cfg.Table+`_relays`) })
 		return store, inserter(store)
 	}
 	h.New = func(t *testing.T) (outbox.Store, storetest.Insert) { return newPgx(t, config.Config{}) }

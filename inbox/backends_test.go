@@ -127,7 +127,7 @@ func (e *env) inbox(t *testing.T, cfg inbox.Config) *inbox.Inbox {
 // store returns a migrated outbox store on a fresh table.
 func (e *env) store(t *testing.T) *outbox.SQLStore {
 	t.Helper()
-	cfg := config.Config{Table: testenv.TableName(t) + "_o"}
+	cfg := config.Config{Table: "o" + testenv.TableName(t)[1:]}
 	e.dropLater(t, cfg.Table)
 	var s *outbox.SQLStore
 	var err error
@@ -149,7 +149,7 @@ type effects struct {
 
 func (e *env) effects(t *testing.T) effects {
 	t.Helper()
-	name := testenv.TableName(t) + "_e"
+	name := "e" + testenv.TableName(t)[1:]
 	e.dropLater(t, name)
 	e.exec(t, `CREATE TABLE `+name+` (message_uuid VARCHAR(64) NOT NULL)`)
 	return effects{e, name}
@@ -212,3 +212,6 @@ func (e *env) lockWaiters(t *testing.T, table string) int {
 		return int(e.sqlDB.Stats().WaitCount)
 	}
 }
+
+// sqliteForConfig is a database for tests that never reach it.
+func sqliteForConfig(t *testing.T) *sql.DB { return testenv.SQLite(t) }

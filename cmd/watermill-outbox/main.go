@@ -40,6 +40,8 @@ Commands:
   dead requeue   make dead rows pending again (a dry run unless --yes)
   dead purge     delete dead rows for good (a dry run unless --yes)
   relay          relay the table to Kafka or RabbitMQ until SIGINT or SIGTERM
+  inbox stats    per consumer: records in the inbox table, oldest age
+  inbox purge    delete inbox records older than the dedup window
 
 The database comes from --database-url or OUTBOX_DATABASE_URL:
   postgres://user:pass@host:5432/db?sslmode=disable

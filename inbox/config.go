@@ -78,7 +78,10 @@ type Config struct {
 	// nothing itself. Default nil: a handler that returns messages fails
 	// with ErrOutputWithoutOutbox, since the router would publish them
 	// after the commit, and lose them for good if that failed (the
-	// redelivery would be dropped as a duplicate).
+	// redelivery would be dropped as a duplicate). On SQLite with one
+	// connection, run the outbox store's Migrate first: it checks the
+	// dialect, which the first Publish would otherwise do on a second
+	// connection while the delivery holds the only one.
 	Outbox *outbox.Publisher
 
 	// Observer is told the outcome of every delivery (package metrics has

@@ -77,8 +77,9 @@
 //	          from an in-process gochannel) whose handler makes one
 //	          business INSERT, behind the inbox middleware and behind a
 //	          plain transaction of its own: N messages a round (2,000),
-//	          -rounds interleaved rounds; median rates, their ratio
-//	          (inbox/plain) and per-message p50 (no broker used)
+//	          -rounds interleaved rounds; median rates, the median of
+//	          the rounds' ratios (inbox/plain) and per-message p50 (no
+//	          broker used)
 //	          go run -C _examples/bench . -scenario inbox -rounds 7
 //
 // Every scenario runs on PostgreSQL (-pg); stuck-key and waiting also on

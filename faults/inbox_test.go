@@ -17,8 +17,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill-amqp/v2/pkg/amqp"
+	wkafka "github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
 	"github.com/ThreeDotsLabs/watermill/message"
 	_ "github.com/jackc/pgx/v5/stdlib"
 	"github.com/stretchr/testify/require"
@@ -81,7 +83,21 @@ func runInboxConsumer() error {
 		return err
 	}
 	logger := watermill.NewStdLogger(false, false)
-	sub, err := amqp.NewSubscriber(amqp.NewDurableQueueConfig(os.Getenv("FAULTS_AMQP_URL")), logger)
+	var sub message.Subscriber
+	if brokers := os.Getenv("FAULTS_KAFKA_BROKERS"); brokers != "" {
+		sc := wkafka.DefaultSaramaSubscriberConfig()
+		sc.Consumer.Offsets.Initial = sarama.OffsetOldest
+		// A killed member's partitions move on after the session timeout:
+		// the broker's minimum, so that kills do not stall the run long.
+		sc.Consumer.Group.Session.Timeout = 6 * time.Second
+		sc.Consumer.Group.Heartbeat.Interval = time.Second
+		sub, err = wkafka.NewSubscriber(wkafka.SubscriberConfig{
+			Brokers: strings.Split(brokers, ","), Unmarshaler: wkafka.DefaultMarshaler{},
+			OverwriteSaramaConfig: sc, ConsumerGroup: "service-b",
+		}, logger)
+	} else {
+		sub, err = amqp.NewSubscriber(amqp.NewDurableQueueConfig(os.Getenv("FAULTS_AMQP_URL")), logger)
+	}
 	if err != nil {
 		return err
 	}
@@ -185,25 +201,52 @@ func (c *consumerProc) kill9() {
 
 // TestInboxEffectsOnceUnderKills: service A commits events through its
 // outbox; its relay is killed with SIGKILL and restarted while it drains
-// to RabbitMQ. Service B, two consumer processes with the inbox, applies
+// to RabbitMQ, or to the Kafka broker (where B's kills also rebalance its
+// consumer group). Service B, two consumer processes with the inbox, applies
 // each event to a counter and emits a follow-up event through its own
 // outbox; its processes are killed with SIGKILL, mid-handler or not, and
 // restarted, again and again. At the end every committed event's counter
 // is 1 (none lost, none applied twice), and every follow-up event reached
 // the broker through B's relay.
 func TestInboxEffectsOnceUnderKills(t *testing.T) {
+	t.Run("rabbitmq", func(t *testing.T) { testInboxEffectsOnce(t, "rabbitmq") })
+	t.Run("kafka", func(t *testing.T) { testInboxEffectsOnce(t, "kafka") })
+}
+
+func testInboxEffectsOnce(t *testing.T, broker string) {
 	const (
 		events        = 3000
 		consumerKills = 16
 		relayKills    = 4
 	)
-	url := amqpURL(t)
 	s := newScenario(t, outbox.PostgreSQL)
-	amqpQueue(t, url, s.topic)
 	base := strings.TrimPrefix(s.table, "t_")
 	b := inboxTables{inbox: "i_" + base, counters: "c_" + base, outbox: "o_" + base, dups: "d_" + base}
 	followup := "faults_f_" + base
-	amqpQueue(t, url, followup)
+	var sink map[string]string
+	var brokerEnv []string
+	var consumeFollowups func() []delivery
+	switch broker {
+	case "rabbitmq":
+		url := amqpURL(t)
+		amqpQueue(t, url, s.topic)
+		amqpQueue(t, url, followup)
+		sink = map[string]string{"OUTBOX_SINK": "amqp", "OUTBOX_AMQP_URL": url}
+		brokerEnv = []string{"FAULTS_AMQP_URL=" + url}
+		consumeFollowups = func() []delivery { return consumeQueue(t, url, followup) }
+	default:
+		brokers := testenv.Kafka(t, s.topic, followup)
+		sink = map[string]string{"OUTBOX_SINK": "kafka", "OUTBOX_KAFKA_BROKERS": strings.Join(brokers, ",")}
+		brokerEnv = []string{"FAULTS_KAFKA_BROKERS=" + strings.Join(brokers, ",")}
+		consumeFollowups = func() []delivery { return consumeKafka(t, brokers, followup) }
+	}
+	withTable := func(table string) map[string]string {
+		m := map[string]string{"OUTBOX_TABLE": table}
+		for k, v := range sink {
+			m[k] = v
+		}
+		return m
+	}
 	ctx := context.Background()
 	for _, q := range []string{
 		`CREATE TABLE ` + b.counters + ` (uuid TEXT PRIMARY KEY, n INTEGER NOT NULL)`,
@@ -231,10 +274,10 @@ func TestInboxEffectsOnceUnderKills(t *testing.T) {
 	applied := func() int { return count(`SELECT count(*) FROM ` + b.counters) }
 
 	s.prewrite(events, 100, nil)
-	relayA := newRelay(t, "relay-a", s.relayEnv(map[string]string{"OUTBOX_SINK": "amqp", "OUTBOX_AMQP_URL": url}),
+	relayA := newRelay(t, "relay-a", s.relayEnv(withTable(s.table)),
 		"-lease", "2s", "-batch", "100", "-max-in-flight", "200", "-ordered=false")
 	relayA.start()
-	env := append(b.env(), "FAULTS_INBOX_DSN="+testenv.PostgresDSN(), "FAULTS_AMQP_URL="+url,
+	env := append(append(b.env(), brokerEnv...), "FAULTS_INBOX_DSN="+testenv.PostgresDSN(),
 		"FAULTS_INBOX_TOPIC="+s.topic, "FAULTS_INBOX_FOLLOWUP="+followup)
 	consumers := []*consumerProc{newConsumerProc(t, "consumer-1", env), newConsumerProc(t, "consumer-2", env)}
 	for _, c := range consumers {
@@ -264,7 +307,7 @@ func TestInboxEffectsOnceUnderKills(t *testing.T) {
 	}
 
 	// B's follow-up events, relayed from B's outbox.
-	relayB := newRelay(t, "relay-b", s.relayEnv(map[string]string{"OUTBOX_SINK": "amqp", "OUTBOX_AMQP_URL": url, "OUTBOX_TABLE": b.outbox}),
+	relayB := newRelay(t, "relay-b", s.relayEnv(withTable(b.outbox)),
 		"-ordered=false")
 	relayB.start()
 	waitFor(t, 2*time.Minute, "B's outbox to drain", func() bool {
@@ -291,7 +334,7 @@ func TestInboxEffectsOnceUnderKills(t *testing.T) {
 	}
 	require.NoError(t, rows.Err())
 	followups := map[string]int{}
-	for _, d := range consumeQueue(t, url, followup) {
+	for _, d := range consumeFollowups() {
 		followups[d.key]++
 	}
 	var followLost, followDup int
@@ -303,8 +346,8 @@ func TestInboxEffectsOnceUnderKills(t *testing.T) {
 			followDup += n - 1
 		}
 	}
-	line := fmt.Sprintf("effects applied exactly once: applied=%d duplicates_dropped=%d lost=%d applied_twice=%d follow_ups_lost=%d follow_up_duplicates=%d consumer_kills=%d relay_kills=%d",
-		once, dropped, lost, twice, followLost, followDup, consumerKills, relayA.kills)
+	line := fmt.Sprintf("effects applied exactly once (%s): applied=%d duplicates_dropped=%d lost=%d applied_twice=%d follow_ups_lost=%d follow_up_duplicates=%d consumer_kills=%d relay_kills=%d",
+		broker, once, dropped, lost, twice, followLost, followDup, consumerKills, relayA.kills)
 	t.Log(line)
 	recordInbox(line)
 	record(t, result{committed: committed, received: applied(), lost: lost + followLost, duplicates: followDup})

@@ -75,6 +75,9 @@ func summary() string {
 	line := fmt.Sprintf("faults: scenarios=%d lost=%d duplicates=%d reordered=%d dead_wrongly=%d",
 		len(results), sum.lost, sum.duplicates, sum.reordered, sum.deadWrongly)
 	line += livenessSummary()
+	for _, l := range inboxLines {
+		line += "\n" + l
+	}
 	if len(resumes) > 0 {
 		line += "\nfaults: first publish after the broker's return:"
 		for _, b := range slices.Sorted(maps.Keys(resumes)) {

@@ -73,6 +73,14 @@
 //	          topics, then over the same rows kept as published with 1,000
 //	          pending: median and max of 7 calls each (no broker used)
 //	          go run -C _examples/bench . -scenario stats
+//	inbox     a consumer (a Watermill router, -workers handlers, messages
+//	          from an in-process gochannel) whose handler makes one
+//	          business INSERT, behind the inbox middleware and behind a
+//	          plain transaction of its own: N messages a round (2,000),
+//	          -rounds interleaved rounds; median rates, the median of
+//	          the rounds' ratios (inbox/plain) and per-message p50 (no
+//	          broker used)
+//	          go run -C _examples/bench . -scenario inbox -rounds 7
 //
 // Every scenario runs on PostgreSQL (-pg); stuck-key and waiting also on
 // MySQL/MariaDB (-mysql) and SQLite (a temporary file) with -db.
@@ -160,11 +168,12 @@ var scenarioDefaults = map[string]struct{ n, backlog, rate int }{
 	"instances":  {n: 100000},
 	"soak":       {rate: 2000},
 	"stats":      {backlog: 1000000},
+	"inbox":      {n: 2000},
 }
 
 func main() {
 	var o options
-	flag.StringVar(&o.scenario, "scenario", "relay", "relay, latency, publish, ordered, memory, stuck-key, blocked-keys, waiting, backlog-1m, instances, soak, bare or stats")
+	flag.StringVar(&o.scenario, "scenario", "relay", "relay, latency, publish, ordered, memory, stuck-key, blocked-keys, waiting, backlog-1m, instances, soak, bare, stats or inbox")
 	flag.StringVar(&o.sink, "sink", "kafka", "kafka or amqp")
 	flag.IntVar(&o.n, "n", 0, "events (default 20000; 2000 for latency; 1000 per writer and round for publish; 100000 for memory and instances; the free rows of stuck-key, blocked-keys and waiting; the small backlog of backlog-1m; not used by soak)")
 	flag.IntVar(&o.backlog, "backlog", 0, "stuck-key: rows of the hot key; blocked-keys: rows of the blocked keys; waiting: rows backing off (default 100000); backlog-1m: the big backlog (default 1000000)")
@@ -199,7 +208,8 @@ func main() {
 
 Scenarios: relay, latency, publish (ours, Watermill's forwarder and River);
 ordered, memory (ours and the forwarder); stuck-key, blocked-keys, waiting,
-backlog-1m, instances, soak, bare, stats (ours alone). stuck-key and waiting run
+backlog-1m, instances, soak, bare, stats (ours alone); inbox (the inbox
+against a plain transaction). stuck-key and waiting run
 on PostgreSQL, MySQL/MariaDB or SQLite (-db); every other scenario on
 PostgreSQL only. The package documentation (go doc) describes each one.
 
@@ -335,6 +345,8 @@ func run(o options) error {
 		res, err = r.bare()
 	case "stats":
 		res, err = r.statsScenario()
+	case "inbox":
+		res, err = r.inboxScenario()
 	default:
 		return fmt.Errorf("unknown scenario %q", o.scenario)
 	}

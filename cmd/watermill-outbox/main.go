@@ -43,6 +43,8 @@ Commands:
   keys           list the blocked keys (a failing or, strict, dead head holds each)
   keys requeue   retry a key's head now; keys skip: delete it (dry runs unless --yes)
   relay          relay the table to Kafka or RabbitMQ until SIGINT or SIGTERM
+  inbox stats    per consumer: records in the inbox table, oldest age
+  inbox purge    delete inbox records older than the dedup window
 
 The database comes from --database-url or OUTBOX_DATABASE_URL:
   postgres://user:pass@host:5432/db?sslmode=disable

@@ -53,7 +53,7 @@ func sqlCallerTx(tx *sql.Tx) callerTx {
 	if tx == nil {
 		return callerTx{}
 	}
-	return callerTx{q: sqlQueryer{tx}, id: tx}
+	return callerTx{q: sqlQueryer{e: tx}, id: tx}
 }
 
 func pgxCallerTx(tx pgx.Tx) callerTx {

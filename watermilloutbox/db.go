@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
 )
 
 // The store runs every statement through these small interfaces, so the
@@ -72,13 +73,30 @@ func inTx(ctx context.Context, db database, fn func(tx tx) error) error {
 	return t.commit(ctx)
 }
 
+// ownExecMode is how the store's own statements run on a pgx connection
+// (a pgx pool, or a *sql.DB over pgx's database/sql driver): the extended
+// protocol with the unnamed statement, parameters and results as text, in
+// one round trip. pgx's default caches a named prepared statement per
+// query on the server connection, which a transaction pooler (PgBouncer's
+// pool_mode = transaction) hands to other clients: the next client to
+// prepare the same query fails with "prepared statement … already exists",
+// and one that finds its statement missing with "does not exist". A pooler
+// cannot be told from PostgreSQL reliably, so the store never leaves a
+// named statement on a server connection, behind a pooler or not; the
+// statement is planned on every run, which its short queries barely feel.
+// Statements the application runs itself keep the connection's own mode.
+const ownExecMode = pgx.QueryExecModeExec
+
 // sqlDB is a database/sql handle.
 type sqlDB struct {
 	sqlQueryer
 	db *sql.DB
 }
 
-func newSQLDB(db *sql.DB) sqlDB { return sqlDB{sqlQueryer{db}, db} }
+func newSQLDB(db *sql.DB) sqlDB {
+	_, isPgx := db.Driver().(*stdlib.Driver)
+	return sqlDB{sqlQueryer{db, isPgx}, db}
+}
 
 // sqlExec is what *sql.DB, *sql.Tx and *sql.Conn share.
 type sqlExec interface {
@@ -88,10 +106,23 @@ type sqlExec interface {
 }
 
 // sqlQueryer adapts a sqlExec to queryer.
-type sqlQueryer struct{ e sqlExec }
+type sqlQueryer struct {
+	e sqlExec
+	// pgx: the driver is pgx's, which takes ownExecMode as a first
+	// argument (any other driver would refuse it).
+	pgx bool
+}
+
+// args prepends ownExecMode for pgx's driver.
+func (q sqlQueryer) args(args []any) []any {
+	if !q.pgx {
+		return args
+	}
+	return append([]any{ownExecMode}, args...)
+}
 
 func (q sqlQueryer) exec(ctx context.Context, s string, args ...any) (int64, error) {
-	res, err := q.e.ExecContext(ctx, s, args...)
+	res, err := q.e.ExecContext(ctx, s, q.args(args)...)
 	if err != nil {
 		return 0, err
 	}
@@ -99,7 +130,7 @@ func (q sqlQueryer) exec(ctx context.Context, s string, args ...any) (int64, err
 }
 
 func (q sqlQueryer) query(ctx context.Context, s string, args ...any) (rows, error) {
-	rs, err := q.e.QueryContext(ctx, s, args...)
+	rs, err := q.e.QueryContext(ctx, s, q.args(args)...)
 	if err != nil {
 		return nil, err
 	}
@@ -107,7 +138,7 @@ func (q sqlQueryer) query(ctx context.Context, s string, args ...any) (rows, err
 }
 
 func (q sqlQueryer) queryRow(ctx context.Context, s string, args ...any) row {
-	return q.e.QueryRowContext(ctx, s, args...)
+	return q.e.QueryRowContext(ctx, s, q.args(args)...)
 }
 
 // sqlRows drops *sql.Rows' Close error: Err reports what matters.
@@ -124,7 +155,7 @@ func (d sqlDB) begin(ctx context.Context, readCommitted bool) (tx, error) {
 	if err != nil {
 		return nil, err
 	}
-	return sqlTx{sqlQueryer{t}, t}, nil
+	return sqlTx{sqlQueryer{t, d.pgx}, t}, nil
 }
 
 func (d sqlDB) ping(ctx context.Context) error { return d.db.PingContext(ctx) }
@@ -139,6 +170,18 @@ func (d sqlDB) withPgxConn(ctx context.Context, fn func(*pgx.Conn) error) error 
 func (d sqlDB) maxConns() int { return d.db.Stats().MaxOpenConnections }
 
 func (d sqlDB) driver() string { return fmt.Sprintf("%T", d.db.Driver()) }
+
+// ownQueryer returns q, a caller's transaction, running the store's
+// statements as the store's own handle does (ownExecMode on pgx's driver).
+func (s *SQLStore) ownQueryer(q queryer) queryer {
+	if sq, ok := q.(sqlQueryer); ok {
+		if d, ok := s.db.(sqlDB); ok {
+			sq.pgx = d.pgx
+		}
+		return sq
+	}
+	return q
+}
 
 // sqlTx is a database/sql transaction.
 type sqlTx struct {
@@ -164,20 +207,23 @@ type pgxExec interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
-// pgxQueryer adapts a pgxExec to queryer.
+// pgxQueryer adapts a pgxExec to queryer; its statements run in
+// ownExecMode.
 type pgxQueryer struct{ e pgxExec }
 
+func pgxArgs(args []any) []any { return append([]any{ownExecMode}, args...) }
+
 func (q pgxQueryer) exec(ctx context.Context, s string, args ...any) (int64, error) {
-	tag, err := q.e.Exec(ctx, s, args...)
+	tag, err := q.e.Exec(ctx, s, pgxArgs(args)...)
 	return tag.RowsAffected(), err
 }
 
 func (q pgxQueryer) query(ctx context.Context, s string, args ...any) (rows, error) {
-	return q.e.Query(ctx, s, args...)
+	return q.e.Query(ctx, s, pgxArgs(args)...)
 }
 
 func (q pgxQueryer) queryRow(ctx context.Context, s string, args ...any) row {
-	return q.e.QueryRow(ctx, s, args...)
+	return q.e.QueryRow(ctx, s, pgxArgs(args)...)
 }
 
 func (d pgxDB) begin(ctx context.Context, readCommitted bool) (tx, error) {
@@ -287,67 +333,95 @@ type pipeItem struct {
 func pipeKey(q string, args []any) string { return q + "\x00" + fmt.Sprint(args...) }
 
 // send runs items in one round trip (after BEGIN, when not begun yet),
-// buffering what they return for the queries and execs that follow.
+// buffering what they return for the queries and execs that follow. The
+// batch is built at the protocol level, each statement unnamed as in
+// ownExecMode: pgx's own batches take the connection's mode, whose named
+// statements a transaction pooler cannot keep.
 func (t *pipeTx) send(ctx context.Context, items []pipeItem, commit bool) ([]*bufferedRows, error) {
-	b := &pgx.Batch{}
+	var b pgconn.Batch
+	var eqb pgx.ExtendedQueryBuilder
+	queue := func(q string, args []any) error {
+		if err := eqb.Build(t.conn.TypeMap(), nil, args); err != nil {
+			return err
+		}
+		b.ExecParams(q, eqb.ParamValues, nil, eqb.ParamFormats, eqb.ResultFormats)
+		return nil
+	}
 	if !t.begun {
-		b.Queue("BEGIN")
+		_ = queue("BEGIN", nil)
 	}
 	for _, it := range items {
-		b.Queue(it.q, it.args...)
+		if err := queue(it.q, it.args); err != nil {
+			return nil, err
+		}
 	}
 	if commit {
-		b.Queue("COMMIT")
+		_ = queue("COMMIT", nil)
 	}
-	br := t.conn.SendBatch(ctx, b)
-	defer br.Close()
+	mrr := t.conn.PgConn().ExecBatch(ctx, &b)
+	out, err := t.read(mrr, items, commit)
+	// Close reads to the batch's end and returns its first error, the one
+	// read returned or the reason the batch ended early.
+	if cerr := mrr.Close(); err == nil || errors.Is(err, errBatchShort) && cerr != nil {
+		err = cerr
+	}
+	return out, err
+}
+
+var errBatchShort = errors.New("outbox: batch ended early")
+
+// read takes the results of send's batch in order.
+func (t *pipeTx) read(mrr *pgconn.MultiResultReader, items []pipeItem, commit bool) ([]*bufferedRows, error) {
+	next := func() (*bufferedRows, int64, error) {
+		if !mrr.NextResult() {
+			return nil, 0, errBatchShort
+		}
+		rr := mrr.ResultReader()
+		buf := &bufferedRows{types: t.conn.TypeMap(), fields: slices.Clone(rr.FieldDescriptions()), at: -1}
+		for rr.NextRow() {
+			raw := rr.Values()
+			row := make([][]byte, len(raw))
+			for i, v := range raw {
+				row[i] = bytes.Clone(v) // NULL stays nil; the buffer is reused
+			}
+			buf.rows = append(buf.rows, row)
+		}
+		tag, err := rr.Close()
+		return buf, tag.RowsAffected(), err
+	}
 	if !t.begun {
-		if _, err := br.Exec(); err != nil {
+		if _, _, err := next(); err != nil {
 			return nil, err
 		}
 		t.begun = true
 	}
 	out := make([]*bufferedRows, len(items))
 	for i, it := range items {
-		if it.exec {
-			tag, err := br.Exec()
-			if err != nil {
-				return nil, err
-			}
+		buf, n, err := next()
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case it.exec:
 			if t.execs == nil {
 				t.execs = map[string]int64{}
 			}
-			t.execs[pipeKey(it.q, it.args)] = tag.RowsAffected()
-			continue
-		}
-		rs, err := br.Query()
-		if err != nil {
-			return nil, err
-		}
-		if it.read != nil {
-			err := it.read(rs)
-			rs.Close()
-			if err == nil {
-				err = rs.Err()
-			}
-			if err != nil {
+			t.execs[pipeKey(it.q, it.args)] = n
+		case it.read != nil:
+			if err := it.read(buf); err != nil {
 				return nil, err
 			}
-			continue
+		default:
+			out[i] = buf
 		}
-		buf, err := buffer(rs, t.conn.TypeMap())
-		if err != nil {
-			return nil, err
-		}
-		out[i] = buf
 	}
 	if commit {
-		if _, err := br.Exec(); err != nil {
+		if _, _, err := next(); err != nil {
 			return nil, err
 		}
 		t.done = true
 	}
-	return out, br.Close()
+	return out, nil
 }
 
 // prefetchAll sends items (with BEGIN) and keeps their results for the
@@ -405,14 +479,14 @@ func (t *pipeTx) query(ctx context.Context, q string, args ...any) (rows, error)
 	if err := t.beginNow(ctx); err != nil {
 		return nil, err
 	}
-	return t.conn.Query(ctx, q, args...)
+	return pgxQueryer{t.conn}.query(ctx, q, args...)
 }
 
 func (t *pipeTx) queryRow(ctx context.Context, q string, args ...any) row {
 	if err := t.beginNow(ctx); err != nil {
 		return errRow{err}
 	}
-	return t.conn.QueryRow(ctx, q, args...)
+	return pgxQueryer{t.conn}.queryRow(ctx, q, args...)
 }
 
 func (t *pipeTx) commit(ctx context.Context) error {
@@ -451,20 +525,6 @@ type bufferedRows struct {
 	fields []pgconn.FieldDescription
 	rows   [][][]byte
 	at     int
-}
-
-func buffer(rs pgx.Rows, types *pgtype.Map) (*bufferedRows, error) {
-	defer rs.Close()
-	b := &bufferedRows{types: types, fields: slices.Clone(rs.FieldDescriptions()), at: -1}
-	for rs.Next() {
-		raw := rs.RawValues()
-		row := make([][]byte, len(raw))
-		for i, v := range raw {
-			row[i] = bytes.Clone(v) // NULL stays nil
-		}
-		b.rows = append(b.rows, row)
-	}
-	return b, rs.Err()
 }
 
 func (b *bufferedRows) Next() bool { b.at++; return b.at < len(b.rows) }

@@ -2,10 +2,13 @@ package watermilloutbox
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
+
+	"github.com/go-sql-driver/mysql"
 )
 
 // dialectProbe remembers that the database answered as its dialect should,
@@ -17,8 +20,18 @@ type dialectProbe struct {
 
 // checkDialect returns ErrDialectMismatch, naming the dialect and the driver,
 // when the database is not what the store's Dialect says. A database that
-// cannot be reached returns its error, and is asked again next time.
+// cannot be reached, or that fails the probe for any other reason, returns
+// its error, and is asked again next time.
 func (s *SQLStore) checkDialect(ctx context.Context) error {
+	return s.checkDialectOn(ctx, nil)
+}
+
+// checkDialectOn is checkDialect through q, a transaction already open, or
+// through the store's pool when q is nil. A Publish probes through the
+// transaction it writes under: with a pool of one connection (SQLite's
+// advice), the caller's transaction holds it, and a probe through the pool
+// would wait for it forever.
+func (s *SQLStore) checkDialectOn(ctx context.Context, q queryer) error {
 	if s.probe.ok.Load() {
 		return nil
 	}
@@ -27,10 +40,13 @@ func (s *SQLStore) checkDialect(ctx context.Context) error {
 	if s.probe.ok.Load() {
 		return nil
 	}
-	if err := s.db.ping(ctx); err != nil {
-		return fmt.Errorf("outbox: connect: %w", err)
+	if q == nil {
+		if err := s.db.ping(ctx); err != nil {
+			return fmt.Errorf("outbox: connect: %w", err)
+		}
+		q = s.db
 	}
-	if err := probeDialect(ctx, s.db, s.t.dialect); err != nil {
+	if err := probeDialect(ctx, q, s.t.dialect, s.db.driver()); err != nil {
 		return err
 	}
 	s.probe.ok.Store(true)
@@ -38,7 +54,10 @@ func (s *SQLStore) checkDialect(ctx context.Context) error {
 }
 
 // probeDialect asks the database for its version in the dialect's own words.
-func probeDialect(ctx context.Context, db database, d Dialect) error {
+// Only an answer of another database, or the version function missing, is
+// a mismatch; any other failure (a lost connection, a pooler's error) is
+// returned as it is.
+func probeDialect(ctx context.Context, db queryer, d Dialect, driver string) error {
 	var q string
 	switch d {
 	case PostgreSQL:
@@ -53,12 +72,29 @@ func probeDialect(ctx context.Context, db database, d Dialect) error {
 	if err == nil && dialectAnswer(d, version) {
 		return nil
 	}
+	if err != nil && !missingFunction(err) {
+		return fmt.Errorf("outbox: check that the database is %s (driver %s): %w", d, driver, err)
+	}
 	answer := fmt.Sprintf("answered %q", version)
 	if err != nil {
 		answer = "failed: " + err.Error()
 	}
 	return fmt.Errorf("%w: dialect %s, but the database (driver %s) %s to %q",
-		ErrDialectMismatch, d, db.driver(), answer, q)
+		ErrDialectMismatch, d, driver, answer, q)
+}
+
+// missingFunction reports whether err says the function called does not
+// exist: what the probe of one dialect gets from another's database.
+func missingFunction(err error) bool {
+	var pg interface{ SQLState() string }
+	if errors.As(err, &pg) {
+		return pg.SQLState() == "42883" // undefined_function
+	}
+	var my *mysql.MySQLError
+	if errors.As(err, &my) {
+		return my.Number == 1305 // ER_SP_DOES_NOT_EXIST: FUNCTION … does not exist
+	}
+	return strings.Contains(err.Error(), "no such function") // SQLite
 }
 
 // dialectAnswer reports whether a version string fits the dialect: MySQL

@@ -92,4 +92,3 @@ func TestFirstPublishWithAPoolOfOne(t *testing.T) {
 		require.Equal(t, 1, n)
 	})
 }
-

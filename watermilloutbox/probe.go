@@ -75,12 +75,12 @@ func probeDialect(ctx context.Context, db queryer, d Dialect, driver string) err
 	if err != nil && !missingFunction(err) {
 		return fmt.Errorf("outbox: check that the database is %s (driver %s): %w", d, driver, err)
 	}
-	answer := fmt.Sprintf("answered %q", version)
 	if err != nil {
-		answer = "failed: " + err.Error()
+		return fmt.Errorf("%w: dialect %s, but the database (driver %s) failed: %w to %q",
+			ErrDialectMismatch, d, driver, err, q)
 	}
-	return fmt.Errorf("%w: dialect %s, but the database (driver %s) %s to %q",
-		ErrDialectMismatch, d, driver, answer, q)
+	return fmt.Errorf("%w: dialect %s, but the database (driver %s) answered %q to %q",
+		ErrDialectMismatch, d, driver, version, q)
 }
 
 // missingFunction reports whether err says the function called does not

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -58,6 +59,8 @@ type SQLStore struct {
 	q      claimSQL
 	cursor keyCursor // where the last walk over the keys stopped
 	vacuum vacuumClock
+
+	listenState atomic.Int32 // a ListenState
 
 	// claimHook, when set (tests only), runs inside the MySQL claim
 	// transaction just before it commits.
@@ -121,6 +124,9 @@ func newStore(db database, dialect Dialect, cfg config.Config, logger watermill.
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid config: %w", err)
+	}
+	if cfg.ListenURL != "" && dialect != PostgreSQL {
+		return nil, fmt.Errorf("invalid config: ListenURL: LISTEN is PostgreSQL's, the dialect is %s", dialect)
 	}
 	if logger == nil {
 		logger = watermill.NopLogger{}

@@ -26,6 +26,12 @@ type StatsSource interface {
 	Stats(ctx context.Context) (outbox.Stats, error)
 }
 
+// listenStater is a StatsSource that reports its LISTEN
+// (*watermilloutbox.SQLStore does).
+type listenStater interface {
+	ListenState() outbox.ListenState
+}
+
 // Defaults of Config.
 const (
 	// DefaultRefreshInterval is how old the table's figures may get before
@@ -175,6 +181,7 @@ type Metrics struct {
 	// The table's figures, cached.
 	descs struct {
 		pending, waiting, leased, dead, capped, oldestPending, oldestDead, refreshed *prometheus.Desc
+		listen                                                                       *prometheus.Desc
 	}
 	refreshFailures prometheus.Counter
 	mu              sync.Mutex
@@ -243,6 +250,7 @@ func New(stats StatsSource, config Config, logger watermill.LoggerAdapter) (*Met
 	d.oldestPending = desc("outbox_oldest_pending_age_seconds", "Age of the topic's oldest undelivered row, by the database's clock.", labelTopic)
 	d.oldestDead = desc("outbox_oldest_dead_age_seconds", "Age of the topic's oldest dead row since it was written, by the database's clock.", labelTopic)
 	d.refreshed = desc("outbox_stats_last_refresh_timestamp_seconds", "When the table's figures were last read successfully, Unix time.")
+	d.listen = desc("outbox_listen_receiving", "1 while the relay's LISTEN receives commit notifications (a notification it sent itself after its last (re)connect arrived), 0 when it does not (likely a transaction pooler: set ListenURL, OUTBOX_LISTEN_DATABASE_URL) and the relay only polls; absent while no LISTEN runs (MySQL, SQLite, DisableNotify) or before its first check.")
 	m.refreshFailures = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: name("outbox_stats_refresh_failures_total"), ConstLabels: config.ConstLabels,
 		Help: "Reads of the table's figures that failed or timed out; the gauges keep the last figures read.",
@@ -296,6 +304,9 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, desc := range []*prometheus.Desc{d.pending, d.waiting, d.leased, d.dead, d.capped, d.oldestPending, d.oldestDead, d.refreshed} {
 		ch <- desc
 	}
+	if _, ok := m.stats.(listenStater); ok {
+		ch <- d.listen
+	}
 	m.refreshFailures.Describe(ch)
 }
 
@@ -334,6 +345,9 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	}
 	if !at.IsZero() {
 		gauge(d.refreshed, float64(at.UnixNano())/1e9)
+	}
+	if l, ok := m.stats.(listenStater); ok && l.ListenState() != outbox.ListenOff {
+		gauge(d.listen, flag(l.ListenState() == outbox.ListenReceiving))
 	}
 	m.refreshFailures.Collect(ch)
 }

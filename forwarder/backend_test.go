@@ -92,7 +92,9 @@ func newRelayEnv(t *testing.T, b backend) *relayEnv {
 func (e *relayEnv) with(t *testing.T, cfg config.Config) *outbox.SQLStore {
 	t.Helper()
 	cfg.Table = e.table
-	cfg.ListenURL = e.backend.listenURL
+	if e.backend.listenURL != "" {
+		cfg.ListenURL = e.backend.listenURL
+	}
 	if e.pool != nil {
 		store, err := outbox.NewPgxStore(e.pool, outbox.PgxStoreConfig{Outbox: cfg}, nil)
 		require.NoError(t, err)

@@ -60,7 +60,7 @@ func pgxCallerTx(tx pgx.Tx) callerTx {
 	if tx == nil {
 		return callerTx{}
 	}
-	return callerTx{q: pgxTxQueryer{pgxQueryer{tx}}, id: tx}
+	return callerTx{q: pgxTxQueryer{pgxQueryer{e: tx}}, id: tx}
 }
 
 // txFromContext returns the transaction ctx carries, of either kind.

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync/atomic"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -73,19 +74,30 @@ func inTx(ctx context.Context, db database, fn func(tx tx) error) error {
 	return t.commit(ctx)
 }
 
-// ownExecMode is how the store's own statements run on a pgx connection
-// (a pgx pool, or a *sql.DB over pgx's database/sql driver): the extended
-// protocol with the unnamed statement, parameters and results as text, in
-// one round trip. pgx's default caches a named prepared statement per
-// query on the server connection, which a transaction pooler (PgBouncer's
-// pool_mode = transaction) hands to other clients: the next client to
-// prepare the same query fails with "prepared statement … already exists",
-// and one that finds its statement missing with "does not exist". A pooler
-// cannot be told from PostgreSQL reliably, so the store never leaves a
-// named statement on a server connection, behind a pooler or not; the
-// statement is planned on every run, which its short queries barely feel.
-// Statements the application runs itself keep the connection's own mode.
-const ownExecMode = pgx.QueryExecModeExec
+// stmtMode says how the store's own statements run on pgx (a pgx pool, or
+// a *sql.DB over pgx's database/sql driver).
+//
+// pgx's default caches a named prepared statement per query on the server
+// connection. A transaction pooler (PgBouncer's pool_mode = transaction,
+// or a managed pooler that works the same way) hands that server
+// connection to other clients: the next one to prepare the same query
+// fails with "prepared statement … already exists" (42P05), one that finds
+// its statement gone with "does not exist". So until the store has seen
+// that it talks to PostgreSQL itself, its statements run in
+// pgx.QueryExecModeExec: the unnamed statement, one round trip, nothing
+// left on the server connection. The check (detectPooler, at the store's
+// first use of its pool) compares the backend pid the connection's
+// startup announced with pg_backend_pid(): a pooler answers the startup
+// with a cancel key of its own. Once direct, the statements run in the
+// connection's own mode again, whose cached plans keep an idle claim at
+// about a third of a millisecond (planning the claim's statements on every
+// run cost it several).
+type stmtMode struct{ direct atomic.Bool }
+
+// unnamed reports whether statements must avoid named prepared
+// statements; a nil mode (a pgx.Tx of the caller's, before the store's
+// mode is known) must.
+func (m *stmtMode) unnamed() bool { return m == nil || !m.direct.Load() }
 
 // sqlDB is a database/sql handle.
 type sqlDB struct {
@@ -93,9 +105,14 @@ type sqlDB struct {
 	db *sql.DB
 }
 
-func newSQLDB(db *sql.DB) sqlDB {
-	_, isPgx := db.Driver().(*stdlib.Driver)
-	return sqlDB{sqlQueryer{db, isPgx}, db}
+// newSQLDB returns the handle of db; mode is nil unless db's driver is
+// pgx's.
+func newSQLDB(db *sql.DB, mode *stmtMode) sqlDB { return sqlDB{sqlQueryer{db, mode}, db} }
+
+// isPgxDriver reports whether db uses pgx's database/sql driver.
+func isPgxDriver(db *sql.DB) bool {
+	_, ok := db.Driver().(*stdlib.Driver)
+	return ok
 }
 
 // sqlExec is what *sql.DB, *sql.Tx and *sql.Conn share.
@@ -108,17 +125,18 @@ type sqlExec interface {
 // sqlQueryer adapts a sqlExec to queryer.
 type sqlQueryer struct {
 	e sqlExec
-	// pgx: the driver is pgx's, which takes ownExecMode as a first
-	// argument (any other driver would refuse it).
-	pgx bool
+	// mode is set when the driver is pgx's, which takes a
+	// pgx.QueryExecMode as a first argument (any other driver would refuse
+	// it); nil otherwise.
+	mode *stmtMode
 }
 
-// args prepends ownExecMode for pgx's driver.
+// args prepends pgx.QueryExecModeExec while the mode says unnamed.
 func (q sqlQueryer) args(args []any) []any {
-	if !q.pgx {
+	if q.mode == nil || !q.mode.unnamed() {
 		return args
 	}
-	return append([]any{ownExecMode}, args...)
+	return append([]any{pgx.QueryExecModeExec}, args...)
 }
 
 func (q sqlQueryer) exec(ctx context.Context, s string, args ...any) (int64, error) {
@@ -155,7 +173,7 @@ func (d sqlDB) begin(ctx context.Context, readCommitted bool) (tx, error) {
 	if err != nil {
 		return nil, err
 	}
-	return sqlTx{sqlQueryer{t, d.pgx}, t}, nil
+	return sqlTx{sqlQueryer{t, d.mode}, t}, nil
 }
 
 func (d sqlDB) ping(ctx context.Context) error { return d.db.PingContext(ctx) }
@@ -172,13 +190,15 @@ func (d sqlDB) maxConns() int { return d.db.Stats().MaxOpenConnections }
 func (d sqlDB) driver() string { return fmt.Sprintf("%T", d.db.Driver()) }
 
 // ownQueryer returns q, a caller's transaction, running the store's
-// statements as the store's own handle does (ownExecMode on pgx's driver).
+// statements in the store's mode (stmtMode).
 func (s *SQLStore) ownQueryer(q queryer) queryer {
-	if sq, ok := q.(sqlQueryer); ok {
-		if d, ok := s.db.(sqlDB); ok {
-			sq.pgx = d.pgx
-		}
-		return sq
+	switch q := q.(type) {
+	case sqlQueryer:
+		q.mode = s.mode
+		return q
+	case pgxTxQueryer:
+		q.mode = s.mode
+		return q
 	}
 	return q
 }
@@ -198,7 +218,7 @@ type pgxDB struct {
 	pool *pgxpool.Pool
 }
 
-func newPgxDB(pool *pgxpool.Pool) pgxDB { return pgxDB{pgxQueryer{pool}, pool} }
+func newPgxDB(pool *pgxpool.Pool, mode *stmtMode) pgxDB { return pgxDB{pgxQueryer{pool, mode}, pool} }
 
 // pgxExec is what *pgxpool.Pool, pgx.Tx and *pgx.Conn share.
 type pgxExec interface {
@@ -207,23 +227,31 @@ type pgxExec interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
-// pgxQueryer adapts a pgxExec to queryer; its statements run in
-// ownExecMode.
-type pgxQueryer struct{ e pgxExec }
+// pgxQueryer adapts a pgxExec to queryer; its statements run as mode says.
+type pgxQueryer struct {
+	e    pgxExec
+	mode *stmtMode
+}
 
-func pgxArgs(args []any) []any { return append([]any{ownExecMode}, args...) }
+// args prepends pgx.QueryExecModeExec while the mode says unnamed.
+func (q pgxQueryer) args(args []any) []any {
+	if !q.mode.unnamed() {
+		return args
+	}
+	return append([]any{pgx.QueryExecModeExec}, args...)
+}
 
 func (q pgxQueryer) exec(ctx context.Context, s string, args ...any) (int64, error) {
-	tag, err := q.e.Exec(ctx, s, pgxArgs(args)...)
+	tag, err := q.e.Exec(ctx, s, q.args(args)...)
 	return tag.RowsAffected(), err
 }
 
 func (q pgxQueryer) query(ctx context.Context, s string, args ...any) (rows, error) {
-	return q.e.Query(ctx, s, pgxArgs(args)...)
+	return q.e.Query(ctx, s, q.args(args)...)
 }
 
 func (q pgxQueryer) queryRow(ctx context.Context, s string, args ...any) row {
-	return q.e.QueryRow(ctx, s, pgxArgs(args)...)
+	return q.e.QueryRow(ctx, s, q.args(args)...)
 }
 
 func (d pgxDB) begin(ctx context.Context, readCommitted bool) (tx, error) {
@@ -235,7 +263,7 @@ func (d pgxDB) begin(ctx context.Context, readCommitted bool) (tx, error) {
 	if err != nil {
 		return nil, err
 	}
-	return pgxTx{pgxQueryer{t}, t}, nil
+	return pgxTx{pgxQueryer{t, d.mode}, t}, nil
 }
 
 func (d pgxDB) ping(ctx context.Context) error { return d.pool.Ping(ctx) }
@@ -315,6 +343,7 @@ func (d pgxDB) withConn(ctx context.Context, fn func(*pgx.Conn) error) error {
 // from the buffer, any other goes to the database.
 type pipeTx struct {
 	conn     *pgx.Conn
+	mode     *stmtMode
 	begun    bool
 	done     bool // committed or rolled back
 	prefetch map[string]*bufferedRows
@@ -333,11 +362,77 @@ type pipeItem struct {
 func pipeKey(q string, args []any) string { return q + "\x00" + fmt.Sprint(args...) }
 
 // send runs items in one round trip (after BEGIN, when not begun yet),
-// buffering what they return for the queries and execs that follow. The
-// batch is built at the protocol level, each statement unnamed as in
-// ownExecMode: pgx's own batches take the connection's mode, whose named
-// statements a transaction pooler cannot keep.
+// buffering what they return for the queries and execs that follow.
 func (t *pipeTx) send(ctx context.Context, items []pipeItem, commit bool) ([]*bufferedRows, error) {
+	if t.mode.unnamed() {
+		return t.sendUnnamed(ctx, items, commit)
+	}
+	b := &pgx.Batch{}
+	if !t.begun {
+		b.Queue("BEGIN")
+	}
+	for _, it := range items {
+		b.Queue(it.q, it.args...)
+	}
+	if commit {
+		b.Queue("COMMIT")
+	}
+	br := t.conn.SendBatch(ctx, b)
+	defer br.Close()
+	if !t.begun {
+		if _, err := br.Exec(); err != nil {
+			return nil, err
+		}
+		t.begun = true
+	}
+	out := make([]*bufferedRows, len(items))
+	for i, it := range items {
+		if it.exec {
+			tag, err := br.Exec()
+			if err != nil {
+				return nil, err
+			}
+			if t.execs == nil {
+				t.execs = map[string]int64{}
+			}
+			t.execs[pipeKey(it.q, it.args)] = tag.RowsAffected()
+			continue
+		}
+		rs, err := br.Query()
+		if err != nil {
+			return nil, err
+		}
+		if it.read != nil {
+			err := it.read(rs)
+			rs.Close()
+			if err == nil {
+				err = rs.Err()
+			}
+			if err != nil {
+				return nil, err
+			}
+			continue
+		}
+		buf, err := buffer(rs, t.conn.TypeMap())
+		if err != nil {
+			return nil, err
+		}
+		out[i] = buf
+	}
+	if commit {
+		if _, err := br.Exec(); err != nil {
+			return nil, err
+		}
+		t.done = true
+	}
+	return out, br.Close()
+}
+
+// sendUnnamed is send for a connection that may go through a pooler
+// (stmtMode): the batch is built at the protocol level, each statement
+// unnamed, as pgx.QueryExecModeExec runs them; pgx's own batches take the
+// connection's default mode, whose named statements a pooler cannot keep.
+func (t *pipeTx) sendUnnamed(ctx context.Context, items []pipeItem, commit bool) ([]*bufferedRows, error) {
 	var b pgconn.Batch
 	var eqb pgx.ExtendedQueryBuilder
 	queue := func(q string, args []any) error {
@@ -468,7 +563,7 @@ func (t *pipeTx) exec(ctx context.Context, q string, args ...any) (int64, error)
 	if err := t.beginNow(ctx); err != nil {
 		return 0, err
 	}
-	return pgxQueryer{t.conn}.exec(ctx, q, args...)
+	return pgxQueryer{t.conn, t.mode}.exec(ctx, q, args...)
 }
 
 func (t *pipeTx) query(ctx context.Context, q string, args ...any) (rows, error) {
@@ -479,14 +574,14 @@ func (t *pipeTx) query(ctx context.Context, q string, args ...any) (rows, error)
 	if err := t.beginNow(ctx); err != nil {
 		return nil, err
 	}
-	return pgxQueryer{t.conn}.query(ctx, q, args...)
+	return pgxQueryer{t.conn, t.mode}.query(ctx, q, args...)
 }
 
 func (t *pipeTx) queryRow(ctx context.Context, q string, args ...any) row {
 	if err := t.beginNow(ctx); err != nil {
 		return errRow{err}
 	}
-	return pgxQueryer{t.conn}.queryRow(ctx, q, args...)
+	return pgxQueryer{t.conn, t.mode}.queryRow(ctx, q, args...)
 }
 
 func (t *pipeTx) commit(ctx context.Context) error {
@@ -525,6 +620,20 @@ type bufferedRows struct {
 	fields []pgconn.FieldDescription
 	rows   [][][]byte
 	at     int
+}
+
+func buffer(rs pgx.Rows, types *pgtype.Map) (*bufferedRows, error) {
+	defer rs.Close()
+	b := &bufferedRows{types: types, fields: slices.Clone(rs.FieldDescriptions()), at: -1}
+	for rs.Next() {
+		raw := rs.RawValues()
+		row := make([][]byte, len(raw))
+		for i, v := range raw {
+			row[i] = bytes.Clone(v) // NULL stays nil
+		}
+		b.rows = append(b.rows, row)
+	}
+	return b, rs.Err()
 }
 
 func (b *bufferedRows) Next() bool { b.at++; return b.at < len(b.rows) }

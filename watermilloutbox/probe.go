@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 
 	"github.com/go-sql-driver/mysql"
+	"github.com/jackc/pgx/v5"
 )
 
 // dialectProbe remembers that the database answered as its dialect should,
@@ -42,6 +43,9 @@ func (s *SQLStore) checkDialectOn(ctx context.Context, q queryer) error {
 	}
 	if q == nil {
 		if err := s.db.ping(ctx); err != nil {
+			return fmt.Errorf("outbox: connect: %w", err)
+		}
+		if err := s.detectPooler(ctx); err != nil {
 			return fmt.Errorf("outbox: connect: %w", err)
 		}
 		q = s.db
@@ -108,4 +112,30 @@ func dialectAnswer(d Dialect, version string) bool {
 	default:
 		return strings.HasPrefix(version, "SQLite 3")
 	}
+}
+
+// detectPooler sets the store's stmtMode to direct when a connection of
+// its pool talks to PostgreSQL itself: the backend pid its startup
+// announced (BackendKeyData) is the one pg_backend_pid() returns. A pooler
+// answers the startup with a cancel key of its own, so behind one the
+// statements stay unnamed. A pool whose connections are not pgx's
+// (a wrapped driver) stays unnamed too.
+func (s *SQLStore) detectPooler(ctx context.Context) error {
+	pc, ok := s.db.(pgxConner)
+	if s.mode == nil || s.mode.direct.Load() || !ok {
+		return nil
+	}
+	err := pc.withConn(ctx, func(c *pgx.Conn) error {
+		var pid uint32
+		// The simple protocol: no statement is prepared to ask.
+		if err := c.QueryRow(ctx, `SELECT pg_backend_pid()`, pgx.QueryExecModeSimpleProtocol).Scan(&pid); err != nil {
+			return err
+		}
+		s.mode.direct.Store(pid == c.PgConn().PID())
+		return nil
+	})
+	if errors.Is(err, errNotPgx) {
+		return nil
+	}
+	return err
 }

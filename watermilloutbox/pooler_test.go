@@ -5,6 +5,8 @@ import (
 	"database/sql"
 	"testing"
 
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
@@ -46,4 +48,25 @@ func TestPoolerDetected(t *testing.T) {
 			require.Equal(t, c.pooled, outbox.StatementsUnnamed(store))
 		})
 	}
+}
+
+// TestPoolerDetectedAfterAPublish: a Publish checks the dialect through its
+// transaction, never the pool; the pool's first use still looks for a
+// pooler, so a relay sharing the store with a publisher gets its named
+// statements back on a direct connection.
+func TestPoolerDetectedAfterAPublish(t *testing.T) {
+	t.Parallel()
+	db := testenv.Postgres(t)
+	table := testenv.TableName(t)
+	applyDDL(t, func(q string) error { _, err := db.Exec(q); return err }, outbox.PostgreSQL, table)
+	t.Cleanup(func() { _, _ = db.Exec(`DROP TABLE IF EXISTS ` + table) })
+	store, err := outbox.NewSQLStore(db, outbox.SQLStoreConfig{Dialect: outbox.PostgreSQL, Outbox: config.Config{Table: table}}, nil)
+	require.NoError(t, err)
+	pub, err := outbox.NewPublisher(store, outbox.PublisherConfig{AutoCommit: true}, nil)
+	require.NoError(t, err)
+	require.NoError(t, pub.Publish("orders", message.NewMessage(watermill.NewUUID(), []byte("x"))))
+	require.True(t, outbox.StatementsUnnamed(store), "a Publish does not look at the pool")
+	_, err = store.Stats(context.Background())
+	require.NoError(t, err)
+	require.False(t, outbox.StatementsUnnamed(store))
 }

@@ -13,10 +13,12 @@ import (
 )
 
 // dialectProbe remembers that the database answered as its dialect should,
-// so the check runs once per store.
+// so the check runs once per store, and that the store's pool was looked
+// at for a pooler (detectPooler).
 type dialectProbe struct {
-	ok atomic.Bool
-	mu sync.Mutex // one probe at a time
+	ok     atomic.Bool
+	pooler atomic.Bool // detectPooler ran
+	mu     sync.Mutex  // one probe at a time
 }
 
 // checkDialect returns ErrDialectMismatch, naming the dialect and the driver,
@@ -31,23 +33,27 @@ func (s *SQLStore) checkDialect(ctx context.Context) error {
 // through the store's pool when q is nil. A Publish probes through the
 // transaction it writes under: with a pool of one connection (SQLite's
 // advice), the caller's transaction holds it, and a probe through the pool
-// would wait for it forever.
+// would wait for it forever. The pool's first use also looks for a pooler
+// (detectPooler), even when a Publish made the dialect check already.
 func (s *SQLStore) checkDialectOn(ctx context.Context, q queryer) error {
-	if s.probe.ok.Load() {
+	if s.probe.ok.Load() && (q != nil || s.probe.pooler.Load()) {
 		return nil
 	}
 	s.probe.mu.Lock()
 	defer s.probe.mu.Unlock()
-	if s.probe.ok.Load() {
-		return nil
-	}
-	if q == nil {
+	if q == nil && !s.probe.pooler.Load() {
 		if err := s.db.ping(ctx); err != nil {
 			return fmt.Errorf("outbox: connect: %w", err)
 		}
 		if err := s.detectPooler(ctx); err != nil {
 			return fmt.Errorf("outbox: connect: %w", err)
 		}
+		s.probe.pooler.Store(true)
+	}
+	if s.probe.ok.Load() {
+		return nil
+	}
+	if q == nil {
 		q = s.db
 	}
 	if err := probeDialect(ctx, q, s.t.dialect, s.db.driver()); err != nil {

@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net/url"
 	"regexp"
 	"strconv"
 	"strings"
@@ -224,6 +225,18 @@ type Config struct {
 	// Default DefaultRelayTimeout (3s); zero means the default. At least
 	// 100ms.
 	RelayTimeout time.Duration `env:"RELAY_TIMEOUT_SECONDS"`
+
+	// ListenURL is a PostgreSQL URL (postgres://user:pass@host:5432/db)
+	// the relay LISTENs for commit notifications on, with a connection of
+	// its own, while its claims and writes go through the store's pool.
+	// Set it to the database's direct address when the pool goes through
+	// a transaction pooler (PgBouncer's pool_mode = transaction, or a
+	// managed pooler that works the same way): a pooler hands the server
+	// connection to another client after each transaction, so a LISTEN
+	// made through it never receives anything and the relay falls back to
+	// PollingInterval. Default and empty: LISTEN on a connection of the
+	// store's pool. PostgreSQL only.
+	ListenURL string `env:"LISTEN_DATABASE_URL"`
 }
 
 // Default returns a Config with every default filled in.
@@ -357,8 +370,41 @@ func (c Config) validate() []*fieldError {
 	if c.UnavailableBackoffMax < minUnavailableBackoffMax {
 		add("UnavailableBackoffMax", "must be at least "+minUnavailableBackoffMax.String(), c.UnavailableBackoffMax)
 	}
+	if c.ListenURL != "" && !postgresURL(c.ListenURL) {
+		add("ListenURL", "must be a postgres:// or postgresql:// URL with a host", strconv.Quote(redactURL(c.ListenURL)))
+	}
 	return errs
 }
+
+// postgresURL reports whether s is a PostgreSQL URL with a host.
+func postgresURL(s string) bool {
+	u, err := url.Parse(s)
+	return err == nil && (u.Scheme == "postgres" || u.Scheme == "postgresql") && u.Host != ""
+}
+
+// redactURL hides the password of a URL (user:password@ or ?password=),
+// for errors; a value that is not a URL at all is not shown.
+func redactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "(not a URL)"
+	}
+	changed := false
+	if q := u.Query(); q.Has("password") {
+		q.Set("password", "xxxxx")
+		u.RawQuery, changed = q.Encode(), true
+	}
+	if _, ok := u.User.Password(); ok {
+		return u.Redacted()
+	}
+	if changed {
+		return u.String()
+	}
+	return s
+}
+
+// secretFields hold URLs whose password errors must not show.
+var secretFields = map[string]bool{"ListenURL": true}
 
 // fieldError is one invalid field. It keeps the Go field names apart from
 // the message so FromEnv can report the same problem by variable name.

@@ -499,3 +499,21 @@ func TestUnknownVariables(t *testing.T) {
 		"OUTBOX_max_retry_count (did you mean OUTBOX_MAX_RETRY_COUNT?)",
 	}, config.UnknownVariables(config.DefaultEnvPrefix, environ, "OUTBOX_DATABASE_URL"))
 }
+
+// TestListenURL: a PostgreSQL URL is taken; anything else is an error that
+// names the variable and never shows the password.
+func TestListenURL(t *testing.T) {
+	t.Parallel()
+	c, err := config.FromEnvMap("OUTBOX_", map[string]string{"OUTBOX_LISTEN_DATABASE_URL": "postgres://app:pw@db:5432/app"})
+	require.NoError(t, err)
+	require.Equal(t, "postgres://app:pw@db:5432/app", c.ListenURL)
+	for _, bad := range []string{"mysql://app:s3cret@db/app", "postgres:///app?password=s3cret", "postgres://app:s3cret@db:port/app"} {
+		_, err := config.FromEnvMap("OUTBOX_", map[string]string{"OUTBOX_LISTEN_DATABASE_URL": bad})
+		require.ErrorContains(t, err, "OUTBOX_LISTEN_DATABASE_URL: invalid value", bad)
+		require.NotContains(t, err.Error(), "s3cret", bad)
+		c := config.Default()
+		c.ListenURL = bad
+		require.ErrorContains(t, c.Validate(), "ListenURL:", bad)
+		require.NotContains(t, c.Validate().Error(), "s3cret", bad)
+	}
+}

@@ -36,6 +36,7 @@
 //	OUTBOX_NOTIFY_INTERVAL_SECONDS     NotifyInterval      0.005             error
 //	OUTBOX_UNAVAILABLE_BACKOFF_MAX_SECONDS UnavailableBackoffMax 1           error
 //	OUTBOX_RELAY_TIMEOUT_SECONDS       RelayTimeout        3                 error
+//	OUTBOX_LISTEN_DATABASE_URL         ListenURL           ""                LISTEN through the store's pool
 //
 // The *_SECONDS variables take a non-negative decimal number of seconds
 // ("1.5", "300", "0.25") or a Go duration ("1500ms", "5m"). Booleans take

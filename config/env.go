@@ -124,6 +124,9 @@ var fieldVars = func() map[string]string {
 func (e *fieldError) envError(name func(field string) string, raw map[string]string) error {
 	key := name(e.field)
 	if v, ok := raw[key]; ok {
+		if secretFields[e.field] {
+			v = redactURL(v)
+		}
 		return fmt.Errorf("%s: invalid value %q: %s", key, v, e.ruleText(name))
 	}
 	// Not set, so the default; another variable made it invalid.

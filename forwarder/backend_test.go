@@ -27,6 +27,11 @@ type backend struct {
 	// a service that uses pgx and no database/sql; the test reads the
 	// table through open's *sql.DB.
 	pgx bool
+	// pooled, when set, opens the *sql.DB the store runs on (open's
+	// stays the test's own, direct); with listenURL, the store's
+	// config.Config.ListenURL.
+	pooled    func(t *testing.T) *sql.DB
+	listenURL string
 }
 
 var backends = []backend{
@@ -34,6 +39,11 @@ var backends = []backend{
 	{name: "mysql", dialect: outbox.MySQL, open: func(t *testing.T) *sql.DB { return testenv.MySQL(t) }},
 	{name: "sqlite", dialect: outbox.SQLite, open: func(t *testing.T) *sql.DB { return testenv.SQLite(t) }},
 	{name: "postgres-pgx", dialect: outbox.PostgreSQL, open: func(t *testing.T) *sql.DB { return testenv.Postgres(t) }, pgx: true},
+	// PostgreSQL through PgBouncer in transaction pooling mode, opened with
+	// the plain URL: claims, writes and publishes go through the pooler,
+	// the LISTEN to PostgreSQL directly (ListenURL).
+	{name: "postgres-pgbouncer", dialect: outbox.PostgreSQL, open: func(t *testing.T) *sql.DB { return testenv.Postgres(t) },
+		pooled: func(t *testing.T) *sql.DB { return testenv.PgBouncer(t) }, listenURL: testenv.PostgresDSN()},
 }
 
 func forEachBackend(t *testing.T, body func(t *testing.T, env *relayEnv)) {
@@ -50,7 +60,8 @@ func forEachBackend(t *testing.T, body func(t *testing.T, env *relayEnv)) {
 // with fastConfig (with makes one with other settings).
 type relayEnv struct {
 	backend backend
-	db      *sql.DB
+	db      *sql.DB       // the test's, direct
+	storeDB *sql.DB       // the store's: db, or the pooled one
 	pool    *pgxpool.Pool // the pgx backend's
 	table   string
 	pub     *outbox.Publisher
@@ -60,7 +71,10 @@ type relayEnv struct {
 func newRelayEnv(t *testing.T, b backend) *relayEnv {
 	t.Helper()
 	db := b.open(t)
-	e := &relayEnv{backend: b, db: db, table: testenv.TableName(t)}
+	e := &relayEnv{backend: b, db: db, storeDB: db, table: testenv.TableName(t)}
+	if b.pooled != nil {
+		e.storeDB = b.pooled(t)
+	}
 	if b.pgx {
 		e.pool = testenv.PostgresPool(t)
 	}
@@ -79,12 +93,15 @@ func newRelayEnv(t *testing.T, b backend) *relayEnv {
 func (e *relayEnv) with(t *testing.T, cfg config.Config) *outbox.SQLStore {
 	t.Helper()
 	cfg.Table = e.table
+	if e.backend.listenURL != "" {
+		cfg.ListenURL = e.backend.listenURL
+	}
 	if e.pool != nil {
 		store, err := outbox.NewPgxStore(e.pool, outbox.PgxStoreConfig{Outbox: cfg}, nil)
 		require.NoError(t, err)
 		return store
 	}
-	store, err := outbox.NewSQLStore(e.db, outbox.SQLStoreConfig{Dialect: e.backend.dialect, Outbox: cfg}, nil)
+	store, err := outbox.NewSQLStore(e.storeDB, outbox.SQLStoreConfig{Dialect: e.backend.dialect, Outbox: cfg}, nil)
 	require.NoError(t, err)
 	return store
 }

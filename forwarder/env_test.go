@@ -325,6 +325,21 @@ func TestEveryEnvironmentVariableChangesBehaviour(t *testing.T) {
 		}), "one per Publish when they are further apart than the interval")
 	})
 
+	t.Run("OUTBOX_LISTEN_DATABASE_URL", func(t *testing.T) {
+		t.Parallel()
+		// The store through PgBouncer (transaction pooling), the variable
+		// unset: its LISTEN cannot receive. Set to PostgreSQL's address,
+		// it LISTENs there and receives.
+		e := newRelayEnv(t, backend{name: "pgbouncer", dialect: outbox.PostgreSQL,
+			open: func(t *testing.T) *sql.DB { return testenv.Postgres(t) }, pooled: func(t *testing.T) *sql.DB { return testenv.PgBouncer(t) }})
+		through := fromEnv(t, e, fast(nil))
+		direct := fromEnv(t, e, fast(map[string]string{"OUTBOX_LISTEN_DATABASE_URL": testenv.PostgresDSN()}))
+		runForwarder(t, through, newRecorder(), forwarder.Config{HandlerName: "through"})
+		runForwarder(t, direct, newRecorder(), forwarder.Config{HandlerName: "direct"})
+		waitFor(t, 30*time.Second, "the direct LISTEN's check", func() bool { return direct.ListenState() == outbox.ListenReceiving })
+		waitFor(t, 30*time.Second, "the pooled LISTEN's check", func() bool { return through.ListenState() == outbox.ListenDeaf })
+	})
+
 	t.Run("OUTBOX_UNAVAILABLE_BACKOFF_MAX_SECONDS", func(t *testing.T) {
 		t.Parallel()
 		e := newRelayEnv(t, backends[2])
@@ -407,6 +422,10 @@ func notificationsBetween(t *testing.T, e *relayEnv, fn func()) int {
 		note, err := conn.WaitForNotification(ctx)
 		require.NoError(t, err)
 		if note.Payload == "sentinel" {
+			// Its backend outlives Close for a moment: UNLISTEN first, so
+			// listenerPID never takes it for the relay's.
+			_, err = conn.Exec(ctx, "UNLISTEN *")
+			require.NoError(t, err)
 			return n
 		}
 		n++

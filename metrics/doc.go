@@ -34,6 +34,8 @@
 //	                                             or (topic "", group "blocked") the blocked keys at MaxBlockedKeys
 //	outbox_stats_last_refresh_timestamp_seconds  last successful read, Unix time
 //	outbox_stats_refresh_failures_total          failed or timed-out reads
+//	outbox_listen_receiving                      1 while the relay's LISTEN receives commit notifications, 0 when its
+//	                                             check found it deaf (a transaction pooler: set ListenURL); absent with no LISTEN
 //
 // The relay, per forwarder (handler_name is its Config.HandlerName):
 //

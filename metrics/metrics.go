@@ -38,6 +38,12 @@ type BlockedSource interface {
 // "blocked"} is 1 and the counts stop there.
 const MaxBlockedKeys = 2 * outbox.MaxBlockedPage
 
+// listenStater is a StatsSource that reports its LISTEN
+// (*watermilloutbox.SQLStore does).
+type listenStater interface {
+	ListenState() outbox.ListenState
+}
+
 // Defaults of Config.
 const (
 	// DefaultRefreshInterval is how old the table's figures may get before
@@ -188,6 +194,7 @@ type Metrics struct {
 	descs struct {
 		pending, waiting, leased, orphaned, dead, capped, oldestPending, oldestLeased, oldestDead, refreshed *prometheus.Desc
 		backlog, blocked, oldestBlocked                                                                      *prometheus.Desc
+		listen                                                                                               *prometheus.Desc
 	}
 	blockedSrc      BlockedSource // nil: no blocked-key gauges
 	refreshFailures prometheus.Counter
@@ -272,6 +279,7 @@ func New(stats StatsSource, config Config, logger watermill.LoggerAdapter) (*Met
 	d.blocked = desc("outbox_blocked_keys", "Partition keys held back by a head that is backing off or (StrictOrder) dead, per topic; counted up to metrics.MaxBlockedKeys over all topics (outbox_stats_capped{group=\"blocked\"}).", labelTopic)
 	d.oldestBlocked = desc("outbox_oldest_blocked_age_seconds", "Age of the oldest head holding a key back, per topic, by the database's clock; 0 when none.", labelTopic)
 	d.refreshed = desc("outbox_stats_last_refresh_timestamp_seconds", "When the table's figures were last read successfully, Unix time.")
+	d.listen = desc("outbox_listen_receiving", "1 while the relay's LISTEN receives commit notifications (a notification it sent itself after its last (re)connect arrived), 0 when it does not (likely a transaction pooler: set ListenURL, OUTBOX_LISTEN_DATABASE_URL) and the relay only polls; absent while no LISTEN runs (MySQL, SQLite, DisableNotify) or before its first check.")
 	m.refreshFailures = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: name("outbox_stats_refresh_failures_total"), ConstLabels: config.ConstLabels,
 		Help: "Reads of the table's figures that failed or timed out; the gauges keep the last figures read.",
@@ -329,6 +337,9 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	if m.blockedSrc != nil {
 		ch <- d.blocked
 		ch <- d.oldestBlocked
+	}
+	if _, ok := m.stats.(listenStater); ok {
+		ch <- d.listen
 	}
 	m.refreshFailures.Describe(ch)
 }
@@ -391,6 +402,9 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	}
 	if !at.IsZero() {
 		gauge(d.refreshed, float64(at.UnixNano())/1e9)
+	}
+	if l, ok := m.stats.(listenStater); ok && l.ListenState() != outbox.ListenOff {
+		gauge(d.listen, flag(l.ListenState() == outbox.ListenReceiving))
 	}
 	m.refreshFailures.Collect(ch)
 }

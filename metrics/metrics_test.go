@@ -580,3 +580,26 @@ func TestInvalidUTF8TopicNeverPanics(t *testing.T) {
 	require.Equal(t, 2.0, got)
 	require.Equal(t, 1.0, sample(t, reg, "outbox_relay_claimed_total", labels{"topic": "bad\uFFFD"}))
 }
+
+// listeningStats is a StatsSource that reports its LISTEN, as SQLStore does.
+type listeningStats struct {
+	fakeStats
+	state atomic.Int32
+}
+
+func (l *listeningStats) ListenState() outbox.ListenState { return outbox.ListenState(l.state.Load()) }
+
+// TestListenGauge: outbox_listen_receiving is 1 while the LISTEN receives,
+// 0 when its check found it deaf, and absent while none runs.
+func TestListenGauge(t *testing.T) {
+	t.Parallel()
+	src := &listeningStats{fakeStats: fakeStats{answer: func(context.Context, int32) (outbox.Stats, error) { return oneTopic(1), nil }}}
+	m, err := metrics.New(src, metrics.Config{}, nil)
+	require.NoError(t, err)
+	reg := registry(t, m)
+	require.Equal(t, -1.0, sample(t, reg, "outbox_listen_receiving", nil), "absent while no LISTEN runs")
+	src.state.Store(int32(outbox.ListenReceiving))
+	require.Equal(t, 1.0, sample(t, reg, "outbox_listen_receiving", nil))
+	src.state.Store(int32(outbox.ListenDeaf))
+	require.Equal(t, 0.0, sample(t, reg, "outbox_listen_receiving", nil))
+}

@@ -53,14 +53,14 @@ func sqlCallerTx(tx *sql.Tx) callerTx {
 	if tx == nil {
 		return callerTx{}
 	}
-	return callerTx{q: sqlQueryer{tx}, id: tx}
+	return callerTx{q: sqlQueryer{e: tx}, id: tx}
 }
 
 func pgxCallerTx(tx pgx.Tx) callerTx {
 	if tx == nil {
 		return callerTx{}
 	}
-	return callerTx{q: pgxTxQueryer{pgxQueryer{tx}}, id: tx}
+	return callerTx{q: pgxTxQueryer{pgxQueryer{e: tx}}, id: tx}
 }
 
 // txFromContext returns the transaction ctx carries, of either kind.

@@ -8,11 +8,13 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync/atomic"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
 )
 
 // The store runs every statement through these small interfaces, so the
@@ -72,13 +74,46 @@ func inTx(ctx context.Context, db database, fn func(tx tx) error) error {
 	return t.commit(ctx)
 }
 
+// stmtMode says how the store's own statements run on pgx (a pgx pool, or
+// a *sql.DB over pgx's database/sql driver).
+//
+// pgx's default caches a named prepared statement per query on the server
+// connection. A transaction pooler (PgBouncer's pool_mode = transaction,
+// or a managed pooler that works the same way) hands that server
+// connection to other clients: the next one to prepare the same query
+// fails with "prepared statement … already exists" (42P05), one that finds
+// its statement gone with "does not exist". So until the store has seen
+// that it talks to PostgreSQL itself, its statements run in
+// pgx.QueryExecModeExec: the unnamed statement, one round trip, nothing
+// left on the server connection. The check (detectPooler, at the store's
+// first use of its pool) compares the backend pid the connection's
+// startup announced with pg_backend_pid(): a pooler answers the startup
+// with a cancel key of its own. Once direct, the statements run in the
+// connection's own mode again, whose cached plans keep an idle claim at
+// about a third of a millisecond (planning the claim's statements on every
+// run cost it several).
+type stmtMode struct{ direct atomic.Bool }
+
+// unnamed reports whether statements must avoid named prepared
+// statements; a nil mode (a pgx.Tx of the caller's, before the store's
+// mode is known) must.
+func (m *stmtMode) unnamed() bool { return m == nil || !m.direct.Load() }
+
 // sqlDB is a database/sql handle.
 type sqlDB struct {
 	sqlQueryer
 	db *sql.DB
 }
 
-func newSQLDB(db *sql.DB) sqlDB { return sqlDB{sqlQueryer{db}, db} }
+// newSQLDB returns the handle of db; mode is nil unless db's driver is
+// pgx's.
+func newSQLDB(db *sql.DB, mode *stmtMode) sqlDB { return sqlDB{sqlQueryer{db, mode}, db} }
+
+// isPgxDriver reports whether db uses pgx's database/sql driver.
+func isPgxDriver(db *sql.DB) bool {
+	_, ok := db.Driver().(*stdlib.Driver)
+	return ok
+}
 
 // sqlExec is what *sql.DB, *sql.Tx and *sql.Conn share.
 type sqlExec interface {
@@ -88,10 +123,24 @@ type sqlExec interface {
 }
 
 // sqlQueryer adapts a sqlExec to queryer.
-type sqlQueryer struct{ e sqlExec }
+type sqlQueryer struct {
+	e sqlExec
+	// mode is set when the driver is pgx's, which takes a
+	// pgx.QueryExecMode as a first argument (any other driver would refuse
+	// it); nil otherwise.
+	mode *stmtMode
+}
+
+// args prepends pgx.QueryExecModeExec while the mode says unnamed.
+func (q sqlQueryer) args(args []any) []any {
+	if q.mode == nil || !q.mode.unnamed() {
+		return args
+	}
+	return append([]any{pgx.QueryExecModeExec}, args...)
+}
 
 func (q sqlQueryer) exec(ctx context.Context, s string, args ...any) (int64, error) {
-	res, err := q.e.ExecContext(ctx, s, args...)
+	res, err := q.e.ExecContext(ctx, s, q.args(args)...)
 	if err != nil {
 		return 0, err
 	}
@@ -99,7 +148,7 @@ func (q sqlQueryer) exec(ctx context.Context, s string, args ...any) (int64, err
 }
 
 func (q sqlQueryer) query(ctx context.Context, s string, args ...any) (rows, error) {
-	rs, err := q.e.QueryContext(ctx, s, args...)
+	rs, err := q.e.QueryContext(ctx, s, q.args(args)...)
 	if err != nil {
 		return nil, err
 	}
@@ -107,7 +156,7 @@ func (q sqlQueryer) query(ctx context.Context, s string, args ...any) (rows, err
 }
 
 func (q sqlQueryer) queryRow(ctx context.Context, s string, args ...any) row {
-	return q.e.QueryRowContext(ctx, s, args...)
+	return q.e.QueryRowContext(ctx, s, q.args(args)...)
 }
 
 // sqlRows drops *sql.Rows' Close error: Err reports what matters.
@@ -124,7 +173,7 @@ func (d sqlDB) begin(ctx context.Context, readCommitted bool) (tx, error) {
 	if err != nil {
 		return nil, err
 	}
-	return sqlTx{sqlQueryer{t}, t}, nil
+	return sqlTx{sqlQueryer{t, d.mode}, t}, nil
 }
 
 func (d sqlDB) ping(ctx context.Context) error { return d.db.PingContext(ctx) }
@@ -139,6 +188,20 @@ func (d sqlDB) withPgxConn(ctx context.Context, fn func(*pgx.Conn) error) error 
 func (d sqlDB) maxConns() int { return d.db.Stats().MaxOpenConnections }
 
 func (d sqlDB) driver() string { return fmt.Sprintf("%T", d.db.Driver()) }
+
+// ownQueryer returns q, a caller's transaction, running the store's
+// statements in the store's mode (stmtMode).
+func (s *SQLStore) ownQueryer(q queryer) queryer {
+	switch q := q.(type) {
+	case sqlQueryer:
+		q.mode = s.mode
+		return q
+	case pgxTxQueryer:
+		q.mode = s.mode
+		return q
+	}
+	return q
+}
 
 // sqlTx is a database/sql transaction.
 type sqlTx struct {
@@ -155,7 +218,7 @@ type pgxDB struct {
 	pool *pgxpool.Pool
 }
 
-func newPgxDB(pool *pgxpool.Pool) pgxDB { return pgxDB{pgxQueryer{pool}, pool} }
+func newPgxDB(pool *pgxpool.Pool, mode *stmtMode) pgxDB { return pgxDB{pgxQueryer{pool, mode}, pool} }
 
 // pgxExec is what *pgxpool.Pool, pgx.Tx and *pgx.Conn share.
 type pgxExec interface {
@@ -164,20 +227,31 @@ type pgxExec interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
-// pgxQueryer adapts a pgxExec to queryer.
-type pgxQueryer struct{ e pgxExec }
+// pgxQueryer adapts a pgxExec to queryer; its statements run as mode says.
+type pgxQueryer struct {
+	e    pgxExec
+	mode *stmtMode
+}
+
+// args prepends pgx.QueryExecModeExec while the mode says unnamed.
+func (q pgxQueryer) args(args []any) []any {
+	if !q.mode.unnamed() {
+		return args
+	}
+	return append([]any{pgx.QueryExecModeExec}, args...)
+}
 
 func (q pgxQueryer) exec(ctx context.Context, s string, args ...any) (int64, error) {
-	tag, err := q.e.Exec(ctx, s, args...)
+	tag, err := q.e.Exec(ctx, s, q.args(args)...)
 	return tag.RowsAffected(), err
 }
 
 func (q pgxQueryer) query(ctx context.Context, s string, args ...any) (rows, error) {
-	return q.e.Query(ctx, s, args...)
+	return q.e.Query(ctx, s, q.args(args)...)
 }
 
 func (q pgxQueryer) queryRow(ctx context.Context, s string, args ...any) row {
-	return q.e.QueryRow(ctx, s, args...)
+	return q.e.QueryRow(ctx, s, q.args(args)...)
 }
 
 func (d pgxDB) begin(ctx context.Context, readCommitted bool) (tx, error) {
@@ -189,7 +263,7 @@ func (d pgxDB) begin(ctx context.Context, readCommitted bool) (tx, error) {
 	if err != nil {
 		return nil, err
 	}
-	return pgxTx{pgxQueryer{t}, t}, nil
+	return pgxTx{pgxQueryer{t, d.mode}, t}, nil
 }
 
 func (d pgxDB) ping(ctx context.Context) error { return d.pool.Ping(ctx) }
@@ -269,6 +343,7 @@ func (d pgxDB) withConn(ctx context.Context, fn func(*pgx.Conn) error) error {
 // from the buffer, any other goes to the database.
 type pipeTx struct {
 	conn     *pgx.Conn
+	mode     *stmtMode
 	begun    bool
 	done     bool // committed or rolled back
 	prefetch map[string]*bufferedRows
@@ -289,6 +364,9 @@ func pipeKey(q string, args []any) string { return q + "\x00" + fmt.Sprint(args.
 // send runs items in one round trip (after BEGIN, when not begun yet),
 // buffering what they return for the queries and execs that follow.
 func (t *pipeTx) send(ctx context.Context, items []pipeItem, commit bool) ([]*bufferedRows, error) {
+	if t.mode.unnamed() {
+		return t.sendUnnamed(ctx, items, commit)
+	}
 	b := &pgx.Batch{}
 	if !t.begun {
 		b.Queue("BEGIN")
@@ -350,6 +428,97 @@ func (t *pipeTx) send(ctx context.Context, items []pipeItem, commit bool) ([]*bu
 	return out, br.Close()
 }
 
+// sendUnnamed is send for a connection that may go through a pooler
+// (stmtMode): the batch is built at the protocol level, each statement
+// unnamed, as pgx.QueryExecModeExec runs them; pgx's own batches take the
+// connection's default mode, whose named statements a pooler cannot keep.
+func (t *pipeTx) sendUnnamed(ctx context.Context, items []pipeItem, commit bool) ([]*bufferedRows, error) {
+	var b pgconn.Batch
+	var eqb pgx.ExtendedQueryBuilder
+	queue := func(q string, args []any) error {
+		if err := eqb.Build(t.conn.TypeMap(), nil, args); err != nil {
+			return err
+		}
+		b.ExecParams(q, eqb.ParamValues, nil, eqb.ParamFormats, eqb.ResultFormats)
+		return nil
+	}
+	if !t.begun {
+		_ = queue("BEGIN", nil)
+	}
+	for _, it := range items {
+		if err := queue(it.q, it.args); err != nil {
+			return nil, err
+		}
+	}
+	if commit {
+		_ = queue("COMMIT", nil)
+	}
+	mrr := t.conn.PgConn().ExecBatch(ctx, &b)
+	out, err := t.read(mrr, items, commit)
+	// Close reads to the batch's end and returns its first error, the one
+	// read returned or the reason the batch ended early.
+	if cerr := mrr.Close(); err == nil || errors.Is(err, errBatchShort) && cerr != nil {
+		err = cerr
+	}
+	return out, err
+}
+
+var errBatchShort = errors.New("outbox: batch ended early")
+
+// read takes the results of send's batch in order.
+func (t *pipeTx) read(mrr *pgconn.MultiResultReader, items []pipeItem, commit bool) ([]*bufferedRows, error) {
+	next := func() (*bufferedRows, int64, error) {
+		if !mrr.NextResult() {
+			return nil, 0, errBatchShort
+		}
+		rr := mrr.ResultReader()
+		buf := &bufferedRows{types: t.conn.TypeMap(), fields: slices.Clone(rr.FieldDescriptions()), at: -1}
+		for rr.NextRow() {
+			raw := rr.Values()
+			row := make([][]byte, len(raw))
+			for i, v := range raw {
+				row[i] = bytes.Clone(v) // NULL stays nil; the buffer is reused
+			}
+			buf.rows = append(buf.rows, row)
+		}
+		tag, err := rr.Close()
+		return buf, tag.RowsAffected(), err
+	}
+	if !t.begun {
+		if _, _, err := next(); err != nil {
+			return nil, err
+		}
+		t.begun = true
+	}
+	out := make([]*bufferedRows, len(items))
+	for i, it := range items {
+		buf, n, err := next()
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case it.exec:
+			if t.execs == nil {
+				t.execs = map[string]int64{}
+			}
+			t.execs[pipeKey(it.q, it.args)] = n
+		case it.read != nil:
+			if err := it.read(buf); err != nil {
+				return nil, err
+			}
+		default:
+			out[i] = buf
+		}
+	}
+	if commit {
+		if _, _, err := next(); err != nil {
+			return nil, err
+		}
+		t.done = true
+	}
+	return out, nil
+}
+
 // prefetchAll sends items (with BEGIN) and keeps their results for the
 // claim's code to ask for.
 func (t *pipeTx) prefetchAll(ctx context.Context, items []pipeItem) error {
@@ -394,7 +563,7 @@ func (t *pipeTx) exec(ctx context.Context, q string, args ...any) (int64, error)
 	if err := t.beginNow(ctx); err != nil {
 		return 0, err
 	}
-	return pgxQueryer{t.conn}.exec(ctx, q, args...)
+	return pgxQueryer{t.conn, t.mode}.exec(ctx, q, args...)
 }
 
 func (t *pipeTx) query(ctx context.Context, q string, args ...any) (rows, error) {
@@ -405,14 +574,14 @@ func (t *pipeTx) query(ctx context.Context, q string, args ...any) (rows, error)
 	if err := t.beginNow(ctx); err != nil {
 		return nil, err
 	}
-	return t.conn.Query(ctx, q, args...)
+	return pgxQueryer{t.conn, t.mode}.query(ctx, q, args...)
 }
 
 func (t *pipeTx) queryRow(ctx context.Context, q string, args ...any) row {
 	if err := t.beginNow(ctx); err != nil {
 		return errRow{err}
 	}
-	return t.conn.QueryRow(ctx, q, args...)
+	return pgxQueryer{t.conn, t.mode}.queryRow(ctx, q, args...)
 }
 
 func (t *pipeTx) commit(ctx context.Context) error {

@@ -153,3 +153,7 @@ func ClaimReadCost(ctx context.Context, s *SQLStore, req ClaimRequest) (int64, e
 	}
 	return total, nil
 }
+
+// StatementsUnnamed reports whether the store's statements avoid named
+// prepared statements (stmtMode).
+func StatementsUnnamed(s *SQLStore) bool { return s.mode.unnamed() }

@@ -2,35 +2,61 @@ package watermilloutbox
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
+
+	"github.com/go-sql-driver/mysql"
+	"github.com/jackc/pgx/v5"
 )
 
 // dialectProbe remembers that the database answered as its dialect should,
-// so the check runs once per store.
+// so the check runs once per store, and that the store's pool was looked
+// at for a pooler (detectPooler).
 type dialectProbe struct {
-	ok atomic.Bool
-	mu sync.Mutex // one probe at a time
+	ok     atomic.Bool
+	pooler atomic.Bool // detectPooler ran
+	mu     sync.Mutex  // one probe at a time
 }
 
 // checkDialect returns ErrDialectMismatch, naming the dialect and the driver,
 // when the database is not what the store's Dialect says. A database that
-// cannot be reached returns its error, and is asked again next time.
+// cannot be reached, or that fails the probe for any other reason, returns
+// its error, and is asked again next time.
 func (s *SQLStore) checkDialect(ctx context.Context) error {
-	if s.probe.ok.Load() {
+	return s.checkDialectOn(ctx, nil)
+}
+
+// checkDialectOn is checkDialect through q, a transaction already open, or
+// through the store's pool when q is nil. A Publish probes through the
+// transaction it writes under: with a pool of one connection (SQLite's
+// advice), the caller's transaction holds it, and a probe through the pool
+// would wait for it forever. The pool's first use also looks for a pooler
+// (detectPooler), even when a Publish made the dialect check already.
+func (s *SQLStore) checkDialectOn(ctx context.Context, q queryer) error {
+	if s.probe.ok.Load() && (q != nil || s.probe.pooler.Load()) {
 		return nil
 	}
 	s.probe.mu.Lock()
 	defer s.probe.mu.Unlock()
+	if q == nil && !s.probe.pooler.Load() {
+		if err := s.db.ping(ctx); err != nil {
+			return fmt.Errorf("outbox: connect: %w", err)
+		}
+		if err := s.detectPooler(ctx); err != nil {
+			return fmt.Errorf("outbox: connect: %w", err)
+		}
+		s.probe.pooler.Store(true)
+	}
 	if s.probe.ok.Load() {
 		return nil
 	}
-	if err := s.db.ping(ctx); err != nil {
-		return fmt.Errorf("outbox: connect: %w", err)
+	if q == nil {
+		q = s.db
 	}
-	if err := probeDialect(ctx, s.db, s.t.dialect); err != nil {
+	if err := probeDialect(ctx, q, s.t.dialect, s.db.driver()); err != nil {
 		return err
 	}
 	s.probe.ok.Store(true)
@@ -38,7 +64,10 @@ func (s *SQLStore) checkDialect(ctx context.Context) error {
 }
 
 // probeDialect asks the database for its version in the dialect's own words.
-func probeDialect(ctx context.Context, db database, d Dialect) error {
+// Only an answer of another database, or the version function missing, is
+// a mismatch; any other failure (a lost connection, a pooler's error) is
+// returned as it is.
+func probeDialect(ctx context.Context, db queryer, d Dialect, driver string) error {
 	var q string
 	switch d {
 	case PostgreSQL:
@@ -53,12 +82,29 @@ func probeDialect(ctx context.Context, db database, d Dialect) error {
 	if err == nil && dialectAnswer(d, version) {
 		return nil
 	}
-	answer := fmt.Sprintf("answered %q", version)
-	if err != nil {
-		answer = "failed: " + err.Error()
+	if err != nil && !missingFunction(err) {
+		return fmt.Errorf("outbox: check that the database is %s (driver %s): %w", d, driver, err)
 	}
-	return fmt.Errorf("%w: dialect %s, but the database (driver %s) %s to %q",
-		ErrDialectMismatch, d, db.driver(), answer, q)
+	if err != nil {
+		return fmt.Errorf("%w: dialect %s, but the database (driver %s) failed: %w to %q",
+			ErrDialectMismatch, d, driver, err, q)
+	}
+	return fmt.Errorf("%w: dialect %s, but the database (driver %s) answered %q to %q",
+		ErrDialectMismatch, d, driver, version, q)
+}
+
+// missingFunction reports whether err says the function called does not
+// exist: what the probe of one dialect gets from another's database.
+func missingFunction(err error) bool {
+	var pg interface{ SQLState() string }
+	if errors.As(err, &pg) {
+		return pg.SQLState() == "42883" // undefined_function
+	}
+	var my *mysql.MySQLError
+	if errors.As(err, &my) {
+		return my.Number == 1305 // ER_SP_DOES_NOT_EXIST: FUNCTION … does not exist
+	}
+	return strings.Contains(err.Error(), "no such function") // SQLite
 }
 
 // dialectAnswer reports whether a version string fits the dialect: MySQL
@@ -72,4 +118,30 @@ func dialectAnswer(d Dialect, version string) bool {
 	default:
 		return strings.HasPrefix(version, "SQLite 3")
 	}
+}
+
+// detectPooler sets the store's stmtMode to direct when a connection of
+// its pool talks to PostgreSQL itself: the backend pid its startup
+// announced (BackendKeyData) is the one pg_backend_pid() returns. A pooler
+// answers the startup with a cancel key of its own, so behind one the
+// statements stay unnamed. A pool whose connections are not pgx's
+// (a wrapped driver) stays unnamed too.
+func (s *SQLStore) detectPooler(ctx context.Context) error {
+	pc, ok := s.db.(pgxConner)
+	if s.mode == nil || s.mode.direct.Load() || !ok {
+		return nil
+	}
+	err := pc.withConn(ctx, func(c *pgx.Conn) error {
+		var pid uint32
+		// The simple protocol: no statement is prepared to ask.
+		if err := c.QueryRow(ctx, `SELECT pg_backend_pid()`, pgx.QueryExecModeSimpleProtocol).Scan(&pid); err != nil {
+			return err
+		}
+		s.mode.direct.Store(pid == c.PgConn().PID())
+		return nil
+	})
+	if errors.Is(err, errNotPgx) {
+		return nil
+	}
+	return err
 }

@@ -226,15 +226,14 @@ func (p *Publisher) publish(caller callerTx, topic string, messages []*message.M
 		return err
 	}
 	ctx := messages[0].Context()
-	if err := p.store.checkDialect(ctx); err != nil {
-		return err
-	}
 	if caller.q == nil {
 		caller, err = txOfMessages(messages)
 		if err != nil {
 			return err
 		}
 	}
+	// Everything runs on the transaction's one connection, the dialect
+	// check included: a Publish never waits for a second connection.
 	if caller.q == nil {
 		if !p.config.AutoCommit {
 			return ErrNoTransaction
@@ -245,7 +244,7 @@ func (p *Publisher) publish(caller callerTx, topic string, messages []*message.M
 		p.tell(true)
 		return nil
 	}
-	if err := p.insert(ctx, caller.q, args); err != nil {
+	if err := p.insert(ctx, p.store.ownQueryer(caller.q), args); err != nil {
 		return err
 	}
 	p.tell(false)
@@ -366,6 +365,9 @@ func withTraceContext(m *message.Message) message.Metadata {
 }
 
 func (p *Publisher) insert(ctx context.Context, tx queryer, args []any) error {
+	if err := p.store.checkDialectOn(ctx, tx); err != nil {
+		return err
+	}
 	for len(args) > 0 {
 		n := min(len(args)/5, maxRowsPerInsert)
 		if _, err := tx.exec(ctx, p.insertQuery(n), args[:5*n]...); err != nil {

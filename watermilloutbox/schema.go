@@ -282,7 +282,7 @@ func (t table) migrate(ctx context.Context, db database) error {
 			err := conn.QueryRowContext(ctx, q, append(slices.Clone(schemaArgs), args...)...).Scan(&n)
 			return n > 0, err
 		}
-		return t.create(ctx, sqlQueryer{conn}, func(column string) (bool, error) {
+		return t.create(ctx, sqlQueryer{e: conn}, func(column string) (bool, error) {
 			return count(`SELECT count(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = `+schema+` AND TABLE_NAME = ? AND COLUMN_NAME = ?`, t.base, column)
 		}, func(index string) (bool, error) {
 			return count(`SELECT count(*) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = `+schema+` AND TABLE_NAME = ? AND INDEX_NAME = ?`, t.base, index)

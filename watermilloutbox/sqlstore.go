@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -60,6 +61,11 @@ type SQLStore struct {
 	vacuum     vacuumClock
 	relayPurge relayPurge
 
+	listenState atomic.Int32 // a ListenState
+	// mode is how the store's statements run on pgx; nil for a *sql.DB
+	// of another driver.
+	mode *stmtMode
+
 	// claimHook, when set (tests only), runs inside the MySQL claim
 	// transaction just before it commits.
 	claimHook func()
@@ -78,11 +84,15 @@ func NewSQLStore(db *sql.DB, config SQLStoreConfig, logger watermill.LoggerAdapt
 	if db == nil {
 		return nil, errors.New("invalid config: db is nil")
 	}
-	s, err := newStore(newSQLDB(db), config.Dialect, config.Outbox, logger)
+	var mode *stmtMode
+	if isPgxDriver(db) {
+		mode = &stmtMode{}
+	}
+	s, err := newStore(newSQLDB(db, mode), config.Dialect, config.Outbox, logger)
 	if err != nil {
 		return nil, err
 	}
-	s.sqlDB = db
+	s.sqlDB, s.mode = db, mode
 	return s, nil
 }
 
@@ -97,7 +107,8 @@ type PgxStoreConfig struct {
 // NewPgxStore returns the store of the outbox table config.Outbox.Table on
 // a PostgreSQL pgx pool, for services that use pgx (github.com/jackc/pgx/v5)
 // and no database/sql: the relay claims, writes, LISTENs (on a connection of
-// its own, taken from the pool) and reads Stats through pool, and a
+// its own, taken from the pool, or dialled to ListenURL) and reads Stats
+// through pool, and a
 // Publisher built on the store writes under a pgx.Tx (WithPgxTx,
 // ContextWithPgxTx) as under a *sql.Tx. It does not touch the database:
 // Migrate creates the table. A nil logger logs nothing.
@@ -105,11 +116,12 @@ func NewPgxStore(pool *pgxpool.Pool, config PgxStoreConfig, logger watermill.Log
 	if pool == nil {
 		return nil, errors.New("invalid config: pool is nil")
 	}
-	s, err := newStore(newPgxDB(pool), PostgreSQL, config.Outbox, logger)
+	mode := &stmtMode{}
+	s, err := newStore(newPgxDB(pool, mode), PostgreSQL, config.Outbox, logger)
 	if err != nil {
 		return nil, err
 	}
-	s.pool = pool
+	s.pool, s.mode = pool, mode
 	return s, nil
 }
 
@@ -122,6 +134,9 @@ func newStore(db database, dialect Dialect, cfg config.Config, logger watermill.
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid config: %w", err)
+	}
+	if cfg.ListenURL != "" && dialect != PostgreSQL {
+		return nil, fmt.Errorf("invalid config: ListenURL: LISTEN is PostgreSQL's, the dialect is %s", dialect)
 	}
 	if logger == nil {
 		logger = watermill.NopLogger{}

@@ -101,6 +101,9 @@ type cliDB struct {
 var cliDBs = []cliDB{
 	{"postgres", outbox.PostgreSQL, func(t *testing.T) (string, *sql.DB) { return testenv.PostgresDSN(), testenv.Postgres(t) }},
 	{"mysql", outbox.MySQL, func(t *testing.T) (string, *sql.DB) { return testenv.MySQLDSN(), testenv.MySQL(t) }},
+	// The command through PgBouncer in transaction pooling mode, with the
+	// plain URL; the test's own reads go to PostgreSQL directly.
+	{"pgbouncer", outbox.PostgreSQL, func(t *testing.T) (string, *sql.DB) { return testenv.PgBouncerDSN(), testenv.Postgres(t) }},
 	{"sqlite", outbox.SQLite, func(t *testing.T) (string, *sql.DB) {
 		path := filepath.Join(t.TempDir(), "outbox.db")
 		db, err := sql.Open("sqlite", "file:"+path+"?"+outbox.SQLiteConnParams)
@@ -539,4 +542,103 @@ func TestCLIMigrateReservedWordTableOnSQLite(t *testing.T) {
 	c := newCLI(t, bin)
 	require.Contains(t, c.ok("migrate", "--table", "order", "--database-url", url), "table order is up to date on ")
 	require.Contains(t, c.ok("stats", "--table", "order", "--database-url", url), "no undelivered or dead rows")
+}
+
+// TestCLIRelayThroughPgBouncer: the relay runs through PgBouncer with the
+// plain URL. Without --listen-database-url its LISTEN cannot receive: one
+// warning names the pooler and the setting, /healthz says so after "ok",
+// and outbox_listen_receiving is 0. With it, the LISTEN receives (1).
+func TestCLIRelayThroughPgBouncer(t *testing.T) {
+	t.Parallel()
+	amqp := testenv.AMQPURL(t)
+	bin := buildCLI(t)
+	for _, direct := range []bool{false, true} {
+		t.Run(fmt.Sprintf("listen_direct=%v", direct), func(t *testing.T) {
+			t.Parallel()
+			f := newFixture(t, bin, cliDBs[2]) // pgbouncer
+			args := []string{"relay", "--metrics-addr", "127.0.0.1:0", "--amqp-url", amqp}
+			if direct {
+				args = append(args, "--listen-database-url", testenv.PostgresDSN())
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			cmd := exec.CommandContext(ctx, bin, args...)
+			cmd.Env = f.cli.env
+			stderr, err := cmd.StderrPipe()
+			require.NoError(t, err)
+			require.NoError(t, cmd.Start())
+			lines := bufio.NewScanner(stderr)
+			var log strings.Builder
+			waitLog := func(s string) string {
+				t.Helper()
+				for lines.Scan() {
+					log.WriteString(lines.Text() + "\n")
+					if strings.Contains(lines.Text(), s) {
+						return lines.Text()
+					}
+				}
+				t.Fatalf("the relay's log ended without %q:\n%s", s, log.String())
+				return ""
+			}
+			addr := regexp.MustCompile(`addr=(\S+)`).FindStringSubmatch(waitLog("relay: serving /metrics and /healthz"))
+			require.NotNil(t, addr)
+			get := func(path string) (int, string) {
+				t.Helper()
+				resp, err := http.Get("http://" + addr[1] + path)
+				require.NoError(t, err)
+				defer resp.Body.Close()
+				body, _ := io.ReadAll(resp.Body)
+				return resp.StatusCode, string(body)
+			}
+			// waitGauge polls /metrics, on a ticker, for the LISTEN's gauge.
+			waitGauge := func(want string) {
+				t.Helper()
+				deadline := time.After(60 * time.Second)
+				tick := time.NewTicker(50 * time.Millisecond)
+				defer tick.Stop()
+				for {
+					if _, body := get("/metrics"); strings.Contains(body, "\noutbox_listen_receiving "+want+"\n") {
+						return
+					}
+					select {
+					case <-deadline:
+						t.Fatalf("outbox_listen_receiving never became %s", want)
+					case <-tick.C:
+					}
+				}
+			}
+			waitLog("relay: running")
+			if direct {
+				waitGauge("1")
+				code, body := get("/healthz")
+				require.Equal(t, http.StatusOK, code, body)
+				require.Equal(t, "ok\n", body)
+			} else {
+				line := waitLog("LISTEN receives no notifications")
+				require.Contains(t, line, "transaction pooler")
+				require.Contains(t, line, "OUTBOX_LISTEN_DATABASE_URL")
+				waitGauge("0")
+				code, body := get("/healthz")
+				require.Equal(t, http.StatusOK, code, body)
+				require.Contains(t, body, "ok\nlisten: receives no commit notifications")
+			}
+			f.insert("orders", "", 3)
+			waitFor := time.After(60 * time.Second)
+			tick := time.NewTicker(20 * time.Millisecond)
+			defer tick.Stop()
+			for len(f.ids("true")) > 0 {
+				select {
+				case <-waitFor:
+					t.Fatal("the relay did not deliver through the pooler")
+				case <-tick.C:
+				}
+			}
+			require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+			waitLog("relay: stopped")
+			_, _ = io.Copy(io.Discard, stderr)
+			require.NoError(t, cmd.Wait(), "exit 0 on SIGTERM")
+			require.NotContains(t, log.String(), "dialect does not match")
+			require.NotContains(t, log.String(), "42P05")
+		})
+	}
 }

@@ -32,7 +32,11 @@
 // answer. With --metrics-addr it serves Prometheus metrics on /metrics and
 // a health check on /healthz: 200 while the database answers and the relay
 // has not been paused for an unavailable broker longer than
-// --health-max-pause (default 60s), else 503 with the reasons.
+// --health-max-pause (default 60s), else 503 with the reasons. Behind a
+// transaction pooler such as PgBouncer, --listen-database-url
+// (OUTBOX_LISTEN_DATABASE_URL) gives the relay PostgreSQL's direct address
+// for its LISTEN; without it the relay warns that its LISTEN receives
+// nothing, reports it on /healthz and polls.
 //
 // Exit status: 0 done, 1 failed, 2 bad usage or settings (a database that
 // cannot be reached included). Every error is one line naming the flag or

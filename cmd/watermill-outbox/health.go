@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/e0a82c8c/watermill-outbox/internal/dburl"
+	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
 
 // pingTimeout bounds the database check of /healthz: a prober's own
@@ -41,6 +42,9 @@ type health struct {
 	maxPause time.Duration
 	now      func() time.Time
 	logger   watermill.LoggerAdapter
+
+	// listen reports the store's LISTEN (SQLStore.ListenState); nil: none.
+	listen func() outbox.ListenState
 
 	mu    sync.Mutex
 	relay pauser // nil while no forwarder runs
@@ -112,6 +116,18 @@ func (h *health) check1(done chan struct{}) {
 	close(done)
 }
 
+// notes returns what is degraded but healthy, one line each: a relay
+// whose LISTEN receives nothing still delivers every row, by polling, and
+// a restart would not fix it, so it does not fail the check.
+func (h *health) notes() []string {
+	if h.listen == nil || h.listen() != outbox.ListenDeaf {
+		return nil
+	}
+	return []string{"listen: receives no commit notifications, not even its own, so the relay polls " +
+		"(likely a transaction pooler in --database-url: set --listen-database-url or " +
+		"OUTBOX_LISTEN_DATABASE_URL to PostgreSQL's direct address)"}
+}
+
 // check returns what is wrong, one line each; none when healthy.
 func (h *health) check(ctx context.Context) []string {
 	var problems []string
@@ -139,10 +155,10 @@ func (h *health) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	problems := h.check(r.Context())
 	if len(problems) > 0 {
 		w.WriteHeader(http.StatusServiceUnavailable)
-		fmt.Fprintln(w, strings.Join(problems, "\n"))
-		return
+	} else {
+		problems = []string{"ok"}
 	}
-	fmt.Fprintln(w, "ok")
+	fmt.Fprintln(w, strings.Join(append(problems, h.notes()...), "\n"))
 }
 
 // newRegistry is the registry /metrics serves: the Go runtime's and the

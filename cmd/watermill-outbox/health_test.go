@@ -15,6 +15,8 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/stretchr/testify/require"
+
+	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
 
 // fakeRelay is a forwarder as /healthz sees it.
@@ -193,4 +195,44 @@ func TestMetricsServerTimeouts(t *testing.T) {
 	require.NoError(t, conn.SetReadDeadline(time.Now().Add(2*time.Minute)))
 	_, err = io.ReadAll(conn)
 	require.NoError(t, err, "the server closed the idle connection")
+}
+
+// TestHealthzListenDeaf: a LISTEN that receives nothing (a transaction
+// pooler) is named on /healthz with the setting that fixes it, on a line
+// after "ok": the relay still delivers, by polling, and a restart would not
+// help, so the status stays 200.
+func TestHealthzListenDeaf(t *testing.T) {
+	t.Parallel()
+	h := newHealth(func(context.Context) error { return nil }, time.Minute, nil)
+	var mu sync.Mutex
+	state := outbox.ListenReceiving
+	h.listen = func() outbox.ListenState {
+		mu.Lock()
+		defer mu.Unlock()
+		return state
+	}
+	h.setRelay(&fakeRelay{})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	stop := serveMetrics(ln, newRegistry(), h, watermill.NopLogger{})
+	t.Cleanup(stop)
+	get := func() (int, string) {
+		t.Helper()
+		resp, err := http.Get("http://" + ln.Addr().String() + "/healthz")
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		return resp.StatusCode, string(b)
+	}
+	code, body := get()
+	require.Equal(t, http.StatusOK, code)
+	require.Equal(t, "ok\n", body)
+
+	mu.Lock()
+	state = outbox.ListenDeaf
+	mu.Unlock()
+	code, body = get()
+	require.Equal(t, http.StatusOK, code)
+	require.Regexp(t, `^ok\nlisten: receives no commit notifications.*transaction pooler.*--listen-database-url.*OUTBOX_LISTEN_DATABASE_URL`, body)
 }

@@ -30,7 +30,8 @@ import (
 
 const relayUsage = `Usage:
   watermill-outbox relay [--database-url URL] [--sink kafka|amqp] [--kafka-brokers H:P,...] [--amqp-url URL]
-                         [--driver database/sql|pgx] [--metrics-addr ADDR] [--health-max-pause D] [overrides]
+                         [--driver database/sql|pgx] [--listen-database-url URL] [--metrics-addr ADDR]
+                         [--health-max-pause D] [overrides]
 
 Runs one relay (forwarder.Forwarder) from the outbox table to Kafka or
 RabbitMQ until SIGINT or SIGTERM; then it gives its claims back and exits 0.
@@ -47,6 +48,9 @@ Each flag defaults to an environment variable:
   --kafka-max-message-bytes  OUTBOX_KAFKA_MAX_MESSAGE_BYTES (0: the sink's default)
   --amqp-url                 OUTBOX_AMQP_URL, amqp://user:pass@host:5672/
   --driver                   OUTBOX_DATABASE_DRIVER, PostgreSQL only: database/sql (default) or pgx (a pgx pool)
+  --listen-database-url      OUTBOX_LISTEN_DATABASE_URL, PostgreSQL only: LISTEN for commits on a connection of
+                             its own to this URL (PostgreSQL's direct address when --database-url is a
+                             transaction pooler such as PgBouncer; empty: through --database-url)
   --metrics-addr             OUTBOX_METRICS_ADDR, e.g. :9464 (empty: no HTTP server)
   --health-max-pause         OUTBOX_HEALTH_MAX_PAUSE_SECONDS (default 60)
   --admin                    OUTBOX_ADMIN=true: serve the admin page at /admin/ (needs --metrics-addr)
@@ -62,7 +66,10 @@ With --metrics-addr the relay serves over HTTP:
             topic, relay counters and latencies) and the Go runtime's
   /healthz  200 "ok" while the database answers and the relay has not been
             paused, waiting for an unavailable broker, for longer than
-            --health-max-pause; else 503 and the reasons, one per line
+            --health-max-pause; else 503 and the reasons, one per line.
+            A LISTEN that receives no notifications (behind a transaction
+            pooler, without --listen-database-url) is reported on a line
+            after "ok": the relay still works, polling
   /readyz   200 "ready" while the destination answers (checked at start and
             every 15s: a connection with the relay's credentials to
             RabbitMQ, a metadata request to Kafka); else 503 and why. The
@@ -109,6 +116,7 @@ func (a *app) parseRelay(args []string) (relaySettings, error) {
 	amqpURL := f.String("amqp-url", "", "RabbitMQ URL")
 	metricsAddr := f.String("metrics-addr", "", "serve /metrics and /healthz on this address (host:port or :port)")
 	driver := f.String("driver", "", "PostgreSQL only: database/sql (the default) or pgx (a pgx pool, no database/sql)")
+	listenURL := f.String("listen-database-url", "", "PostgreSQL only: LISTEN on a connection of its own to this URL (overrides OUTBOX_LISTEN_DATABASE_URL)")
 	maxPause := f.String("health-max-pause", "", "longest pause for an unavailable broker before /healthz fails (seconds or a Go duration)")
 	lease := f.Duration("lease", 0, "claim timeout (overrides OUTBOX_CLAIM_TIMEOUT_SECONDS)")
 	batch := f.Int("batch", 0, "claim batch size (overrides OUTBOX_BATCH_SIZE)")
@@ -247,6 +255,13 @@ func (a *app) parseRelay(args []string) (relaySettings, error) {
 	if set["ordered"] {
 		cfg.DisableOrdering = !*ordered
 	}
+	if set["listen-database-url"] {
+		cfg.ListenURL = *listenURL
+	}
+	a.scrubbers = append(a.scrubbers, dburl.Scrubber(cfg.ListenURL))
+	if cfg.ListenURL != "" && s.db.Dialect != "" && s.db.Dialect != outbox.PostgreSQL {
+		bad("--listen-database-url (OUTBOX_LISTEN_DATABASE_URL): LISTEN is PostgreSQL's, the database is %s", s.db.Kind)
+	}
 	if err := cfg.Validate(); err != nil {
 		errs = append(errs, err)
 	}
@@ -308,6 +323,7 @@ func (a *app) relay(ctx context.Context, args []string) error {
 	}
 	h := newHealth(ping, s.maxPause, logger)
 	ready := newReach(s, logger)
+	h.listen = store.ListenState
 	var obs forwarder.Observer
 	if s.metricsAddr != "" {
 		ln, err := net.Listen("tcp", s.metricsAddr)
@@ -367,6 +383,7 @@ func runRelay(ctx context.Context, s relaySettings, store *outbox.SQLStore, dest
 					"pid": os.Getpid(), "database": s.db.String(), "table": s.outbox.Table, "sink": s.sink,
 					"lease": s.outbox.ClaimTimeout.String(), "batch": s.outbox.BatchSize,
 					"max_in_flight": s.outbox.MaxInFlight, "ordered": !s.outbox.DisableOrdering, "pgx": s.pgx,
+					"listen_url": s.outbox.ListenURL != "",
 				})
 			case <-ctx.Done():
 			}

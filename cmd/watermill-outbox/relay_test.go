@@ -17,7 +17,7 @@ func relayEnv(t *testing.T) {
 	t.Setenv("OUTBOX_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
 	t.Setenv("OUTBOX_KAFKA_BROKERS", "127.0.0.1:9092")
 	for _, v := range []string{"OUTBOX_SINK", "OUTBOX_AMQP_URL", "OUTBOX_KAFKA_MAX_MESSAGE_BYTES", "OUTBOX_METRICS_ADDR",
-		"OUTBOX_HEALTH_MAX_PAUSE_SECONDS", "OUTBOX_TABLE", "OUTBOX_ADMIN", "OUTBOX_ADMIN_WRITES"} {
+		"OUTBOX_HEALTH_MAX_PAUSE_SECONDS", "OUTBOX_TABLE", "OUTBOX_ADMIN", "OUTBOX_ADMIN_WRITES", "OUTBOX_LISTEN_DATABASE_URL"} {
 		t.Setenv(v, "") // restored after the test
 		require.NoError(t, os.Unsetenv(v))
 	}
@@ -112,4 +112,25 @@ func TestParseGarbage(t *testing.T) {
 			require.ErrorAs(t, err, &ue, "exit status 2")
 		})
 	}
+}
+
+// TestParseListenURL: --listen-database-url wins over
+// OUTBOX_LISTEN_DATABASE_URL, is PostgreSQL's only, and a bad one is named
+// without its password.
+func TestParseListenURL(t *testing.T) {
+	relayEnv(t)
+	t.Setenv("OUTBOX_DATABASE_URL", "postgres://postgres@127.0.0.1:6432/test")
+	t.Setenv("OUTBOX_LISTEN_DATABASE_URL", "postgres://postgres@10.0.0.1:5432/test")
+	s, err := parseRelay()
+	require.NoError(t, err)
+	require.Equal(t, "postgres://postgres@10.0.0.1:5432/test", s.outbox.ListenURL, "from the environment")
+	s, err = parseRelay("--listen-database-url", "postgres://postgres@127.0.0.1:5432/test")
+	require.NoError(t, err)
+	require.Equal(t, "postgres://postgres@127.0.0.1:5432/test", s.outbox.ListenURL, "the flag wins")
+
+	_, err = parseRelay("--database-url", "root@tcp(127.0.0.1:3306)/test")
+	require.ErrorContains(t, err, "--listen-database-url (OUTBOX_LISTEN_DATABASE_URL): LISTEN is PostgreSQL's")
+	_, err = parseRelay("--listen-database-url", "mysql://app:s3cret@db/app")
+	require.ErrorContains(t, err, "ListenURL")
+	require.NotContains(t, err.Error(), "s3cret")
 }

@@ -159,3 +159,28 @@ func TestDecoratedStorePassesTheKit(t *testing.T) {
 	}
 	require.Positive(t, claims)
 }
+
+// TestSQLStoreThroughPgBouncer: the store over database/sql, opened with
+// the plain URL of PgBouncer in transaction pooling mode, passes the kit:
+// none of its statements leaves a named prepared statement on a server
+// connection another client then gets.
+func TestSQLStoreThroughPgBouncer(t *testing.T) {
+	t.Parallel()
+	storetest.Run(t, sqlHarness(outbox.PostgreSQL, testenv.PgBouncer))
+}
+
+// TestPgxStoreThroughPgBouncer: the same over a pgx pool.
+func TestPgxStoreThroughPgBouncer(t *testing.T) {
+	t.Parallel()
+	h := sqlHarness(outbox.PostgreSQL, testenv.PgBouncer)
+	h.New = func(t *testing.T) (outbox.Store, storetest.Insert) {
+		pool := testenv.PgBouncerPool(t)
+		table := testenv.TableName(t)
+		store, err := outbox.NewPgxStore(pool, outbox.PgxStoreConfig{Outbox: config.Config{Table: table}}, nil)
+		require.NoError(t, err)
+		require.NoError(t, store.Migrate(context.Background()))
+		t.Cleanup(func() { _, _ = pool.Exec(context.Background(), `DROP TABLE IF EXISTS `+table) })
+		return store, inserter(store)
+	}
+	storetest.Run(t, h)
+}

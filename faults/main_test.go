@@ -39,14 +39,15 @@ type result struct {
 var (
 	resultsMu sync.Mutex
 	results   []result
-	resumes   = map[string]time.Duration{} // broker → time from its return to the first publish
+	resumes   = map[string]time.Duration{} // broker → longest time from its return to the first publish
 )
 
-// recordResume adds a broker outage's resume figure to the summary.
+// recordResume adds a broker outage's resume figure to the summary, which
+// shows each broker's longest.
 func recordResume(broker string, d time.Duration) {
 	resultsMu.Lock()
 	defer resultsMu.Unlock()
-	resumes[broker] = d
+	resumes[broker] = max(resumes[broker], d)
 }
 
 // record adds a scenario's counts to the summary; scenarios call it before
@@ -75,7 +76,7 @@ func summary() string {
 	line := fmt.Sprintf("faults: scenarios=%d lost=%d duplicates=%d reordered=%d dead_wrongly=%d",
 		len(results), sum.lost, sum.duplicates, sum.reordered, sum.deadWrongly)
 	if len(resumes) > 0 {
-		line += "\nfaults: first publish after the broker's return:"
+		line += "\nfaults: first publish after the broker's (or new leader's) return, longest:"
 		for _, b := range slices.Sorted(maps.Keys(resumes)) {
 			line += fmt.Sprintf(" %s=%.2fs", b, resumes[b].Seconds())
 		}

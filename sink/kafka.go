@@ -247,31 +247,44 @@ func NewKafkaPublisher(config KafkaConfig, logger watermill.LoggerAdapter) (*Kaf
 
 // Publish publishes msgs to topic; see NewKafkaPublisher.
 func (p *KafkaPublisher) Publish(topic string, msgs ...*message.Message) error {
-	p.sending.RLock()
-	err := p.publish(topic, msgs)
-	p.sending.RUnlock()
-	if err != nil && brokerTooLarge(err) {
-		// Kafka refuses a record batch as a whole, and sarama batches
-		// concurrent sends to one partition: messages that shared a batch
-		// with one too large for the broker get its error. Sent again with
-		// no other send in flight, each message is alone in its batch and
-		// gets an answer of its own.
-		p.sending.Lock()
-		err = p.publish(topic, msgs)
-		p.sending.Unlock()
+	for _, msg := range msgs {
+		if err := p.publishOne(topic, msg); err != nil {
+			return ClassifyKafkaError(err)
+		}
 	}
-	return ClassifyKafkaError(err)
+	return nil
 }
 
-// publish sends msgs through the producer, replacing it when sarama left it
-// in a state only a new one leaves.
-func (p *KafkaPublisher) publish(topic string, msgs []*message.Message) error {
-	pub, err := p.connect()
-	if err != nil {
-		return err
+// publishOne sends msg, again alone if the broker refused its batch as too
+// large. Kafka refuses a record batch as a whole, and sarama batches
+// concurrent sends to one partition: messages that shared a batch with one
+// too large for the broker get its error. Sent again with no other send in
+// flight, a message is alone in its batch and gets an answer of its own.
+func (p *KafkaPublisher) publishOne(topic string, msg *message.Message) error {
+	p.sending.RLock()
+	err := p.send(topic, msg)
+	p.sending.RUnlock()
+	if err != nil && brokerTooLarge(err) {
+		p.sending.Lock()
+		err = p.send(topic, msg)
+		p.sending.Unlock()
 	}
-	err = pub.Publish(topic, msgs...)
-	if err != nil && needsNewProducer(err) {
+	return err
+}
+
+// send sends msg through the producer. When the producer fails it in a way
+// only a new producer recovers from (needsNewProducer: the broker did not
+// write it), it is replaced and msg sent once more through the new one.
+func (p *KafkaPublisher) send(topic string, msg *message.Message) error {
+	var err error
+	for try := 0; try < 2; try++ {
+		var pub *kafka.Publisher
+		if pub, err = p.connect(); err != nil {
+			return err
+		}
+		if err = pub.Publish(topic, msg); err == nil || !needsNewProducer(err) {
+			return err
+		}
 		p.reset(pub)
 	}
 	return err

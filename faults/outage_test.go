@@ -5,6 +5,7 @@ package faults_test
 import (
 	"database/sql"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -159,8 +160,12 @@ func TestLeaderKillKafkaCluster(t *testing.T) {
 	s := newScenario(t, outbox.PostgreSQL)
 	brokers := testenv.KafkaCluster(t, s.topic)
 	deleteTopicAtEnd(t, brokers, s.topic)
-	before, err := kafkaLeaders(brokers, s.topic)
-	require.NoError(t, err)
+	var before map[int32]partitionLeader
+	waitFor(t, time.Minute, "the new topic's leaders", func() bool {
+		var err error
+		before, err = kafkaLeaders(brokers, s.topic)
+		return err == nil && !slices.ContainsFunc(slices.Collect(maps.Values(before)), func(l partitionLeader) bool { return l.node < 0 })
+	})
 	victim := clusterNode(t, before[0].node)
 	// The cluster's brokers are listed in node id order.
 	require.Len(t, brokers, 3)

@@ -114,19 +114,32 @@ func (n kafkaNode) service(brokers []string, topic string) service {
 		name:  "Kafka " + n.name,
 		stop:  n.kill,
 		start: n.start,
-		up: func() error {
-			leaders, err := kafkaLeaders(brokers, topic)
-			if err != nil {
-				return err
-			}
-			for p, l := range leaders {
-				if l.node < 0 {
-					return fmt.Errorf("partition %d has no leader", p)
-				}
-			}
-			return nil
-		},
+		up: func() error { return kafkaAccepts(brokers, topic, 0, 1, 2) },
 	}
+}
+
+// probeHeader marks the records kafkaAccepts writes; consumeKafka skips
+// them.
+const probeHeader = "faults-probe"
+
+// kafkaAccepts reports nil once each of topic's partitions takes a record
+// (acks=all, as the relay writes): the broker, or the partition's new
+// leader, answers. A kafkaLeaders answer alone comes earlier than that.
+func kafkaAccepts(brokers []string, topic string, partitions ...int32) error {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.DialTimeout(time.Second),
+		kgo.RecordPartitioner(kgo.ManualPartitioner()), kgo.RequiredAcks(kgo.AllISRAcks()),
+		kgo.ProducerLinger(0), kgo.RecordDeliveryTimeout(2*time.Second))
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	var recs []*kgo.Record
+	for _, p := range partitions {
+		recs = append(recs, &kgo.Record{Topic: topic, Partition: p, Headers: []kgo.RecordHeader{{Key: probeHeader}}})
+	}
+	return cl.ProduceSync(ctx, recs...).FirstErr()
 }
 
 // partitionLeader is a partition's leader as a metadata answer gives it.

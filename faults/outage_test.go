@@ -203,7 +203,7 @@ func TestLeaderKillKafkaCluster(t *testing.T) {
 	require.NoError(t, victim.kill())
 	t.Logf("%s killed", victim.name)
 	// The new leaders: every partition the victim led has a leader again,
-	// at a higher leader epoch, as the survivors answer.
+	// at a higher leader epoch, as the survivors answer, and takes a record.
 	elected := make(chan time.Time, 1)
 	stopWatch := make(chan struct{})
 	defer close(stopWatch)
@@ -216,7 +216,7 @@ func TestLeaderKillKafkaCluster(t *testing.T) {
 				for _, p := range led {
 					moved = moved && now[p].node >= 0 && now[p].epoch > before[p].epoch
 				}
-				if moved {
+				if moved && kafkaAccepts(survivors, s.topic, led...) == nil {
 					elected <- time.Now()
 					return
 				}
@@ -237,7 +237,7 @@ func TestLeaderKillKafkaCluster(t *testing.T) {
 	case <-time.After(time.Minute):
 		t.Fatalf("partitions %v have no new leader a minute after %s was killed", led, victim.name)
 	}
-	t.Logf("new leaders of %v answer %s after the kill", led, back.Sub(killed).Round(10*time.Millisecond))
+	t.Logf("new leaders of %v take writes %s after the kill", led, back.Sub(killed).Round(10*time.Millisecond))
 	unlock()
 	o.resumed(t, "kafka-cluster-leader", back, keys)
 	o.finish(t)

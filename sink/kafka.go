@@ -214,6 +214,11 @@ type KafkaPublisher struct {
 //
 // Publish sends the messages one by one and returns after the broker
 // acknowledged each (see NewKafkaSaramaConfig), or on the first failure.
+// A message the broker refused as too large is sent again alone before it
+// fails (Kafka refuses a whole batch, and other messages may have shared
+// it); one whose send broke the idempotent producer's session (out of order
+// sequence number, unknown producer id, invalid epoch, fenced: none of them
+// written) is sent once more through a new producer.
 // Each message becomes a record with:
 //
 //   - key: the PartitionKeyMetadataKey metadata value. A message without it

@@ -114,7 +114,7 @@ func (n kafkaNode) service(brokers []string, topic string) service {
 		name:  "Kafka " + n.name,
 		stop:  n.kill,
 		start: n.start,
-		up: func() error { return kafkaAccepts(brokers, topic, 0, 1, 2) },
+		up:    func() error { return kafkaAccepts(brokers, topic, 0, 1, 2) },
 	}
 }
 

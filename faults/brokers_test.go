@@ -4,7 +4,6 @@ package faults_test
 
 import (
 	"context"
-	"net"
 	"strconv"
 	"testing"
 	"time"
@@ -12,7 +11,6 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/stretchr/testify/require"
 	"github.com/twmb/franz-go/pkg/kerr"
-	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
@@ -21,72 +19,37 @@ import (
 )
 
 // kafkaPartitions is how many partitions the scenario topics have.
-const kafkaPartitions = 3
+const kafkaPartitions = testenv.KafkaPartitions
 
 // uuidHeader is where watermill-kafka and watermill-amqp put the message
 // UUID.
 const uuidHeader = "_watermill_message_uuid"
 
-// kafka is an in-process Kafka-protocol broker (kfake) the relay processes
-// reach over TCP. With persistence it keeps its log in a directory, so it
-// can be stopped and started again on the same port like a real broker.
-type kafka struct {
-	t       *testing.T
-	opts    []kfake.Opt
-	cluster *kfake.Cluster
-	addr    string
-}
-
-// startKafka starts a one-broker cluster with topic created. persistent
-// keeps its data on disk across restart.
-func startKafka(t *testing.T, persistent bool, topic string, extra ...kfake.Opt) *kafka {
+// kafkaTopic creates topic on the real broker (testenv.Kafka: the one-node
+// broker of scripts/services) and returns the brokers.
+func kafkaTopic(t *testing.T, topic string) []string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	port := ln.Addr().(*net.TCPAddr).Port
-	require.NoError(t, ln.Close())
-	opts := []kfake.Opt{
-		kfake.Ports(port),
-		kfake.AllowAutoTopicCreation(),
-		kfake.DefaultNumPartitions(kafkaPartitions),
-		kfake.SeedTopics(kafkaPartitions, topic),
-	}
-	if persistent {
-		opts = append(opts, kfake.DataDir(t.TempDir()))
-	}
-	k := &kafka{t: t, opts: append(opts, extra...)}
-	k.start()
-	t.Cleanup(func() { k.cluster.Close() })
-	return k
+	brokers := testenv.Kafka(t, topic)
+	deleteTopicAtEnd(t, brokers, topic)
+	return brokers
 }
 
-func (k *kafka) start() {
-	k.t.Helper()
-	var err error
-	k.cluster, err = kfake.NewCluster(k.opts...)
-	require.NoError(k.t, err, "start kfake")
-	k.addr = k.cluster.ListenAddrs()[0]
-}
-
-// outage closes the broker (its listener and every connection), keeps it
-// down for downFor, and starts it again on the same address with the same
-// data. It returns when the broker listened again.
-func (k *kafka) outage(downFor time.Duration) (back time.Time) {
-	k.t.Helper()
-	began := time.Now()
-	k.cluster.Close()
-	k.t.Logf("Kafka (kfake) down")
-	<-time.After(time.Until(began.Add(downFor)))
-	// The port was just released; binding it again can race with the
-	// kernel, so retry briefly.
-	var err error
-	waitFast(k.t, 30*time.Second, "kfake to listen again", func() bool {
-		k.cluster, err = kfake.NewCluster(k.opts...)
-		return err == nil
+// deleteTopicAtEnd deletes topic when t ends: the brokers are shared and
+// keep their logs.
+func deleteTopicAtEnd(t *testing.T, brokers []string, topic string) {
+	t.Cleanup(func() {
+		cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+		if err != nil {
+			return
+		}
+		defer cl.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		req := kmsg.NewPtrDeleteTopicsRequest()
+		req.TopicNames = []string{topic}
+		req.TimeoutMillis = 5000
+		_, _ = req.RequestWith(ctx, cl)
 	})
-	back = time.Now()
-	k.t.Logf("Kafka (kfake) up again after %s", back.Sub(began).Round(100*time.Millisecond))
-	return back
 }
 
 // consumeKafka reads topic from its start to its end (the end offsets when
@@ -152,6 +115,8 @@ func consumeKafka(t *testing.T, brokers []string, topic string) []delivery {
 			d := delivery{key: string(r.Key)}
 			for _, h := range r.Headers {
 				switch h.Key {
+				case probeHeader:
+					return // the scenario's own probe, not the relay's
 				case uuidHeader:
 					d.uuid = string(h.Value)
 				case seqMetadataKey:

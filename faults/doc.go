@@ -1,7 +1,9 @@
 // Package faults holds the fault suite: scenarios that kill relay processes
-// with SIGKILL, take PostgreSQL, MariaDB, RabbitMQ and Kafka away mid-drain,
-// and feed the relay poison messages, then count at the broker what arrived
-// against what was committed. Its tests carry the build tag "faults" and
+// with SIGKILL, take PostgreSQL, MariaDB, RabbitMQ and Kafka away mid-drain
+// (the real Kafka broker and a node of the three-node cluster of
+// scripts/services, killed with SIGKILL and started again with
+// scripts/services up), and feed the relay poison messages, then count at
+// the broker what arrived against what was committed. Its tests carry the build tag "faults" and
 // restart shared services, so they run alone:
 //
 //	go test -count=1 -p 1 -tags faults ./faults/
@@ -13,7 +15,7 @@
 // The suite ends with its summary,
 //
 //	faults: scenarios=<k> lost=<n> duplicates=<n> reordered=<n> dead_wrongly=<n>
-//	faults: first publish after the broker's return: kafka=<s> rabbitmq=<s>
+//	faults: first publish after the broker's (or new leader's) return, longest: kafka=<s> kafka-cluster-leader=<s> rabbitmq=<s>
 //
 // also written to the file named by OUTBOX_FAULTS_SUMMARY when set. The
 // README's "Guarantees" section states what the scenarios prove, each

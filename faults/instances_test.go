@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -34,12 +35,12 @@ func testManyInstancesUnderKills(t *testing.T, newScenario func(*testing.T) *sce
 		batch     = 1000 // events committed just before each kill
 	)
 	s := newScenario(t)
-	k := startKafka(t, false, s.topic)
+	brokers := kafkaTopic(t, s.topic)
 	keyOf := func(i int) string { return fmt.Sprintf("key-%d", i%keys) }
 	written := events - kills*batch
 	s.prewrite(written, 1000, keyOf)
 
-	env := s.relayEnv(map[string]string{"OUTBOX_SINK": "kafka", "OUTBOX_KAFKA_BROKERS": k.addr})
+	env := s.relayEnv(map[string]string{"OUTBOX_SINK": "kafka", "OUTBOX_KAFKA_BROKERS": strings.Join(brokers, ",")})
 	relays := make([]*relay, instances)
 	for i := range relays {
 		relays[i] = newRelay(t, fmt.Sprintf("relay%d", i), env,
@@ -64,7 +65,7 @@ func testManyInstancesUnderKills(t *testing.T, newScenario func(*testing.T) *sce
 		r.requireNoUnexpectedExit()
 	}
 
-	res := s.check(consumeKafka(t, []string{k.addr}, s.topic), true, nil)
+	res := s.check(consumeKafka(t, brokers, s.topic), true, nil)
 	require.Equal(t, events, res.committed)
 	require.LessOrEqual(t, res.duplicates, window*kills, "duplicates exceed the in-flight window per kill")
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -31,14 +32,14 @@ func testKill9DuringDrain(t *testing.T, newScenario func(*testing.T) *scenario) 
 		batch  = 750  // events committed just before each kill
 	)
 	s := newScenario(t)
-	k := startKafka(t, false, s.topic)
+	brokers := kafkaTopic(t, s.topic)
 	keyOf := func(i int) string { return fmt.Sprintf("key-%d", i%500) }
 	written := events - kills*batch
 	s.prewrite(written, 1000, keyOf)
 
 	// Order is not under test here (TestManyInstancesUnderKills does it), so
 	// the relay runs unordered, and fast.
-	r := newRelay(t, "relay", s.relayEnv(map[string]string{"OUTBOX_SINK": "kafka", "OUTBOX_KAFKA_BROKERS": k.addr}),
+	r := newRelay(t, "relay", s.relayEnv(map[string]string{"OUTBOX_SINK": "kafka", "OUTBOX_KAFKA_BROKERS": strings.Join(brokers, ",")}),
 		"-lease", "2s", "-batch", "500", "-max-in-flight", strconv.Itoa(window), "-ordered=false")
 	r.start()
 	for i := range kills {
@@ -56,7 +57,7 @@ func testKill9DuringDrain(t *testing.T, newScenario func(*testing.T) *scenario) 
 	require.NoError(t, r.stop(), "the relay stops cleanly on SIGTERM")
 	r.requireNoUnexpectedExit()
 
-	res := s.check(consumeKafka(t, []string{k.addr}, s.topic), false, nil)
+	res := s.check(consumeKafka(t, brokers, s.topic), false, nil)
 	require.Equal(t, events, res.committed)
 	require.LessOrEqual(t, res.duplicates, window*kills, "duplicates exceed the in-flight window per kill")
 }

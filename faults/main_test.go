@@ -39,14 +39,15 @@ type result struct {
 var (
 	resultsMu sync.Mutex
 	results   []result
-	resumes   = map[string]time.Duration{} // broker → time from its return to the first publish
+	resumes   = map[string]time.Duration{} // broker → longest time from its return to the first publish
 )
 
-// recordResume adds a broker outage's resume figure to the summary.
+// recordResume adds a broker outage's resume figure to the summary, which
+// shows each broker's longest.
 func recordResume(broker string, d time.Duration) {
 	resultsMu.Lock()
 	defer resultsMu.Unlock()
-	resumes[broker] = d
+	resumes[broker] = max(resumes[broker], d)
 }
 
 // record adds a scenario's counts to the summary; scenarios call it before
@@ -79,7 +80,7 @@ func summary() string {
 		line += "\n" + l
 	}
 	if len(resumes) > 0 {
-		line += "\nfaults: first publish after the broker's return:"
+		line += "\nfaults: first publish after the broker's (or new leader's) return, longest:"
 		for _, b := range slices.Sorted(maps.Keys(resumes)) {
 			line += fmt.Sprintf(" %s=%.2fs", b, resumes[b].Seconds())
 		}

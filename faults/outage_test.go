@@ -4,11 +4,17 @@ package faults_test
 
 import (
 	"database/sql"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/e0a82c8c/watermill-outbox/internal/testenv"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
 
@@ -23,11 +29,18 @@ type outageRun struct {
 	w     *writer
 }
 
+// The outage runs' relay window (MaxInFlight: the duplicates a fault may
+// cause are at most this) and the writer's number of keys.
+const (
+	outageWindow = 1000
+	outageKeys   = 50
+)
+
 func startOutageRun(t *testing.T, s *scenario, relayVars map[string]string) *outageRun {
 	t.Helper()
-	r := newRelay(t, "relay", s.relayEnv(relayVars), "-lease", "30s", "-batch", "500", "-max-in-flight", "1000", "-ordered=true")
+	r := newRelay(t, "relay", s.relayEnv(relayVars), "-lease", "30s", "-batch", "500", "-max-in-flight", strconv.Itoa(outageWindow), "-ordered=true")
 	r.start()
-	o := &outageRun{s: s, relay: r, w: s.startWriter(5, 20*time.Millisecond, 50)}
+	o := &outageRun{s: s, relay: r, w: s.startWriter(5, 20*time.Millisecond, outageKeys)}
 	t.Cleanup(func() {
 		select {
 		case <-o.w.done:
@@ -48,16 +61,20 @@ const (
 )
 
 // resumed measures how long after the broker answered again (back) the
-// relay published its first message: the time of the first ack written
-// after back (rows are kept, so published_at says when; the database runs
-// on this machine's clock). It records the figure for the summary and
-// requires it under two seconds.
-func (o *outageRun) resumed(t *testing.T, broker string, back time.Time) {
+// relay published its first message, of one of keys if keys is not nil:
+// the time of the first ack written after back (rows are kept, so
+// published_at says when; the database runs on this machine's clock). It
+// records the figure for the summary and requires it under two seconds.
+func (o *outageRun) resumed(t *testing.T, broker string, back time.Time, keys []string) {
 	t.Helper()
 	var first time.Time
 	waitFast(t, time.Minute, "a publish after the broker's return", func() bool {
 		var at sql.NullTime
-		err := o.s.db.QueryRow(`SELECT min(published_at) FROM `+o.s.table+` WHERE published_at > $1`, back).Scan(&at)
+		q, args := `SELECT min(published_at) FROM `+o.s.table+` WHERE published_at > $1`, []any{back}
+		if keys != nil {
+			q, args = q+` AND partition_key = ANY($2)`, append(args, keys)
+		}
+		err := o.s.db.QueryRow(q, args...).Scan(&at)
 		require.NoError(t, err)
 		first = at.Time
 		return at.Valid
@@ -102,7 +119,7 @@ func testBrokerOutageRabbitMQ(t *testing.T, newScenario func(*testing.T) *scenar
 
 	back := outage(t, svc, 20*time.Second)
 	unlock()
-	o.resumed(t, "rabbitmq", back)
+	o.resumed(t, "rabbitmq", back, nil)
 	o.finish(t, sawBrokerOutage, sawBrokerBack)
 
 	charged := s.charged(nil)
@@ -110,23 +127,125 @@ func testBrokerOutageRabbitMQ(t *testing.T, newScenario func(*testing.T) *scenar
 	require.Zero(t, charged, "rows charged a failed attempt because the broker was away")
 }
 
-// TestBrokerOutageKafka: the Kafka broker (kfake, persisting to disk) is
-// closed for 10 s mid-drain and started again on the same address with the
-// same log.
+// TestBrokerOutageKafka: the Kafka broker (Apache Kafka, one node) is
+// killed with SIGKILL mid-drain while the service keeps committing, and
+// started again 5 s later on its own log directories.
 func TestBrokerOutageKafka(t *testing.T) { postgresDrivers(t, testBrokerOutageKafka) }
 
 func testBrokerOutageKafka(t *testing.T, newScenario func(*testing.T) *scenario) {
+	node := kafkaBroker(t)
 	s := newScenario(t)
-	k := startKafka(t, true, s.topic)
-	o := startOutageRun(t, s, map[string]string{"OUTBOX_SINK": "kafka", "OUTBOX_KAFKA_BROKERS": k.addr})
+	brokers := kafkaTopic(t, s.topic)
+	unlock := lockServices(t)
+	o := startOutageRun(t, s, map[string]string{"OUTBOX_SINK": "kafka", "OUTBOX_KAFKA_BROKERS": strings.Join(brokers, ",")})
 
-	back := k.outage(10 * time.Second)
-	o.resumed(t, "kafka", back)
+	back := outage(t, node.service(brokers, s.topic), 5*time.Second)
+	unlock()
+	o.resumed(t, "kafka", back, nil)
 	o.finish(t, sawBrokerOutage, sawBrokerBack)
 
 	charged := s.charged(nil)
-	s.check(consumeKafka(t, []string{k.addr}, s.topic), true, nil)
+	res := s.check(consumeKafka(t, brokers, s.topic), true, nil)
 	require.Zero(t, charged, "rows charged a failed attempt because the broker was away")
+	require.LessOrEqual(t, res.duplicates, outageWindow, "duplicates beyond the in-flight window")
+}
+
+// TestLeaderKillKafkaCluster: on the three-node cluster (replication factor
+// 3, min.insync.replicas 2, acks=all, idempotent producer), the leader of
+// partition 0 of the topic being written is killed with SIGKILL mid-drain
+// and started again 5 s later. The relay writes to all three partitions
+// throughout; the partitions the killed node led move to a new leader once
+// the controller fences it.
+func TestLeaderKillKafkaCluster(t *testing.T) {
+	s := newScenario(t, outbox.PostgreSQL)
+	brokers := testenv.KafkaCluster(t, s.topic)
+	deleteTopicAtEnd(t, brokers, s.topic)
+	var before map[int32]partitionLeader
+	waitFor(t, time.Minute, "the new topic's leaders", func() bool {
+		var err error
+		before, err = kafkaLeaders(brokers, s.topic)
+		return err == nil && !slices.ContainsFunc(slices.Collect(maps.Values(before)), func(l partitionLeader) bool { return l.node < 0 })
+	})
+	victim := clusterNode(t, before[0].node)
+	// The cluster's brokers are listed in node id order.
+	require.Len(t, brokers, 3)
+	survivors := slices.Delete(slices.Clone(brokers), int(victim.id-1), int(victim.id))
+	var led []int32
+	for p, l := range before {
+		if l.node == victim.id {
+			led = append(led, p)
+		}
+	}
+	// The writer's keys (startWriter: key-0 … key-49) on the partitions
+	// that change leader.
+	var keys []string
+	for i := 0; i < outageKeys; i++ {
+		key := fmt.Sprintf("key-%d", i)
+		if slices.Contains(led, kafkaPartition(t, s.topic, key)) {
+			keys = append(keys, key)
+		}
+	}
+	require.NotEmpty(t, keys)
+	t.Logf("killing %s, leader of partitions %v (keys %d of %d)", victim.name, led, len(keys), outageKeys)
+
+	unlock := lockServices(t)
+	o := startOutageRun(t, s, map[string]string{"OUTBOX_SINK": "kafka", "OUTBOX_KAFKA_BROKERS": strings.Join(brokers, ",")})
+
+	// Whatever happens, the node runs again before the lock is released.
+	t.Cleanup(func() {
+		if _, err := victim.pid(); err != nil {
+			if err := victim.start(); err != nil {
+				t.Errorf("restore %s: %v", victim.name, err)
+			}
+		}
+	})
+	killed := time.Now()
+	require.NoError(t, victim.kill())
+	t.Logf("%s killed", victim.name)
+	// The new leaders: every partition the victim led has a leader again,
+	// at a higher leader epoch, as the survivors answer, and takes a record.
+	elected := make(chan time.Time, 1)
+	stopWatch := make(chan struct{})
+	defer close(stopWatch)
+	go func() {
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			if now, err := kafkaLeaders(survivors, s.topic); err == nil {
+				moved := true
+				for _, p := range led {
+					moved = moved && now[p].node >= 0 && now[p].epoch > before[p].epoch
+				}
+				if moved && kafkaAccepts(survivors, s.topic, led...) == nil {
+					elected <- time.Now()
+					return
+				}
+			}
+			select {
+			case <-stopWatch:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	<-time.After(time.Until(killed.Add(5 * time.Second)))
+	require.NoError(t, victim.start(), "start %s again", victim.name)
+	t.Logf("%s up again after %s", victim.name, time.Since(killed).Round(100*time.Millisecond))
+	var back time.Time
+	select {
+	case back = <-elected:
+	case <-time.After(time.Minute):
+		t.Fatalf("partitions %v have no new leader a minute after %s was killed", led, victim.name)
+	}
+	t.Logf("new leaders of %v take writes %s after the kill", led, back.Sub(killed).Round(10*time.Millisecond))
+	unlock()
+	o.resumed(t, "kafka-cluster-leader", back, keys)
+	o.finish(t)
+
+	charged := s.charged(nil)
+	res := s.check(consumeKafka(t, brokers, s.topic), true, nil)
+	require.Zero(t, charged, "rows charged a failed attempt because a broker was away")
+	require.LessOrEqual(t, res.duplicates, outageWindow, "duplicates beyond the in-flight window")
 }
 
 // TestDatabaseOutagePostgres: PostgreSQL is stopped for 5 s mid-drain and
@@ -137,16 +256,16 @@ func TestDatabaseOutagePostgres(t *testing.T) { postgresDrivers(t, testDatabaseO
 func testDatabaseOutagePostgres(t *testing.T, newScenario func(*testing.T) *scenario) {
 	svc := postgresService(t)
 	s := newScenario(t)
-	k := startKafka(t, false, s.topic)
+	brokers := kafkaTopic(t, s.topic)
 	unlock := lockServices(t)
-	o := startOutageRun(t, s, map[string]string{"OUTBOX_SINK": "kafka", "OUTBOX_KAFKA_BROKERS": k.addr})
+	o := startOutageRun(t, s, map[string]string{"OUTBOX_SINK": "kafka", "OUTBOX_KAFKA_BROKERS": strings.Join(brokers, ",")})
 
 	outage(t, svc, 5*time.Second)
 	unlock()
 	o.finish(t, sawDatabaseOutage)
 
 	charged := s.charged(nil)
-	s.check(consumeKafka(t, []string{k.addr}, s.topic), true, nil)
+	s.check(consumeKafka(t, brokers, s.topic), true, nil)
 	require.Zero(t, charged, "rows charged a failed attempt because the database was away")
 }
 

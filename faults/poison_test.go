@@ -5,6 +5,8 @@ package faults_test
 import (
 	"bytes"
 	"fmt"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -21,63 +23,87 @@ import (
 // control characters) but not Kafka's: only [a-zA-Z0-9._-] is legal.
 const invalidKafkaTopic = "faults.invalid/topic!"
 
-// startPoisonKafka starts kfake answering for invalidKafkaTopic what a real
-// broker answers: INVALID_TOPIC_EXCEPTION (kfake itself would create it).
-// The Kafka sink refuses the name before sending (sink.ValidateKafkaTopic);
-// the fault stays as the broker's answer should one get through.
-func startPoisonKafka(t *testing.T, topic string) *kafka {
+// startPoisonKafka starts an in-process broker (kfake) for a scenario that
+// needs a fault no real broker can be made to answer for one message; it
+// answers for invalidKafkaTopic what a real broker answers,
+// INVALID_TOPIC_EXCEPTION (kfake itself would create it). The Kafka sink
+// refuses the name before sending (sink.ValidateKafkaTopic); the fault
+// stays as the broker's answer should one get through.
+func startPoisonKafka(t *testing.T, topic string) (*kfake.Cluster, string) {
 	t.Helper()
-	k := startKafka(t, false, topic)
-	k.cluster.Fault(kfake.Fault{
+	cluster, err := kfake.NewCluster(
+		kfake.NumBrokers(1),
+		kfake.AllowAutoTopicCreation(),
+		kfake.DefaultNumPartitions(kafkaPartitions),
+		kfake.SeedTopics(kafkaPartitions, topic),
+	)
+	require.NoError(t, err, "start kfake")
+	t.Cleanup(cluster.Close)
+	cluster.Fault(kfake.Fault{
 		Keys:  []kmsg.Key{kmsg.Metadata, kmsg.Produce, kmsg.CreateTopics},
 		Topic: invalidKafkaTopic,
 		Err:   kerr.InvalidTopicException,
 		Count: -1,
 	})
-	return k
+	return cluster, cluster.ListenAddrs()[0]
 }
 
 // oversized returns a payload larger than the broker and the producer
 // accept: both default to about 1 MiB.
 func oversized() []byte { return bytes.Repeat([]byte("x"), 2*sink.DefaultKafkaMaxMessageBytes) }
 
-// TestPoisonUnordered: among 1,000 good events, one too large for Kafka and
-// one for a topic Kafka refuses. Both end dead with a readable last_error,
-// after one attempt; the others are all delivered, none dead.
+// brokerMaxBytes is the relay's producer limit in TestPoisonUnordered:
+// above the broker's message.max.bytes (1 MiB and a few bytes by
+// default), so a message between the two is sent and the broker refuses it.
+const brokerMaxBytes = 4 * sink.DefaultKafkaMaxMessageBytes
+
+// TestPoisonUnordered: among 1,000 good events on the real broker, one the
+// broker refuses as larger than its message.max.bytes (the relay's producer
+// allows 4 MiB, the broker 1 MiB: the broker's own error), one larger than
+// the producer's limit (refused before sending), and one for a topic Kafka
+// refuses. All three end dead with a readable last_error after one
+// attempt; the others are all delivered, none dead, none charged.
 func TestPoisonUnordered(t *testing.T) { postgresDrivers(t, testPoisonUnordered) }
 
 func testPoisonUnordered(t *testing.T, newScenario func(*testing.T) *scenario) {
 	s := newScenario(t)
-	k := startPoisonKafka(t, s.topic)
+	brokers := kafkaTopic(t, s.topic)
 	keyOf := func(i int) string { return fmt.Sprintf("key-%d", i%20) }
 
 	s.prewrite(500, 100, keyOf)
 	big := s.newEvents(1, keyOf)[0]
 	big.Payload = oversized()
-	require.NoError(t, s.commit(s.topic, big))
+	huge := s.newEvents(1, keyOf)[0]
+	huge.Payload = bytes.Repeat([]byte("x"), 2*brokerMaxBytes)
+	require.NoError(t, s.commit(s.topic, big, huge))
 	badTopic := s.newEvents(1, keyOf)[0]
 	require.NoError(t, s.commit(invalidKafkaTopic, badTopic))
 	s.prewrite(500, 100, keyOf)
-	poison := map[string]bool{big.UUID: true, badTopic.UUID: true}
+	poison := map[string]bool{big.UUID: true, huge.UUID: true, badTopic.UUID: true}
 
-	r := newRelay(t, "relay", s.relayEnv(map[string]string{"OUTBOX_SINK": "kafka", "OUTBOX_KAFKA_BROKERS": k.addr}),
-		"-lease", "30s", "-batch", "500", "-max-in-flight", "1000", "-ordered=false")
+	r := newRelay(t, "relay", s.relayEnv(map[string]string{
+		"OUTBOX_SINK":                    "kafka",
+		"OUTBOX_KAFKA_BROKERS":           strings.Join(brokers, ","),
+		"OUTBOX_KAFKA_MAX_MESSAGE_BYTES": strconv.Itoa(brokerMaxBytes),
+	}), "-lease", "30s", "-batch", "500", "-max-in-flight", "1000", "-ordered=false")
 	r.start()
 	s.waitDrained(2 * time.Minute)
 	require.NoError(t, r.stop())
 	r.requireNoUnexpectedExit()
 
-	res := s.check(consumeKafka(t, []string{k.addr}, s.topic), false, poison)
+	res := s.check(consumeKafka(t, brokers, s.topic), false, poison)
 	require.Equal(t, 1000, res.committed)
 	require.Zero(t, s.charged(poison), "a poison message cost another message an attempt")
-	requirePoisonDead(t, s, big.UUID, 1, "larger than")
+	requirePoisonDead(t, s, big.UUID, 1, sarama.ErrMessageSizeTooLarge.Error())
+	requirePoisonDead(t, s, huge.UUID, 1, "larger than")
 	requirePoisonDead(t, s, badTopic.UUID, 1, "topic")
 }
 
-// TestPoisonOrdered: the same, with per-key ordering on, plus a third poison
-// message the broker refuses with a retriable-looking error (kfake injects
-// POLICY_VIOLATION for it), so it spends its retry budget (2) with a long
-// backoff. While it waits, every other key is delivered in full and the
+// TestPoisonOrdered: the same on an in-process broker (kfake), with per-key
+// ordering on, plus a third poison message the broker refuses with a
+// retriable-looking error (kfake injects POLICY_VIOLATION for it: no real
+// broker refuses one message that way), so it spends its retry budget (2)
+// with a long backoff. While it waits, every other key is delivered in full and the
 // events of its own key written after it are held back; once it is dead
 // they follow, in order. The oversized message holds its key back only
 // until it is dead (at once: the error is permanent).
@@ -85,7 +111,7 @@ func TestPoisonOrdered(t *testing.T) { postgresDrivers(t, testPoisonOrdered) }
 
 func testPoisonOrdered(t *testing.T, newScenario func(*testing.T) *scenario) {
 	s := newScenario(t)
-	k := startPoisonKafka(t, s.topic)
+	cluster, addr := startPoisonKafka(t, s.topic)
 
 	// The slow poison's key gets a partition of its own: Kafka accepts or
 	// refuses a partition's batch as a whole, so a key sharing it could be
@@ -124,7 +150,7 @@ func testPoisonOrdered(t *testing.T, newScenario func(*testing.T) *scenario) {
 	s.prewrite(500, 100, keyOf)
 	poison := map[string]bool{big.UUID: true, slow.UUID: true, badTopic.UUID: true}
 
-	k.cluster.Fault(kfake.Fault{
+	cluster.Fault(kfake.Fault{
 		Keys:       []kmsg.Key{kmsg.Produce},
 		Topic:      s.topic,
 		Partitions: []int32{part(slowKey)},
@@ -144,7 +170,7 @@ func testPoisonOrdered(t *testing.T, newScenario func(*testing.T) *scenario) {
 
 	r := newRelay(t, "relay", s.relayEnv(map[string]string{
 		"OUTBOX_SINK":                      "kafka",
-		"OUTBOX_KAFKA_BROKERS":             k.addr,
+		"OUTBOX_KAFKA_BROKERS":             addr,
 		"OUTBOX_MAX_RETRY_COUNT":           "2",
 		"OUTBOX_RETRY_BACKOFF_MIN_SECONDS": "600",
 		"OUTBOX_RETRY_BACKOFF_MAX_SECONDS": "600",
@@ -177,7 +203,7 @@ func testPoisonOrdered(t *testing.T, newScenario func(*testing.T) *scenario) {
 	require.NoError(t, r.stop())
 	r.requireNoUnexpectedExit()
 
-	res := s.check(consumeKafka(t, []string{k.addr}, s.topic), true, poison)
+	res := s.check(consumeKafka(t, []string{addr}, s.topic), true, poison)
 	require.Equal(t, 1000, res.committed)
 	require.Zero(t, s.charged(poison), "a poison message cost another message an attempt")
 	requirePoisonDead(t, s, slow.UUID, 2, "retry budget of 2 attempts exhausted")

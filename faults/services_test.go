@@ -176,8 +176,15 @@ func command(name string, args ...string) error {
 	return nil
 }
 
-// postgresService is the machine's PostgreSQL cluster, driven by
-// pg_ctlcluster (Debian's wrapper) as the .ci/run script does.
+// startService starts a stopped service the way every machine's services
+// are started: scripts/services up NAME.
+func startService(t *testing.T, name string) func() error {
+	script := servicesScript(t)
+	return func() error { return command(script, "up", name) }
+}
+
+// postgresService is the machine's PostgreSQL cluster, stopped with
+// pg_ctlcluster (Debian's wrapper) and started by scripts/services.
 func postgresService(t *testing.T) service {
 	t.Helper()
 	versions, err := os.ReadDir("/etc/postgresql")
@@ -198,7 +205,7 @@ func postgresService(t *testing.T) service {
 	return service{
 		name:  "PostgreSQL " + version,
 		stop:  ctl("stop", "-m", "fast"),
-		start: ctl("start"),
+		start: startService(t, "postgres"),
 		up:    func() error { return command("pg_isready", "-q", "-h", "127.0.0.1", "-p", "5432") },
 	}
 }
@@ -210,21 +217,17 @@ func mariadbService(t *testing.T) service {
 		t.Skip("no local MariaDB to restart (mariadb-admin not found)")
 	}
 	return service{
-		name: "MariaDB",
-		stop: func() error { return command("mariadb-admin", "-uroot", "shutdown") },
-		start: func() error {
-			// mariadbd drops to the mysql user itself (user=mysql in my.cnf).
-			if err := command("install", "-d", "-o", "mysql", "-g", "mysql", "/run/mysqld"); err != nil {
-				return err
-			}
-			return command("start-stop-daemon", "--start", "--oknodo", "--background", "--exec", "/usr/sbin/mariadbd", "--", "--user=mysql")
-		},
-		up: func() error { return command("mariadb-admin", "-h", "127.0.0.1", "-uroot", "--silent", "ping") },
+		name:  "MariaDB",
+		stop:  func() error { return command("mariadb-admin", "-uroot", "shutdown") },
+		start: startService(t, "mariadb"),
+		up:    func() error { return command("mariadb-admin", "-h", "127.0.0.1", "-uroot", "--silent", "ping") },
 	}
 }
 
 // rabbitService is the machine's RabbitMQ node: stop_app closes every
-// connection and the listener, start_app recovers the durable queues.
+// connection and the listener, start_app recovers the durable queues. The
+// node itself keeps running (scripts/services up would find it answering
+// and start nothing), so the outage lasts seconds, not a node's boot.
 func rabbitService(t *testing.T) service {
 	t.Helper()
 	if _, err := exec.LookPath("rabbitmqctl"); err != nil {

@@ -94,6 +94,10 @@ func TestClassifyKafkaError(t *testing.T) {
 		// (TestPoisonOrdered).
 		{"breaker open", kafkaProduce(errors.New("circuit breaker is open")), retry.Unavailable},
 		{"out of order sequence", kafkaProduce(sarama.ErrOutOfOrderSequenceNumber), retry.Unavailable},
+		{"unknown producer id", kafkaProduce(sarama.ErrUnknownProducerID), retry.Unavailable},
+		{"invalid producer epoch", kafkaProduce(sarama.ErrInvalidProducerEpoch), retry.Unavailable},
+		{"producer fenced", kafkaProduce(sarama.ErrProducerFenced), retry.Unavailable},
+		{"invalid producer id mapping", kafkaProduce(sarama.ErrInvalidProducerIDMapping), retry.Unavailable},
 		{"sequence assertion", kafkaProduce(errors.New("assertion failed: message out of sequence added to a batch")), retry.Unavailable},
 		{"out of order in a batch", sarama.ProducerErrors{producerError(sarama.ErrOutOfOrderSequenceNumber)}, retry.Unavailable},
 		// Network and context.

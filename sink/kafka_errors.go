@@ -26,8 +26,10 @@ import (
 //     ErrClosedClient, ErrShuttingDown, ErrBrokerNotAvailable,
 //     ErrLeaderNotAvailable, ErrNotLeaderForPartition,
 //     ErrReplicaNotAvailable, ErrRequestTimedOut, ErrNetworkException,
-//     ErrNotEnoughReplicas(AfterAppend), ErrKafkaStorageError,
-//     ErrOutOfOrderSequenceNumber; sarama's "circuit breaker is open" (three
+//     ErrNotEnoughReplicas(AfterAppend), ErrKafkaStorageError, and the
+//     idempotent producer's session errors ErrOutOfOrderSequenceNumber,
+//     ErrUnknownProducerID, ErrInvalidProducerEpoch, ErrProducerFenced,
+//     ErrInvalidProducerIDMapping; sarama's "circuit breaker is open" (three
 //     failed metadata lookups in a row) and "message out of sequence added
 //     to a batch" (the idempotent producer's state after another message's
 //     failure); watermill-kafka's "publisher closed".
@@ -40,9 +42,11 @@ import (
 // Kafka rejects a record batch as a whole, and sarama batches concurrent
 // sends to one partition up to Producer.MaxMessageBytes: if that exceeds
 // the topic's max.message.bytes, small messages sharing a batch with a
-// large one are rejected as too large too. Keep Producer.MaxMessageBytes at
-// or below the topic's limit (sarama then rejects a large message alone,
-// before sending).
+// large one are rejected as too large too. KafkaPublisher sends a message
+// the broker refused as too large again alone before returning the error,
+// so only the large one is marked Permanent; a watermill-kafka publisher of
+// your own does not. Keep Producer.MaxMessageBytes at or below the topic's
+// limit (sarama then rejects a large message alone, before sending).
 func ClassifyKafkaError(err error) error {
 	if err == nil {
 		return nil
@@ -105,6 +109,12 @@ const saramaTooLarge = "Attempt to produce message larger than configured Produc
 // in ("cannot marshal message <uuid>").
 const marshalFailed = "cannot marshal message"
 
+// brokerTooLarge reports whether the broker refused err's batch as too
+// large: the batch, which may hold other messages than the large one.
+func brokerTooLarge(err error) bool {
+	return errors.Is(err, sarama.ErrMessageSizeTooLarge) || errors.Is(err, sarama.ErrMessageSetSizeTooLarge)
+}
+
 func kafkaPermanent(err error) bool {
 	for _, target := range permanentKafkaErrors {
 		if errors.Is(err, target) {
@@ -134,7 +144,14 @@ var unavailableKafkaErrors = []error{
 	sarama.ErrNotEnoughReplicas,
 	sarama.ErrNotEnoughReplicasAfterAppend,
 	sarama.ErrKafkaStorageError,
-	sarama.ErrOutOfOrderSequenceNumber, // the idempotent producer's session after another message's failure, not this message
+	// The idempotent producer's session after a broker restart, a leader
+	// change or another message's failure, never this message (the
+	// publisher replaces the producer: needsNewProducer).
+	sarama.ErrOutOfOrderSequenceNumber,
+	sarama.ErrUnknownProducerID,
+	sarama.ErrInvalidProducerEpoch,
+	sarama.ErrProducerFenced,
+	sarama.ErrInvalidProducerIDMapping,
 }
 
 // unavailableKafkaMessages are errors sarama and watermill-kafka create with

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -312,4 +313,55 @@ func TestKafkaPublisher_PublishAfterClose(t *testing.T) {
 	err = pub.Publish("orders", message.NewMessage(watermill.NewUUID(), []byte("x")))
 	require.ErrorIs(t, err, watermilloutbox.ErrClosed)
 	require.Equal(t, retry.Unavailable, retry.DefaultClassifier(err))
+}
+
+// The broker refuses a record batch as a whole: small messages sent while a
+// message too large for the broker (but not for the producer) is in flight
+// to the same partition share its batch, and its error. Each is sent again
+// alone, so only the large one fails, and permanently.
+func TestKafkaPublisher_BrokerTooLargeFailsOnlyTheLargeMessage(t *testing.T) {
+	t.Parallel()
+	if testenv.Env("OUTBOX_TEST_KAFKA_BROKERS", "") == "kfake" {
+		t.Skip("kfake does not enforce message.max.bytes")
+	}
+	topic := testenv.TableName(t)
+	brokers := testenv.Kafka(t, topic)
+	// The broker takes about 1 MiB (message.max.bytes), the producer 4.
+	pub := newKafkaPublisher(t, KafkaConfig{Brokers: brokers, MaxMessageBytes: 4 * DefaultKafkaMaxMessageBytes})
+
+	const small = 300
+	big := message.NewMessage(watermill.NewUUID(), make([]byte, 2*DefaultKafkaMaxMessageBytes))
+	big.Metadata.Set(watermilloutbox.PartitionKeyMetadataKey, "k")
+	errs := make(chan error, small+1)
+	var sent sync.WaitGroup
+	for i := range small + 1 {
+		sent.Add(1)
+		go func() {
+			defer sent.Done()
+			msg := big
+			if i > 0 {
+				msg = message.NewMessage(watermill.NewUUID(), []byte(strconv.Itoa(i)))
+				msg.Metadata.Set(watermilloutbox.PartitionKeyMetadataKey, "k")
+			}
+			err := pub.Publish(topic, msg)
+			if msg == big {
+				require.Error(t, err)
+				require.Equal(t, retry.Permanent, retry.DefaultClassifier(err), "%v", err)
+				require.ErrorIs(t, err, sarama.ErrMessageSizeTooLarge)
+				return
+			}
+			errs <- err
+		}()
+	}
+	sent.Wait()
+	close(errs)
+	failed := 0
+	for err := range errs {
+		if err != nil {
+			failed++
+			t.Logf("small message failed: %v", err)
+		}
+	}
+	require.Zero(t, failed, "small messages failed with the large one")
+	testenv.ConsumeKafka(t, brokers, topic, small, kafkaConsumeTimeout)
 }

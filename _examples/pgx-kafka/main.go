@@ -4,6 +4,7 @@
 // same pgxpool (claims, acks, LISTEN and all).
 //
 //	docker compose up -d postgres kafka && go run ./_examples/pgx-kafka
+//	scripts/services up postgres kafka && go run ./_examples/pgx-kafka   # without Docker
 //	go run ./_examples/pgx-kafka -kfake -duration 3s   # Kafka in process: no broker needed
 //
 // OUTBOX_DATABASE_URL and OUTBOX_KAFKA_BROKERS (comma-separated) override the

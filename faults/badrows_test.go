@@ -31,8 +31,8 @@ const badRowsWindow = 1000
 // with it) and one whose metadata is JSON but not an object of strings (the
 // relay cannot decode it). Both end dead after one attempt with a
 // last_error saying why; every other event is delivered, in order per key,
-// with no more duplicates than the window; and the relay never finds
-// RabbitMQ unavailable, so it never pauses.
+// with no more duplicates than the window; no claim fails; and the relay
+// never finds RabbitMQ unavailable, so it never pauses.
 func TestBadRowsRabbitMQ(t *testing.T) { postgresDrivers(t, testBadRowsRabbitMQ) }
 
 func testBadRowsRabbitMQ(t *testing.T, newScenario func(*testing.T) *scenario) {

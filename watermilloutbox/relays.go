@@ -141,6 +141,15 @@ func (t table) heldByDead(alias, self string) string {
 	return "(" + alias + "claimed_by IS NOT NULL AND " + alias + "claimed_by IN (" + t.deadRelays(self) + "))"
 }
 
+// minSQLiteRelayTTL is the shortest heartbeat a relay keeps on SQLite. Every
+// relay and publisher of a SQLite file shares its one write lock, which a
+// beat waits for like any write: on a busy file (the relay tests under the
+// race detector on a loaded 2-core machine) no beat landed for over 3 s
+// and live relays were declared dead, costing duplicates. A SQLite file is
+// normally owned by one process, whose relays die together and are taken
+// over on its restart, so a longer heartbeat costs little there.
+const minSQLiteRelayTTL = 15 * time.Second
+
 // forgetRelays is how long after its heartbeat expired a relay's registry
 // row is deleted. By then every lease it took has ended on its own (a
 // lease is at most ClaimTimeout from its last renewal); deleting it
@@ -160,6 +169,9 @@ func (s *SQLStore) Beat(ctx context.Context, id string, ttl time.Duration) (Beat
 	}
 	if err := s.checkDialect(ctx); err != nil {
 		return Beat{}, fmt.Errorf("outbox: beat: %w", err)
+	}
+	if s.t.dialect == SQLite {
+		ttl = max(ttl, minSQLiteRelayTTL)
 	}
 	p := s.t.dialect.placeholder
 	r := s.t.relaysTable()

@@ -227,6 +227,13 @@ func (r *runner) latency() (result, error) {
 	if err != nil {
 		return result{}, err
 	}
+	// Right after the direct figure, which they are compared with.
+	var pb [2][]time.Duration
+	if r.o.pgbouncer != "" {
+		if pb, err = r.pgbouncerLatencies(); err != nil {
+			return result{}, err
+		}
+	}
 	theirs, err := r.latencies(newFwdSide(r.db, runID()), r.b.forwarderPublisher)
 	if err != nil {
 		return result{}, err
@@ -251,10 +258,6 @@ func (r *runner) latency() (result, error) {
 		extra = append(extra, "outbox_metrics_p50="+roundDur(pct(m, 50)).String(), "outbox_metrics_p99="+roundDur(pct(m, 99)).String())
 	}
 	if r.o.pgbouncer != "" {
-		pb, err := r.pgbouncerLatencies()
-		if err != nil {
-			return result{}, err
-		}
 		b50 := pct(pb[0], 50)
 		extra = append(extra,
 			"pgbouncer_p50="+roundDur(b50).String(), "pgbouncer_p99="+roundDur(pct(pb[0], 99)).String(),

@@ -83,15 +83,21 @@ func postgresDrivers(t *testing.T, run func(t *testing.T, newScenario func(*test
 
 func newScenario(t *testing.T, dialect outbox.Dialect) *scenario {
 	t.Helper()
-	s := &scenario{t: t, dialect: dialect, committed: map[string]event{}, uncertain: map[string]event{}, nextSeq: map[string]int{}}
 	switch dialect {
 	case outbox.PostgreSQL:
-		s.db, s.dsn = testenv.Postgres(t), testenv.PostgresDSN()
+		return newScenarioOn(t, dialect, testenv.Postgres(t), testenv.PostgresDSN())
 	case outbox.MySQL:
-		s.db, s.dsn = testenv.MySQL(t), testenv.MySQLDSN()
-	default:
-		t.Fatalf("no fault scenarios on %s", dialect)
+		return newScenarioOn(t, dialect, testenv.MySQL(t), testenv.MySQLDSN())
 	}
+	t.Fatalf("no fault scenarios on %s", dialect)
+	return nil
+}
+
+// newScenarioOn makes a scenario on db, which dsn (the relays' database
+// URL) reaches too: the service commits, and the checks read, through db.
+func newScenarioOn(t *testing.T, dialect outbox.Dialect, db *sql.DB, dsn string) *scenario {
+	t.Helper()
+	s := &scenario{t: t, dialect: dialect, db: db, dsn: dsn, committed: map[string]event{}, uncertain: map[string]event{}, nextSeq: map[string]int{}}
 	s.table = testenv.TableName(t)
 	s.topic = "faults_" + strings.TrimPrefix(s.table, "t_")
 	store, err := outbox.NewSQLStore(s.db, outbox.SQLStoreConfig{Dialect: dialect, Outbox: config.Config{Table: s.table}}, nil)

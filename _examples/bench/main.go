@@ -22,6 +22,14 @@
 //	latency   -rate events/s (default 200), one per transaction, for N
 //	          events (default 2,000); commit→received p50 and p99
 //	          go run -C _examples/bench . -scenario latency -sink kafka
+//	          With -pgbouncer URL, our side again with its store, the
+//	          service's commits and its relay through that pooler, once
+//	          with the relay's LISTEN on PostgreSQL directly (ListenURL
+//	          = -pg) and once with its LISTEN through the pooler (deaf:
+//	          the relay polls); ratio_pgbouncer is p50 (pooler, direct
+//	          LISTEN) / p50 (direct)
+//	          go run -C _examples/bench . -scenario latency -sink kafka \
+//	            -pgbouncer postgres://postgres@127.0.0.1:6432/test?sslmode=disable
 //	publish   N business transactions with one event each, 8 workers
 //	          (transactions/s), also against a bare INSERT of the same row
 //	          and with our wake-up off; N per writer and round (default
@@ -130,6 +138,7 @@ type options struct {
 	n          int
 	backlog    int
 	pgDSN      string
+	pgbouncer  string
 	mysqlDSN   string
 	db         string
 	amqpURL    string
@@ -178,6 +187,7 @@ func main() {
 	flag.IntVar(&o.n, "n", 0, "events (default 20000; 2000 for latency; 1000 per writer and round for publish; 100000 for memory and instances; the free rows of stuck-key, blocked-keys and waiting; the small backlog of backlog-1m; not used by soak)")
 	flag.IntVar(&o.backlog, "backlog", 0, "stuck-key: rows of the hot key; blocked-keys: rows of the blocked keys; waiting: rows backing off (default 100000); backlog-1m: the big backlog (default 1000000)")
 	flag.StringVar(&o.pgDSN, "pg", env("OUTBOX_BENCH_POSTGRES_DSN", "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"), "PostgreSQL DSN")
+	flag.StringVar(&o.pgbouncer, "pgbouncer", env("OUTBOX_BENCH_PGBOUNCER_DSN", ""), "latency: also our side through this PgBouncer (transaction pooling) URL, with the LISTEN direct (-pg) and through the pooler")
 	flag.StringVar(&o.mysqlDSN, "mysql", env("OUTBOX_BENCH_MYSQL_DSN", "root@tcp(127.0.0.1:3306)/test"), "MySQL/MariaDB DSN (-db mysql)")
 	flag.StringVar(&o.db, "db", "postgres", "stuck-key and waiting: postgres, mysql or sqlite (a temporary file); every other scenario runs on PostgreSQL only")
 	flag.StringVar(&o.amqpURL, "amqp", env("OUTBOX_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"), "RabbitMQ URL")
@@ -265,6 +275,9 @@ func newRunner(o options) (r *runner, closeRunner func(), err error) {
 	r = &runner{o: o}
 	if o.driver != "" && o.driver != "pgx" && o.driver != "database/sql" {
 		return nil, nil, fmt.Errorf("-driver %s: want pgx or database/sql", o.driver)
+	}
+	if o.pgbouncer != "" && o.scenario != "latency" {
+		return nil, nil, fmt.Errorf("-pgbouncer: only the latency scenario runs through PgBouncer")
 	}
 	if o.db != "postgres" && o.scenario != "stuck-key" && o.scenario != "waiting" {
 		return nil, nil, fmt.Errorf("-db %s: only stuck-key and waiting run on other databases than PostgreSQL", o.db)

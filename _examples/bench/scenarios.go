@@ -144,6 +144,11 @@ func (r *runner) ordered() (result, error) {
 // latencies runs s's relay while committing one event per transaction at
 // r.o.rate events/s, and returns each event's commit→received time, sorted.
 func (r *runner) latencies(s side, dest func() (message.Publisher, error)) ([]time.Duration, error) {
+	return r.latenciesOn(r.db, s, dest)
+}
+
+// latenciesOn is latencies with the service's transactions on db.
+func (r *runner) latenciesOn(db *sql.DB, s side, dest func() (message.Publisher, error)) ([]time.Duration, error) {
 	ctx := context.Background()
 	defer s.cleanup()
 	if err := s.setup(ctx); err != nil {
@@ -177,7 +182,7 @@ func (r *runner) latencies(s side, dest func() (message.Publisher, error)) ([]ti
 	start := time.Now().Add(200 * time.Millisecond) // let the relay settle
 	for i, m := range msgs {
 		time.Sleep(time.Until(start.Add(time.Duration(i) * period)))
-		tx, err := r.db.BeginTx(ctx, nil)
+		tx, err := db.BeginTx(ctx, nil)
 		if err != nil {
 			return nil, err
 		}
@@ -222,6 +227,13 @@ func (r *runner) latency() (result, error) {
 	if err != nil {
 		return result{}, err
 	}
+	// Right after the direct figure, which they are compared with.
+	var pb [2][]time.Duration
+	if r.o.pgbouncer != "" {
+		if pb, err = r.pgbouncerLatencies(); err != nil {
+			return result{}, err
+		}
+	}
 	theirs, err := r.latencies(newFwdSide(r.db, runID()), r.b.forwarderPublisher)
 	if err != nil {
 		return result{}, err
@@ -245,6 +257,14 @@ func (r *runner) latency() (result, error) {
 		}
 		extra = append(extra, "outbox_metrics_p50="+roundDur(pct(m, 50)).String(), "outbox_metrics_p99="+roundDur(pct(m, 99)).String())
 	}
+	if r.o.pgbouncer != "" {
+		b50 := pct(pb[0], 50)
+		extra = append(extra,
+			"pgbouncer_p50="+roundDur(b50).String(), "pgbouncer_p99="+roundDur(pct(pb[0], 99)).String(),
+			"pgbouncer_listen_pooled_p50="+roundDur(pct(pb[1], 50)).String(),
+			"pgbouncer_listen_pooled_p99="+roundDur(pct(pb[1], 99)).String(),
+			fmt.Sprintf("ratio_pgbouncer=%.2f", b50.Seconds()/max(o50.Seconds(), 1e-9)))
+	}
 	return result{
 		outbox: roundDur(o50).String(), forwarder: roundDur(f50).String(),
 		extra: append([]string{
@@ -256,6 +276,32 @@ func (r *runner) latency() (result, error) {
 		}, extra...),
 		ratio: f50.Seconds() / max(o50.Seconds(), 1e-9),
 	}, nil
+}
+
+// pgbouncerLatencies runs our side with its store, the service's commits
+// and the relay through the PgBouncer at -pgbouncer: first with the relay's
+// LISTEN on PostgreSQL directly (ListenURL = -pg), then with its LISTEN
+// through the pooler, where it receives nothing and the relay polls.
+func (r *runner) pgbouncerLatencies() ([2][]time.Duration, error) {
+	var lat [2][]time.Duration
+	db, err := openDB("pgx", "PgBouncer", r.o.pgbouncer)
+	if err != nil {
+		return lat, err
+	}
+	defer db.Close()
+	for i, listen := range []string{r.o.pgDSN, ""} {
+		cfg := r.ourConfig()
+		cfg.ListenURL = listen
+		s := newOurSide(db, runID(), cfg)
+		s.label = "outbox_pgbouncer"
+		if listen == "" {
+			s.label += "_listen_pooled"
+		}
+		if lat[i], err = r.latenciesOn(db, s, r.b.ourPublisher); err != nil {
+			return lat, err
+		}
+	}
+	return lat, nil
 }
 
 // writer is one way of writing an event inside a business transaction.

@@ -8,7 +8,6 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/go-sql-driver/mysql"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -100,9 +99,8 @@ func missingFunction(err error) bool {
 	if errors.As(err, &pg) {
 		return pg.SQLState() == "42883" // undefined_function
 	}
-	var my *mysql.MySQLError
-	if errors.As(err, &my) {
-		return my.Number == 1305 // ER_SP_DOES_NOT_EXIST: FUNCTION … does not exist
+	if mysqlErrorNumber(err) == 1305 { // ER_SP_DOES_NOT_EXIST: FUNCTION … does not exist
+		return true
 	}
 	return strings.Contains(err.Error(), "no such function") // SQLite
 }

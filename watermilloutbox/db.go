@@ -338,7 +338,7 @@ func (d pgxDB) withConn(ctx context.Context, fn func(*pgx.Conn) error) error {
 
 // pipeTx is a transaction on one pgx connection that sends statements which
 // do not depend on each other in one round trip: BEGIN with the claim's
-// first reads (prefetch), and the take with COMMIT (queryThenCommit). The
+// first reads (prefetch), and the take with COMMIT (send with commit). The
 // claim's code runs on it as on any tx: a query it prefetched is answered
 // from the buffer, any other goes to the database.
 type pipeTx struct {
@@ -535,13 +535,6 @@ func (t *pipeTx) prefetchAll(ctx context.Context, items []pipeItem) error {
 		}
 	}
 	return nil
-}
-
-// queryThenCommit runs q, whose rows read takes, and COMMIT in one round
-// trip.
-func (t *pipeTx) queryThenCommit(ctx context.Context, q string, args []any, read func(rows) error) error {
-	_, err := t.send(ctx, []pipeItem{{q: q, args: args, read: read}}, true)
-	return err
 }
 
 func (t *pipeTx) beginNow(ctx context.Context) error {

@@ -193,7 +193,7 @@ func TestNewKafkaSaramaConfig(t *testing.T) {
 	c := NewKafkaSaramaConfig(KafkaConfig{})
 	require.NoError(t, c.Validate())
 	require.Equal(t, sarama.WaitForAll, c.Producer.RequiredAcks)
-	require.True(t, c.Producer.Idempotent)
+	require.False(t, c.Producer.Idempotent, "sarama's idempotent producer lost messages across a broker restart")
 	require.Equal(t, 1, c.Net.MaxOpenRequests)
 	require.GreaterOrEqual(t, c.Producer.Retry.Max, 5)
 	require.Positive(t, c.Producer.Retry.Backoff)
@@ -249,7 +249,7 @@ func TestKafkaConfig_Validate(t *testing.T) {
 			c.Producer.RequiredAcks = sarama.NoResponse
 			c.Producer.Idempotent = false
 		}), "RequiredAcks"},
-		{"not idempotent", withSarama(func(c *sarama.Config) { c.Producer.Idempotent = false }), "Idempotent"},
+		{"idempotent", withSarama(func(c *sarama.Config) { c.Producer.Idempotent = true }), "Idempotent"},
 		{"no successes", withSarama(func(c *sarama.Config) { c.Producer.Return.Successes = false }), "Return.Successes"},
 		{"sarama-invalid overwrite", withSarama(func(c *sarama.Config) { c.Net.MaxOpenRequests = 5 }), "MaxOpenRequests"},
 		{"old version", KafkaConfig{Brokers: brokers, Version: sarama.V0_10_2_0}, "idempotent"},

@@ -208,8 +208,7 @@ func (m *Middleware) Handle(h message.HandlerFunc, msg *message.Message) ([]*mes
 		quick       int           // quick retries done
 		unavailable int           // Unavailable failures of this message
 		acceptedAt  uint64        // calls accepted at its last one
-		failedAt    time.Time     // when its last one ended
-		ownSince    time.Time     // its first one others got through after
+		ownSince    time.Time     // its first failure seen while others got through
 	)
 	for {
 		probe, gen, err := m.circuit.wait(ctx)
@@ -239,7 +238,11 @@ func (m *Middleware) Handle(h message.HandlerFunc, msg *message.Message) ([]*mes
 			accepted, now := m.circuit.acceptedCount(), time.Now()
 			othersThrough := unavailable > 0 && accepted != acceptedAt
 			if othersThrough && ownSince.IsZero() {
-				ownSince = failedAt
+				// Counted from the first failure seen while others get
+				// through, not from an earlier one: a message that failed
+				// during an outage and once more as the broker came back
+				// (a partition still electing its leader) is not its own.
+				ownSince = now
 			}
 			if othersThrough && now.Sub(ownSince) >= ownFailureSpans*m.config.CircuitMaxBackoff {
 				// Others kept getting through while this message kept
@@ -256,7 +259,7 @@ func (m *Middleware) Handle(h message.HandlerFunc, msg *message.Message) ([]*mes
 				m.config.OnUnavailable(msg, err)
 			}
 			unavailable++
-			acceptedAt, failedAt = accepted, now
+			acceptedAt = accepted
 			if accepted != before {
 				// Others got through during this call: not evidence of an
 				// outage. Retry after this message's own backoff.

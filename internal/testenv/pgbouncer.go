@@ -1,10 +1,8 @@
 package testenv
 
 import (
-	"context"
 	"database/sql"
 	"testing"
-	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 )
@@ -27,23 +25,5 @@ func PgBouncer(t testing.TB) *sql.DB {
 // closed when t ends.
 func PgBouncerPool(t testing.TB) *pgxpool.Pool {
 	t.Helper()
-	cfg, err := pgxpool.ParseConfig(PgBouncerDSN())
-	if err != nil {
-		t.Fatalf("OUTBOX_TEST_PGBOUNCER_DSN: %v", err)
-	}
-	cfg.MaxConns = 32
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err == nil {
-		err = pool.Ping(ctx)
-	}
-	if err != nil {
-		if pool != nil {
-			pool.Close()
-		}
-		Unavailable(t, "PgBouncer", "pgbouncer", "OUTBOX_TEST_PGBOUNCER_DSN", err)
-	}
-	t.Cleanup(pool.Close)
-	return pool
+	return openPool(t, PgBouncerDSN(), "PgBouncer", "pgbouncer", "OUTBOX_TEST_PGBOUNCER_DSN")
 }

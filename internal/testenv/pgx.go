@@ -12,9 +12,16 @@ import (
 // t ends: for the tests of services that use pgx and no database/sql.
 func PostgresPool(t testing.TB) *pgxpool.Pool {
 	t.Helper()
-	cfg, err := pgxpool.ParseConfig(PostgresDSN())
+	return openPool(t, PostgresDSN(), "PostgreSQL", "postgres", "OUTBOX_TEST_POSTGRES_DSN")
+}
+
+// openPool opens a pgx pool on dsn and pings it; an unreachable server
+// skips or fails t like any missing service. Closed when t ends.
+func openPool(t testing.TB, dsn, service, composeService, variable string) *pgxpool.Pool {
+	t.Helper()
+	cfg, err := pgxpool.ParseConfig(dsn)
 	if err != nil {
-		t.Fatalf("OUTBOX_TEST_POSTGRES_DSN: %v", err)
+		t.Fatalf("%s: %v", variable, err)
 	}
 	// As many connections as the relay tests take from a *sql.DB.
 	cfg.MaxConns = 32
@@ -28,7 +35,7 @@ func PostgresPool(t testing.TB) *pgxpool.Pool {
 		if pool != nil {
 			pool.Close()
 		}
-		Unavailable(t, "PostgreSQL", "postgres", "OUTBOX_TEST_POSTGRES_DSN", err)
+		Unavailable(t, service, composeService, variable, err)
 	}
 	t.Cleanup(pool.Close)
 	return pool

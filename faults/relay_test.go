@@ -38,6 +38,7 @@ type relay struct {
 // proc is one run of the relay binary.
 type proc struct {
 	cmd      *exec.Cmd
+	logFrom  int64         // the log's size when it started
 	exited   chan struct{} // closed once Wait returned
 	err      error         // Wait's result, set before exited is closed
 	intended bool          // guarded by relay.mu: the test signalled it
@@ -84,13 +85,15 @@ func (r *relay) start() {
 	f, err := os.OpenFile(r.logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	require.NoError(r.t, err)
 	defer f.Close() // the child has its own descriptor
+	st, err := f.Stat()
+	require.NoError(r.t, err)
 	cmd := exec.Command(relayBin, append([]string{"relay"}, r.args...)...)
 	cmd.Env = r.env
 	cmd.Stdout, cmd.Stderr = f, f
 	// Should this test binary die (a timeout panic), its relays die too.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	require.NoError(r.t, cmd.Start(), "%s: start", r.name)
-	p := &proc{cmd: cmd, exited: make(chan struct{})}
+	p := &proc{cmd: cmd, logFrom: st.Size(), exited: make(chan struct{})}
 	r.mu.Lock()
 	r.cur = p
 	r.starts++
@@ -145,6 +148,7 @@ func (r *relay) kill9() {
 // stop stops the current process with SIGTERM, as an orchestrator would,
 // and reports whether it exited cleanly.
 func (r *relay) stop() error {
+	r.waitStarted(30 * time.Second)
 	p, err := r.signal(syscall.SIGTERM, 30*time.Second)
 	if err != nil {
 		return err
@@ -153,6 +157,34 @@ func (r *relay) stop() error {
 		return fmt.Errorf("%s: pid %d: exit after SIGTERM: %v", r.name, p.cmd.Process.Pid, p.err)
 	}
 	return nil
+}
+
+// waitStarted waits until the current process has written to its log:
+// until then it may not have installed its signal handler yet, and a
+// SIGTERM sent in the first milliseconds of a process kills any Go program
+// (the default action), which says nothing about the relay.
+func (r *relay) waitStarted(timeout time.Duration) {
+	r.mu.Lock()
+	p := r.cur
+	r.mu.Unlock()
+	if p == nil {
+		return
+	}
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(timeout)
+	for {
+		if st, err := os.Stat(r.logPath); err == nil && st.Size() > p.logFrom {
+			return
+		}
+		select {
+		case <-p.exited:
+			return
+		case <-deadline:
+			return // signal it anyway: stop reports what happens
+		case <-tick.C:
+		}
+	}
 }
 
 // requireNoUnexpectedExit fails t if any process of r exited without being

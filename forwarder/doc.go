@@ -18,17 +18,20 @@
 //     retry.Middleware (the circuit that pauses while the broker is down,
 //     and in-process quick retries) and records, for that delivery, whether
 //     the destination accepted it. Router middlewares cannot change that
-//     record: a PoisonQueue, InstantAck or Deduplicator on the caller's
-//     router costs a retry, never a message.
+//     record: a PoisonQueue or Deduplicator on the caller's router costs a
+//     retry, never a message, and an InstantAck waits for the record.
 //
 // Every setting of the relay comes from the store's config.Config; Config
 // here holds only what is the forwarder's own (router, handler name, topic
-// filter, classifier, quick retries, observer, tracer provider). See the package README for the
-// guarantees, and the fault suite (package faults) for the scenarios that
-// back them.
+// filter, classifier, quick retries, observer, tracer provider). See the
+// repository's docs/guarantees.md for the guarantees, and the fault suite
+// (package faults) for the scenarios that back them.
 //
-// The subscription loop is one goroutine that owns all of a subscription's
-// state; its parts, each in a file of its own:
+// forwarder.go holds the Forwarder (its Config, the router handler that
+// publishes and records each delivery); subscriber.go the Subscriber (its
+// Config, Subscribe, wake-ups, the misuse warnings). The subscription loop
+// is one goroutine that owns all of a subscription's state; its parts,
+// each in a file of its own:
 //
 //   - schedule.go: when to claim (polling, wake-ups, backlog, errors);
 //   - window.go: the claimed rows held, each in an explicit state, and the
@@ -44,7 +47,9 @@
 //   - dbretry.go: the one retry policy for every database call the loop
 //     retries;
 //   - subscription.go: the loop itself, running and draining (shutdown is
-//     a mode of the same loop).
+//     a mode of the same loop);
+//   - purge.go: the table's upkeep beside the loops: published rows past
+//     PublishedRetention deleted in batches, and Store.Maintain.
 //
 // Two files make the relay observable, at no cost when unused:
 //

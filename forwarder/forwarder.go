@@ -115,8 +115,8 @@ func (c Config) Validate() error {
 // ack: a message a middleware acked although its publish failed
 // (PoisonQueue) is retried, and dead after MaxRetryCount attempts; one acked
 // before it was handled (InstantAck) waits for the handler's record; one
-// acked and never handled (Deduplicator) counts as a failed attempt. Each
-// such case is logged once, naming the likely middleware.
+// acked and never handled (Deduplicator) counts as a failed attempt. The
+// first and the last are logged once, naming the likely middleware.
 //
 // Delivery is at least once: a crash between the broker's confirmation and
 // the ack's write publishes the message again, with the same UUID.

@@ -39,10 +39,12 @@ type SQLStoreConfig struct {
 // into the same table (NewPublisher takes the store), so the dialect, the
 // table and each setting are given once, here.
 //
-// Claims are one short transaction with FOR UPDATE SKIP LOCKED
-// (PostgreSQL, MySQL) or a single UPDATE … RETURNING under SQLite's write
-// lock; every later write is fenced by the claim token. All times come from
-// the database clock.
+// Claims are one short transaction: the candidates are read without locks,
+// then taken by one UPDATE … FROM (SELECT … FOR UPDATE SKIP LOCKED)
+// RETURNING (PostgreSQL), a SELECT … FOR UPDATE SKIP LOCKED and an UPDATE
+// by id (MySQL), or a SELECT and an UPDATE by id under SQLite's write lock;
+// every later write is fenced by the claim token. All times come from the
+// database clock.
 //
 // watermill-sql's subscriber cannot serve here: it keeps a transaction open
 // while handlers run, tracks one offset per consumer group (one active reader,

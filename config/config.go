@@ -43,8 +43,7 @@ const (
 	// the publisher before waiting for acks. A broker round trip takes
 	// milliseconds, so the window sets the drain rate: 1,000 messages of a
 	// few kilobytes cost a few megabytes and drained a backlog to RabbitMQ
-	// at 12k/s where 256 reached 9.5k/s (see the README's performance
-	// section).
+	// at 12k/s where 256 reached 9.5k/s.
 	DefaultMaxInFlight = 1000
 
 	// DefaultMaxMetadataBytes bounds a message's metadata: half of

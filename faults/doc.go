@@ -18,6 +18,6 @@
 //	faults: first publish after the broker's (or new leader's) return, longest: kafka=<s> kafka-cluster-leader=<s> rabbitmq=<s>
 //
 // also written to the file named by OUTBOX_FAULTS_SUMMARY when set. The
-// README's "Guarantees" section states what the scenarios prove, each
-// sentence with the scenario behind it.
+// page docs/guarantees.md states what the scenarios prove, each sentence
+// with the scenario behind it.
 package faults

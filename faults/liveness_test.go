@@ -354,8 +354,8 @@ func testRelayKilledHandsOver(t *testing.T, newScenario func(*testing.T) *scenar
 //
 // PostgreSQL only: a claim on MariaDB takes three round trips, and a relay
 // paused between them keeps its transaction, and the row locks of the
-// rows it was taking, until it resumes (see the README's "When a relay is
-// killed").
+// rows it was taking, until it resumes (see "When a relay is killed" in
+// docs/operating.md).
 func TestRelayPausedIsFenced(t *testing.T) {
 	postgresDrivers(t, testRelayPausedIsFenced)
 }

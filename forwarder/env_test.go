@@ -86,7 +86,7 @@ func fromEnv(t *testing.T, e *relayEnv, vars map[string]string) *outbox.SQLStore
 }
 
 // TestEveryEnvironmentVariableChangesBehaviour: each variable of the
-// README's configuration table, read by config.FromEnv and given once to
+// configuration table (docs/configuration.md), read by config.FromEnv and given once to
 // the store, changes what the publisher or the relay does.
 func TestEveryEnvironmentVariableChangesBehaviour(t *testing.T) {
 	t.Parallel()

@@ -28,7 +28,7 @@ func ackOnError(h message.HandlerFunc) message.HandlerFunc {
 }
 
 // runRouter runs router until the test ends, then closes it before the
-// forwarder (the shutdown order the README gives).
+// forwarder (the shutdown order docs/guide.md gives).
 func runRouter(t *testing.T, router *message.Router, f *forwarder.Forwarder) {
 	t.Helper()
 	t.Cleanup(func() { require.NoError(t, f.Close()) }) // runs after the router's

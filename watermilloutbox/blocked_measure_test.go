@@ -18,7 +18,7 @@ import (
 // TestMeasureBlockedKeys measures BlockedKeys, Stats and the backlog
 // estimate on 1,000,000 pending rows (1,000 keys of 1,000 rows, the heads
 // of 200 keys backing off). It takes minutes, so it runs only with
-// OUTBOX_MEASURE=1; the figures are in the README.
+// OUTBOX_MEASURE=1; the figures are in docs/operating.md.
 func TestMeasureBlockedKeys(t *testing.T) {
 	if os.Getenv("OUTBOX_MEASURE") != "1" {
 		t.Skip("set OUTBOX_MEASURE=1 to measure BlockedKeys on 1,000,000 rows")

@@ -86,7 +86,7 @@ func (t TopicStats) Undelivered() int { return t.Pending + t.Waiting + t.Leased 
 // it can lag a growing backlog by that much; on MariaDB/MySQL the range
 // optimizer's estimate of the same index range, from dives into the index
 // (InnoDB: within a few percent for large ranges). Measured figures are in
-// the README's "Operating it" section.
+// docs/operating.md.
 func (s *SQLStore) Stats(ctx context.Context) (Stats, error) {
 	if err := s.checkDialect(ctx); err != nil {
 		return Stats{}, fmt.Errorf("outbox: stats: %w", err)

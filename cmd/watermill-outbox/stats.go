@@ -25,7 +25,7 @@ Prints the table's state per topic:
                   takes them over; a count that stays means no relay is claiming
   DEAD            rows the relay gave up on (see 'watermill-outbox dead')
   BACKLOG         undelivered rows (pending + waiting + leased); ~N past the cap is
-                  the database planner's estimate, not a count (see the README for its error)
+                  the database planner's estimate, not a count (docs/operating.md gives its error)
   OLDEST UNDELIVERED  age of the oldest undelivered row (pending, waiting or leased):
                   what to alert on, as a relay that is down or stuck shows as a growing age
   OLDEST LEASED   age of the oldest leased or orphaned row: how long a key has waited on a lease

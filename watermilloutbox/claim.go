@@ -150,7 +150,14 @@ func (s *SQLStore) Claim(ctx context.Context, req ClaimRequest) (Claimed, error)
 	if pc, ok := s.db.(pgxConner); ok && s.t.dialect == PostgreSQL {
 		// On a pgx connection the claim takes two round trips (see
 		// pipeTx) instead of six.
-		err = pc.withConn(ctx, func(conn *pgx.Conn) error { return run(&pipeTx{conn: conn, mode: s.mode}) })
+		err = pc.withConn(ctx, func(conn *pgx.Conn) error {
+			p := &pipeTx{conn: conn, mode: s.mode}
+			err := run(p)
+			if s.tripsHook != nil {
+				s.tripsHook(p.trips)
+			}
+			return err
+		})
 		if err != nil && taking != nil {
 			s.giveBack(ctx, c.Token, taking)
 		}

@@ -348,6 +348,7 @@ type pipeTx struct {
 	done     bool // committed or rolled back
 	prefetch map[string]*bufferedRows
 	execs    map[string]int64
+	trips    int // round trips to the database so far
 }
 
 // pipeItem is one statement of a batch: a query whose rows read takes
@@ -364,6 +365,7 @@ func pipeKey(q string, args []any) string { return q + "\x00" + fmt.Sprint(args.
 // send runs items in one round trip (after BEGIN, when not begun yet),
 // buffering what they return for the queries and execs that follow.
 func (t *pipeTx) send(ctx context.Context, items []pipeItem, commit bool) ([]*bufferedRows, error) {
+	t.trips++
 	if t.mode.unnamed() {
 		return t.sendUnnamed(ctx, items, commit)
 	}
@@ -541,6 +543,7 @@ func (t *pipeTx) beginNow(ctx context.Context) error {
 	if t.begun || t.done {
 		return nil
 	}
+	t.trips++
 	if _, err := t.conn.Exec(ctx, "BEGIN"); err != nil {
 		return err
 	}
@@ -556,6 +559,7 @@ func (t *pipeTx) exec(ctx context.Context, q string, args ...any) (int64, error)
 	if err := t.beginNow(ctx); err != nil {
 		return 0, err
 	}
+	t.trips++
 	return pgxQueryer{t.conn, t.mode}.exec(ctx, q, args...)
 }
 
@@ -567,6 +571,7 @@ func (t *pipeTx) query(ctx context.Context, q string, args ...any) (rows, error)
 	if err := t.beginNow(ctx); err != nil {
 		return nil, err
 	}
+	t.trips++
 	return pgxQueryer{t.conn, t.mode}.query(ctx, q, args...)
 }
 
@@ -574,6 +579,7 @@ func (t *pipeTx) queryRow(ctx context.Context, q string, args ...any) row {
 	if err := t.beginNow(ctx); err != nil {
 		return errRow{err}
 	}
+	t.trips++
 	return pgxQueryer{t.conn, t.mode}.queryRow(ctx, q, args...)
 }
 
@@ -583,6 +589,7 @@ func (t *pipeTx) commit(ctx context.Context) error {
 		return nil
 	}
 	t.done = true
+	t.trips++
 	_, err := t.conn.Exec(ctx, "COMMIT")
 	return err
 }
@@ -593,6 +600,7 @@ func (t *pipeTx) rollback(ctx context.Context) error {
 		return nil
 	}
 	t.done = true
+	t.trips++
 	if _, err := t.conn.Exec(context.WithoutCancel(ctx), "ROLLBACK"); err != nil {
 		// A connection left in a transaction must not go back to the pool.
 		_ = t.conn.Close(context.WithoutCancel(ctx))

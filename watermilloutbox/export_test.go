@@ -16,6 +16,10 @@ func SetClaimHook(s *SQLStore, hook func()) { s.claimHook = hook }
 // committed, as a failed unclaim would.
 func SetTakeHook(s *SQLStore, hook func() error) { s.takeHook = hook }
 
+// SetClaimTripsHook lets tests count the round trips of PostgreSQL's
+// pipelined claim.
+func SetClaimTripsHook(s *SQLStore, hook func(trips int)) { s.tripsHook = hook }
+
 // ExplainPostgresClaim returns the plans of the statements a claim reads
 // its candidates with (keyless rows, then keyed ones), after the claim's
 // own preparation (or without it, to show what it prevents). The

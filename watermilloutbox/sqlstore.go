@@ -75,6 +75,9 @@ type SQLStore struct {
 	// claim just after the take committed; an error it returns stands for
 	// a failure of the writes that follow.
 	takeHook func() error
+	// tripsHook, when set (tests only), is told how many round trips each
+	// pipelined claim took.
+	tripsHook func(trips int)
 }
 
 var _ Store = (*SQLStore)(nil)

@@ -181,18 +181,18 @@ func (s *SQLStore) Claim(ctx context.Context, req ClaimRequest) (Claimed, error)
 // claim runs one claim's steps in tx: promote, find the candidates, take
 // them.
 func (s *SQLStore) claim(ctx context.Context, tx tx, req ClaimRequest, c *Claimed, taking *[]int64) error {
-	q, args := s.q.promote(req.Limit)
+	open := s.opening(req)
 	if p, ok := tx.(*pipeTx); ok {
 		// What the claim reads first depends on nothing read before: one
 		// round trip with BEGIN.
-		if err := p.prefetchAll(ctx, s.opening(req)); err != nil {
+		if err := p.prefetchAll(ctx, open.items()); err != nil {
 			return fmt.Errorf("open: %w", err)
 		}
 	}
-	if _, err := tx.exec(ctx, q, args...); err != nil {
+	if _, err := runStmt(ctx, tx, open.promote); err != nil {
 		return fmt.Errorf("promote due rows: %w", err)
 	}
-	cands, more, err := s.candidates(ctx, tx, req)
+	cands, more, err := s.candidates(ctx, tx, req, open)
 	if err != nil {
 		return err
 	}
@@ -207,29 +207,52 @@ func (s *SQLStore) claim(ctx context.Context, tx tx, req ClaimRequest, c *Claime
 	return err
 }
 
-// opening lists the statements a claim starts with, as the steps below
-// will ask for them: the promotion, the keyless rows and, without a topic
-// filter, the first visit of the keyed rows from the cursor.
-func (s *SQLStore) opening(req ClaimRequest) []pipeItem {
-	q, args := s.q.promote(req.Limit)
-	items := []pipeItem{{q: q, args: args, exec: true}}
-	q, args = s.claimQ(req).keyless(req.Topics, req.Limit)
-	items = append(items, pipeItem{q: q, args: args})
+// claimOpening is what a claim reads first, each statement built once:
+// the pipelined claim sends them ahead with BEGIN, and the steps run the
+// same values, which find their results by id (runStmt, queryStmt). So
+// what was sent ahead is what the steps ask for.
+type claimOpening struct {
+	cursor  keyPos // where the walk over the keys starts
+	promote stmt   // the promotion of due waiting rows
+	keyless stmt   // the keyless rows
+	// visit is the first visit of the keyed rows from the cursor (walk,
+	// or keyedRows when unordered) over every topic; without a topic
+	// filter only, adHoc (zero) otherwise.
+	visit stmt
+}
+
+// opening builds a claim's opening statements.
+func (s *SQLStore) opening(req ClaimRequest) claimOpening {
+	cq := s.claimQ(req)
+	o := claimOpening{cursor: s.cursor.get()}
+	q, args := cq.promote(req.Limit)
+	o.promote = stmt{id: promoteStmt, q: q, args: args}
+	q, args = cq.keyless(req.Topics, req.Limit)
+	o.keyless = stmt{id: keylessStmt, q: q, args: args}
 	if req.Topics.All() {
 		if req.Ordered {
-			q, args = s.claimQ(req).walk(nil, s.cursor.get(), walkBudget(req.Limit), req.StrictOrder)
+			q, args = cq.walk(nil, o.cursor, walkBudget(req.Limit), req.StrictOrder)
 		} else {
-			q, args = s.claimQ(req).keyedRows(nil, s.cursor.get(), req.Limit)
+			q, args = cq.keyedRows(nil, o.cursor, req.Limit)
 		}
-		items = append(items, pipeItem{q: q, args: args})
+		o.visit = stmt{id: visitStmt, q: q, args: args}
+	}
+	return o
+}
+
+// items lists the opening as a batch to send ahead.
+func (o claimOpening) items() []pipeItem {
+	items := []pipeItem{{stmt: o.promote, exec: true}, {stmt: o.keyless}}
+	if o.visit.id != adHoc {
+		items = append(items, pipeItem{stmt: o.visit})
 	}
 	return items
 }
 
 // candidates returns the rows a claim means to take, in id order, and
 // whether more may be due than it found.
-func (s *SQLStore) candidates(ctx context.Context, tx tx, req ClaimRequest) ([]candidate, bool, error) {
-	keyless, err := s.keyless(ctx, tx, req)
+func (s *SQLStore) candidates(ctx context.Context, tx tx, req ClaimRequest, open claimOpening) ([]candidate, bool, error) {
+	keyless, err := s.keyless(ctx, tx, open.keyless)
 	if err != nil {
 		return nil, false, fmt.Errorf("keyless rows: %w", err)
 	}
@@ -237,9 +260,9 @@ func (s *SQLStore) candidates(ctx context.Context, tx tx, req ClaimRequest) ([]c
 	var keyed []candidate
 	var keyedMore bool
 	if req.Ordered {
-		keyed, keyedMore, err = s.keyedRuns(ctx, tx, req)
+		keyed, keyedMore, err = s.keyedRuns(ctx, tx, req, open)
 	} else {
-		keyed, keyedMore, err = s.keyedRows(ctx, tx, req)
+		keyed, keyedMore, err = s.keyedRows(ctx, tx, req, open)
 	}
 	if err != nil {
 		return nil, false, fmt.Errorf("keyed rows: %w", err)
@@ -251,10 +274,14 @@ func (s *SQLStore) candidates(ctx context.Context, tx tx, req ClaimRequest) ([]c
 	return all, more || keyedMore, nil
 }
 
-// keyless reads up to req.Limit due, unleased keyless rows, oldest first.
-func (s *SQLStore) keyless(ctx context.Context, tx tx, req ClaimRequest) ([]candidate, error) {
-	q, args := s.claimQ(req).keyless(req.Topics, req.Limit)
-	ids, err := queryColumn[int64](ctx, tx, q, args...)
+// keyless reads up to req.Limit due, unleased keyless rows, oldest first
+// (st, the opening's).
+func (s *SQLStore) keyless(ctx context.Context, tx tx, st stmt) ([]candidate, error) {
+	rs, err := queryStmt(ctx, tx, st)
+	if err != nil {
+		return nil, err
+	}
+	ids, err := scanColumn[int64](rs)
 	out := make([]candidate, len(ids))
 	for i, id := range ids {
 		out[i] = candidate{id: id}
@@ -266,8 +293,8 @@ func (s *SQLStore) keyless(ctx context.Context, tx tx, req ClaimRequest) ([]cand
 // it may take from, the run of free rows starting at the key's head: at
 // most its share of the limit, and never reaching a leased, not yet due or
 // waiting row.
-func (s *SQLStore) keyedRuns(ctx context.Context, tx tx, req ClaimRequest) ([]candidate, bool, error) {
-	heads, more, err := s.walkKeys(ctx, tx, req, walkBudget(req.Limit))
+func (s *SQLStore) keyedRuns(ctx context.Context, tx tx, req ClaimRequest, opening claimOpening) ([]candidate, bool, error) {
+	heads, more, err := s.walkKeys(ctx, tx, req, walkBudget(req.Limit), opening)
 	if err != nil {
 		return nil, false, err
 	}
@@ -357,17 +384,17 @@ func (s *SQLStore) segments(ctx context.Context, tx tx, topics TopicFilter) ([]*
 	return out, err
 }
 
-// round calls visit on the key space from just after the store's cursor
-// to its end, then (again set) from its start round to the cursor, until
+// round calls visit on the key space from just after cursor (the
+// store's, as the claim found it) to its end, then (again set) from its
+// start round to the cursor, until
 // visit reports that it is done. The key space is in the database's order,
 // which under a linguistic collation is not Go's: visit knows it has come
 // round when it meets a key (or row) it saw before.
-func (s *SQLStore) round(ctx context.Context, tx tx, topics TopicFilter, visit func(seg *string, after keyPos, again bool) (bool, error)) error {
+func (s *SQLStore) round(ctx context.Context, tx tx, topics TopicFilter, cursor keyPos, visit func(seg *string, after keyPos, again bool) (bool, error)) error {
 	segs, err := s.segments(ctx, tx, topics)
 	if err != nil || len(segs) == 0 {
 		return err
 	}
-	cursor := s.cursor.get()
 	at := -1 // the segment the cursor is in
 	for i, seg := range segs {
 		if seg == nil || *seg == cursor.topic {
@@ -405,15 +432,21 @@ func (s *SQLStore) round(ctx context.Context, tx tx, topics TopicFilter, visit f
 }
 
 // walkKeys visits up to budget keys with non-waiting pending rows, in key
-// order, once round from the cursor, and moves the cursor to the last key
-// visited. more reports that it stopped at the budget.
-func (s *SQLStore) walkKeys(ctx context.Context, tx tx, req ClaimRequest, budget int) ([]keyHead, bool, error) {
+// order, once round from the opening's cursor, and moves the cursor to the
+// last key visited. more reports that it stopped at the budget. Its first
+// visit over every topic is the opening's.
+func (s *SQLStore) walkKeys(ctx context.Context, tx tx, req ClaimRequest, budget int, open claimOpening) ([]keyHead, bool, error) {
 	var heads []keyHead
 	seen := make(map[keyPos]bool)
 	cq := s.claimQ(req)
-	err := s.round(ctx, tx, req.Topics, func(seg *string, after keyPos, again bool) (bool, error) {
-		q, args := cq.walk(seg, after, budget-len(heads), req.StrictOrder)
-		rs, err := tx.query(ctx, q, args...)
+	first := open.visit
+	err := s.round(ctx, tx, req.Topics, open.cursor, func(seg *string, after keyPos, again bool) (bool, error) {
+		st := first
+		first = stmt{}
+		if st.id == adHoc {
+			st.q, st.args = cq.walk(seg, after, budget-len(heads), req.StrictOrder)
+		}
+		rs, err := queryStmt(ctx, tx, st)
 		if err != nil {
 			return false, err
 		}
@@ -441,15 +474,22 @@ func (s *SQLStore) walkKeys(ctx context.Context, tx tx, req ClaimRequest, budget
 }
 
 // keyedRows reads, for an unordered claim, up to req.Limit free keyed rows
-// in key order, once round from the cursor, and moves the cursor to the
-// key of the last.
-func (s *SQLStore) keyedRows(ctx context.Context, tx tx, req ClaimRequest) ([]candidate, bool, error) {
+// in key order, once round from the opening's cursor, and moves the cursor
+// to the key of the last. Its first visit over every topic is the
+// opening's.
+func (s *SQLStore) keyedRows(ctx context.Context, tx tx, req ClaimRequest, open claimOpening) ([]candidate, bool, error) {
 	var out []candidate
 	var last keyPos
 	seen := make(map[int64]bool)
-	err := s.round(ctx, tx, req.Topics, func(seg *string, after keyPos, again bool) (bool, error) {
-		q, args := s.claimQ(req).keyedRows(seg, after, req.Limit-len(out))
-		rs, err := tx.query(ctx, q, args...)
+	cq := s.claimQ(req)
+	first := open.visit
+	err := s.round(ctx, tx, req.Topics, open.cursor, func(seg *string, after keyPos, again bool) (bool, error) {
+		st := first
+		first = stmt{}
+		if st.id == adHoc {
+			st.q, st.args = cq.keyedRows(seg, after, req.Limit-len(out))
+		}
+		rs, err := queryStmt(ctx, tx, st)
 		if err != nil {
 			return false, err
 		}
@@ -552,11 +592,11 @@ func (s *SQLStore) take(ctx context.Context, tx tx, token string, req ClaimReque
 		// given back after it, and should that fail, the claim's rows
 		// are (see Claim): the take may have committed.
 		*taking = ids
-		items := []pipeItem{{q: q, args: args, read: func(rs rows) error {
+		items := []pipeItem{{stmt: stmt{q: q, args: args}, read: func(rs rows) error {
 			return s.readRows(rs, withReclaimed, collect(&taken))
 		}}}
 		if !s.mode.unnamed() {
-			items = append([]pipeItem{{q: genericPlan, exec: true}}, items...)
+			items = append([]pipeItem{{stmt: stmt{q: genericPlan}, exec: true}}, items...)
 		}
 		_, err = p.send(ctx, items, true)
 		if err == nil && s.takeHook != nil {

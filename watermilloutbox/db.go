@@ -339,28 +339,67 @@ func (d pgxDB) withConn(ctx context.Context, fn func(*pgx.Conn) error) error {
 // pipeTx is a transaction on one pgx connection that sends statements which
 // do not depend on each other in one round trip: BEGIN with the claim's
 // first reads (prefetch), and the take with COMMIT (send with commit). The
-// claim's code runs on it as on any tx: a query it prefetched is answered
-// from the buffer, any other goes to the database.
+// claim's code runs on it as on any tx; a statement it prefetched is
+// answered from the buffer when a step asks for it by its id (runStmt,
+// queryStmt), any other goes to the database.
 type pipeTx struct {
 	conn     *pgx.Conn
 	mode     *stmtMode
 	begun    bool
 	done     bool // committed or rolled back
-	prefetch map[string]*bufferedRows
-	execs    map[string]int64
+	prefetch map[stmtID]*bufferedRows
+	execs    map[stmtID]int64
 	trips    int // round trips to the database so far
+}
+
+// stmtID names a statement a claim sends ahead (claimOpening), so the step
+// that runs it finds its result by what it is, never by its text.
+type stmtID uint8
+
+const (
+	adHoc       stmtID = iota // sent when asked for, never ahead
+	promoteStmt               // the promotion of due waiting rows
+	keylessStmt               // the keyless rows
+	visitStmt                 // the first visit of the keyed rows
+)
+
+// stmt is a statement with its arguments and, if it may be sent ahead,
+// its id.
+type stmt struct {
+	id   stmtID
+	q    string
+	args []any
 }
 
 // pipeItem is one statement of a batch: a query whose rows read takes
 // (or, read nil, buffers), or an exec (exec set).
 type pipeItem struct {
-	q    string
-	args []any
+	stmt
 	exec bool
 	read func(rows) error
 }
 
-func pipeKey(q string, args []any) string { return q + "\x00" + fmt.Sprint(args...) }
+// runStmt runs st in tx, or takes its result from what tx prefetched.
+func runStmt(ctx context.Context, tx tx, st stmt) (int64, error) {
+	if p, ok := tx.(*pipeTx); ok && st.id != adHoc {
+		if n, ok := p.execs[st.id]; ok {
+			delete(p.execs, st.id)
+			return n, nil
+		}
+	}
+	return tx.exec(ctx, st.q, st.args...)
+}
+
+// queryStmt is runStmt for a query.
+func queryStmt(ctx context.Context, tx tx, st stmt) (rows, error) {
+	if p, ok := tx.(*pipeTx); ok && st.id != adHoc {
+		if b, ok := p.prefetch[st.id]; ok {
+			delete(p.prefetch, st.id)
+			return b, nil
+		}
+	}
+	return tx.query(ctx, st.q, st.args...)
+}
 
 // send runs items in one round trip (after BEGIN, when not begun yet),
 // buffering what they return for the queries and execs that follow.
@@ -394,10 +433,7 @@ func (t *pipeTx) send(ctx context.Context, items []pipeItem, commit bool) ([]*bu
 			if err != nil {
 				return nil, err
 			}
-			if t.execs == nil {
-				t.execs = map[string]int64{}
-			}
-			t.execs[pipeKey(it.q, it.args)] = tag.RowsAffected()
+			t.keepExec(it.id, tag.RowsAffected())
 			continue
 		}
 		rs, err := br.Query()
@@ -500,10 +536,7 @@ func (t *pipeTx) read(mrr *pgconn.MultiResultReader, items []pipeItem, commit bo
 		}
 		switch {
 		case it.exec:
-			if t.execs == nil {
-				t.execs = map[string]int64{}
-			}
-			t.execs[pipeKey(it.q, it.args)] = n
+			t.keepExec(it.id, n)
 		case it.read != nil:
 			if err := it.read(buf); err != nil {
 				return nil, err
@@ -521,19 +554,30 @@ func (t *pipeTx) read(mrr *pgconn.MultiResultReader, items []pipeItem, commit bo
 	return out, nil
 }
 
+// keepExec keeps the row count of a prefetched exec for runStmt.
+func (t *pipeTx) keepExec(id stmtID, n int64) {
+	if id == adHoc {
+		return
+	}
+	if t.execs == nil {
+		t.execs = map[stmtID]int64{}
+	}
+	t.execs[id] = n
+}
+
 // prefetchAll sends items (with BEGIN) and keeps their results for the
-// claim's code to ask for.
+// claim's steps to ask for by id.
 func (t *pipeTx) prefetchAll(ctx context.Context, items []pipeItem) error {
 	bufs, err := t.send(ctx, items, false)
 	if err != nil {
 		return err
 	}
 	for i, it := range items {
-		if bufs[i] != nil {
+		if bufs[i] != nil && it.id != adHoc {
 			if t.prefetch == nil {
-				t.prefetch = map[string]*bufferedRows{}
+				t.prefetch = map[stmtID]*bufferedRows{}
 			}
-			t.prefetch[pipeKey(it.q, it.args)] = bufs[i]
+			t.prefetch[it.id] = bufs[i]
 		}
 	}
 	return nil
@@ -552,10 +596,6 @@ func (t *pipeTx) beginNow(ctx context.Context) error {
 }
 
 func (t *pipeTx) exec(ctx context.Context, q string, args ...any) (int64, error) {
-	if n, ok := t.execs[pipeKey(q, args)]; ok {
-		delete(t.execs, pipeKey(q, args))
-		return n, nil
-	}
 	if err := t.beginNow(ctx); err != nil {
 		return 0, err
 	}
@@ -564,10 +604,6 @@ func (t *pipeTx) exec(ctx context.Context, q string, args ...any) (int64, error)
 }
 
 func (t *pipeTx) query(ctx context.Context, q string, args ...any) (rows, error) {
-	if b, ok := t.prefetch[pipeKey(q, args)]; ok {
-		delete(t.prefetch, pipeKey(q, args))
-		return b, nil
-	}
 	if err := t.beginNow(ctx); err != nil {
 		return nil, err
 	}

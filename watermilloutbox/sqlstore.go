@@ -243,6 +243,12 @@ func queryColumn[T any](ctx context.Context, db queryer, q string, args ...any) 
 	if err != nil {
 		return nil, err
 	}
+	return scanColumn[T](rs)
+}
+
+// scanColumn reads the values of rs, which selects one column, and closes
+// it.
+func scanColumn[T any](rs rows) ([]T, error) {
 	defer rs.Close()
 	var out []T
 	for rs.Next() {

@@ -78,7 +78,7 @@ func (s *SQLStore) ListDead(ctx context.Context, q DeadQuery) ([]DeadRow, error)
 	if err := s.checkDialect(ctx); err != nil {
 		return nil, fmt.Errorf("outbox: list dead: %w", err)
 	}
-	p := s.t.dialect.placeholder
+	p := s.t.p
 	where := `state = 'dead' AND id > ` + p(1)
 	args := []any{q.AfterID}
 	if q.Topic != "" {
@@ -86,7 +86,7 @@ func (s *SQLStore) ListDead(ctx context.Context, q DeadQuery) ([]DeadRow, error)
 		where += ` AND topic = ` + p(len(args))
 	}
 	if q.IDs != nil {
-		in, idArgs := s.idList(len(args)+1, q.IDs)
+		in, idArgs := s.t.idList(len(args)+1, q.IDs)
 		if len(q.IDs) == 0 {
 			in, idArgs = "1 = 0", nil
 		}
@@ -94,7 +94,7 @@ func (s *SQLStore) ListDead(ctx context.Context, q DeadQuery) ([]DeadRow, error)
 		args = append(args, idArgs...)
 	}
 	args = append(args, q.Limit)
-	query := `SELECT ` + s.rowColumns("") + `, last_error FROM ` + s.t.quoted +
+	query := `SELECT ` + s.t.rowColumns("") + `, last_error FROM ` + s.t.quoted +
 		` WHERE ` + where + ` ORDER BY id LIMIT ` + p(len(args))
 	var out []DeadRow
 	// An undecodable row is listed with what could be read: its last error
@@ -121,7 +121,7 @@ func (s *SQLStore) CountDead(ctx context.Context, topic string) (int, error) {
 	}
 	q, args := `SELECT count(*) FROM `+s.t.quoted+` WHERE state = 'dead'`, []any(nil)
 	if topic != "" {
-		q, args = q+` AND topic = `+s.t.dialect.placeholder(1), []any{topic}
+		q, args = q+` AND topic = `+s.t.p(1), []any{topic}
 	}
 	var n int
 	if err := s.db.queryRow(ctx, q, args...).Scan(&n); err != nil {
@@ -189,13 +189,13 @@ type batchWrite func(ctx context.Context, op string, ids []int64) (int, error)
 // requeueIDs resets waiting too: a requeued row is due now, so it belongs
 // in the claim's indexes again, not in those of rows backing off.
 func (s *SQLStore) requeueIDs(ctx context.Context, op string, ids []int64) (int, error) {
-	in, args := s.idList(1, ids)
-	return s.exec(ctx, op, `UPDATE `+s.t.quoted+` SET state = 'pending', attempts = 0, available_at = `+s.now()+
+	in, args := s.t.idList(1, ids)
+	return s.exec(ctx, op, `UPDATE `+s.t.quoted+` SET state = 'pending', attempts = 0, available_at = `+s.t.now()+
 		`, waiting = 0, claim_token = NULL, claimed_until = NULL WHERE state = 'dead' AND `+in, args...)
 }
 
 func (s *SQLStore) purgeIDs(ctx context.Context, op string, ids []int64) (int, error) {
-	in, args := s.idList(1, ids)
+	in, args := s.t.idList(1, ids)
 	return s.exec(ctx, op, `DELETE FROM `+s.t.quoted+` WHERE state = 'dead' AND `+in, args...)
 }
 
@@ -233,7 +233,7 @@ func (s *SQLStore) byTopics(ctx context.Context, op string, topics []string, wri
 	if err := s.checkDialect(ctx); err != nil {
 		return 0, fmt.Errorf("outbox: %s: %w", op, err)
 	}
-	p := s.t.dialect.placeholder
+	p := s.t.p
 	q := `SELECT id FROM ` + s.t.quoted + ` WHERE state = 'dead' AND topic = ` + p(1) + ` AND id > ` + p(2) +
 		` ORDER BY id LIMIT ` + p(3)
 	total := 0
@@ -263,15 +263,7 @@ func (s *SQLStore) byTopics(ctx context.Context, op string, topics []string, wri
 // deadTopics lists the topics with dead rows, in order: one index descent
 // per topic (dead_idx; a loose scan of backlog_idx on MySQL).
 func (s *SQLStore) deadTopics(ctx context.Context) ([]string, error) {
-	t := s.t
-	if t.dialect == MySQL {
-		// Grouped by state too, or the optimizer reads every dead row
-		// instead of one per topic.
-		topics, err := queryColumn[string](ctx, s.db, `SELECT topic FROM `+t.quoted+` WHERE state = 'dead' GROUP BY state, topic`)
-		slices.Sort(topics)
-		return topics, err
-	}
-	return queryColumn[string](ctx, s.db, `WITH RECURSIVE `+t.topicWalk("dt", "state = 'dead'")+` SELECT topic FROM dt WHERE topic IS NOT NULL`)
+	return s.t.d.deadTopics(ctx, s.db, s.t)
 }
 
 // checkIDs refuses ids no row can have: ids start at 1.

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 )
@@ -144,19 +143,15 @@ func (s *SQLStore) blockedCandidates(ctx context.Context, topic string, after ke
 	var args []any
 	p := func(v any) string {
 		args = append(args, v)
-		return t.dialect.placeholder(len(args))
+		return t.p(len(args))
 	}
 	part := func(predicate string) string {
 		where := predicate + ` AND (topic > ` + p(after.topic) + ` OR (topic = ` + p(after.topic) + ` AND partition_key > ` + p(after.key) + `))`
 		if topic != "" {
 			where += ` AND topic = ` + p(topic)
 		}
-		group := "topic, partition_key"
-		if t.dialect == MySQL {
-			// A loose index scan of keyed_idx: one descent per key.
-			group = "state, waiting, topic, partition_key"
-		}
-		return `SELECT topic, partition_key FROM ` + t.quoted + s.q.force("keyed_idx") + ` WHERE ` + where +
+		group := t.d.keyGroup()
+		return `SELECT topic, partition_key FROM ` + t.quoted + t.d.force(t, "keyed_idx") + ` WHERE ` + where +
 			` GROUP BY ` + group + ` ORDER BY ` + group + ` LIMIT ` + p(n)
 	}
 	var q string
@@ -191,44 +186,7 @@ func (s *SQLStore) blockedCandidates(ctx context.Context, topic string, after ke
 // and the rows behind it.
 func (s *SQLStore) blockedHeads(ctx context.Context, keys []keyPos, headsOnly bool) ([]BlockedKey, error) {
 	t := s.t
-	var args []any
-	p := func(v any) string {
-		args = append(args, v)
-		return t.dialect.placeholder(len(args))
-	}
-	first := func(predicate string, k keyPos) string {
-		return `COALESCE((SELECT min(id) FROM ` + t.quoted + ` WHERE ` + predicate + ` AND topic = ` + p(k.topic) +
-			` AND partition_key = ` + p(k.key) + `), 0)`
-	}
-	var q string
-	if t.dialect == PostgreSQL {
-		// One plan for every key: planning a part per key cost more than
-		// running it.
-		topics, names := make([]string, len(keys)), make([]string, len(keys))
-		for i, k := range keys {
-			topics[i], names[i] = k.topic, k.key
-		}
-		args = []any{topics, names}
-		firstOf := func(predicate string) string {
-			return `COALESCE((SELECT min(id) FROM ` + t.quoted + ` WHERE ` + predicate + ` AND topic = c.topic AND partition_key = c.key), 0)`
-		}
-		dead := "0"
-		if s.config.StrictOrder {
-			dead = firstOf(deadKeyPredicate)
-		}
-		q = `SELECT c.i - 1, ` + firstOf(waitingKeyPredicate) + `, ` + dead + `, ` + firstOf(keyedPredicate) +
-			` FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS c(topic, key, i)`
-	} else {
-		parts := make([]string, len(keys))
-		for i, k := range keys {
-			dead := "0"
-			if s.config.StrictOrder {
-				dead = first(deadKeyPredicate, k)
-			}
-			parts[i] = `SELECT ` + strconv.Itoa(i) + `, ` + first(waitingKeyPredicate, k) + `, ` + dead + `, ` + first(keyedPredicate, k)
-		}
-		q = strings.Join(parts, "\nUNION ALL\n")
-	}
+	q, args := t.d.blockedHeads(t, keys, s.config.StrictOrder)
 	rs, err := s.db.query(ctx, q, args...)
 	if err != nil {
 		return nil, err
@@ -262,7 +220,7 @@ func (s *SQLStore) blockedHeads(ctx context.Context, keys []keyPos, headsOnly bo
 	for i, h := range heads {
 		ids[i] = h.id
 	}
-	in, args := s.idList(2, ids)
+	in, args := t.idList(2, ids)
 	q = s.headsQuery("h.", headsOnly) + ` WHERE ` + prefixed("h.", in)
 	rs, err = s.db.query(ctx, q, append([]any{BlockedBehindLimit - 1}, args...)...)
 	if err != nil {
@@ -316,50 +274,22 @@ func (s *SQLStore) blockedHeads(ctx context.Context, keys []keyPos, headsOnly bo
 // BlockedBehindLimit-th of them (found with OFFSET), which reads them twice.
 func (s *SQLStore) headsQuery(h string, headsOnly bool) string {
 	t := s.t
-	now := s.nowMicros()
+	now := t.nowMicros()
 	sameKey := func(alias, predicate string) string {
 		return ` FROM ` + t.quoted + ` ` + alias + ` WHERE ` + prefixed(alias+".", predicate) + ` AND ` + alias + `.topic = ` + h + `topic AND ` +
 			alias + `.partition_key = ` + h + `partition_key AND ` + alias + `.id > ` + h + `id`
 	}
-	behind := `(SELECT count(*) FROM (SELECT b.id` + sameKey("b", keyedPredicate) + ` ORDER BY b.id LIMIT ` + t.dialect.placeholder(1) + ` + 1) b)`
-	if t.dialect == MySQL {
-		nth := `(SELECT n.id` + sameKey("n", keyedPredicate) + ` ORDER BY n.id LIMIT 1 OFFSET ?)`
-		behind = `(SELECT count(*)` + sameKey("b", keyedPredicate) + ` AND b.id <= COALESCE(` + nth + `, 9223372036854775807))`
-	}
+	behind := t.d.behind(t, sameKey)
 	waiting := `(SELECT count(*)` + sameKey("w", waitingKeyPredicate) + `)`
-	oldest := `(SELECT ` + now + ` - ` + s.epochMicros("o.created_at") + sameKey("o", keyedPredicate) + ` ORDER BY o.id LIMIT 1)`
+	oldest := `(SELECT ` + now + ` - ` + t.epochMicros("o.created_at") + sameKey("o", keyedPredicate) + ` ORDER BY o.id LIMIT 1)`
 	if headsOnly {
 		// The placeholder stays in use, so the arguments are the same.
-		behind, waiting, oldest = t.dialect.placeholder(1)+` * 0`, "0", "NULL"
+		behind, waiting, oldest = t.p(1)+` * 0`, "0", "NULL"
 	}
-	return `SELECT ` + h + `id, ` + h + `state, ` + h + `attempts, ` + h + `last_error, ` + now + ` - ` + s.epochMicros(h+"created_at") + `, ` +
-		s.epochMicros(h+"available_at") + ` - ` + now + `,
+	return `SELECT ` + h + `id, ` + h + `state, ` + h + `attempts, ` + h + `last_error, ` + now + ` - ` + t.epochMicros(h+"created_at") + `, ` +
+		t.epochMicros(h+"available_at") + ` - ` + now + `,
   ` + behind + `, ` + waiting + `, ` + oldest + `
 FROM ` + t.quoted + ` ` + strings.TrimSuffix(h, ".")
-}
-
-// nowMicros is the database clock in microseconds since the Unix epoch.
-func (s *SQLStore) nowMicros() string {
-	switch s.t.dialect {
-	case PostgreSQL:
-		return "(extract(epoch FROM now()) * 1000000)::bigint"
-	case MySQL:
-		return "TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(6))"
-	default:
-		return s.now()
-	}
-}
-
-// epochMicros is a time expression in microseconds since the Unix epoch.
-func (s *SQLStore) epochMicros(expr string) string {
-	switch s.t.dialect {
-	case PostgreSQL:
-		return "(extract(epoch FROM " + expr + ") * 1000000)::bigint"
-	case MySQL:
-		return "TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', " + expr + ")"
-	default:
-		return expr
-	}
 }
 
 // ErrNotBlocked is returned by RequeueKey and SkipKey when the key has no
@@ -384,8 +314,8 @@ func (s *SQLStore) RequeueKey(ctx context.Context, topic, key string) (KeyAction
 		if b.State == HeadDead {
 			return s.requeueIDs(ctx, "requeue key", []int64{b.HeadID})
 		}
-		return s.exec(ctx, "requeue key", `UPDATE `+s.t.quoted+` SET available_at = `+s.now()+`, waiting = 0 WHERE `+
-			waitingPredicate+` AND id = `+s.t.dialect.placeholder(1), b.HeadID)
+		return s.exec(ctx, "requeue key", `UPDATE `+s.t.quoted+` SET available_at = `+s.t.now()+`, waiting = 0 WHERE `+
+			waitingPredicate+` AND id = `+s.t.p(1), b.HeadID)
 	})
 }
 
@@ -399,7 +329,7 @@ func (s *SQLStore) SkipKey(ctx context.Context, topic, key string) (KeyAction, e
 		if b.State == HeadDead {
 			pred = "state = 'dead'"
 		}
-		return s.exec(ctx, "skip key", `DELETE FROM `+s.t.quoted+` WHERE `+pred+` AND id = `+s.t.dialect.placeholder(1), b.HeadID)
+		return s.exec(ctx, "skip key", `DELETE FROM `+s.t.quoted+` WHERE `+pred+` AND id = `+s.t.p(1), b.HeadID)
 	})
 }
 

@@ -147,7 +147,7 @@ func (s *SQLStore) Claim(ctx context.Context, req ClaimRequest) (Claimed, error)
 		return tx.commit(ctx)
 	}
 	err := errNotPgx
-	if pc, ok := s.db.(pgxConner); ok && s.t.dialect == PostgreSQL {
+	if pc, ok := s.db.(pgxConner); ok && s.t.d.pipelined() {
 		// On a pgx connection the claim takes two round trips (see
 		// pipeTx) instead of six.
 		err = pc.withConn(ctx, func(conn *pgx.Conn) error {
@@ -163,11 +163,8 @@ func (s *SQLStore) Claim(ctx context.Context, req ClaimRequest) (Claimed, error)
 		}
 	}
 	if errors.Is(err, errNotPgx) {
-		// READ COMMITTED on MySQL: the locking read takes record locks
-		// only, no gap locks that would block application INSERTs into
-		// the table.
 		var tx tx
-		if tx, err = s.db.begin(ctx, s.t.dialect == MySQL); err == nil {
+		if tx, err = s.db.begin(ctx, s.t.d.readCommittedClaims()); err == nil {
 			err = run(tx)
 		}
 	}
@@ -309,8 +306,8 @@ func (s *SQLStore) keyedRuns(ctx context.Context, tx tx, req ClaimRequest, openi
 	}
 	share := (req.Limit + len(open) - 1) / len(open)
 	chained := open
-	if share > 1 && s.t.dialect != PostgreSQL {
-		chained = open[:min(len(open), maxChainKeys)]
+	if share > 1 {
+		chained = open[:min(len(open), s.t.d.maxChainKeys())]
 	}
 	var runs map[keyPos][]runRow
 	if share > 1 {
@@ -564,11 +561,12 @@ func (s *SQLStore) take(ctx context.Context, tx tx, token string, req ClaimReque
 	for i, c := range cands {
 		ids[i] = c.id
 	}
-	if s.t.dialect != PostgreSQL {
-		// MySQL locks by primary key in id order, as acks lock rows, so
-		// claims and acks never deadlock; SQLite holds the write lock.
-		// Then what the cut keeps is claimed.
-		q, args := s.claimQ(req).lockFree(s, ids)
+	cq := s.claimQ(req)
+	q, args, inOne := cq.claimFree(token, req.Lease, ids)
+	if !inOne {
+		// Lock by primary key in id order (see lockFree), then claim what
+		// the cut keeps.
+		q, args := cq.lockFree(ids)
 		var locked []Row
 		err := s.scanRows(ctx, tx, q, args, withReclaimed, collect(&locked))
 		if err != nil {
@@ -578,13 +576,12 @@ func (s *SQLStore) take(ctx context.Context, tx tx, token string, req ClaimReque
 		if len(kept) == 0 {
 			return nil, nil, nil
 		}
-		q, args = s.claimQ(req).claimIDs(s, token, req.Lease, rowIDs(kept))
+		q, args = cq.claimIDs(token, req.Lease, rowIDs(kept))
 		if _, err := tx.exec(ctx, q, args...); err != nil {
 			return nil, nil, err
 		}
 		return finish(kept)
 	}
-	q, args := s.claimQ(req).claimFree(s, token, req.Lease, ids)
 	var taken []Row
 	var err error
 	if p, ok := tx.(*pipeTx); ok {
@@ -610,7 +607,7 @@ func (s *SQLStore) take(ctx context.Context, tx tx, token string, req ClaimReque
 	}
 	kept, dropped := cut(cands, taken)
 	if len(dropped) > 0 {
-		q, args := s.q.unclaim(s, token, dropped)
+		q, args := s.q.unclaim(token, dropped)
 		if _, err := tx.exec(ctx, q, args...); err != nil {
 			return nil, nil, fmt.Errorf("give back rows the cut dropped: %w", err)
 		}
@@ -660,7 +657,7 @@ func (s *SQLStore) bury(ctx context.Context, tx tx, token string, kept []Row, ba
 func (s *SQLStore) giveBack(ctx context.Context, token string, ids []int64) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), giveBackTimeout)
 	defer cancel()
-	q, args := s.q.unclaim(s, token, ids)
+	q, args := s.q.unclaim(token, ids)
 	if _, err := s.db.exec(ctx, q, args...); err != nil {
 		s.logger.Error("Outbox claim failed and giving its rows back failed too; they return when their lease expires", err,
 			watermill.LogFields{"rows": len(ids)})

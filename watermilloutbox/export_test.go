@@ -98,7 +98,7 @@ func ClaimReadCost(ctx context.Context, s *SQLStore, req ClaimRequest) (int64, e
 	}
 	stmts = append(stmts, [2]any{q, args})
 	var total int64
-	switch s.t.dialect {
+	switch s.Dialect() {
 	case PostgreSQL:
 		for _, st := range stmts {
 			var plan []byte

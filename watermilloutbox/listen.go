@@ -88,14 +88,14 @@ func (s *SQLStore) setListenState(l ListenState) {
 // for a pool limited to one connection without ListenURL (the listener
 // would starve everything else).
 func (s *SQLStore) Listen(ctx context.Context, wake func()) error {
-	if s.t.dialect != PostgreSQL || s.config.DisableNotify {
+	channel := NotifyChannel(s.t.name)
+	if s.t.d.notify(channel) == "" || s.config.DisableNotify {
 		return ErrNoWakeUps
 	}
 	if s.config.ListenURL == "" && s.db.maxConns() == 1 {
 		return fmt.Errorf("%w: the pool allows one connection, which LISTEN would take (set ListenURL)", ErrNoWakeUps)
 	}
 	defer s.listenState.Store(int32(ListenOff))
-	channel := NotifyChannel(s.t.name)
 	failures := 0
 	for {
 		var listening atomic.Bool

@@ -20,16 +20,15 @@ const vacuumEvery = time.Minute
 // autovacuum on, it does nothing: Migrate set the table's autovacuum to
 // run at every 1,000 dead rows.
 func (s *SQLStore) Maintain(ctx context.Context) error {
-	if s.t.dialect != PostgreSQL {
+	autovacuum, vacuum := s.t.d.vacuum(s.t)
+	if vacuum == "" {
 		return nil
 	}
 	if !s.vacuum.due(time.Now()) {
 		return nil
 	}
 	var on bool
-	err := s.db.queryRow(ctx, `SELECT current_setting('autovacuum')::bool AND coalesce((
-  SELECT option_value::bool FROM pg_options_to_table((SELECT reloptions FROM pg_class WHERE oid = $1::regclass))
-  WHERE option_name = 'autovacuum_enabled'), true)`, s.t.quoted).Scan(&on)
+	err := s.db.queryRow(ctx, autovacuum, s.t.quoted).Scan(&on)
 	if err != nil {
 		return fmt.Errorf("outbox: maintain: %w", err)
 	}
@@ -37,7 +36,7 @@ func (s *SQLStore) Maintain(ctx context.Context) error {
 		return nil
 	}
 	start := time.Now()
-	if _, err := s.db.exec(ctx, `VACUUM (SKIP_LOCKED) `+s.t.quoted); err != nil {
+	if _, err := s.db.exec(ctx, vacuum); err != nil {
 		return fmt.Errorf("outbox: maintain: vacuum: %w", err)
 	}
 	s.logger.Debug("Outbox table vacuumed (autovacuum is off)", map[string]any{"table": s.t.name, "took": time.Since(start).String()})

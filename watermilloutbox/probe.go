@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -55,7 +54,7 @@ func (s *SQLStore) checkDialectOn(ctx context.Context, q queryer) error {
 	if q == nil {
 		q = s.db
 	}
-	if err := probeDialect(ctx, q, s.t.dialect, s.db.driver()); err != nil {
+	if err := probeDialect(ctx, q, s.t.d, s.db.driver()); err != nil {
 		return err
 	}
 	s.probe.ok.Store(true)
@@ -66,56 +65,34 @@ func (s *SQLStore) checkDialectOn(ctx context.Context, q queryer) error {
 // Only an answer of another database, or the version function missing, is
 // a mismatch; any other failure (a lost connection, a pooler's error) is
 // returned as it is.
-func probeDialect(ctx context.Context, db queryer, d Dialect, driver string) error {
-	var q string
-	switch d {
-	case PostgreSQL:
-		q = `SELECT version()`
-	case MySQL:
-		q = `SELECT VERSION()`
-	default:
-		q = `SELECT 'SQLite ' || sqlite_version()`
-	}
+func probeDialect(ctx context.Context, db queryer, d sqlDialect, driver string) error {
+	q := d.versionQuery()
 	var version string
 	err := db.queryRow(ctx, q).Scan(&version)
-	if err == nil && dialectAnswer(d, version) {
+	if err == nil && d.versionAnswer(version) {
 		return nil
 	}
 	if err != nil && !missingFunction(err) {
-		return fmt.Errorf("outbox: check that the database is %s (driver %s): %w", d, driver, err)
+		return fmt.Errorf("outbox: check that the database is %s (driver %s): %w", d.name(), driver, err)
 	}
 	if err != nil {
 		return fmt.Errorf("%w: dialect %s, but the database (driver %s) failed: %w to %q",
-			ErrDialectMismatch, d, driver, err, q)
+			ErrDialectMismatch, d.name(), driver, err, q)
 	}
 	return fmt.Errorf("%w: dialect %s, but the database (driver %s) answered %q to %q",
-		ErrDialectMismatch, d, driver, version, q)
+		ErrDialectMismatch, d.name(), driver, version, q)
 }
 
 // missingFunction reports whether err says the function called does not
-// exist: what the probe of one dialect gets from another's database.
+// exist: what the probe of one dialect gets from another's database, so
+// each dialect is asked.
 func missingFunction(err error) bool {
-	var pg interface{ SQLState() string }
-	if errors.As(err, &pg) {
-		return pg.SQLState() == "42883" // undefined_function
+	for _, d := range dialects {
+		if d.missingFunction(err) {
+			return true
+		}
 	}
-	if mysqlErrorNumber(err) == 1305 { // ER_SP_DOES_NOT_EXIST: FUNCTION … does not exist
-		return true
-	}
-	return strings.Contains(err.Error(), "no such function") // SQLite
-}
-
-// dialectAnswer reports whether a version string fits the dialect: MySQL
-// and MariaDB answer "8.4.2" or "10.11.6-MariaDB", never "PostgreSQL …".
-func dialectAnswer(d Dialect, version string) bool {
-	switch d {
-	case PostgreSQL:
-		return strings.HasPrefix(version, "PostgreSQL")
-	case MySQL:
-		return version != "" && version[0] >= '0' && version[0] <= '9'
-	default:
-		return strings.HasPrefix(version, "SQLite 3")
-	}
+	return false
 }
 
 // detectPooler sets the store's stmtMode to direct when a connection of

@@ -40,7 +40,7 @@ func TestProbeNamesTheRealError(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
-			err := probeDialect(context.Background(), failingDB{c.err}, c.dialect, "test driver")
+			err := probeDialect(context.Background(), failingDB{c.err}, c.dialect.sql(), "test driver")
 			require.ErrorIs(t, err, c.err)
 			if c.mismatch {
 				require.ErrorIs(t, err, ErrDialectMismatch)
@@ -50,5 +50,5 @@ func TestProbeNamesTheRealError(t *testing.T) {
 			require.ErrorContains(t, err, "outbox: check that the database is "+string(c.dialect)+" (driver test driver): ")
 		})
 	}
-	require.True(t, errors.As(probeDialect(context.Background(), failingDB{pooler}, PostgreSQL, "pgx pool"), new(*pgconn.PgError)))
+	require.True(t, errors.As(probeDialect(context.Background(), failingDB{pooler}, PostgreSQL.sql(), "pgx pool"), new(*pgconn.PgError)))
 }

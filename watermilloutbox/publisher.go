@@ -116,8 +116,8 @@ func NewPublisher(store *SQLStore, config PublisherConfig, logger watermill.Logg
 	}
 	p := &Publisher{store: store, config: config, outbox: store.Config(), table: store.t, logger: logger,
 		forbidden: newForbiddenKeys(config.ForbiddenMetadataKeys)}
-	if p.table.dialect == PostgreSQL && !p.outbox.DisableNotify {
-		p.notifyQuery = `SELECT pg_notify('` + NotifyChannel(p.table.name) + `', '')`
+	if !p.outbox.DisableNotify {
+		p.notifyQuery = p.table.d.notify(NotifyChannel(p.table.name))
 	}
 	return p, nil
 }
@@ -400,7 +400,7 @@ func (p *Publisher) insertQuery(rows int) string {
 			if c > 1 {
 				b.WriteByte(',')
 			}
-			b.WriteString(p.table.dialect.placeholder(5*r + c))
+			b.WriteString(p.table.p(5*r + c))
 		}
 		b.WriteByte(')')
 	}

@@ -84,44 +84,14 @@ func validRelayID(id string) bool {
 }
 
 // relaysTable is the registry table's quoted name.
-func (t table) relaysTable() string { return t.dialect.quoteIdent(t.name + "_relays") }
+func (t table) relaysTable() string { return t.d.quoteIdent(t.name + "_relays") }
 
 // relaysDDL creates the registry: one row per relay, alive until
 // alive_until (database clock, in the outbox table's time form). The index
 // on alive_until is what the claim's subquery reads: under the claim's
 // plan settings (no sequential scans) a scan of the table without it is
 // costed so high that PostgreSQL compiled each claim with JIT (1.6 s).
-func (t table) relaysDDL() []string {
-	idx := t.dialect.quoteIdent(t.base + "_relays_alive_idx")
-	if t.dialect == SQLite && t.schema != "" {
-		idx = t.dialect.quoteIdent(t.schema + "." + t.base + "_relays_alive_idx")
-	}
-	on := t.relaysTable()
-	if t.dialect == SQLite {
-		on = t.dialect.quoteIdent(t.base + "_relays")
-	}
-	switch t.dialect {
-	case PostgreSQL:
-		return []string{`CREATE TABLE IF NOT EXISTS ` + t.relaysTable() + ` (
-    id          TEXT        PRIMARY KEY,
-    alive_until TIMESTAMPTZ NOT NULL,
-    started_at  TIMESTAMPTZ NOT NULL DEFAULT now()
-)`, `CREATE INDEX IF NOT EXISTS ` + idx + ` ON ` + on + ` (alive_until)`}
-	case MySQL:
-		return []string{`CREATE TABLE IF NOT EXISTS ` + t.relaysTable() + ` (
-    id          VARCHAR(64) NOT NULL PRIMARY KEY,
-    alive_until DATETIME(6) NOT NULL,
-    started_at  DATETIME(6) NOT NULL DEFAULT (UTC_TIMESTAMP(6)),
-    KEY ` + idx + ` (alive_until)
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin`}
-	default:
-		return []string{`CREATE TABLE IF NOT EXISTS ` + t.relaysTable() + ` (
-    id          TEXT    PRIMARY KEY,
-    alive_until INTEGER NOT NULL,
-    started_at  INTEGER NOT NULL DEFAULT (CAST(unixepoch('subsec') * 1000000 AS INTEGER))
-)`, `CREATE INDEX IF NOT EXISTS ` + idx + ` ON ` + on + ` (alive_until)`}
-	}
-}
+func (t table) relaysDDL() []string { return t.d.relaysDDL(t) }
 
 // deadRelays selects the ids of the relays whose heartbeat has expired,
 // but self: a relay never takes its own rows over (it holds them in its
@@ -140,15 +110,6 @@ func (t table) deadRelays(self string) string {
 func (t table) heldByDead(alias, self string) string {
 	return "(" + alias + "claimed_by IS NOT NULL AND " + alias + "claimed_by IN (" + t.deadRelays(self) + "))"
 }
-
-// minSQLiteRelayTTL is the shortest heartbeat a relay keeps on SQLite. Every
-// relay and publisher of a SQLite file shares its one write lock, which a
-// beat waits for like any write: on a busy file (the relay tests under the
-// race detector on a loaded 2-core machine) no beat landed for over 3 s
-// and live relays were declared dead, costing duplicates. A SQLite file is
-// normally owned by one process, whose relays die together and are taken
-// over on its restart, so a longer heartbeat costs little there.
-const minSQLiteRelayTTL = 15 * time.Second
 
 // forgetRelays is how long after its heartbeat expired a relay's registry
 // row is deleted. By then every lease it took has ended on its own (a
@@ -170,12 +131,10 @@ func (s *SQLStore) Beat(ctx context.Context, id string, ttl time.Duration) (Beat
 	if err := s.checkDialect(ctx); err != nil {
 		return Beat{}, fmt.Errorf("outbox: beat: %w", err)
 	}
-	if s.t.dialect == SQLite {
-		ttl = max(ttl, minSQLiteRelayTTL)
-	}
-	p := s.t.dialect.placeholder
+	ttl = max(ttl, s.t.d.minRelayTTL())
+	p := s.t.p
 	r := s.t.relaysTable()
-	n, err := s.db.exec(ctx, `UPDATE `+r+` SET alive_until = `+s.plus(1)+` WHERE id = `+p(2)+` AND alive_until >= `+s.now(),
+	n, err := s.db.exec(ctx, `UPDATE `+r+` SET alive_until = `+s.t.plus(1)+` WHERE id = `+p(2)+` AND alive_until >= `+s.t.now(),
 		ttl.Microseconds(), id)
 	if err != nil {
 		return Beat{}, fmt.Errorf("outbox: beat: %w", err)
@@ -189,7 +148,7 @@ func (s *SQLStore) Beat(ctx context.Context, id string, ttl time.Duration) (Beat
 	if err != nil {
 		return Beat{}, fmt.Errorf("outbox: beat: %w", err)
 	}
-	if _, err := s.db.exec(ctx, `INSERT INTO `+r+` (id, alive_until) VALUES (`+p(1)+`, `+s.plus(2)+`)`, id, ttl.Microseconds()); err != nil {
+	if _, err := s.db.exec(ctx, `INSERT INTO `+r+` (id, alive_until) VALUES (`+p(1)+`, `+s.t.plus(2)+`)`, id, ttl.Microseconds()); err != nil {
 		return Beat{}, fmt.Errorf("outbox: beat: register: %w", err)
 	}
 	return Beat{Lapsed: gone > 0}, s.purgeRelays(ctx)
@@ -203,7 +162,7 @@ func (s *SQLStore) purgeRelays(ctx context.Context) error {
 	if now-last < int64(time.Minute) || !s.relayPurge.last.CompareAndSwap(last, now) {
 		return nil
 	}
-	_, err := s.db.exec(ctx, `DELETE FROM `+s.t.relaysTable()+` WHERE alive_until < `+s.minus(1),
+	_, err := s.db.exec(ctx, `DELETE FROM `+s.t.relaysTable()+` WHERE alive_until < `+s.t.minus(1),
 		forgetRelays(s.config.ClaimTimeout).Microseconds())
 	if err != nil {
 		return fmt.Errorf("outbox: beat: forget gone relays: %w", err)
@@ -216,9 +175,9 @@ func (s *SQLStore) Leave(ctx context.Context, id string) error {
 	if !validRelayID(id) {
 		return fmt.Errorf("outbox: leave: invalid relay id %q", id)
 	}
-	p := s.t.dialect.placeholder
+	p := s.t.p
 	// A microsecond ago: claims from now on see it expired.
-	if _, err := s.db.exec(ctx, `UPDATE `+s.t.relaysTable()+` SET alive_until = `+s.minus(1)+` WHERE id = `+p(2),
+	if _, err := s.db.exec(ctx, `UPDATE `+s.t.relaysTable()+` SET alive_until = `+s.t.minus(1)+` WHERE id = `+p(2),
 		int64(1), id); err != nil {
 		return fmt.Errorf("outbox: leave: %w", err)
 	}

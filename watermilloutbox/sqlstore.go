@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
@@ -140,7 +139,7 @@ func newStore(db database, dialect Dialect, cfg config.Config, logger watermill.
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid config: %w", err)
 	}
-	if cfg.ListenURL != "" && dialect != PostgreSQL {
+	if cfg.ListenURL != "" && t.d.notify(NotifyChannel(t.name)) == "" {
 		return nil, fmt.Errorf("invalid config: ListenURL: LISTEN is PostgreSQL's, the dialect is %s", dialect)
 	}
 	if logger == nil {
@@ -154,7 +153,7 @@ func newStore(db database, dialect Dialect, cfg config.Config, logger watermill.
 func (s *SQLStore) Config() config.Config { return s.config }
 
 // Dialect returns the store's dialect.
-func (s *SQLStore) Dialect() Dialect { return s.t.dialect }
+func (s *SQLStore) Dialect() Dialect { return s.t.d.name() }
 
 // DB returns the store's *sql.DB; nil for a store over a pgx pool.
 func (s *SQLStore) DB() *sql.DB { return s.sqlDB }
@@ -175,66 +174,6 @@ func (s *SQLStore) Migrate(ctx context.Context) error {
 		return fmt.Errorf("outbox: migrate %s: %w", s.t.name, err)
 	}
 	return nil
-}
-
-// now is the database clock, in the form the dialect compares times with.
-func (s *SQLStore) now() string { return s.t.now() }
-
-// plus returns the SQL for "now + the duration bound at placeholder n",
-// in microseconds; minus for "now - …".
-func (s *SQLStore) plus(n int) string  { return s.shifted("+", n) }
-func (s *SQLStore) minus(n int) string { return s.shifted("-", n) }
-
-func (s *SQLStore) shifted(sign string, n int) string {
-	p := s.t.dialect.placeholder(n)
-	switch s.t.dialect {
-	case PostgreSQL:
-		return "now() " + sign + " (" + p + "::bigint * interval '1 microsecond')"
-	case MySQL:
-		return "UTC_TIMESTAMP(6) " + sign + " INTERVAL " + p + " MICROSECOND"
-	default:
-		return "(" + s.now() + " " + sign + " " + p + ")"
-	}
-}
-
-// createdMicros selects created_at as microseconds since the Unix epoch, so
-// one Scan works on every dialect whatever the driver's time settings.
-func (s *SQLStore) createdMicros(alias string) string {
-	switch s.t.dialect {
-	case PostgreSQL:
-		return "(extract(epoch FROM " + alias + "created_at) * 1000000)::bigint"
-	case MySQL:
-		return "TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', " + alias + "created_at)"
-	default:
-		return alias + "created_at"
-	}
-}
-
-// idList binds ids starting at placeholder n and returns the SQL condition.
-func (s *SQLStore) idList(n int, ids []int64) (string, []any) {
-	if s.t.dialect == PostgreSQL {
-		return "id = ANY(" + s.t.dialect.placeholder(n) + ")", []any{ids}
-	}
-	var b strings.Builder
-	args := make([]any, len(ids))
-	b.WriteString("id IN (")
-	for i, id := range ids {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		b.WriteString(s.t.dialect.placeholder(n + i))
-		args[i] = id
-	}
-	b.WriteByte(')')
-	return b.String(), args
-}
-
-// rowColumns lists what queryRows scans, each column prefixed with alias
-// ("t." or "").
-func (s *SQLStore) rowColumns(alias string) string {
-	a := alias
-	return a + "id, " + a + "uuid, " + a + "topic, " + a + "partition_key, " + a + "payload, " + a + "metadata, " +
-		s.createdMicros(alias) + ", " + a + "attempts"
 }
 
 // queryColumn runs q, which selects one column, and returns its values.
@@ -259,19 +198,6 @@ func scanColumn[T any](rs rows) ([]T, error) {
 		out = append(out, v)
 	}
 	return out, rs.Err()
-}
-
-// topicWalk is a recursive CTE, name(topic), that lists the distinct
-// topics of the rows matching predicate in order, one index descent each
-// (PostgreSQL and SQLite have no loose index scan); read it with
-// "SELECT topic FROM name WHERE topic IS NOT NULL".
-func (t table) topicWalk(name, predicate string) string {
-	return name + `(topic) AS (
-  SELECT (SELECT topic FROM ` + t.quoted + ` WHERE ` + predicate + ` ORDER BY topic LIMIT 1)
-  UNION ALL
-  SELECT (SELECT o.topic FROM ` + t.quoted + ` o WHERE ` + prefixed("o.", predicate) + ` AND o.topic > ` + name + `.topic ORDER BY o.topic LIMIT 1)
-  FROM ` + name + ` WHERE ` + name + `.topic IS NOT NULL
-)`
 }
 
 // rowExtra names the column a query selects after rowColumns, if any.
@@ -378,22 +304,22 @@ func (s *SQLStore) MarkPublished(ctx context.Context, token string, ids []int64,
 	if len(ids) == 0 {
 		return 0, nil
 	}
-	p := s.t.dialect.placeholder
-	in, idArgs := s.idList(2, ids)
+	p := s.t.p
+	in, idArgs := s.t.idList(2, ids)
 	if !keep {
 		return s.exec(ctx, "mark published", `DELETE FROM `+s.t.quoted+` WHERE claim_token = `+p(1)+` AND `+in,
 			append([]any{token}, idArgs...)...)
 	}
-	return s.exec(ctx, "mark published", `UPDATE `+s.t.quoted+` SET state = 'published', published_at = `+s.now()+
+	return s.exec(ctx, "mark published", `UPDATE `+s.t.quoted+` SET state = 'published', published_at = `+s.t.now()+
 		`, claim_token = NULL, claimed_until = NULL WHERE claim_token = `+p(1)+` AND `+in,
 		append([]any{token}, idArgs...)...)
 }
 
 // RecordFailure implements Store.
 func (s *SQLStore) RecordFailure(ctx context.Context, token string, id int64, lastError string, delay time.Duration) (int, error) {
-	p := s.t.dialect.placeholder
+	p := s.t.p
 	return s.exec(ctx, "record failure", `UPDATE `+s.t.quoted+` SET attempts = attempts + 1, last_error = `+p(1)+
-		`, available_at = `+s.plus(2)+`, waiting = 1, claim_token = NULL, claimed_until = NULL WHERE claim_token = `+p(3)+` AND id = `+p(4),
+		`, available_at = `+s.t.plus(2)+`, waiting = 1, claim_token = NULL, claimed_until = NULL WHERE claim_token = `+p(3)+` AND id = `+p(4),
 		truncateError(lastError), max(delay, 0).Microseconds(), token, id)
 }
 
@@ -405,7 +331,7 @@ func (s *SQLStore) MarkDead(ctx context.Context, token string, id int64, lastErr
 
 // markDead is MarkDead's statement.
 func (s *SQLStore) markDead(token string, id int64, lastError string) (string, []any) {
-	p := s.t.dialect.placeholder
+	p := s.t.p
 	return `UPDATE ` + s.t.quoted + ` SET state = 'dead', attempts = attempts + 1, last_error = ` + p(1) +
 			`, claim_token = NULL, claimed_until = NULL WHERE claim_token = ` + p(2) + ` AND id = ` + p(3),
 		[]any{truncateError(lastError), token, id}
@@ -416,9 +342,9 @@ func (s *SQLStore) Renew(ctx context.Context, token string, ids []int64, lease t
 	if len(ids) == 0 {
 		return 0, nil
 	}
-	p := s.t.dialect.placeholder
-	in, idArgs := s.idList(3, ids)
-	return s.exec(ctx, "renew", `UPDATE `+s.t.quoted+` SET claimed_until = `+s.plus(1)+
+	p := s.t.p
+	in, idArgs := s.t.idList(3, ids)
+	return s.exec(ctx, "renew", `UPDATE `+s.t.quoted+` SET claimed_until = `+s.t.plus(1)+
 		` WHERE claim_token = `+p(2)+` AND `+in, append([]any{lease.Microseconds(), token}, idArgs...)...)
 }
 
@@ -427,8 +353,8 @@ func (s *SQLStore) Release(ctx context.Context, token string, ids []int64) (int,
 	if len(ids) == 0 {
 		return 0, nil
 	}
-	p := s.t.dialect.placeholder
-	in, idArgs := s.idList(2, ids)
+	p := s.t.p
+	in, idArgs := s.t.idList(2, ids)
 	return s.exec(ctx, "release", `UPDATE `+s.t.quoted+` SET claim_token = NULL, claimed_until = NULL WHERE claim_token = `+p(1)+` AND `+in,
 		append([]any{token}, idArgs...)...)
 }
@@ -438,16 +364,7 @@ func (s *SQLStore) PurgePublished(ctx context.Context, olderThan time.Duration, 
 	if limit < 1 {
 		return 0, nil
 	}
-	p := s.t.dialect.placeholder
-	// MySQL cannot DELETE from a table it selects from in a subquery, but
-	// takes ORDER BY and LIMIT on DELETE itself.
-	if s.t.dialect == MySQL {
-		return s.exec(ctx, "purge published", `DELETE FROM `+s.t.quoted+` WHERE state = 'published' AND published_at <= `+s.minus(1)+
-			` ORDER BY published_at LIMIT `+p(2), olderThan.Microseconds(), limit)
-	}
-	return s.exec(ctx, "purge published", `DELETE FROM `+s.t.quoted+` WHERE id IN (SELECT id FROM `+s.t.quoted+
-		` WHERE state = 'published' AND published_at <= `+s.minus(1)+` ORDER BY published_at LIMIT `+p(2)+`)`,
-		olderThan.Microseconds(), limit)
+	return s.exec(ctx, "purge published", s.t.d.purgePublished(s.t), olderThan.Microseconds(), limit)
 }
 
 func truncateError(s string) string {

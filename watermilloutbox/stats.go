@@ -146,16 +146,7 @@ func (s *SQLStore) Stats(ctx context.Context) (Stats, error) {
 
 // statsTopics lists the topics with undelivered or dead rows, in order.
 func (s *SQLStore) statsTopics(ctx context.Context) ([]string, error) {
-	var q string
-	t := s.t
-	if t.dialect == MySQL {
-		// A loose index scan of backlog_idx: one descent per group.
-		q = `SELECT topic FROM ` + t.quoted + ` WHERE state IN ('pending', 'dead') GROUP BY state, topic`
-	} else {
-		q = `WITH RECURSIVE ` + t.topicWalk("bt", backlogPredicate) + `, ` + t.topicWalk("dt", "state = 'dead'") + `
-SELECT topic FROM bt WHERE topic IS NOT NULL UNION SELECT topic FROM dt WHERE topic IS NOT NULL`
-	}
-	names, err := queryColumn[string](ctx, s.db, q)
+	names, err := queryColumn[string](ctx, s.db, s.t.d.statsTopics(s.t))
 	if err != nil {
 		return nil, err
 	}
@@ -168,12 +159,7 @@ SELECT topic FROM bt WHERE topic IS NOT NULL UNION SELECT topic FROM dt WHERE to
 // oldest leased row's age in microseconds.
 func (s *SQLStore) statsQuery(topics []string) (string, []any) {
 	t := s.t
-	now := t.now()
-	nowMicros := map[Dialect]string{
-		PostgreSQL: "(extract(epoch FROM now()) * 1000000)::bigint",
-		MySQL:      "TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(6))",
-		SQLite:     now,
-	}[t.dialect]
+	now, nowMicros := t.now(), t.nowMicros()
 	flag := func(cond string) string { return "CASE WHEN " + cond + " THEN 1 ELSE 0 END" }
 	unleased := "(claimed_until IS NULL OR claimed_until < " + now + ")"
 	dead := t.heldByDead("", "")
@@ -187,8 +173,8 @@ func (s *SQLStore) statsQuery(topics []string) (string, []any) {
 				flag("available_at <= "+now+" AND "+unleased)+` AS due, `+
 				flag("available_at > "+now+" AND "+unleased)+` AS backoff, `+flag("claimed_until >= "+now+" AND NOT "+dead)+` AS leased, `+
 				flag("claimed_until >= "+now+" AND "+dead)+` AS orphaned, `+
-				s.createdMicros("")+` AS created FROM `+t.quoted+` WHERE `+state+` AND topic = `+t.dialect.placeholder(len(args)-1)+
-				` ORDER BY id LIMIT `+t.dialect.placeholder(len(args))+`) r`+strconv.Itoa(2*i+j))
+				t.epochMicros("created_at")+` AS created FROM `+t.quoted+` WHERE `+state+` AND topic = `+t.p(len(args)-1)+
+				` ORDER BY id LIMIT `+t.p(len(args))+`) r`+strconv.Itoa(2*i+j))
 		}
 	}
 	return strings.Join(parts, "\nUNION ALL\n"), args

@@ -79,7 +79,7 @@ func (f TopicFilter) String() string {
 // sql returns the filter as a condition on column col, binding its values
 // from placeholder n on, or "" for the zero filter. Prefixes compare the
 // first characters, which needs no escaping (LIKE would treat % and _).
-func (f TopicFilter) sql(d Dialect, col string, n int) (string, []any) {
+func (f TopicFilter) sql(d sqlDialect, col string, n int) (string, []any) {
 	if f.All() {
 		return "", nil
 	}
@@ -91,12 +91,7 @@ func (f TopicFilter) sql(d Dialect, col string, n int) (string, []any) {
 	}
 	for _, p := range f.Prefixes {
 		length := utf8.RuneCountInString(p)
-		switch d {
-		case SQLite:
-			conds = append(conds, fmt.Sprintf("substr(%s, 1, %d) = %s", col, length, d.placeholder(n+len(args))))
-		default:
-			conds = append(conds, fmt.Sprintf("left(%s, %d) = %s", col, length, d.placeholder(n+len(args))))
-		}
+		conds = append(conds, d.prefix(col, length, d.placeholder(n+len(args))))
 		args = append(args, p)
 	}
 	return "(" + strings.Join(conds, " OR ") + ")", args

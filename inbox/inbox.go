@@ -9,7 +9,6 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/go-sql-driver/mysql"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
@@ -157,8 +156,7 @@ func (in *Inbox) deliver(ctx context.Context, msg *message.Message, h message.Ha
 // record inserts the delivery's row and reports whether it is new.
 func (in *Inbox) record(ctx context.Context, tx txn, uuid string) (bool, error) {
 	n, err := tx.exec(ctx, in.t.insertQuery(), in.config.Consumer, uuid)
-	var me *mysql.MySQLError
-	if errors.As(err, &me) && me.Number == 1062 { // ER_DUP_ENTRY
+	if err != nil && in.t.d.duplicate(err) {
 		return false, nil
 	}
 	if err != nil {

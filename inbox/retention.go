@@ -17,8 +17,7 @@ func (in *Inbox) Purge(ctx context.Context) (int, error) {
 }
 
 func (in *Inbox) purge(ctx context.Context, olderThan time.Duration) (int, error) {
-	q := in.t.purgeQuery()
-	args := in.t.purgeArgs(in.config.Consumer, olderThan.Microseconds(), in.config.PurgeBatchSize)
+	q, args := in.t.purgeQuery(in.config.Consumer, olderThan.Microseconds(), in.config.PurgeBatchSize)
 	total := 0
 	for {
 		n, err := in.db.exec(ctx, q, args...)

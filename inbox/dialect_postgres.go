@@ -1,0 +1,37 @@
+package inbox
+
+import "strconv"
+
+type postgresDialect struct{ standardSQL }
+
+func (postgresDialect) placeholder(n int) string { return "$" + strconv.Itoa(n) }
+
+// index: PostgreSQL puts the index in the table's schema.
+func (d postgresDialect) index(t table) string { return d.quoteIdent(t.base + "_processed_idx") }
+
+func (d postgresDialect) ddl(t table) []string {
+	return []string{
+		`CREATE TABLE IF NOT EXISTS ` + t.quoted + ` (
+    consumer     TEXT        NOT NULL,
+    message_uuid TEXT        NOT NULL,
+    processed_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (consumer, message_uuid)
+)`,
+		`CREATE INDEX IF NOT EXISTS ` + t.index() + ` ON ` + t.quoted + ` (consumer, processed_at)`,
+	}
+}
+
+// migrationLock: concurrent CREATE TABLE IF NOT EXISTS can still fail (a
+// unique violation in pg_type).
+func (postgresDialect) migrationLock(t table) (string, []any) {
+	return `SELECT pg_advisory_xact_lock($1)`, []any{lockKey("migrate inbox " + t.name)}
+}
+
+func (d postgresDialect) purge(t table, consumer string, retentionMicros int64, limit int) (string, []any) {
+	return d.subselectPurge(t, `processed_at < now() - ($2::bigint * interval '1 microsecond')`, "$3"),
+		[]any{consumer, retentionMicros, limit}
+}
+
+func (postgresDialect) age() string {
+	return `(extract(epoch FROM now() - min(processed_at)) * 1000000)::bigint`
+}

@@ -3,6 +3,7 @@ package forwarder_test
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -42,11 +43,14 @@ func (g *gatedRegistry) hold() {
 	g.gate = make(chan struct{})
 }
 
+// open lets the beats through again; idempotent.
 func (g *gatedRegistry) open() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	close(g.gate)
-	g.gate = nil
+	if g.gate != nil {
+		close(g.gate)
+		g.gate = nil
+	}
 }
 
 // holdSecond is a destination whose second publish waits until released:
@@ -119,6 +123,7 @@ func TestLapsedRelayPublishesOnlyWhatItHandedOut(t *testing.T) {
 			obs := &settledRows{}
 			f := runForwarder(t, reg, dest, forwarder.Config{Observer: obs})
 			t.Cleanup(dest.release) // before the forwarder closes (cleanups run last first)
+			t.Cleanup(reg.open)
 
 			select {
 			case <-dest.entered:
@@ -156,11 +161,56 @@ func TestLapsedRelayPublishesOnlyWhatItHandedOut(t *testing.T) {
 			dest.release()
 			waitFor(t, 30*time.Second, "the relay's writes for every row it held", func() bool { return obs.count() >= n })
 
-			require.Len(t, dest.snapshot(), 2, "the declared-dead relay published the first row and the send in flight only, not the rest of its window")
+			require.Equal(t, 2, len(dest.snapshot()), "publishes: the declared-dead relay published the first row and the send in flight only, not the rest of its window")
 			require.Equal(t, held, e.count(t, "claim_token = '"+other.Token+"'"), "its writes were fenced: every row is the other relay's")
 			hb := f.Heartbeat()
 			require.False(t, hb.Expired)
 			require.False(t, hb.LastLapse.IsZero())
 		})
 	}
+}
+
+// expiredAtPublish is a destination that counts the messages it got while
+// the relay's heartbeat had expired.
+type expiredAtPublish struct {
+	*recorder
+	f       atomic.Pointer[forwarder.Forwarder]
+	expired atomic.Int64
+}
+
+func (d *expiredAtPublish) Publish(topic string, msgs ...*message.Message) error {
+	if f := d.f.Load(); f != nil && f.Heartbeat().Expired {
+		d.expired.Add(int64(len(msgs)))
+	}
+	return d.recorder.Publish(topic, msgs...)
+}
+
+// TestRelayHandsOutNothingWhileItsHeartbeatExpired: while no beat of the
+// relay lands for longer than RelayTimeout (paused, cut off from the
+// database), Heartbeat says so and the relay hands out none of the rows it
+// claims: other relays may be taking its rows over. Once a beat lands they
+// go out.
+func TestRelayHandsOutNothingWhileItsHeartbeatExpired(t *testing.T) {
+	t.Parallel()
+	e := newRelayEnv(t, backends[0])
+	cfg := fastConfig()
+	cfg.RelayTimeout = time.Second
+	reg := &gatedRegistry{SQLStore: e.with(t, cfg), entered: make(chan struct{}, 1)}
+	dest := &expiredAtPublish{recorder: newRecorder()}
+	f := runForwarder(t, reg, dest, forwarder.Config{})
+	dest.f.Store(f)
+	e.publish(t, "t", 1, nil)
+	dest.waitDistinct(t, 1, 30*time.Second)
+	require.False(t, f.Heartbeat().Expired)
+
+	reg.hold()
+	t.Cleanup(reg.open) // before the forwarder closes (cleanups run last first)
+	waitFor(t, 30*time.Second, "the heartbeat to expire", func() bool { return f.Heartbeat().Expired })
+	e.publish(t, "t", 3, nil)
+	waitFor(t, 30*time.Second, "the relay to claim the new rows", func() bool {
+		return e.count(t, "state = 'pending' AND claim_token IS NULL") == 0
+	})
+	reg.open()
+	dest.waitDistinct(t, 4, 30*time.Second)
+	require.Zero(t, dest.expired.Load(), "messages published while the relay's heartbeat had expired")
 }

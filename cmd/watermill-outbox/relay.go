@@ -316,7 +316,11 @@ func (a *app) relay(ctx context.Context, args []string) error {
 		}
 		ping = pool.Ping
 	} else {
-		db, err := s.db.OpenLazy()
+		// Its own connections: on MariaDB the server ends a transaction the
+		// relay leaves idle for the relay timeout (dburl.OpenRelay).
+		cfg := s.outbox
+		cfg.SetDefaults()
+		db, err := s.db.OpenRelay(cfg.RelayTimeout)
 		if err != nil {
 			return usagef("%s", err)
 		}

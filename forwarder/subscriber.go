@@ -47,7 +47,9 @@ type SubscriberConfig struct {
 //     registry (watermilloutbox.RelayRegistry) every RelayTimeout/3; a
 //     crashed relay's rows are claimed again once its heartbeat is
 //     RelayTimeout old, or, on a store without a registry, when their
-//     lease expires.
+//     lease expires. While its own last beat is older than that it emits
+//     nothing (others may be taking its rows over), and when a beat finds
+//     it was declared dead it gives back the rows it has not emitted.
 //   - With ordering on, messages of one partition key are emitted one at a
 //     time, in id order: the next only after the previous was acked. A nack
 //     releases the rest of that key's claimed rows.

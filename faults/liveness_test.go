@@ -307,6 +307,14 @@ func (l *livenessRun) finish() result {
 	return l.s.check(l.delivered, true, nil)
 }
 
+// expired reports whether relay id's heartbeat has expired.
+func (l *livenessRun) expired(id string) bool {
+	var n int
+	require.NoError(l.t, l.s.db.QueryRow(`SELECT count(*) FROM `+l.s.table+`_relays WHERE id = `+l.s.placeholder(1)+
+		` AND alive_until < `+l.now(), id).Scan(&n))
+	return n == 1
+}
+
 // heldUUIDs lists the rows relay id holds under a live lease: uuid → key.
 func (l *livenessRun) heldUUIDs(id string) map[string]string {
 	l.t.Helper()
@@ -448,6 +456,9 @@ func testRelayPausedIsFenced(t *testing.T, newScenario func(*testing.T) *scenari
 	waitFor(t, time.Minute, "every row the paused relay held to be taken over", func() bool { return l.stale(tokens) == 0 })
 	livenessMax("stop_worst_key_stall", worst.Seconds())
 	livenessMax("stop_held_rows", float64(len(tokens)))
+	// Its rows may all have gone by a late write of its own (an ack sent
+	// just before the pause): the pause still lasts past its heartbeat.
+	waitFor(t, time.Minute, "the paused relay's heartbeat to expire", func() bool { return l.expired(id) })
 	victim.resume()
 
 	// Once resumed it learns it was declared dead; its pending acks and

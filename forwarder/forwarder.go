@@ -26,6 +26,10 @@ var (
 	ErrAttached = errors.New("outbox forwarder: attached to a caller's router; run the router")
 	// ErrRunning is returned by a second Run.
 	ErrRunning = errors.New("outbox forwarder: already running")
+
+	// errLapsed is a delivery's error when the relay was declared dead
+	// after handing the row out and before the handler published it.
+	errLapsed = errors.New("outbox forwarder: not published: the relay was declared dead since the row was handed out; other relays may hold it now")
 )
 
 // Config configures a Forwarder: what is the forwarder's own. Every relay
@@ -257,6 +261,12 @@ func (f *Forwarder) handle(msg *message.Message) error {
 		if already {
 			return nil // published by an earlier call for this delivery
 		}
+		if !f.sub.mayPublish(msg.Context()) {
+			// Given back uncharged, fenced: the row is its new holder's, or
+			// claimed again.
+			rec.End(retry.Unavailable, errLapsed)
+			return errLapsed
+		}
 	}
 	_, kind, err := f.retry.Handle(f.publish, msg)
 	if rec != nil {
@@ -296,6 +306,12 @@ func (f *Forwarder) Subscriber() *Subscriber { return f.sub }
 // is unavailable, and since when (zero when not paused). A health check can
 // alert on a pause that lasts.
 func (f *Forwarder) Paused() (paused bool, since time.Time) { return f.retry.Paused() }
+
+// Heartbeat reports the relay's standing in the store's relay registry:
+// when its last beat landed, whether it has expired (other relays may take
+// its rows over), how often it was declared dead. A health check can fail
+// while Expired holds.
+func (f *Forwarder) Heartbeat() Heartbeat { return f.sub.Heartbeat() }
 
 // Run runs the forwarder's own router until ctx ends or Close. It returns
 // ErrAttached when the forwarder was added to the caller's router, ErrRunning

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -30,19 +31,116 @@ type liveness struct {
 	stopOnce   sync.Once
 	stop, done chan struct{}
 
+	obs     Observer // nil: none
+	handler string
+
 	mu              sync.Mutex
 	started, closed bool
+	startedAt       time.Time
 	taken           map[string]int         // rows taken over per dead relay, not yet logged
 	timers          map[string]*time.Timer // the pending log line per dead relay
 	logged          map[string]bool        // dead relays already logged
+	beaten          chan struct{}          // closed and replaced by each beat that lands
+	lastErr         error                  // the last beat's error
+	lastLapse       time.Time
+
+	// The last beat that landed, read by the subscriptions before each
+	// hand-out: sent is when it was sent (unix ns, 0 before the first), ttl
+	// how long it keeps the relay alive. lapses counts the beats that found
+	// the relay declared dead; it is raised before sent is stored, so whoever
+	// reads a fresh sent and then lapses sees the lapse that came with it.
+	sent, ttl, lapses atomic.Int64
 }
 
-func newLiveness(store outbox.Store, timeout time.Duration, logger watermill.LoggerAdapter) *liveness {
-	l := &liveness{timeout: timeout, logger: logger, stop: make(chan struct{}), done: make(chan struct{})}
+func newLiveness(store outbox.Store, timeout time.Duration, logger watermill.LoggerAdapter, obs Observer, handler string) *liveness {
+	l := &liveness{timeout: timeout, logger: logger, obs: obs, handler: handler,
+		stop: make(chan struct{}), done: make(chan struct{}), beaten: make(chan struct{})}
 	if reg, ok := store.(outbox.RelayRegistry); ok {
 		l.reg, l.id = reg, newRelayID()
 	}
 	return l
+}
+
+// Heartbeat is a relay's standing in the store's relay registry
+// (watermilloutbox.RelayRegistry), as its own beats found it: what a
+// health check of this relay can tell. It cannot tell whether other relays
+// are alive; the rows they hold past their heartbeat (Stats' Orphaned,
+// outbox_orphaned) and the takeover log line of the relay that takes them
+// over do.
+type Heartbeat struct {
+	// Relay is the id the relay beats and claims under; "" when the store
+	// has no registry, and then the rest is zero.
+	Relay string
+	// Timeout is how long a beat keeps the relay alive: RelayTimeout, or
+	// longer where the store needs it (15 s at least on SQLite).
+	Timeout time.Duration
+	// Last is when the last beat that landed was sent (local clock); zero
+	// before the first.
+	Last time.Time
+	// Expired: no beat has landed for longer than Timeout (since Last, or
+	// since the relay started beating when none has). Other relays may take
+	// its rows over; the relay hands out no row meanwhile.
+	Expired bool
+	// Lapses counts the beats that found the relay declared dead (its
+	// previous beat had expired): each time it gave back the rows it had
+	// not handed out yet, and registered again. LastLapse is when the last
+	// of them landed.
+	Lapses    int
+	LastLapse time.Time
+	// Err is the last beat's error; nil when it landed.
+	Err error
+}
+
+// heartbeat reports the relay's Heartbeat at now.
+func (l *liveness) heartbeat(now time.Time) Heartbeat {
+	if l.reg == nil {
+		return Heartbeat{}
+	}
+	l.mu.Lock()
+	started, since, err, lapse := l.started, l.startedAt, l.lastErr, l.lastLapse
+	l.mu.Unlock()
+	hb := Heartbeat{Relay: l.id, Timeout: l.timeout, Lapses: int(l.lapses.Load()), LastLapse: lapse, Err: err}
+	if sent := l.sent.Load(); sent != 0 {
+		hb.Last, hb.Timeout, since = time.Unix(0, sent), time.Duration(l.ttl.Load()), time.Unix(0, sent)
+	}
+	hb.Expired = started && now.Sub(since) > hb.Timeout
+	return hb
+}
+
+// current reports, for a hand-out at now, how many lapses the relay has
+// found, whether its last beat still keeps it alive, and a channel closed
+// when the next beat lands. Before its first beat a relay is not in the
+// registry, so no other relay can take its rows over: current.
+func (l *liveness) current(now time.Time) (lapses int64, alive bool, beaten <-chan struct{}) {
+	if l.reg == nil {
+		return 0, true, nil
+	}
+	l.mu.Lock()
+	beaten = l.beaten
+	l.mu.Unlock()
+	sent := l.sent.Load()
+	alive = sent == 0 || now.Sub(time.Unix(0, sent)) <= time.Duration(l.ttl.Load())
+	return l.lapses.Load(), alive, beaten
+}
+
+// lapseCount is how many lapses the relay has found.
+func (l *liveness) lapseCount() int64 { return l.lapses.Load() }
+
+// awaitAlive waits, while the relay's last beat no longer keeps it alive,
+// for the next beat to land, and returns the lapses found by then; false
+// when ctx ended first.
+func (l *liveness) awaitAlive(ctx context.Context) (lapses int64, ok bool) {
+	for {
+		n, alive, beaten := l.current(time.Now())
+		if alive {
+			return n, true
+		}
+		select {
+		case <-beaten:
+		case <-ctx.Done():
+			return n, false
+		}
+	}
 }
 
 // newRelayID names this relay in the registry and in the rows it claims:
@@ -76,7 +174,7 @@ func (l *liveness) start() {
 	if l.started || l.closed {
 		return
 	}
-	l.started = true
+	l.started, l.startedAt = true, time.Now()
 	go l.run()
 }
 
@@ -100,7 +198,9 @@ func (l *liveness) run() {
 func (l *liveness) beat(failing *bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), l.timeout)
 	defer cancel()
+	sent := time.Now()
 	b, err := l.reg.Beat(ctx, l.id, l.timeout)
+	l.landed(sent, b, err)
 	fields := watermill.LogFields{"relay": l.id, "relay_timeout": l.timeout.String()}
 	if err != nil {
 		if !*failing {
@@ -117,8 +217,35 @@ func (l *liveness) beat(failing *bool) {
 	if b.Lapsed {
 		warn(l.logger, "Outbox relay was declared dead: its heartbeat had expired (the process was paused, or cut off from the database, "+
 			"for longer than the relay timeout). Other relays may have taken its rows over; its writes for those rows are rejected, "+
-			"and the messages it was publishing may go out twice. It has registered again", nil, fields)
+			"it gives back the rows it had not handed out yet, and the messages it was publishing may go out twice. It has registered again",
+			nil, fields)
 	}
+}
+
+// landed records a beat's outcome for the subscriptions, the health check
+// and the Observer, and wakes whoever waits for a beat.
+func (l *liveness) landed(sent time.Time, b outbox.Beat, err error) {
+	if l.obs != nil {
+		l.obs.ObserveBeat(BeatEvent{Handler: l.handler, Relay: l.id, Sent: sent, Duration: time.Since(sent), Lapsed: b.Lapsed, Err: err})
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lastErr = err
+	if err != nil {
+		return
+	}
+	if b.Lapsed {
+		l.lastLapse = time.Now()
+		l.lapses.Add(1) // before sent: see liveness.sent
+	}
+	ttl := b.TTL
+	if ttl <= 0 {
+		ttl = l.timeout
+	}
+	l.ttl.Store(int64(ttl))
+	l.sent.Store(sent.UnixNano())
+	close(l.beaten)
+	l.beaten = make(chan struct{})
 }
 
 // close stops beating after the subscriptions ended (they released their

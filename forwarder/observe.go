@@ -42,6 +42,10 @@ type Observer interface {
 	// ObservePause: the relay paused because the destination is
 	// unavailable, or resumed (Forwarder.Paused, as it changes).
 	ObservePause(PauseEvent)
+	// ObserveBeat: one heartbeat of the relay in the store's relay
+	// registry ended (see Forwarder.Heartbeat); none with a store that has
+	// no registry.
+	ObserveBeat(BeatEvent)
 }
 
 // NopObserver does nothing; embed it in an Observer that implements only
@@ -54,6 +58,7 @@ func (NopObserver) ObserveFailure(FailureEvent) {}
 func (NopObserver) ObserveDead(DeadEvent)       {}
 func (NopObserver) ObserveWrite(WriteEvent)     {}
 func (NopObserver) ObservePause(PauseEvent)     {}
+func (NopObserver) ObserveBeat(BeatEvent)       {}
 
 var _ Observer = NopObserver{}
 
@@ -171,6 +176,22 @@ type PauseEvent struct {
 	Since  time.Time
 }
 
+// BeatEvent is one heartbeat.
+type BeatEvent struct {
+	Handler string
+	// Relay is the relay's id in the registry.
+	Relay string
+	// Sent is when the beat was sent (local clock); Duration how long the
+	// store took.
+	Sent     time.Time
+	Duration time.Duration
+	// Lapsed: the beat found the relay declared dead (its previous beat had
+	// expired); it registered again.
+	Lapsed bool
+	// Err is the beat's error; the relay beats again RelayTimeout/3 later.
+	Err error
+}
+
 // failureKind maps a verdict to the kind observed.
 func failureKind(v delivery.Verdict) FailureKind {
 	switch {
@@ -190,13 +211,22 @@ func failureKind(v delivery.Verdict) FailureKind {
 type rowCtx struct {
 	context.Context
 	row *outbox.Row
+	// lapses is the relay's lapse count when the row was handed out (see
+	// Subscriber.mayPublish); set by the loop before it hands the row out.
+	lapses int64
 }
 
-type rowKey struct{}
+type (
+	rowKey    struct{}
+	lapsesKey struct{}
+)
 
 func (c *rowCtx) Value(key any) any {
-	if key == (rowKey{}) {
+	switch key {
+	case rowKey{}:
 		return c.row
+	case lapsesKey{}:
+		return c.lapses
 	}
 	return c.Context.Value(key)
 }

@@ -47,7 +47,9 @@ type SubscriberConfig struct {
 //     registry (watermilloutbox.RelayRegistry) every RelayTimeout/3; a
 //     crashed relay's rows are claimed again once its heartbeat is
 //     RelayTimeout old, or, on a store without a registry, when their
-//     lease expires.
+//     lease expires. While its own last beat is older than that it emits
+//     nothing (others may be taking its rows over), and when a beat finds
+//     it was declared dead it gives back the rows it has not emitted.
 //   - With ordering on, messages of one partition key are emitted one at a
 //     time, in id order: the next only after the previous was acked. A nack
 //     releases the rest of that key's claimed rows.
@@ -126,7 +128,7 @@ func newSubscriber(store outbox.Store, sc SubscriberConfig, logger watermill.Log
 		handler: handler,
 		closing: make(chan struct{}),
 		subs:    make(map[*subscription]struct{}),
-		live:    newLiveness(store, cfg.RelayTimeout, logger),
+		live:    newLiveness(store, cfg.RelayTimeout, logger, obs, handler),
 	}, nil
 }
 
@@ -249,6 +251,25 @@ func (s *Subscriber) Close() error {
 	s.live.close() // after the subscriptions released their rows
 	return nil
 }
+
+// mayPublish is the forwarder handler's last look before it publishes the
+// row of ctx: it waits while the relay's heartbeat may have expired (others
+// may be taking its rows over), and says no when the relay was declared
+// dead since the row was handed out (the row may be another relay's now),
+// or when ctx ended. A row whose context a middleware replaced is
+// published.
+func (s *Subscriber) mayPublish(ctx context.Context) bool {
+	at, ok := ctx.Value(lapsesKey{}).(int64)
+	if !ok {
+		return true
+	}
+	n, ok := s.live.awaitAlive(ctx)
+	return ok && n == at
+}
+
+// Heartbeat reports the subscriber's standing in the store's relay
+// registry (see Heartbeat).
+func (s *Subscriber) Heartbeat() Heartbeat { return s.live.heartbeat(time.Now()) }
 
 // Contention returns how many database calls of the relay met retryable
 // contention (deadlocks, serialization failures, lock timeouts) and were

@@ -51,6 +51,9 @@ type subscription struct {
 	// draining: Close or the end of ctx; no more claims or emissions, the
 	// loop only settles what it holds.
 	draining bool
+	// lapses is how many times this relay was declared dead, as far as
+	// the loop has acted on it (see lapsed).
+	lapses int64
 }
 
 // claimed is the result of one claim.
@@ -60,6 +63,9 @@ type claimed struct {
 	more  bool // the store says more rows may be due
 	limit int
 	err   error
+	// lapses is the relay's lapse count when the claim began: a lapse
+	// found since, and the rows may be another relay's already.
+	lapses int64
 }
 
 func newSubscription(s *Subscriber, ctx context.Context, topics outbox.TopicFilter) *subscription {
@@ -79,6 +85,7 @@ func newSubscription(s *Subscriber, ctx context.Context, topics outbox.TopicFilt
 		stop:      make(chan struct{}),
 		win:       newWindow(!cfg.DisableOrdering),
 		sched:     newSchedule(cfg),
+		lapses:    s.live.lapseCount(),
 	}
 	sub.retries.claim = newDBRetry("claim", s.logger, &s.contention)
 	sub.retries.ack = newDBRetry("ack write", s.logger, &s.contention)
@@ -110,9 +117,17 @@ func (sub *subscription) run() {
 		}
 		sub.flush()
 
+		// No row is handed out while the relay's last heartbeat may have
+		// expired (other relays may be taking its rows over), nor after a
+		// lapse before the rows not handed out are given back.
+		lapses, alive, beaten := sub.s.live.current(time.Now())
+		if lapses != sub.lapses {
+			sub.lapsed(lapses)
+		}
 		var out chan *message.Message
 		var next *message.Message
-		if h := sub.win.next(); h != nil && !sub.draining {
+		if h := sub.win.next(); h != nil && !sub.draining && alive {
+			h.base.lapses = sub.lapses
 			out, next = sub.out, h.msg
 		}
 
@@ -127,6 +142,7 @@ func (sub *subscription) run() {
 			return
 		case out <- next:
 			sub.emitted(sub.win.popEmitted())
+		case <-beaten:
 		case <-sub.wake:
 			sub.sched.onWake(time.Now())
 		case <-sub.sched.C():
@@ -163,6 +179,7 @@ func (sub *subscription) claim() {
 	limit := sub.sched.start(sub.free())
 	req := outbox.ClaimRequest{Topics: sub.topics, Limit: limit, Lease: sub.cfg.ClaimTimeout, Ordered: !sub.cfg.DisableOrdering,
 		StrictOrder: sub.cfg.StrictOrder, Relay: sub.s.live.relay()}
+	lapses := sub.s.live.lapseCount()
 	sub.spawn(func() {
 		ctx, cancel := workCtx()
 		defer cancel()
@@ -176,7 +193,7 @@ func (sub *subscription) claim() {
 		if obs != nil {
 			obs.ObserveClaim(ClaimEvent{Handler: sub.s.handler, Rows: c.Rows, TakenOver: takenOver(c), Duration: time.Since(start), Err: err})
 		}
-		send(sub, sub.claims, claimed{token: c.Token, rows: c.Rows, more: c.More, limit: limit, err: err})
+		send(sub, sub.claims, claimed{token: c.Token, rows: c.Rows, more: c.More, limit: limit, err: err, lapses: lapses})
 	})
 }
 
@@ -186,6 +203,18 @@ func (sub *subscription) onClaimed(r claimed) {
 		return
 	}
 	sub.retries.claim.succeeded()
+	if r.lapses != sub.s.live.lapseCount() && len(r.rows) > 0 {
+		// The relay was declared dead while it claimed them: others may
+		// have taken them over already. Back (fenced: only those still
+		// its own change), and claimed again.
+		sub.sched.onClaimed(len(r.rows), r.limit, true, sub.win.size())
+		back := make([]*held, len(r.rows))
+		for i, row := range r.rows {
+			back[i] = &held{row: row, token: r.token}
+		}
+		sub.release(back)
+		return
+	}
 	rows, over := sub.win.admit(r.rows, sub.cfg.MaxInFlightBytes)
 	readied := sub.win.add(r.token, rows, time.Now())
 	sub.sched.onClaimed(len(r.rows), r.limit, r.more || len(over) > 0, sub.win.size())
@@ -238,6 +267,38 @@ func (sub *subscription) onDelivered(d delivered) {
 	if len(behind) > 0 {
 		sub.release(behind) // they must not overtake h
 	}
+}
+
+// lapsed acts on the relay's finding that it was declared dead (its
+// heartbeat had expired, lapses in all): other relays may have taken any
+// row of its window over, and may be publishing them. So it gives back
+// every row it has not handed to the destination: those not emitted and,
+// for the forwarder, those emitted whose handler has not begun (sealed,
+// they can no longer be published). The give-back is fenced, so it changes
+// only the rows still its own, which are claimable again at once; the
+// others are their new holder's. What it had handed out goes on: its
+// duplicates are those sends, and acks not written yet, never the rest of
+// its window.
+func (sub *subscription) lapsed(lapses int64) {
+	sub.lapses = lapses
+	if sub.draining {
+		return // giving back everything anyway
+	}
+	back := sub.win.unhanded()
+	for _, h := range sub.win.held {
+		if h.state != emitted || h.rec == nil {
+			continue
+		}
+		if v, ok := h.rec.Seal(); ok && !v.Recorded {
+			sub.win.failed(h) // ends its key's chain: nothing is queued behind it now
+			back = append(back, h)
+		}
+	}
+	if len(back) > 0 {
+		sub.s.logger.Info("Outbox relay gives back the rows it had not handed out yet: it was declared dead, so other relays may hold them now",
+			watermill.LogFields{"relay": sub.s.live.relay(), "rows": len(back), "window": sub.win.size()})
+	}
+	sub.release(back)
 }
 
 // drain switches the loop to draining: the channel closes, the rows not

@@ -224,6 +224,20 @@ func (w *window) unemitted() []*held {
 	return out
 }
 
+// unhanded takes out, like unemitted, every row not handed out, for
+// release, and ends the chains of the keys whose row in flight was among
+// them (a ready row), so the window takes those keys again: only a key
+// whose row in flight stays (emitted) keeps its chain.
+func (w *window) unhanded() []*held {
+	out := w.unemitted()
+	for _, h := range out {
+		if h.state == ready && h.chain != "" {
+			delete(w.chains, h.chain)
+		}
+	}
+	return out
+}
+
 // renewDue returns, by claim token, the rows whose lease was last set
 // before due.
 func (w *window) renewDue(due time.Time) map[string][]int64 {

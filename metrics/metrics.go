@@ -214,7 +214,8 @@ type Metrics struct {
 	staleRows, dbErrors, takenOver      *prometheus.CounterVec
 	lag                                 *prometheus.HistogramVec
 	claimDuration, writeDuration        *prometheus.HistogramVec
-	paused                              *prometheus.GaugeVec
+	paused, lastBeat                    *prometheus.GaugeVec
+	beatFailures, lapses                *prometheus.CounterVec
 
 	// Children of the vectors per handler and topic, looked up on every
 	// message without a lock or an allocation: a copy-on-write map.
@@ -312,13 +313,19 @@ func New(stats StatsSource, config Config, logger watermill.LoggerAdapter) (*Met
 		Name: name("outbox_relay_paused"), ConstLabels: config.ConstLabels,
 		Help: "1 while the relay pauses because the destination is unavailable (the circuit is open), else 0.",
 	}, []string{labelHandler})
+	m.lastBeat = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: name("outbox_relay_heartbeat_timestamp_seconds"), ConstLabels: config.ConstLabels,
+		Help: "When the relay's last heartbeat that landed in the relay registry was sent, Unix time (relay's clock). Older than the relay timeout (RelayTimeout, 3s): other relays may take its rows over.",
+	}, []string{labelHandler})
+	m.beatFailures = counter("outbox_relay_heartbeat_failures_total", "Heartbeats of the relay that failed (the database did not answer in time); the relay beats again RelayTimeout/3 later.", labelHandler)
+	m.lapses = counter("outbox_relay_lapses_total", "Times the relay found it had been declared dead (its heartbeat had expired: paused, or cut off from the database, longer than RelayTimeout): it gave back the rows it had not handed out and registered again; what it was publishing may go out twice.", labelHandler)
 	return m, nil
 }
 
 func (m *Metrics) vectors() []prometheus.Collector {
 	return []prometheus.Collector{
 		m.claimed, m.reclaimed, m.published, m.failed, m.dead, m.staleRows, m.dbErrors, m.takenOver,
-		m.lag, m.claimDuration, m.writeDuration, m.paused,
+		m.lag, m.claimDuration, m.writeDuration, m.paused, m.lastBeat, m.beatFailures, m.lapses,
 	}
 }
 
@@ -608,6 +615,21 @@ func (m *Metrics) ObservePause(e forwarder.PauseEvent) {
 		v = 1
 	}
 	m.paused.WithLabelValues(e.Handler).Set(v)
+}
+
+// ObserveBeat implements forwarder.Observer.
+// Both counters exist from the first beat on, at 0, so that an alert on
+// their increase sees the first one.
+func (m *Metrics) ObserveBeat(e forwarder.BeatEvent) {
+	failures, lapses := m.beatFailures.WithLabelValues(e.Handler), m.lapses.WithLabelValues(e.Handler)
+	switch {
+	case e.Err != nil:
+		failures.Inc()
+		return
+	case e.Lapsed:
+		lapses.Inc()
+	}
+	m.lastBeat.WithLabelValues(e.Handler).Set(float64(e.Sent.UnixNano()) / 1e9)
 }
 
 // labelValue makes a topic, which comes from the table, a valid label

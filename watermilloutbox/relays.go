@@ -59,6 +59,9 @@ type Beat struct {
 	// this one: other relays may have taken its rows over (its writes for
 	// them are fenced), and it was registered again.
 	Lapsed bool
+	// TTL is how long this beat keeps the relay alive: the ttl asked for,
+	// or longer where the store needs it (15 s at least on SQLite).
+	TTL time.Duration
 }
 
 // maxRelayID bounds a relay id (the claimed_by column is VARCHAR(64) on
@@ -140,7 +143,7 @@ func (s *SQLStore) Beat(ctx context.Context, id string, ttl time.Duration) (Beat
 		return Beat{}, fmt.Errorf("outbox: beat: %w", err)
 	}
 	if n > 0 {
-		return Beat{}, s.purgeRelays(ctx)
+		return Beat{TTL: ttl}, s.purgeRelays(ctx)
 	}
 	// Not alive: first beat, or expired (declared dead). Register afresh;
 	// rows others took over meanwhile carry their tokens now.
@@ -151,7 +154,7 @@ func (s *SQLStore) Beat(ctx context.Context, id string, ttl time.Duration) (Beat
 	if _, err := s.db.exec(ctx, `INSERT INTO `+r+` (id, alive_until) VALUES (`+p(1)+`, `+s.t.plus(2)+`)`, id, ttl.Microseconds()); err != nil {
 		return Beat{}, fmt.Errorf("outbox: beat: register: %w", err)
 	}
-	return Beat{Lapsed: gone > 0}, s.purgeRelays(ctx)
+	return Beat{Lapsed: gone > 0, TTL: ttl}, s.purgeRelays(ctx)
 }
 
 // purgeRelays deletes, about once a minute, the registry rows of relays

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/e0a82c8c/watermill-outbox/forwarder"
 	"github.com/e0a82c8c/watermill-outbox/internal/dburl"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
@@ -27,16 +28,24 @@ const pingTimeout = 2 * time.Second
 // flood of requests costs the database one ping a second, not one each.
 const pingTTL = time.Second
 
-// pauser is what /healthz asks the relay (forwarder.Forwarder.Paused).
+// pauser is what /healthz asks the relay (forwarder.Forwarder's Paused
+// and Heartbeat).
 type pauser interface {
 	Paused() (paused bool, since time.Time)
+	Heartbeat() forwarder.Heartbeat
 }
 
-// health is the relay's /healthz: healthy while the database answers and
-// the relay has not been paused, for an unavailable broker, longer than
-// maxPause. The body gives generic reasons only (the endpoint may be
-// reachable by anyone who can reach the port); the database's error, which
-// can name hosts and roles, goes to the log.
+// health is the relay's /healthz: healthy while the database answers, the
+// relay's heartbeat in the relay registry has not expired, and the relay
+// has not been paused, for an unavailable broker, longer than maxPause.
+// The body gives generic reasons only (the endpoint may be reachable by
+// anyone who can reach the port); the database's error, which can name
+// hosts and roles, goes to the log.
+//
+// It speaks for this relay only: whether other relays are alive it cannot
+// tell (a relay paused or killed answers no probe at all). Rows a dead
+// relay still holds show in outbox_orphaned until a live relay takes them
+// over, which that relay logs.
 type health struct {
 	ping     func(ctx context.Context) error
 	maxPause time.Duration
@@ -118,14 +127,47 @@ func (h *health) check1(done chan struct{}) {
 
 // notes returns what is degraded but healthy, one line each: a relay
 // whose LISTEN receives nothing still delivers every row, by polling, and
-// a restart would not fix it, so it does not fail the check.
+// a restart would not fix it, so it does not fail the check; nor does a
+// relay that was declared dead and beats again.
 func (h *health) notes() []string {
-	if h.listen == nil || h.listen() != outbox.ListenDeaf {
-		return nil
+	var notes []string
+	if h.listen != nil && h.listen() == outbox.ListenDeaf {
+		notes = append(notes, "listen: receives no commit notifications, not even its own, so the relay polls "+
+			"(likely a transaction pooler in --database-url: set --listen-database-url or "+
+			"OUTBOX_LISTEN_DATABASE_URL to PostgreSQL's direct address)")
 	}
-	return []string{"listen: receives no commit notifications, not even its own, so the relay polls " +
-		"(likely a transaction pooler in --database-url: set --listen-database-url or " +
-		"OUTBOX_LISTEN_DATABASE_URL to PostgreSQL's direct address)"}
+	h.mu.Lock()
+	relay := h.relay
+	h.mu.Unlock()
+	if relay == nil {
+		return notes
+	}
+	if hb := relay.Heartbeat(); hb.Lapses > 0 && !hb.Expired {
+		times := "times"
+		if hb.Lapses == 1 {
+			times = "time"
+		}
+		notes = append(notes, fmt.Sprintf("relay: declared dead %d %s, last %s ago (its heartbeat had expired): it gave back the rows "+
+			"it had not handed out and registered again; what it was publishing then may have gone out twice",
+			hb.Lapses, times, h.now().Sub(hb.LastLapse).Round(time.Second)))
+	}
+	return notes
+}
+
+// heartbeat returns the problem with the relay's heartbeat, "" when none:
+// expired, other relays may take its rows over (it hands none out
+// meanwhile).
+func (h *health) heartbeat(hb forwarder.Heartbeat) string {
+	if !hb.Expired {
+		return ""
+	}
+	if hb.Last.IsZero() {
+		return fmt.Sprintf("relay: no heartbeat written yet (relay timeout %s): the relay registry does not answer "+
+			"(details in the relay's log)", hb.Timeout)
+	}
+	return fmt.Sprintf("relay: heartbeat not written for %s (relay timeout %s): other relays may take its rows over; "+
+		"it hands out none until a beat lands (details in the relay's log)",
+		h.now().Sub(hb.Last).Round(time.Second), hb.Timeout)
 }
 
 // check returns what is wrong, one line each; none when healthy.
@@ -139,6 +181,9 @@ func (h *health) check(ctx context.Context) []string {
 	h.mu.Unlock()
 	if relay == nil {
 		return append(problems, "relay: not running (starting, or waiting for the database)")
+	}
+	if p := h.heartbeat(relay.Heartbeat()); p != "" {
+		problems = append(problems, p)
 	}
 	if paused, since := relay.Paused(); paused {
 		if d := h.now().Sub(since); d > h.maxPause {

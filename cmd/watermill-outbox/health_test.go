@@ -16,6 +16,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/stretchr/testify/require"
 
+	"github.com/e0a82c8c/watermill-outbox/forwarder"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
 
@@ -24,6 +25,19 @@ type fakeRelay struct {
 	mu     sync.Mutex
 	paused bool
 	since  time.Time
+	hb     forwarder.Heartbeat
+}
+
+func (f *fakeRelay) Heartbeat() forwarder.Heartbeat {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.hb
+}
+
+func (f *fakeRelay) setHeartbeat(hb forwarder.Heartbeat) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.hb = hb
 }
 
 func (f *fakeRelay) Paused() (bool, time.Time) {
@@ -235,4 +249,54 @@ func TestHealthzListenDeaf(t *testing.T) {
 	code, body = get()
 	require.Equal(t, http.StatusOK, code)
 	require.Regexp(t, `^ok\nlisten: receives no commit notifications.*transaction pooler.*--listen-database-url.*OUTBOX_LISTEN_DATABASE_URL`, body)
+}
+
+// TestHealthzHeartbeat: /healthz fails while the relay's heartbeat has
+// expired (other relays may take its rows over), and, once it beats again,
+// says on a line after "ok" that it was declared dead.
+func TestHealthzHeartbeat(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	h := newHealth(func(context.Context) error { return nil }, time.Minute, nil)
+	h.now = func() time.Time { return now }
+	relay := &fakeRelay{}
+	h.setRelay(relay)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	stop := serveMetrics(ln, newRegistry(), h, watermill.NopLogger{})
+	t.Cleanup(stop)
+	get := func() (int, string) {
+		t.Helper()
+		resp, err := http.Get("http://" + ln.Addr().String() + "/healthz")
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		return resp.StatusCode, string(b)
+	}
+	hb := forwarder.Heartbeat{Relay: "host:1:ab", Timeout: 3 * time.Second, Last: now.Add(-time.Second)}
+	relay.setHeartbeat(hb)
+	code, body := get()
+	require.Equal(t, http.StatusOK, code)
+	require.Equal(t, "ok\n", body)
+
+	hb.Last, hb.Expired = now.Add(-7*time.Second), true
+	relay.setHeartbeat(hb)
+	code, body = get()
+	require.Equal(t, http.StatusServiceUnavailable, code)
+	require.Equal(t, "relay: heartbeat not written for 7s (relay timeout 3s): other relays may take its rows over; "+
+		"it hands out none until a beat lands (details in the relay's log)\n", body)
+
+	hb.Last, hb.Expired = time.Time{}, true
+	relay.setHeartbeat(hb)
+	code, body = get()
+	require.Equal(t, http.StatusServiceUnavailable, code)
+	require.Contains(t, body, "relay: no heartbeat written yet (relay timeout 3s)")
+
+	hb.Last, hb.Expired, hb.Lapses, hb.LastLapse = now.Add(-time.Second), false, 2, now.Add(-90*time.Second)
+	relay.setHeartbeat(hb)
+	code, body = get()
+	require.Equal(t, http.StatusOK, code, "beating again: healthy")
+	require.Equal(t, "ok\nrelay: declared dead 2 times, last 1m30s ago (its heartbeat had expired): it gave back the rows "+
+		"it had not handed out and registered again; what it was publishing then may have gone out twice\n", body)
 }

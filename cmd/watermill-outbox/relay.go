@@ -64,12 +64,18 @@ OUTBOX_POLLING_INTERVAL_SECONDS and OUTBOX_DISABLE_ORDERING when given.
 With --metrics-addr the relay serves over HTTP:
   /metrics  Prometheus metrics: the outbox's (package metrics: backlog per
             topic, relay counters and latencies) and the Go runtime's
-  /healthz  200 "ok" while the database answers and the relay has not been
-            paused, waiting for an unavailable broker, for longer than
-            --health-max-pause; else 503 and the reasons, one per line.
-            A LISTEN that receives no notifications (behind a transaction
-            pooler, without --listen-database-url) is reported on a line
-            after "ok": the relay still works, polling
+  /healthz  200 "ok" while the database answers, the relay's heartbeat in
+            the relay registry is current (written within
+            OUTBOX_RELAY_TIMEOUT_SECONDS, 3s: else other relays may take
+            its rows over) and the relay has not been paused, waiting for
+            an unavailable broker, for longer than --health-max-pause;
+            else 503 and the reasons, one per line. A LISTEN that
+            receives no notifications (behind a transaction pooler,
+            without --listen-database-url), and a relay that was declared
+            dead and beats again, are reported on lines after "ok". It
+            speaks for this relay only: rows of a dead relay show in
+            outbox_orphaned until another relay takes them over (it logs
+            that)
   /readyz   200 "ready" while the destination answers (checked at start and
             every 15s: a connection with the relay's credentials to
             RabbitMQ, a metadata request to Kafka); else 503 and why. The
@@ -310,7 +316,11 @@ func (a *app) relay(ctx context.Context, args []string) error {
 		}
 		ping = pool.Ping
 	} else {
-		db, err := s.db.OpenLazy()
+		// Its own connections: on MariaDB the server ends a transaction the
+		// relay leaves idle for the relay timeout (dburl.OpenRelay).
+		cfg := s.outbox
+		cfg.SetDefaults()
+		db, err := s.db.OpenRelay(cfg.RelayTimeout)
 		if err != nil {
 			return usagef("%s", err)
 		}

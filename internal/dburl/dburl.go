@@ -3,6 +3,7 @@ package dburl
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"io"
@@ -146,6 +147,69 @@ func (d Database) OpenLazy() (*sql.DB, error) {
 		return nil, errors.New(d.Scrub(fmt.Sprintf("open %s: %s", d, Cause(err))))
 	}
 	return db, nil
+}
+
+// OpenRelay opens the database as OpenLazy does, for a relay's own
+// connections: on MariaDB each starts by setting idle_transaction_timeout
+// to relayTimeout in whole seconds, rounded up (RelaySessionTimeout). A
+// relay paused inside its claim transaction (SIGSTOP, a long GC pause, a
+// frozen VM; MariaDB's claim takes three round trips) would otherwise keep
+// that transaction's row locks, and the keys of those rows would wait,
+// until it resumes; the server now ends the transaction, and the
+// connection, about when the other relays declare it dead and take its
+// rows over. A healthy relay is never idle inside a transaction for that
+// long. MySQL has no such setting: there it sets nothing.
+func (d Database) OpenRelay(relayTimeout time.Duration) (*sql.DB, error) {
+	if d.Dialect != outbox.MySQL {
+		return d.OpenLazy()
+	}
+	mc, err := mysql.ParseDSN(d.dsn)
+	if err != nil {
+		return nil, errors.New(d.Scrub(fmt.Sprintf("open %s: %s", d, Cause(err))))
+	}
+	c, err := mysql.NewConnector(mc)
+	if err != nil {
+		return nil, errors.New(d.Scrub(fmt.Sprintf("open %s: %s", d, Cause(err))))
+	}
+	return sql.OpenDB(sessionConnector{Connector: c, init: relaySession(relayTimeout)}), nil
+}
+
+// RelaySessionTimeout is the idle_transaction_timeout, in seconds, of a
+// relay's own MariaDB connections for relayTimeout (see OpenRelay).
+func RelaySessionTimeout(relayTimeout time.Duration) int {
+	return max(1, int((relayTimeout+time.Second-1)/time.Second))
+}
+
+// relaySession is the statement a relay's MySQL connection starts with. The
+// setting is in MariaDB's executable comment (MariaDB 10.3 and later run
+// it; MySQL skips it), so MySQL sets only the user variable, which names
+// the relay timeout the session was opened for.
+func relaySession(relayTimeout time.Duration) string {
+	n := strconv.Itoa(RelaySessionTimeout(relayTimeout))
+	return "SET @outbox_relay_timeout = " + n + " /*M!100300 , SESSION idle_transaction_timeout = " + n + " */"
+}
+
+// sessionConnector runs init on each new connection.
+type sessionConnector struct {
+	driver.Connector
+	init string
+}
+
+func (c sessionConnector) Connect(ctx context.Context) (driver.Conn, error) {
+	conn, err := c.Connector.Connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ex, ok := conn.(driver.ExecerContext)
+	if !ok {
+		_ = conn.Close()
+		return nil, errors.New("the driver's connection cannot execute statements")
+	}
+	if _, err := ex.ExecContext(ctx, c.init, nil); err != nil {
+		_ = conn.Close()
+		return nil, fmt.Errorf("set up the relay's session: %w", err)
+	}
+	return conn, nil
 }
 
 // The MySQL driver's own logger is silenced: it logs connection trouble on

@@ -176,7 +176,7 @@ func NewForwarder(store outbox.Store, destination message.Publisher, config Conf
 	if isNil(obs) {
 		obs = nil
 	}
-	sub, err := newSubscriber(store, SubscriberConfig{Topics: config.Topics}, logger, true, obs, config.HandlerName)
+	sub, err := newSubscriber(store, subscriberConfig{Topics: config.Topics}, logger, handlerVerdicts{}, obs, config.HandlerName)
 	if err != nil {
 		return nil, err
 	}

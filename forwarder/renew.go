@@ -2,63 +2,45 @@ package forwarder
 
 import (
 	"time"
-
-	"github.com/ThreeDotsLabs/watermill"
 )
 
-// renewals extends the leases of rows held longer than half the lease
-// (ClaimTimeout), so a slow publish does not let another relay take them
-// over. One renewal runs at a time; the loop owns the flag.
-type renewals struct {
-	running bool
+// renewal is the result of one round of renewals (doRenew): rows held
+// longer than half the lease (ClaimTimeout) get it extended, so a slow
+// publish does not let another relay take them over.
+type renewal struct {
+	at     time.Time // when the round began, local clock
+	tokens []renewedToken
 }
 
-// renewal is the result of one round of renewals.
-type renewal struct {
-	ids []int64   // rows whose lease was set
-	at  time.Time // when, local clock
+// renewedToken is one claim token's renewal.
+type renewedToken struct {
+	ids []int64
+	n   int   // rows whose lease was set; fewer: leases lost
+	err error // the renewal failed; tried again at the next tick
 }
 
 // renewEvery is how often held rows are checked for renewal.
 func renewEvery(lease time.Duration) time.Duration { return max(lease/4, 10*time.Millisecond) }
 
-func (sub *subscription) renew() {
-	if sub.renewals.running {
-		return
-	}
+// renew renews the leases of due in a worker: one try per token, since a
+// failed renewal is tried again at the next tick, well within the lease.
+func (sub *subscription) renew(due map[string][]int64) {
 	lease := sub.cfg.ClaimTimeout
-	due := sub.win.renewDue(time.Now().Add(-lease / 2))
-	if len(due) == 0 {
-		return
-	}
-	sub.renewals.running = true
 	sub.spawn(func() {
-		at := time.Now()
-		var ids []int64
-		for token, tokenIDs := range due {
-			// One try: a failed renewal is tried again at the next tick,
-			// well within the lease.
+		r := renewal{at: time.Now(), tokens: make([]renewedToken, 0, len(due))}
+		for token, ids := range due {
 			ctx, cancel := workCtx()
-			n, err := sub.observed(WriteRenew, len(tokenIDs), func() (int, error) {
-				return sub.s.store.Renew(ctx, token, tokenIDs, lease)
+			n, err := sub.observed(WriteRenew, len(ids), func() (int, error) {
+				return sub.s.store.Renew(ctx, token, ids, lease)
 			})
 			cancel()
 			if err != nil {
 				sub.retries.renew.failed(err)
-				continue
+			} else {
+				sub.retries.renew.succeeded()
 			}
-			sub.retries.renew.succeeded()
-			if n < len(tokenIDs) {
-				sub.s.logger.Info("Outbox lease lost: another relay re-claimed rows this one still holds",
-					watermill.LogFields{"held": len(tokenIDs), "renewed": n})
-			}
-			ids = append(ids, tokenIDs...)
+			r.tokens = append(r.tokens, renewedToken{ids: ids, n: n, err: err})
 		}
-		send(sub, sub.renewed, renewal{ids: ids, at: at})
+		send(sub, sub.renewed, r)
 	})
-}
-
-func (sub *subscription) onRenewed(r renewal) {
-	sub.renewals.running = false
-	sub.win.renewed(r.ids, r.at)
 }

@@ -9,13 +9,13 @@ import (
 // schedule decides when a subscription claims. A claim is due after a poll
 // interval, after a wake-up (a commit notification), while a backlog
 // drains (the last claim came back full), and again after a failed claim's
-// backoff; it starts once the window has room. It owns the claim timer and
-// nothing else; the loop asks it and tells it what happened.
+// backoff; it starts once the window has room. It is part of the machine:
+// it holds no timer, but says when the loop's claim timer is to fire next
+// (a timer effect), and is told when it fired.
 type schedule struct {
 	poll, notify time.Duration
 	batch        int // config BatchSize
 	threshold    int // the room a claim waits for
-	timer        *time.Timer
 
 	due      bool // a claim should start as soon as the window allows
 	claiming bool // a claim is running
@@ -42,15 +42,9 @@ func newSchedule(cfg config.Config) *schedule {
 		// Half a batch, or half the window if that is smaller.
 		threshold: max(1, min(cfg.BatchSize, cfg.MaxInFlight)/2),
 		// Claim at once on start; the timer is reset after each claim.
-		timer: time.NewTimer(cfg.PollingInterval),
-		due:   true,
+		due: true,
 	}
 }
-
-// C fires when the timer makes a claim due.
-func (s *schedule) C() <-chan time.Time { return s.timer.C }
-
-func (s *schedule) stop() { s.timer.Stop() }
 
 // onTimer: the poll interval, a re-check or a retry delay has passed.
 func (s *schedule) onTimer() { s.due = true }
@@ -85,19 +79,21 @@ func (s *schedule) start(free int) int {
 
 // onClaimed: the claim returned got rows out of the limit it asked, and
 // more when the store said more rows may be due; held is the window's size
-// with them.
-func (s *schedule) onClaimed(got, limit int, more bool, held int) {
+// with them. It returns when the claim timer is to fire next, if it is to
+// be set.
+func (s *schedule) onClaimed(got, limit int, more bool, held int, now time.Time) (timer time.Duration, set bool) {
 	s.claiming = false
 	s.backlog = more || got > 0 && got >= limit
 	s.afterSettle = !s.backlog && held > 0
 	switch {
 	case s.backlog:
 		s.due = true
+		return 0, false
 	case s.recheck:
 		s.recheck = false
-		s.timer.Reset(max(0, min(s.notify, s.poll)-time.Since(s.wokeAt)))
+		return max(0, min(s.notify, s.poll)-now.Sub(s.wokeAt)), true
 	default:
-		s.timer.Reset(s.poll)
+		return s.poll, true
 	}
 }
 
@@ -109,8 +105,6 @@ func (s *schedule) onSettled() {
 	}
 }
 
-// onClaimFailed: the claim failed; try again after retryIn.
-func (s *schedule) onClaimFailed(retryIn time.Duration) {
-	s.claiming = false
-	s.timer.Reset(retryIn)
-}
+// onClaimFailed: the claim failed; the timer is set to try again after
+// the database backoff.
+func (s *schedule) onClaimFailed() { s.claiming = false }

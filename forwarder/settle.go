@@ -79,9 +79,8 @@ type settled struct {
 	ids []int64
 }
 
-// settle carries out a failed row's decision with a fenced write.
-func (sub *subscription) settle(h *held, dec decision) {
-	h.state = settling
+// writeFate carries out a failed row's decision with a fenced write.
+func (sub *subscription) writeFate(h *held, dec decision) {
 	row := h.row
 	fields := watermill.LogFields{"outbox_id": row.ID, "uuid": row.UUID, "topic": row.Topic, "attempt": row.Attempts + 1}
 	store := sub.s.store
@@ -112,25 +111,24 @@ func (sub *subscription) settle(h *held, dec decision) {
 	sub.write(op, []int64{row.ID}, write)
 }
 
-// release gives rows back uncharged, due at once.
-func (sub *subscription) release(hs []*held) {
-	for _, h := range hs {
-		h.state = settling
+// release gives rows of one claim token back uncharged, due at once; their
+// messages' contexts end.
+func (sub *subscription) release(token string, hs []*held) {
+	ids := make([]int64, len(hs))
+	for i, h := range hs {
+		ids[i] = h.row.ID
 		if h.cancel != nil {
 			h.cancel()
 		}
 	}
 	store := sub.s.store
-	for token, ids := range byToken(hs) {
-		sub.write(WriteRelease, ids, func(ctx context.Context) (int, error) { return store.Release(ctx, token, ids) })
-	}
+	sub.write(WriteRelease, ids, func(ctx context.Context) (int, error) { return store.Release(ctx, token, ids) })
 }
 
 // write runs a fenced write in a worker, retried by the settle policy; the
 // rows leave the window after it (or, should the subscription stop first,
 // when their lease expires and another claim redoes it).
 func (sub *subscription) write(op WriteOp, ids []int64, write func(ctx context.Context) (int, error)) {
-	sub.settling++
 	sub.spawn(func() {
 		_ = sub.retries.settle.do(sub.stop, func(ctx context.Context) error {
 			_, err := sub.observed(op, len(ids), func() (int, error) { return write(ctx) })
@@ -138,10 +136,4 @@ func (sub *subscription) write(op WriteOp, ids []int64, write func(ctx context.C
 		})
 		send(sub, sub.settled, settled{ids: ids})
 	})
-}
-
-func (sub *subscription) onSettled(r settled) {
-	sub.settling--
-	sub.win.remove(r.ids)
-	sub.sched.onSettled()
 }

@@ -20,10 +20,10 @@ import (
 // watermilloutbox.TopicMetadataKey.
 const AllTopics = "*"
 
-// SubscriberConfig configures a Subscriber. The relay settings (polling,
+// subscriberConfig configures a Subscriber. The relay settings (polling,
 // batch size, retry budget, lease, backoff, retention, window, ordering,
 // wake-ups) come from the store's config.Config.
-type SubscriberConfig struct {
+type subscriberConfig struct {
 	// Topics limits the rows claimed to destination topics matching these
 	// patterns: "orders.placed" exactly, "orders.*" by prefix (see
 	// watermilloutbox.ParseTopicFilter). Several relays, each with its own
@@ -71,9 +71,10 @@ type Subscriber struct {
 	config config.Config
 	topics outbox.TopicFilter
 	logger watermill.LoggerAdapter
-	// records: settle rows by the forwarder handler's record of each
-	// delivery instead of by the ack (NewForwarder's subscriber).
-	records bool
+	// source fills each delivery's record: the forwarder's handler, or,
+	// for a plain subscriber (tests, Watermill's universal suite), the
+	// consumer's ack.
+	source verdictSource
 	// obs is the forwarder's Config.Observer (nil: none), told of claims,
 	// failures, dead rows and fenced writes under the handler's name.
 	obs     Observer
@@ -96,13 +97,10 @@ type Subscriber struct {
 
 var _ message.Subscriber = (*Subscriber)(nil)
 
-// NewSubscriber returns a Subscriber claiming rows from store, run by the
-// store's settings. A nil logger logs nothing.
-func NewSubscriber(store outbox.Store, config SubscriberConfig, logger watermill.LoggerAdapter) (*Subscriber, error) {
-	return newSubscriber(store, config, logger, false, nil, "")
-}
-
-func newSubscriber(store outbox.Store, sc SubscriberConfig, logger watermill.LoggerAdapter, records bool, obs Observer, handler string) (*Subscriber, error) {
+// newSubscriber returns a Subscriber claiming rows from store, run by the
+// store's settings, whose rows are settled by what source records. A nil
+// logger logs nothing.
+func newSubscriber(store outbox.Store, sc subscriberConfig, logger watermill.LoggerAdapter, source verdictSource, obs Observer, handler string) (*Subscriber, error) {
 	if isNil(store) {
 		return nil, errors.New("invalid config: store is nil")
 	}
@@ -123,7 +121,7 @@ func newSubscriber(store outbox.Store, sc SubscriberConfig, logger watermill.Log
 		config:  cfg,
 		topics:  topics,
 		logger:  logger,
-		records: records,
+		source:  source,
 		obs:     obs,
 		handler: handler,
 		closing: make(chan struct{}),
@@ -277,29 +275,25 @@ func (s *Subscriber) Heartbeat() Heartbeat { return s.live.heartbeat(time.Now())
 func (s *Subscriber) Contention() int64 { return s.contention.Load() }
 
 // warnMisuse warns, once per kind and Subscriber, of router middlewares
-// that ack or nack against what the handler recorded. Nothing is lost
-// either way (the row's fate follows the record), but the setup costs
-// retries.
-func (s *Subscriber) warnMisuse(d delivered) {
-	if !s.records {
-		return
-	}
-	v := d.verdict
-	fields := watermill.LogFields{"uuid": d.h.row.UUID, "outbox_id": d.h.row.ID, "topic": d.h.row.Topic}
-	switch {
-	case d.acked && v.Recorded && !v.Published:
+// that ack or nack against what the handler recorded (see misuseOf).
+// Nothing is lost either way (the row's fate follows the record), but the
+// setup costs retries.
+func (s *Subscriber) warnMisuse(kind misuse, h *held, err error) {
+	fields := watermill.LogFields{"uuid": h.row.UUID, "outbox_id": h.row.ID, "topic": h.row.Topic}
+	switch kind {
+	case ackedFailed:
 		s.warned[0].Do(func() {
 			warn(s.logger, "Outbox message acked by the router although its publish failed: a router middleware acks failed messages "+
 				"(PoisonQueue, or one that returns nil on error). The row is kept and retried, and dead after MaxRetryCount attempts; "+
-				"remove that middleware from the forwarder's router", v.Err, fields)
+				"remove that middleware from the forwarder's router", err, fields)
 		})
-	case d.acked && !v.Recorded:
+	case ackedUnhandled:
 		s.warned[1].Do(func() {
 			warn(s.logger, "Outbox message acked by the router without being handled: a router middleware acks without calling the handler "+
 				"(Deduplicator, or one that skips it). The row is kept and counted as a failed attempt; remove that middleware "+
 				"from the forwarder's router", nil, fields)
 		})
-	case !d.acked && v.Published:
+	case nackedPublished:
 		s.warned[2].Do(func() {
 			warn(s.logger, "Outbox message nacked by the router after the destination accepted it: a router middleware failed after "+
 				"the forwarder's handler. The row is recorded as published", nil, fields)

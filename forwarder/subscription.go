@@ -16,11 +16,12 @@ import (
 // the handler to be settled before it releases their claims.
 const closeGrace = 5 * time.Second
 
-// subscription is one Subscribe call: a loop that claims rows into its
-// window, emits them, and settles each by its verdict. The loop goroutine
-// alone touches the state below; database calls run in workers that report
-// back on the typed result channels, so acks keep flowing while a claim
-// runs and the other way round.
+// subscription is one Subscribe call: a loop that carries out what its
+// machine decides. The loop goroutine alone touches the machine; database
+// calls run in workers that report back on the typed result channels, so
+// acks keep flowing while a claim runs and the other way round. Every
+// result, tick and hand-out is an event of the machine, and the loop does
+// what the effects it returns say (apply).
 type subscription struct {
 	s      *Subscriber
 	ctx    context.Context
@@ -41,31 +42,25 @@ type subscription struct {
 	stop chan struct{}
 	work sync.WaitGroup
 
-	win      *window
-	sched    *schedule
-	acks     acks
-	renewals renewals
-	settling int // fate writes in progress
-	retries  struct{ claim, ack, settle, renew *dbRetry }
-
-	// draining: Close or the end of ctx; no more claims or emissions, the
-	// loop only settles what it holds.
-	draining bool
-	// lapses is how many times this relay was declared dead, as far as
-	// the loop has acted on it (see lapsed).
-	lapses int64
+	m       *machine
+	timer   *time.Timer      // the claim timer (doTimer)
+	grace   <-chan time.Time // set by doClose
+	closed  bool             // out is closed
+	retries struct{ claim, ack, settle, renew *dbRetry }
 }
 
 // claimed is the result of one claim.
 type claimed struct {
-	token string
-	rows  []outbox.Row
-	more  bool // the store says more rows may be due
-	limit int
-	err   error
-	// lapses is the relay's lapse count when the claim began: a lapse
-	// found since, and the rows may be another relay's already.
+	token   string
+	rows    []outbox.Row
+	more    bool // the store says more rows may be due
+	limit   int
+	err     error
+	retryIn time.Duration // after a failed claim: the database backoff
+	// lapses is the relay's lapse count when the claim began; lapsed: a
+	// lapse was found since, and the rows may be another relay's already.
 	lapses int64
+	lapsed bool
 }
 
 func newSubscription(s *Subscriber, ctx context.Context, topics outbox.TopicFilter) *subscription {
@@ -83,9 +78,7 @@ func newSubscription(s *Subscriber, ctx context.Context, topics outbox.TopicFilt
 		renewed:   make(chan renewal),
 		delivered: make(chan delivered),
 		stop:      make(chan struct{}),
-		win:       newWindow(!cfg.DisableOrdering),
-		sched:     newSchedule(cfg),
-		lapses:    s.live.lapseCount(),
+		m:         newMachine(cfg, s.live.lapseCount()),
 	}
 	sub.retries.claim = newDBRetry("claim", s.logger, &s.contention)
 	sub.retries.ack = newDBRetry("ack write", s.logger, &s.contention)
@@ -94,89 +87,135 @@ func newSubscription(s *Subscriber, ctx context.Context, topics outbox.TopicFilt
 	return sub
 }
 
-// run is the loop. Running, it claims when the schedule says so and the
-// window has room, emits ready rows, and settles verdicts; draining (after
-// Close or the end of ctx) it claims and emits nothing, gives back what it
-// has not emitted, and ends once everything it holds is settled or the
-// grace is over.
+// run is the loop: it feeds the machine its events and applies the
+// effects, until the machine, draining, is done or the grace is over.
 func (sub *subscription) run() {
 	defer sub.finish()
 	renewTicker := time.NewTicker(renewEvery(sub.cfg.ClaimTimeout))
 	defer renewTicker.Stop()
-	defer sub.sched.stop()
+	sub.timer = time.NewTimer(time.Hour)
+	sub.timer.Stop()
+	defer sub.timer.Stop()
 	ctxDone, closing := sub.ctx.Done(), sub.s.closing
-	var grace <-chan time.Time
+	m := sub.m
 
-	for {
-		if sub.draining {
-			if sub.idle() {
-				return
-			}
-		} else if sub.sched.ready(sub.free(), sub.capacity()) {
-			sub.claim()
-		}
-		sub.flush()
-
+	sub.apply(m.start())
+	for !m.done() {
 		// No row is handed out while the relay's last heartbeat may have
-		// expired (other relays may be taking its rows over), nor after a
-		// lapse before the rows not handed out are given back.
+		// expired, nor after a lapse before the rows not handed out are
+		// given back.
 		lapses, alive, beaten := sub.s.live.current(time.Now())
-		if lapses != sub.lapses {
-			sub.lapsed(lapses)
-		}
+		sub.apply(m.heartbeat(lapses, alive))
 		var out chan *message.Message
 		var next *message.Message
-		if h := sub.win.next(); h != nil && !sub.draining && alive {
-			h.base.lapses = sub.lapses
+		if h := m.next(); h != nil {
+			h.base.lapses = m.lapses
 			out, next = sub.out, h.msg
 		}
 
+		var effs []effect
 		select {
 		case <-ctxDone:
 			ctxDone, closing = nil, nil
-			grace = sub.drain()
+			effs = m.drain()
 		case <-closing:
 			ctxDone, closing = nil, nil
-			grace = sub.drain()
-		case <-grace:
+			effs = m.drain()
+		case <-sub.grace:
 			return
 		case out <- next:
-			sub.emitted(sub.win.popEmitted())
+			effs = m.handedOut()
 		case <-beaten:
 		case <-sub.wake:
-			sub.sched.onWake(time.Now())
-		case <-sub.sched.C():
-			sub.sched.onTimer()
+			effs = m.wake(time.Now())
+		case <-sub.timer.C:
+			effs = m.timer()
 		case <-renewTicker.C:
-			sub.renew()
+			effs = m.renewDue(time.Now())
 		case r := <-sub.claims:
-			sub.onClaimed(r)
+			r.lapsed = r.lapses != sub.s.live.lapseCount()
+			if r.err != nil {
+				r.retryIn = sub.retries.claim.failed(r.err)
+			} else {
+				sub.retries.claim.succeeded()
+			}
+			effs = m.claimed(r, time.Now())
 		case r := <-sub.flushed:
-			sub.onFlushed(r)
+			effs = m.flushed(r)
 		case r := <-sub.settled:
-			sub.onSettled(r)
+			effs = m.settled(r)
 		case r := <-sub.renewed:
-			sub.onRenewed(r)
+			effs = m.renewed(r)
 		case d := <-sub.delivered:
-			sub.onDelivered(d)
+			d.h.cancel()
+			effs = m.delivered(d)
+		}
+		sub.apply(effs)
+	}
+}
+
+// apply carries out the machine's effects, in order.
+func (sub *subscription) apply(effs []effect) {
+	for len(effs) > 0 {
+		var unhandled []*held
+		for i := range effs {
+			e := &effs[i]
+			switch e.kind {
+			case doClaim:
+				sub.claim(e.n)
+			case doTimer:
+				sub.timer.Reset(e.d)
+			case doPrepare:
+				sub.prepare(e.h)
+			case doWatch:
+				sub.watch(e.h)
+			case doAck:
+				sub.writeAcks(e.token, e.ids)
+			case doFate:
+				sub.writeFate(e.h, e.dec)
+			case doRelease:
+				sub.release(e.token, e.hs)
+			case doRenew:
+				sub.renew(e.due)
+			case doSeal:
+				unhandled = seal(e.hs)
+			case doClose:
+				sub.closed = true
+				close(sub.out)
+				sub.grace = time.After(e.d)
+			case doWarn:
+				sub.s.warnMisuse(e.misuse, e.h, e.err)
+			case doObserveFailure:
+				if obs := sub.s.obs; obs != nil {
+					obs.ObserveFailure(FailureEvent{Handler: sub.s.handler, Topic: e.h.row.Topic, Kind: e.failure, Err: e.err})
+				}
+			case doLeaseLost:
+				sub.leaseLost(e.op, e.n, e.got)
+			case doLapseLog:
+				sub.s.logger.Info("Outbox relay gives back the rows it had not handed out yet: it was declared dead, so other relays may hold them now",
+					watermill.LogFields{"relay": sub.s.live.relay(), "rows": e.n, "window": e.got})
+			}
+		}
+		effs = nil
+		if len(unhandled) > 0 {
+			effs = sub.m.unhandled(unhandled)
 		}
 	}
 }
 
-// free is the window's room in rows: under MaxInFlight, and under
-// MaxInFlightBytes for rows of the size the window has learnt.
-func (sub *subscription) free() int {
-	return min(sub.cfg.MaxInFlight-sub.win.size(), sub.win.byteRoom(sub.cfg.MaxInFlightBytes))
+// leaseLost logs a fenced write that changed fewer rows than it named.
+func (sub *subscription) leaseLost(op WriteOp, n, got int) {
+	if op == WriteRenew {
+		sub.s.logger.Info("Outbox lease lost: another relay re-claimed rows this one still holds",
+			watermill.LogFields{"held": n, "renewed": got})
+		return
+	}
+	sub.s.logger.Info("Outbox lease lost before ack: another relay re-claimed some rows and may publish them again",
+		watermill.LogFields{"acked": n, "recorded": got})
 }
 
-// capacity is how many rows the empty window holds.
-func (sub *subscription) capacity() int {
-	return min(sub.cfg.MaxInFlight, sub.win.byteCapacity(sub.cfg.MaxInFlightBytes))
-}
-
-// claim starts a claim in a worker.
-func (sub *subscription) claim() {
-	limit := sub.sched.start(sub.free())
+// claim starts a claim of up to limit rows in a worker.
+func (sub *subscription) claim(limit int) {
 	req := outbox.ClaimRequest{Topics: sub.topics, Limit: limit, Lease: sub.cfg.ClaimTimeout, Ordered: !sub.cfg.DisableOrdering,
 		StrictOrder: sub.cfg.StrictOrder, Relay: sub.s.live.relay()}
 	lapses := sub.s.live.lapseCount()
@@ -197,163 +236,28 @@ func (sub *subscription) claim() {
 	})
 }
 
-func (sub *subscription) onClaimed(r claimed) {
-	if r.err != nil {
-		sub.sched.onClaimFailed(sub.retries.claim.failed(r.err))
-		return
-	}
-	sub.retries.claim.succeeded()
-	if r.lapses != sub.s.live.lapseCount() && len(r.rows) > 0 {
-		// The relay was declared dead while it claimed them: others may
-		// have taken them over already. Back (fenced: only those still
-		// its own change), and claimed again.
-		sub.sched.onClaimed(len(r.rows), r.limit, true, sub.win.size())
-		back := make([]*held, len(r.rows))
-		for i, row := range r.rows {
-			back[i] = &held{row: row, token: r.token}
-		}
-		sub.release(back)
-		return
-	}
-	rows, over := sub.win.admit(r.rows, sub.cfg.MaxInFlightBytes)
-	readied := sub.win.add(r.token, rows, time.Now())
-	sub.sched.onClaimed(len(r.rows), r.limit, r.more || len(over) > 0, sub.win.size())
-	if len(over) > 0 {
-		// Over MaxInFlightBytes: back at once, no attempt charged; claimed
-		// again when the window has room.
-		back := make([]*held, len(over))
-		for i, row := range over {
-			back[i] = &held{row: row, token: r.token}
-		}
-		sub.release(back)
-	}
-	if sub.draining {
-		// Claimed while closing: give them straight back.
-		sub.release(sub.win.unemitted())
-		sub.release(readied)
-		return
-	}
-	for _, h := range readied {
-		sub.prepare(h)
-	}
-}
-
-// onDelivered settles one emitted row by its verdict.
-func (sub *subscription) onDelivered(d delivered) {
-	h := d.h
-	h.cancel()
-	if !sub.win.holds(h) || h.state != emitted {
-		return // released meanwhile (shutdown): nothing to record
-	}
-	sub.s.warnMisuse(d)
-	dec := decide(d, sub.cfg)
-	if dec.fate == published {
-		sub.acks.add(h.token, h.row.ID)
-		if next := sub.win.published(h); next != nil {
-			if sub.draining {
-				sub.release([]*held{next})
-			} else {
-				sub.prepare(next)
-			}
-		}
-		return
-	}
-	// Unavailable attempts were observed as they failed (forwarder.go).
-	if obs := sub.s.obs; obs != nil && failureKind(d.verdict) != FailureUnavailable {
-		obs.ObserveFailure(FailureEvent{Handler: sub.s.handler, Topic: h.row.Topic, Kind: failureKind(d.verdict), Err: dec.cause})
-	}
-	behind := sub.win.failed(h)
-	sub.settle(h, dec)
-	if len(behind) > 0 {
-		sub.release(behind) // they must not overtake h
-	}
-}
-
-// lapsed acts on the relay's finding that it was declared dead (its
-// heartbeat had expired, lapses in all): other relays may have taken any
-// row of its window over, and may be publishing them. So it gives back
-// every row it has not handed to the destination: those not emitted and,
-// for the forwarder, those emitted whose handler has not begun (sealed,
-// they can no longer be published). The give-back is fenced, so it changes
-// only the rows still its own, which are claimable again at once; the
-// others are their new holder's. What it had handed out goes on: its
-// duplicates are those sends, and acks not written yet, never the rest of
-// its window.
-func (sub *subscription) lapsed(lapses int64) {
-	sub.lapses = lapses
-	if sub.draining {
-		return // giving back everything anyway
-	}
-	back := sub.win.unhanded()
-	for _, h := range sub.win.held {
-		if h.state != emitted || h.rec == nil {
-			continue
-		}
-		if v, ok := h.rec.Seal(); ok && !v.Recorded {
-			sub.win.failed(h) // ends its key's chain: nothing is queued behind it now
-			back = append(back, h)
-		}
-	}
-	if len(back) > 0 {
-		sub.s.logger.Info("Outbox relay gives back the rows it had not handed out yet: it was declared dead, so other relays may hold them now",
-			watermill.LogFields{"relay": sub.s.live.relay(), "rows": len(back), "window": sub.win.size()})
-	}
-	sub.release(back)
-}
-
-// drain switches the loop to draining: the channel closes, the rows not
-// handed out go back at once, and the grace for the others begins. The
-// forwarder's rows handed out whose handler has not begun go back at once
-// too: sealed, they can no longer be published, so only the handlers
-// publishing are waited for.
-func (sub *subscription) drain() <-chan time.Time {
-	sub.draining = true
-	close(sub.out)
-	sub.release(sub.win.unemitted())
-	var unhandled []*held
-	for _, h := range sub.win.held {
-		if h.state != emitted || h.rec == nil {
-			continue
-		}
-		if v, ok := h.rec.Seal(); ok && !v.Recorded {
-			unhandled = append(unhandled, h)
-		}
-	}
-	sub.release(unhandled)
-	return time.After(min(closeGrace, sub.cfg.ClaimTimeout/2))
-}
-
-// idle reports whether a draining loop has nothing left to settle.
-func (sub *subscription) idle() bool {
-	return sub.win.size() == 0 && !sub.sched.claiming && !sub.acks.flushing &&
-		len(sub.acks.pending) == 0 && sub.settling == 0 && !sub.renewals.running
-}
-
 // finish ends the subscription after the loop: whatever is still in the
 // handler loses its claim (a late verdict is not recorded, so the row is
 // published again later: at least once), pending acks are written, and
 // the workers are awaited.
 func (sub *subscription) finish() {
-	if !sub.draining {
+	if !sub.closed {
 		close(sub.out)
 	}
-	var giveBack []*held
-	for _, h := range sub.win.held {
+	for _, h := range sub.m.win.held {
 		if h.rec != nil {
 			h.rec.Seal() // a handler that has not begun publishes nothing now
 		}
 		if h.cancel != nil {
 			h.cancel()
 		}
-		if h.state == emitted || h.state == ready || h.state == queued {
-			giveBack = append(giveBack, h)
-		}
 	}
+	acks, giveBack := sub.m.leftover()
 	close(sub.stop)
 	ctx, cancel := workCtx()
 	defer cancel()
 	keep := sub.cfg.PublishedRetention > 0
-	for token, ids := range sub.acks.pending {
+	for token, ids := range acks {
 		_, err := sub.observed(WriteMarkPublished, len(ids), func() (int, error) {
 			return sub.s.store.MarkPublished(ctx, token, ids, keep)
 		})
@@ -361,8 +265,12 @@ func (sub *subscription) finish() {
 			sub.s.logger.Error("Outbox ack write on close failed; the rows will be published again", err, nil)
 		}
 	}
-	for token, ids := range byToken(giveBack) {
-		_, err := sub.observed(WriteRelease, len(ids), func() (int, error) { return sub.s.store.Release(ctx, token, ids) })
+	for _, g := range groupByToken(giveBack) {
+		ids := make([]int64, len(g))
+		for i, h := range g {
+			ids[i] = h.row.ID
+		}
+		_, err := sub.observed(WriteRelease, len(ids), func() (int, error) { return sub.s.store.Release(ctx, g[0].token, ids) })
 		if err != nil {
 			sub.s.logger.Error("Outbox release on close failed; the rows return when their lease expires", err,
 				watermill.LogFields{"rows": len(ids)})

@@ -26,8 +26,45 @@ type delivered struct {
 	acked   bool // the router acked (rather than nacked) the message
 }
 
-// prepare builds h's message and makes it ready. Its watcher starts when
-// it is emitted: a row waiting in the window costs no goroutine.
+// verdictSource is who fills a delivery's record, the one source of the
+// verdict on a row handed out: the subscriber's watcher reads the record
+// the same way, and the machine settles the row by it, whoever filled it.
+type verdictSource interface {
+	// handedOut: the message carrying rec was taken from the channel.
+	handedOut(rec *delivery.Record)
+	// answered: the message was acked (or nacked).
+	answered(rec *delivery.Record, acked bool)
+}
+
+// handlerVerdicts: the forwarder's handler records each delivery
+// (delivery.Record's Begin and End); the ack only says what the router,
+// after its middlewares, made of the message.
+type handlerVerdicts struct{}
+
+func (handlerVerdicts) handedOut(*delivery.Record)      {}
+func (handlerVerdicts) answered(*delivery.Record, bool) {}
+
+// errNackedByHandler is a plain consumer's nack.
+var errNackedByHandler = errors.New("nacked by the handler")
+
+// ackVerdicts: a plain consumer is its own handler, as for any Watermill
+// subscriber: its delivery begins when the message is handed out and ends
+// with the ack (published) or the nack (a transient failure).
+type ackVerdicts struct{}
+
+func (ackVerdicts) handedOut(rec *delivery.Record) { _, _ = rec.Begin() }
+
+func (ackVerdicts) answered(rec *delivery.Record, acked bool) {
+	if acked {
+		rec.End(0, nil)
+		return
+	}
+	rec.End(retry.Transient, errNackedByHandler)
+}
+
+// prepare builds h's message, which the machine made ready. Its watcher
+// starts when it is handed out: a row waiting in the window costs no
+// goroutine.
 func (sub *subscription) prepare(h *held) {
 	md := make(message.Metadata, len(h.row.Metadata)+3)
 	for k, v := range h.row.Metadata {
@@ -41,23 +78,19 @@ func (sub *subscription) prepare(h *held) {
 	msg.Metadata = md
 	h.base = rowCtx{Context: sub.ctx, row: &h.row}
 	ctx, cancel := context.WithCancel(&h.base)
-	var rec *delivery.Record
-	if sub.s.records {
-		rec = delivery.New()
-		ctx = delivery.WithRecord(ctx, rec)
-	}
-	msg.SetContext(ctx)
+	rec := delivery.New()
+	msg.SetContext(delivery.WithRecord(ctx, rec))
 	h.msg, h.cancel, h.rec = msg, cancel, rec
-	sub.win.pushReady(h)
 }
 
-// emitted starts the watcher of a row just handed out: it reports the
+// watch starts the watcher of a row just handed out: it reports the
 // verdict on the row to the loop, and ends when the loop stops.
-func (sub *subscription) emitted(h *held) {
+func (sub *subscription) watch(h *held) {
+	sub.s.source.handedOut(h.rec)
 	sub.work.Add(1)
 	go func() {
 		defer sub.work.Done()
-		d, ok := sub.watch(h, h.rec)
+		d, ok := sub.await(h)
 		if !ok {
 			return
 		}
@@ -68,9 +101,9 @@ func (sub *subscription) emitted(h *held) {
 	}()
 }
 
-// watch waits for the message's ack or nack and for the handler's record,
-// and returns the verdict; ok is false when the subscription stopped first.
-func (sub *subscription) watch(h *held, rec *delivery.Record) (d delivered, ok bool) {
+// await waits for the message's ack or nack and for its record, and
+// returns the verdict; ok is false when the subscription stopped first.
+func (sub *subscription) await(h *held) (d delivered, ok bool) {
 	d.h = h
 	select {
 	case <-h.msg.Acked():
@@ -79,16 +112,8 @@ func (sub *subscription) watch(h *held, rec *delivery.Record) (d delivered, ok b
 	case <-sub.stop:
 		return d, false
 	}
-	if rec == nil {
-		// A plain subscriber: the ack is the verdict, as for any Watermill
-		// subscriber.
-		if d.acked {
-			d.verdict = delivery.Verdict{Recorded: true, Published: true}
-		} else {
-			d.verdict = delivery.Verdict{Recorded: true, Kind: retry.Transient, Err: errors.New("nacked by the handler")}
-		}
-		return d, true
-	}
+	rec := h.rec
+	sub.s.source.answered(rec, d.acked)
 	if _, started := rec.Ended(); !started {
 		t := time.NewTimer(recordGrace)
 		select {
@@ -110,4 +135,16 @@ func (sub *subscription) watch(h *held, rec *delivery.Record) (d delivered, ok b
 			return d, false
 		}
 	}
+}
+
+// seal seals the records of rows handed out, as the loop drains, and
+// returns those whose handler had not begun: it can no longer begin.
+func seal(hs []*held) []*held {
+	var unhandled []*held
+	for _, h := range hs {
+		if v, ok := h.rec.Seal(); ok && !v.Recorded {
+			unhandled = append(unhandled, h)
+		}
+	}
+	return unhandled
 }

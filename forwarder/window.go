@@ -2,6 +2,7 @@ package forwarder
 
 import (
 	"context"
+	"slices"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -39,7 +40,7 @@ type held struct {
 	base   rowCtx // the parent of msg's context: carries row to the handler
 	msg    *message.Message
 	cancel context.CancelFunc
-	rec    *delivery.Record // nil for a plain Subscriber
+	rec    *delivery.Record // filled by the subscriber's verdictSource
 }
 
 // window is the set of claimed rows a subscription holds (at most
@@ -247,6 +248,9 @@ func (w *window) renewDue(due time.Time) map[string][]int64 {
 			byToken[h.token] = append(byToken[h.token], id)
 		}
 	}
+	for _, ids := range byToken {
+		slices.Sort(ids)
+	}
 	return byToken
 }
 
@@ -257,13 +261,4 @@ func (w *window) renewed(ids []int64, at time.Time) {
 			h.renewedAt = at
 		}
 	}
-}
-
-// byToken groups rows' ids by claim token.
-func byToken(hs []*held) map[string][]int64 {
-	m := make(map[string][]int64)
-	for _, h := range hs {
-		m[h.token] = append(m[h.token], h.row.ID)
-	}
-	return m
 }

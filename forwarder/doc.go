@@ -29,25 +29,33 @@
 //
 // forwarder.go holds the Forwarder (its Config, the router handler that
 // publishes and records each delivery); subscriber.go the Subscriber (its
-// Config, Subscribe, wake-ups, the misuse warnings). The subscription loop
-// is one goroutine that owns all of a subscription's state; its parts,
-// each in a file of its own:
+// Config, Subscribe, wake-ups, the misuse warnings). A subscription's
+// decisions are one pure state machine, and its loop is one goroutine that
+// feeds it events and carries out its effects; its parts, each in a file
+// of its own:
 //
+//   - machine.go: the machine: events in (claim results, hand-outs,
+//     verdicts, write results, ticks, Close), effects out (claim, build a
+//     message, watch it, write acks, fates, releases, renewals, close);
+//     it reads no clock and starts nothing, so its tests drive every
+//     transition directly;
 //   - schedule.go: when to claim (polling, wake-ups, backlog, errors);
 //   - window.go: the claimed rows held, each in an explicit state, and the
 //     per-key chains that emit one row of a key at a time;
-//   - watch.go: one watcher per emitted message, turning its ack or nack
-//     and the handler's record into a verdict;
 //   - settle.go: the one decision of a row's fate from a verdict, and the
 //     fenced writes that carry it out;
 //   - acks.go, renew.go: batched ack writes and lease renewals;
+//   - watch.go: one watcher per emitted message, turning its ack or nack
+//     and its delivery record into a verdict; the record is filled by the
+//     forwarder's handler, or, for a plain subscriber, by the ack itself:
+//     one path either way;
 //   - heartbeat.go: the relay's heartbeat in the store's relay registry,
 //     and the lines that say it was declared dead or took over a dead
 //     relay's rows;
 //   - dbretry.go: the one retry policy for every database call the loop
 //     retries;
-//   - subscription.go: the loop itself, running and draining (shutdown is
-//     a mode of the same loop);
+//   - subscription.go: the loop itself, which applies the effects
+//     (shutdown is a mode of the same machine);
 //   - purge.go: the table's upkeep beside the loops: published rows past
 //     PublishedRetention deleted in batches, and Store.Maintain.
 //

@@ -313,12 +313,10 @@ func (m *machine) delivered(d delivered) []effect {
 	dec := decide(d, m.cfg)
 	if dec.fate == published {
 		m.acks.add(h.token, h.row.ID)
+		// While draining no row is queued (drain and claimed give
+		// them back), so next is nil then.
 		if next := m.win.published(h); next != nil {
-			if m.draining {
-				m.release([]*held{next})
-			} else {
-				m.ready(next)
-			}
+			m.ready(next)
 		}
 		return m.pump()
 	}

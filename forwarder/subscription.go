@@ -168,7 +168,7 @@ func (sub *subscription) apply(effs []effect) {
 			case doPrepare:
 				sub.prepare(e.h)
 			case doWatch:
-				sub.watch(e.h)
+				sub.emitted(e.h)
 			case doAck:
 				sub.writeAcks(e.token, e.ids)
 			case doFate:

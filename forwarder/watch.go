@@ -83,14 +83,14 @@ func (sub *subscription) prepare(h *held) {
 	h.msg, h.cancel, h.rec = msg, cancel, rec
 }
 
-// watch starts the watcher of a row just handed out: it reports the
+// emitted starts the watcher of a row just handed out: it reports the
 // verdict on the row to the loop, and ends when the loop stops.
-func (sub *subscription) watch(h *held) {
+func (sub *subscription) emitted(h *held) {
 	sub.s.source.handedOut(h.rec)
 	sub.work.Add(1)
 	go func() {
 		defer sub.work.Done()
-		d, ok := sub.await(h)
+		d, ok := sub.watch(h)
 		if !ok {
 			return
 		}
@@ -101,9 +101,9 @@ func (sub *subscription) watch(h *held) {
 	}()
 }
 
-// await waits for the message's ack or nack and for its record, and
+// watch waits for the message's ack or nack and for its record, and
 // returns the verdict; ok is false when the subscription stopped first.
-func (sub *subscription) await(h *held) (d delivered, ok bool) {
+func (sub *subscription) watch(h *held) (d delivered, ok bool) {
 	d.h = h
 	select {
 	case <-h.msg.Acked():

@@ -32,16 +32,19 @@ type subscriberConfig struct {
 	Topics []string
 }
 
-// Subscriber is a message.Subscriber over the outbox table. It claims rows
-// through a watermilloutbox.Store and emits them as messages with their
-// original UUID, payload and metadata, plus the relay keys
-// OutboxIDMetadataKey, AttemptMetadataKey and TopicMetadataKey.
+// Subscriber is the message.Subscriber over the outbox table that feeds a
+// Forwarder (Forwarder.Subscriber returns it: pass it as
+// watermilloutbox.PublisherConfig.Notifier). It claims rows through a
+// watermilloutbox.Store and emits them as messages with their original
+// UUID, payload and metadata, plus the relay keys OutboxIDMetadataKey,
+// AttemptMetadataKey and TopicMetadataKey.
 //
-//   - Ack marks the row published (or deletes it, per retention), fenced by
-//     the claim token. Acks are written in batches.
-//   - Nack charges an attempt and makes the row due again after exponential
-//     backoff with jitter, releasing the claim at once; at MaxRetryCount the
-//     row is dead.
+//   - A delivery the forwarder's handler recorded as published marks the
+//     row published (or deletes it, per retention), fenced by the claim
+//     token. Acks are written in batches.
+//   - A failed delivery charges an attempt and makes the row due again
+//     after exponential backoff with jitter, releasing the claim at once;
+//     at MaxRetryCount the row is dead.
 //   - Rows leased longer than half the claim timeout get their lease renewed
 //     while they are held. The subscriber beats in the store's relay
 //     registry (watermilloutbox.RelayRegistry) every RelayTimeout/3; a
@@ -51,18 +54,18 @@ type subscriberConfig struct {
 //     nothing (others may be taking its rows over), and when a beat finds
 //     it was declared dead it gives back the rows it has not emitted.
 //   - With ordering on, messages of one partition key are emitted one at a
-//     time, in id order: the next only after the previous was acked. A nack
-//     releases the rest of that key's claimed rows.
+//     time, in id order: the next only after the previous was published. A
+//     failure releases the rest of that key's claimed rows.
 //   - Close, or the end of Subscribe's ctx, stops claiming, closes the
-//     channel and gives back at once the rows not handed out (and, for the
-//     Forwarder's subscriber, those whose handler has not begun); it waits
-//     for the messages being handled to be settled for at most 5s (half the
-//     claim timeout if that is less), then releases every claim still
-//     held, its last writes bounded by the relay's 30s database call
-//     timeout. It never marks a row published that was not acked.
+//     channel and gives back at once the rows not handed out and those
+//     whose handler has not begun; it waits for the messages being handled
+//     to be settled for at most 5s (half the claim timeout if that is
+//     less), then releases every claim still held, its last writes bounded
+//     by the relay's 30s database call timeout. It never marks a row
+//     published whose publish was not recorded.
 //
-// The Forwarder's own Subscriber goes further: it settles a row by what the
-// forwarder's handler recorded (see Forwarder), not by the ack alone.
+// A row is settled by what the forwarder's handler recorded for its
+// delivery (see Forwarder), not by the router's ack alone.
 //
 // A database error never ends a subscription: it is logged and retried with
 // backoff.

@@ -473,30 +473,19 @@ func (m *machine) leftover() (acks map[string][]int64, giveBack []*held) {
 	return m.acks.pending, giveBack
 }
 
-// groupByToken groups rows by claim token, in the order of first sight.
+// groupByToken groups rows by claim token, in the order of first sight. A
+// window holds the rows of a few claims, so scanning the groups is enough.
 func groupByToken(hs []*held) [][]*held {
-	if len(hs) > 0 && hs[0].token == hs[len(hs)-1].token {
-		same := true
-		for _, h := range hs {
-			if h.token != hs[0].token {
-				same = false
-				break
+	var out [][]*held
+next:
+	for _, h := range hs {
+		for i, g := range out {
+			if g[0].token == h.token {
+				out[i] = append(g, h)
+				continue next
 			}
 		}
-		if same {
-			return [][]*held{hs}
-		}
-	}
-	var out [][]*held
-	at := make(map[string]int)
-	for _, h := range hs {
-		i, ok := at[h.token]
-		if !ok {
-			i = len(out)
-			at[h.token] = i
-			out = append(out, nil)
-		}
-		out[i] = append(out[i], h)
+		out = append(out, []*held{h})
 	}
 	return out
 }

@@ -74,6 +74,8 @@ func show(effs []effect) []string {
 			s = fmt.Sprintf("observe %d %s", e.h.row.ID, e.failure)
 		case doLeaseLost:
 			s = fmt.Sprintf("lease-lost %s %d/%d", e.op, e.got, e.n)
+		case doLapseLog:
+			s = fmt.Sprintf("lapse-log %d/%d", e.n, e.got)
 		default:
 			s = fmt.Sprintf("effect %d", e.kind)
 		}
@@ -172,19 +174,21 @@ var transitions = map[string][]string{
 	"start":      {"fresh"},
 	"timer":      {"idle", "claiming", "window full", "draining"},
 	"wake":       {"idle", "claiming", "after claim: re-check"},
-	"claimed":    {"failed", "empty", "short, window holds rows", "full", "store says more", "keyless rows", "keyed rows", "over MaxInFlightBytes", "draining"},
+	"claimed":    {"failed", "empty", "short, window holds rows", "full", "store says more", "keyless rows", "keyed rows", "over MaxInFlightBytes", "draining", "lapsed while claiming"},
 	"handed out": {"ready"},
 	"next query": {"nothing ready", "ready, draining"},
 	"delivered": {"published", "published, ack write running", "published, key queued behind", "published, draining",
 		"transient", "transient, key queued behind", "failed without an error", "budget spent", "permanent", "unavailable",
 		"unhandled, acked", "unhandled, nacked", "acked but failed", "nacked but published", "released meanwhile"},
-	"flushed":    {"all recorded", "lease lost", "stopped", "more acks pending"},
-	"settled":    {"claim running", "short claim waiting", "window was full", "draining, last"},
-	"renew due":  {"rows due", "none due", "renewing"},
-	"renewed":    {"renewed", "failed", "lease lost"},
-	"drain":      {"idle", "rows held", "rows of two claims", "claim running", "acks pending"},
-	"unhandled":  {"still out", "settled meanwhile"},
-	"leftover":   {"grace over"},
+	"flushed":   {"all recorded", "lease lost", "stopped", "more acks pending"},
+	"settled":   {"claim running", "short claim waiting", "window was full", "draining, last"},
+	"renew due": {"rows due", "none due", "renewing"},
+	"renewed":   {"renewed", "failed", "lease lost"},
+	"drain":     {"idle", "rows held", "rows of two claims", "claim running", "acks pending"},
+	"unhandled": {"still out", "settled meanwhile", "after a lapse"},
+	"leftover":  {"grace over"},
+	"heartbeat": {"alive", "expired", "beat again", "lapse, nothing held", "lapse, rows not handed out",
+		"lapse, rows handed out", "lapse, draining"},
 	"done query": {"running", "draining, busy"},
 }
 
@@ -253,6 +257,12 @@ var machineCases = []transition{
 		return claim(m, "t1", 10, append(mkeyed("k", 1, 2), mrows(3)...)...)
 	}, want: []string{"timer 1h0m0s", "release t1 [2]", "release t1 [1 3]"},
 		after: func(t *testing.T, m *machine) { require.Nil(t, m.next()) }},
+
+	{event: "claimed", state: "lapsed while claiming", setup: holding(mrows(1)...), do: func(m *machine) []effect {
+		m.wake(t0)
+		return m.claimed(claimed{token: "t2", rows: mrows(2, 3), limit: 10, lapsed: true}, t0)
+	}, want: []string{"release t2 [2 3]", "claim 99"}, // others may hold them: back, and claimed again
+		after: func(t *testing.T, m *machine) { require.Equal(t, 1, m.win.size()) }},
 
 	// handed out
 	{event: "handed out", state: "ready", setup: holding(mrows(1, 2)...), do: (*machine).handedOut,
@@ -444,6 +454,9 @@ var machineCases = []transition{
 	{event: "unhandled", state: "still out", setup: then(out(mrows(1, 2)...), draining),
 		do:   func(m *machine) []effect { return m.unhandled([]*held{h(m, 1), h(m, 2)}) },
 		want: []string{"release t1 [1 2]"}},
+	{event: "unhandled", state: "after a lapse", setup: then(out(mkeyed("k", 1, 2)...), func(m *machine) { m.heartbeat(1, true) }),
+		do:   func(m *machine) []effect { return m.unhandled([]*held{h(m, 1)}) },
+		want: []string{"lapse-log 2/2", "release t1 [2 1]"}},
 	{event: "unhandled", state: "settled meanwhile", setup: then(out(mrows(1, 2)...), draining, publishedAndAcked(1)),
 		do:   func(m *machine) []effect { return m.unhandled([]*held{h(m, 1), h(m, 2)}) },
 		want: []string{"release t1 [2]"}},
@@ -470,6 +483,41 @@ var machineCases = []transition{
 			require.ElementsMatch(t, []int64{1, 4}, ids, "handed out: their claims go back (2 is being released already)")
 		}},
 
+	// heartbeat (before each hand-out: lapses found, and whether the last
+	// beat still keeps the relay alive)
+	{event: "heartbeat", state: "alive", setup: holding(mrows(1)...),
+		do: func(m *machine) []effect { return m.heartbeat(0, true) }, want: []string{},
+		after: func(t *testing.T, m *machine) { require.Equal(t, int64(1), m.next().row.ID) }},
+	{event: "heartbeat", state: "expired", setup: holding(mrows(1)...),
+		do: func(m *machine) []effect { return m.heartbeat(0, false) }, want: []string{},
+		after: func(t *testing.T, m *machine) { require.Nil(t, m.next(), "others may be taking its rows over") }},
+	{event: "heartbeat", state: "beat again", setup: then(holding(mrows(1)...), func(m *machine) { m.heartbeat(0, false) }),
+		do: func(m *machine) []effect { return m.heartbeat(0, true) }, want: []string{},
+		after: func(t *testing.T, m *machine) { require.Equal(t, int64(1), m.next().row.ID) }},
+	{event: "heartbeat", state: "lapse, nothing held", setup: holding(),
+		do: func(m *machine) []effect { return m.heartbeat(1, true) }, want: []string{},
+		after: func(t *testing.T, m *machine) { require.Equal(t, int64(1), m.lapses) }},
+	{event: "heartbeat", state: "lapse, rows not handed out", setup: holding(append(mkeyed("k", 1, 2), mrows(3)...)...),
+		do:   func(m *machine) []effect { return m.heartbeat(1, true) },
+		want: []string{"lapse-log 3/3", "release t1 [1 3 2]"},
+		after: func(t *testing.T, m *machine) {
+			require.Nil(t, m.next())
+			require.Empty(t, m.win.chains, "the keys are free: their rows come back in a later claim")
+		}},
+	{event: "heartbeat", state: "lapse, rows handed out", setup: then(holding(append(mkeyed("k", 1, 2), mrows(3, 4)...)...), func(m *machine) {
+		m.handedOut() // 1
+		m.handedOut() // 3
+	}), do: func(m *machine) []effect { return m.heartbeat(1, true) },
+		want: []string{"seal [1 3]"}, // the rest waits for the seal: one give-back
+		after: func(t *testing.T, m *machine) {
+			require.Equal(t, []string{"lapse-log 3/4", "release t1 [4 2 1]"}, show(m.unhandled([]*held{h(m, 1)})),
+				"3's handler had begun: it goes on (its duplicate)")
+			require.Empty(t, m.win.chains)
+		}},
+	{event: "heartbeat", state: "lapse, draining", setup: then(out(mrows(1)...), draining),
+		do: func(m *machine) []effect { return m.heartbeat(1, true) }, want: []string{},
+		after: func(t *testing.T, m *machine) { require.Equal(t, int64(1), m.lapses) }},
+
 	// done
 	{event: "done query", state: "running", setup: func(m *machine) { claim(m, "t1", 1) }, do: func(m *machine) []effect { return nil },
 		want: []string{}, after: func(t *testing.T, m *machine) { require.False(t, m.done()) }},
@@ -481,7 +529,7 @@ func TestMachineTransitions(t *testing.T) {
 	t.Parallel()
 	for _, c := range machineCases {
 		t.Run(c.event+"/"+c.state, func(t *testing.T) {
-			m := newMachine(machineConfig())
+			m := newMachine(machineConfig(), 0)
 			if !c.fresh {
 				m.start()
 			}
@@ -518,7 +566,7 @@ func TestMachineCoversEveryTransition(t *testing.T) {
 // A retried row is due after the backoff of its attempt.
 func TestMachineRetryDelay(t *testing.T) {
 	t.Parallel()
-	m := newMachine(machineConfig())
+	m := newMachine(machineConfig(), 0)
 	m.start()
 	out(mrows(1)...)(m)
 	effs := m.delivered(failedWith(m, 1, retry.Transient))

@@ -188,7 +188,7 @@ var transitions = map[string][]string{
 	"unhandled": {"still out", "settled meanwhile", "after a lapse"},
 	"leftover":  {"grace over"},
 	"heartbeat": {"alive", "expired", "beat again", "lapse, nothing held", "lapse, rows not handed out",
-		"lapse, rows handed out", "lapse, draining"},
+		"lapse, rows handed out", "lapse, every row handed out begun", "lapse, draining"},
 	"done query": {"running", "draining, busy"},
 }
 
@@ -513,6 +513,14 @@ var machineCases = []transition{
 			require.Equal(t, []string{"lapse-log 3/4", "release t1 [4 2 1]"}, show(m.unhandled([]*held{h(m, 1)})),
 				"3's handler had begun: it goes on (its duplicate)")
 			require.Empty(t, m.win.chains)
+		}},
+	{event: "heartbeat", state: "lapse, every row handed out begun", setup: then(holding(mkeyed("k", 1, 2)...), func(m *machine) {
+		m.handedOut() // 1
+	}), do: func(m *machine) []effect { return m.heartbeat(1, true) },
+		want: []string{"seal [1]"},
+		after: func(t *testing.T, m *machine) {
+			require.Equal(t, []string{"lapse-log 1/2", "release t1 [2]"}, show(m.unhandled(nil)),
+				"the seal found no row unhandled: the rest goes back all the same")
 		}},
 	{event: "heartbeat", state: "lapse, draining", setup: then(out(mrows(1)...), draining),
 		do: func(m *machine) []effect { return m.heartbeat(1, true) }, want: []string{},

@@ -158,6 +158,7 @@ func (sub *subscription) run() {
 func (sub *subscription) apply(effs []effect) {
 	for len(effs) > 0 {
 		var unhandled []*held
+		sealed := false
 		for i := range effs {
 			e := &effs[i]
 			switch e.kind {
@@ -178,7 +179,7 @@ func (sub *subscription) apply(effs []effect) {
 			case doRenew:
 				sub.renew(e.due)
 			case doSeal:
-				unhandled = seal(e.hs)
+				unhandled, sealed = seal(e.hs), true
 			case doClose:
 				sub.closed = true
 				close(sub.out)
@@ -197,8 +198,8 @@ func (sub *subscription) apply(effs []effect) {
 			}
 		}
 		effs = nil
-		if len(unhandled) > 0 {
-			effs = sub.m.unhandled(unhandled)
+		if sealed {
+			effs = sub.m.unhandled(unhandled) // answered even when none: a lapse waits for it
 		}
 	}
 }

@@ -15,8 +15,8 @@
 //     MaxRetryCount attempts, or released uncharged while the destination
 //     is unavailable;
 //   - the handler publishes each message to its destination topic through
-//     retry.Middleware (the circuit that pauses while the broker is down,
-//     and in-process quick retries) and records, for that delivery, whether
+//     the relay's retry middleware (the circuit that pauses while the broker
+//     is down, and in-process quick retries) and records, for that delivery, whether
 //     the destination accepted it. Router middlewares cannot change that
 //     record: a PoisonQueue or Deduplicator on the caller's router costs a
 //     retry, never a message, and an InstantAck waits for the record.

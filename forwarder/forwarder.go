@@ -13,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/e0a82c8c/watermill-outbox/internal/delivery"
+	"github.com/e0a82c8c/watermill-outbox/internal/relayretry"
 	"github.com/e0a82c8c/watermill-outbox/retry"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
@@ -148,7 +149,7 @@ type Forwarder struct {
 	dest      message.Publisher
 	router    *message.Router
 	ownRouter bool
-	retry     *retry.Middleware
+	retry     *relayretry.Middleware
 	logger    watermill.LoggerAdapter
 	obs       Observer // nil: none
 	handler   string
@@ -199,12 +200,12 @@ func NewForwarder(store outbox.Store, destination message.Publisher, config Conf
 	if classifier == nil {
 		classifier = retry.DefaultClassifier
 	}
-	mw, err := retry.NewMiddleware(retry.MiddlewareConfig{
+	mw, err := relayretry.NewMiddleware(relayretry.MiddlewareConfig{
 		Classifier:        classifier,
 		QuickRetries:      config.QuickRetries,
 		Lease:             cfg.ClaimTimeout,
 		CircuitMaxBackoff: cfg.UnavailableBackoffMax,
-		CircuitMinBackoff: min(retry.DefaultCircuitMinBackoff, cfg.UnavailableBackoffMax),
+		CircuitMinBackoff: min(relayretry.DefaultCircuitMinBackoff, cfg.UnavailableBackoffMax),
 		OnPause:           onPause,
 		OnUnavailable:     onUnavailable,
 	}, logger)
@@ -248,7 +249,7 @@ func addHandler(r *message.Router, name string, sub *Subscriber, h message.NoPub
 }
 
 // handle is the forwarder's router handler. The circuit and the quick
-// retries of retry.Middleware run inside it, whatever middlewares the
+// retries of relayretry.Middleware run inside it, whatever middlewares the
 // router adds around it, and it records the outcome of this delivery for
 // the subscriber.
 func (f *Forwarder) handle(msg *message.Message) error {

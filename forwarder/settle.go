@@ -9,6 +9,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 
 	"github.com/e0a82c8c/watermill-outbox/config"
+	"github.com/e0a82c8c/watermill-outbox/internal/backoff"
 	"github.com/e0a82c8c/watermill-outbox/retry"
 )
 
@@ -71,7 +72,7 @@ func decide(d delivered, cfg config.Config) decision {
 	if attempt >= cfg.MaxRetryCount {
 		return decision{fate: dead, cause: fmt.Errorf("retry budget of %d attempts exhausted: %w", cfg.MaxRetryCount, cause)}
 	}
-	return decision{fate: retried, cause: cause, delay: retry.Backoff(attempt, cfg.RetryBackoffMin, cfg.RetryBackoffMax)}
+	return decision{fate: retried, cause: cause, delay: backoff.Jittered(attempt, cfg.RetryBackoffMin, cfg.RetryBackoffMax)}
 }
 
 // settled is the result of a fate write: the rows leave the window.

@@ -49,7 +49,7 @@ func UnavailableError(err error) error {
 // UnavailableError (the outermost mark wins), if any.
 func MarkedKind(err error) (Kind, bool) {
 	var marked *kindError
-	if errors.As(err, &marked) && marked.kind.valid() {
+	if errors.As(err, &marked) {
 		return marked.kind, true
 	}
 	return 0, false

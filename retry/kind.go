@@ -31,8 +31,3 @@ func (k Kind) String() string {
 		return "Kind(" + strconv.Itoa(int(k)) + ")"
 	}
 }
-
-// valid reports whether k is one of the declared kinds.
-func (k Kind) valid() bool {
-	return k >= Transient && k <= Permanent
-}

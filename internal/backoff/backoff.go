@@ -1,6 +1,6 @@
 // Package backoff holds the one backoff curve of the outbox: the relay's
-// database retries, the LISTEN reconnects and retry.Backoff all use it,
-// and Sleep, the one context-aware wait.
+// database retries, the LISTEN reconnects, a failed row's retry delay and
+// the pause while the destination is unavailable all use it, and Sleep, the one context-aware wait.
 package backoff
 
 import (
@@ -22,6 +22,9 @@ const (
 // that is fixed and the other half random, so the result d always satisfies
 //
 //	min/2 <= d <= min(max, min·2^(attempt-1))
+//
+// The fixed half keeps retries from hammering a recovering destination; the
+// random half spreads out relays and rows that failed together.
 //
 // An attempt below 1 counts as 1, a max below min counts as min, and a min
 // of zero or less returns 0. Huge attempts do not overflow: the doubling

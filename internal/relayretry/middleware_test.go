@@ -1,4 +1,4 @@
-package retry_test
+package relayretry_test
 
 import (
 	"context"
@@ -12,6 +12,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/stretchr/testify/require"
 
+	"github.com/e0a82c8c/watermill-outbox/internal/relayretry"
 	"github.com/e0a82c8c/watermill-outbox/retry"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
@@ -20,17 +21,17 @@ import (
 const testTimeout = 10 * time.Second
 
 // fastConfig has tiny delays so retries finish at once.
-func fastConfig() retry.MiddlewareConfig {
-	return retry.MiddlewareConfig{
+func fastConfig() relayretry.MiddlewareConfig {
+	return relayretry.MiddlewareConfig{
 		QuickRetryDelay:   time.Millisecond,
 		CircuitMinBackoff: time.Millisecond,
 		CircuitMaxBackoff: 2 * time.Millisecond,
 	}
 }
 
-func newMiddleware(t *testing.T, cfg retry.MiddlewareConfig, logger watermill.LoggerAdapter) *retry.Middleware {
+func newMiddleware(t *testing.T, cfg relayretry.MiddlewareConfig, logger watermill.LoggerAdapter) *relayretry.Middleware {
 	t.Helper()
-	m, err := retry.NewMiddleware(cfg, logger)
+	m, err := relayretry.NewMiddleware(cfg, logger)
 	require.NoError(t, err)
 	return m
 }
@@ -76,7 +77,7 @@ type result struct {
 }
 
 // start runs h on msg through the middleware's Handle in a goroutine.
-func start(m *retry.Middleware, h message.HandlerFunc, msg *message.Message) <-chan result {
+func start(m *relayretry.Middleware, h message.HandlerFunc, msg *message.Message) <-chan result {
 	done := make(chan result, 1)
 	go func() {
 		msgs, kind, err := m.Handle(h, msg)
@@ -86,7 +87,7 @@ func start(m *retry.Middleware, h message.HandlerFunc, msg *message.Message) <-c
 }
 
 // run runs h on msg through the middleware and returns the verdict.
-func run(t *testing.T, m *retry.Middleware, h message.HandlerFunc, msg *message.Message) result {
+func run(t *testing.T, m *relayretry.Middleware, h message.HandlerFunc, msg *message.Message) result {
 	t.Helper()
 	return await(t, start(m, h, msg))
 }
@@ -102,7 +103,7 @@ func await(t *testing.T, done <-chan result) result {
 	}
 }
 
-func paused(m *retry.Middleware) bool {
+func paused(m *relayretry.Middleware) bool {
 	p, _ := m.Paused()
 	return p
 }
@@ -291,7 +292,7 @@ func TestMiddlewareUnavailable(t *testing.T) {
 
 // openCircuit opens m's circuit: a message fails Unavailable and its context
 // ends, so the middleware returns while the circuit stays open.
-func openCircuit(t *testing.T, m *retry.Middleware) {
+func openCircuit(t *testing.T, m *relayretry.Middleware) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -462,27 +463,27 @@ func TestMiddlewareClassifier(t *testing.T) {
 func TestNewMiddlewareConfig(t *testing.T) {
 	t.Parallel()
 
-	_, err := retry.NewMiddleware(retry.MiddlewareConfig{}, nil)
+	_, err := relayretry.NewMiddleware(relayretry.MiddlewareConfig{}, nil)
 	require.NoError(t, err, "the zero config takes the defaults")
-	require.NoError(t, retry.MiddlewareConfig{}.Validate())
+	require.NoError(t, relayretry.MiddlewareConfig{}.Validate())
 
 	tests := []struct {
 		name  string
-		cfg   retry.MiddlewareConfig
+		cfg   relayretry.MiddlewareConfig
 		field string
 	}{
-		{"QuickRetries", retry.MiddlewareConfig{QuickRetries: -1}, "QuickRetries"},
-		{"QuickRetryDelay", retry.MiddlewareConfig{QuickRetryDelay: -time.Second}, "QuickRetryDelay"},
-		{"Lease", retry.MiddlewareConfig{Lease: -time.Second}, "Lease"},
-		{"CircuitMinBackoff", retry.MiddlewareConfig{CircuitMinBackoff: -time.Second}, "CircuitMinBackoff"},
-		{"CircuitMaxBackoff", retry.MiddlewareConfig{CircuitMaxBackoff: -time.Second}, "CircuitMaxBackoff"},
-		{"min above max", retry.MiddlewareConfig{CircuitMinBackoff: time.Minute, CircuitMaxBackoff: time.Second}, "CircuitMinBackoff"},
-		{"min above default max", retry.MiddlewareConfig{CircuitMinBackoff: time.Hour}, "CircuitMinBackoff"},
+		{"QuickRetries", relayretry.MiddlewareConfig{QuickRetries: -1}, "QuickRetries"},
+		{"QuickRetryDelay", relayretry.MiddlewareConfig{QuickRetryDelay: -time.Second}, "QuickRetryDelay"},
+		{"Lease", relayretry.MiddlewareConfig{Lease: -time.Second}, "Lease"},
+		{"CircuitMinBackoff", relayretry.MiddlewareConfig{CircuitMinBackoff: -time.Second}, "CircuitMinBackoff"},
+		{"CircuitMaxBackoff", relayretry.MiddlewareConfig{CircuitMaxBackoff: -time.Second}, "CircuitMaxBackoff"},
+		{"min above max", relayretry.MiddlewareConfig{CircuitMinBackoff: time.Minute, CircuitMaxBackoff: time.Second}, "CircuitMinBackoff"},
+		{"min above default max", relayretry.MiddlewareConfig{CircuitMinBackoff: time.Hour}, "CircuitMinBackoff"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			_, err := retry.NewMiddleware(tt.cfg, nil)
+			_, err := relayretry.NewMiddleware(tt.cfg, nil)
 			require.ErrorContains(t, err, "invalid config: ")
 			require.ErrorContains(t, err, tt.field)
 		})

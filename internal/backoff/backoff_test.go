@@ -1,4 +1,4 @@
-package retry_test
+package backoff_test
 
 import (
 	"math"
@@ -7,7 +7,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/e0a82c8c/watermill-outbox/retry"
+	"github.com/e0a82c8c/watermill-outbox/internal/backoff"
 )
 
 func TestBackoffBounds(t *testing.T) {
@@ -26,7 +26,7 @@ func TestBackoffBounds(t *testing.T) {
 		prevCeiling = ceiling
 
 		for range 200 {
-			d := retry.Backoff(attempt, lo, hi)
+			d := backoff.Jittered(attempt, lo, hi)
 			require.GreaterOrEqual(t, d, lo/2, "attempt %d", attempt)
 			require.LessOrEqual(t, d, ceiling, "attempt %d", attempt)
 			// Equal jitter: never below half the cap.
@@ -41,14 +41,14 @@ func TestBackoffHugeValuesDoNotOverflow(t *testing.T) {
 
 	huge := time.Duration(math.MaxInt64)
 	for range 100 {
-		d := retry.Backoff(math.MaxInt, time.Nanosecond, huge)
+		d := backoff.Jittered(math.MaxInt, time.Nanosecond, huge)
 		require.GreaterOrEqual(t, d, huge/2)
 		require.LessOrEqual(t, d, huge)
 
-		d = retry.Backoff(math.MaxInt, huge/3, huge)
+		d = backoff.Jittered(math.MaxInt, huge/3, huge)
 		require.GreaterOrEqual(t, d, huge/2)
 
-		d = retry.Backoff(64, time.Hour, 1000*time.Hour)
+		d = backoff.Jittered(64, time.Hour, 1000*time.Hour)
 		require.GreaterOrEqual(t, d, 500*time.Hour)
 		require.LessOrEqual(t, d, 1000*time.Hour)
 	}
@@ -57,14 +57,14 @@ func TestBackoffHugeValuesDoNotOverflow(t *testing.T) {
 func TestBackoffEdgeCases(t *testing.T) {
 	t.Parallel()
 
-	require.Zero(t, retry.Backoff(3, 0, time.Second), "zero min")
-	require.Zero(t, retry.Backoff(3, -time.Second, time.Second), "negative min")
+	require.Zero(t, backoff.Jittered(3, 0, time.Second), "zero min")
+	require.Zero(t, backoff.Jittered(3, -time.Second, time.Second), "negative min")
 
 	// max below min counts as min.
-	d := retry.Backoff(10, time.Second, time.Millisecond)
+	d := backoff.Jittered(10, time.Second, time.Millisecond)
 	require.GreaterOrEqual(t, d, time.Second/2)
 	require.LessOrEqual(t, d, time.Second)
 
 	// A 1ns backoff cannot be halved; it stays within [0, 1ns].
-	require.LessOrEqual(t, retry.Backoff(1, time.Nanosecond, time.Nanosecond), time.Nanosecond)
+	require.LessOrEqual(t, backoff.Jittered(1, time.Nanosecond, time.Nanosecond), time.Nanosecond)
 }

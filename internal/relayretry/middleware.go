@@ -1,4 +1,9 @@
-package retry
+// Package relayretry is the relay's publish middleware: it classifies a
+// publish error (a retry.Kind), retries Transient failures in process, and
+// pauses every handler while the destination is unavailable (a circuit).
+// The forwarder runs it inside its own handler; package retry describes the
+// kinds, package forwarder how a verdict settles a row.
+package relayretry
 
 import (
 	"context"
@@ -11,6 +16,7 @@ import (
 
 	"github.com/e0a82c8c/watermill-outbox/config"
 	"github.com/e0a82c8c/watermill-outbox/internal/backoff"
+	"github.com/e0a82c8c/watermill-outbox/retry"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
 
@@ -32,9 +38,9 @@ const DefaultCircuitMaxBackoff = config.DefaultUnavailableBackoffMax
 
 // MiddlewareConfig configures NewMiddleware. The zero value is usable.
 type MiddlewareConfig struct {
-	// Classifier classifies handler errors. Default DefaultClassifier; nil
+	// Classifier classifies handler errors. Default retry.DefaultClassifier; nil
 	// means the default.
-	Classifier Classifier
+	Classifier retry.Classifier
 
 	// QuickRetries is how many times a Transient failure is retried in
 	// process, after QuickRetryDelay, before the message is given back to
@@ -58,7 +64,7 @@ type MiddlewareConfig struct {
 
 	// CircuitMinBackoff is the first pause of every handler after a
 	// message failed Unavailable; each failed probe after a pause doubles
-	// it, up to CircuitMaxBackoff (with jitter, see Backoff). Default
+	// it, up to CircuitMaxBackoff (with jitter, see backoff.Jittered). Default
 	// DefaultCircuitMinBackoff (100ms); zero means the default. Must not be
 	// negative, nor exceed CircuitMaxBackoff.
 	CircuitMinBackoff time.Duration
@@ -87,7 +93,7 @@ type MiddlewareConfig struct {
 
 func (c *MiddlewareConfig) setDefaults() {
 	if c.Classifier == nil {
-		c.Classifier = DefaultClassifier
+		c.Classifier = retry.DefaultClassifier
 	}
 	if c.QuickRetryDelay == 0 {
 		c.QuickRetryDelay = DefaultQuickRetryDelay
@@ -199,7 +205,7 @@ func (m *Middleware) Middleware(h message.HandlerFunc) message.HandlerFunc {
 // failure while others got through during it does not open the circuit.
 // A destination that accepts nothing still pauses every handler and
 // charges no row.
-func (m *Middleware) Handle(h message.HandlerFunc, msg *message.Message) ([]*message.Message, Kind, error) {
+func (m *Middleware) Handle(h message.HandlerFunc, msg *message.Message) ([]*message.Message, retry.Kind, error) {
 	ctx := msg.Context()
 	start := time.Now()
 	var (
@@ -213,17 +219,17 @@ func (m *Middleware) Handle(h message.HandlerFunc, msg *message.Message) ([]*mes
 	for {
 		probe, gen, err := m.circuit.wait(ctx)
 		if err != nil {
-			return nil, Unavailable, m.released(msg, lastErr, err)
+			return nil, retry.Unavailable, m.released(msg, lastErr, err)
 		}
 		before := m.circuit.acceptedCount()
 		callStart := time.Now()
 		produced, err := h(msg)
 		slowest = max(slowest, time.Since(callStart))
-		kind := Kind(0)
+		kind := retry.Kind(0)
 		if err != nil {
 			kind = m.classify(err)
 		}
-		if kind != Unavailable {
+		if kind != retry.Unavailable {
 			if m.circuit.answered(err == nil) {
 				m.logger.Info("Destination available again, resuming", nil)
 			}
@@ -234,7 +240,7 @@ func (m *Middleware) Handle(h message.HandlerFunc, msg *message.Message) ([]*mes
 		lastErr = err
 
 		switch kind {
-		case Unavailable:
+		case retry.Unavailable:
 			accepted, now := m.circuit.acceptedCount(), time.Now()
 			othersThrough := unavailable > 0 && accepted != acceptedAt
 			if othersThrough && ownSince.IsZero() {
@@ -253,7 +259,7 @@ func (m *Middleware) Handle(h message.HandlerFunc, msg *message.Message) ([]*mes
 				err = fmt.Errorf("failed %d times in %s while the destination accepted other messages: %w",
 					unavailable+1, now.Sub(ownSince).Round(time.Millisecond), err)
 				m.logger.Debug("Publish failed on its own: "+err.Error(), m.fields(msg))
-				return nil, Transient, err
+				return nil, retry.Transient, err
 			}
 			if m.config.OnUnavailable != nil {
 				m.config.OnUnavailable(msg, err)
@@ -280,12 +286,12 @@ func (m *Middleware) Handle(h message.HandlerFunc, msg *message.Message) ([]*mes
 			// message also waits its own backoff, in case another message's
 			// success closes the circuit meanwhile: then its next failure
 			// is its own (see above).
-			if !backoff.Sleep(ctx, Backoff(unavailable, m.config.CircuitMinBackoff, m.config.CircuitMaxBackoff)) {
-				return nil, Unavailable, m.released(msg, err, context.Cause(ctx))
+			if !backoff.Sleep(ctx, backoff.Jittered(unavailable, m.config.CircuitMinBackoff, m.config.CircuitMaxBackoff)) {
+				return nil, retry.Unavailable, m.released(msg, err, context.Cause(ctx))
 			}
-		case Permanent:
+		case retry.Permanent:
 			m.logger.Debug("Publish failed permanently: "+err.Error(), m.fields(msg))
-			return nil, Permanent, err
+			return nil, retry.Permanent, err
 		default:
 			if quick < m.config.QuickRetries && m.quickRetryFits(start, slowest) && backoff.Sleep(ctx, m.config.QuickRetryDelay) {
 				quick++
@@ -293,7 +299,7 @@ func (m *Middleware) Handle(h message.HandlerFunc, msg *message.Message) ([]*mes
 					Add(watermill.LogFields{"quick_retry": quick}))
 				continue
 			}
-			return nil, Transient, err
+			return nil, retry.Transient, err
 		}
 	}
 }
@@ -307,11 +313,12 @@ const ownFailureSpans = 10
 
 // classify runs the classifier; an invalid verdict counts as Transient, the
 // one that can neither stall the relay nor kill a row at once.
-func (m *Middleware) classify(err error) Kind {
-	if k := m.config.Classifier(err); k.valid() {
+func (m *Middleware) classify(err error) retry.Kind {
+	switch k := m.config.Classifier(err); k {
+	case retry.Transient, retry.Unavailable, retry.Permanent:
 		return k
 	}
-	return Transient
+	return retry.Transient
 }
 
 // quickRetryFits reports whether one more attempt, after QuickRetryDelay and

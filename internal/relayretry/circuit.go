@@ -1,7 +1,8 @@
-package retry
+package relayretry
 
 import (
 	"context"
+	"github.com/e0a82c8c/watermill-outbox/internal/backoff"
 	"sync"
 	"time"
 )
@@ -63,7 +64,7 @@ func (c *circuit) open(probe bool) (delay time.Duration, failures int, opened bo
 			c.onPause(true, now)
 		}
 	}
-	delay = Backoff(c.failures, c.min, c.max)
+	delay = backoff.Jittered(c.failures, c.min, c.max)
 	c.until = now.Add(delay)
 	c.signal()
 	return delay, c.failures, true

@@ -61,9 +61,10 @@
 //
 // Two files make the relay observable, at no cost when unused:
 //
-//   - observe.go: the Observer hook (claims, publishes, failures, dead
-//     rows, fenced writes, pauses), which package metrics implements, and
-//     the context that carries each row to the handler;
+//   - observe.go: the calls of the observer hook (claims, publishes,
+//     failures, dead rows, fenced writes, pauses; the events are in
+//     internal/observe, package metrics implements it), and the context
+//     that carries each row to the handler;
 //   - trace.go: the OpenTelemetry span of each publish, linked to the
 //     trace context stored with the row.
 package forwarder

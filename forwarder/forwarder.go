@@ -13,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/e0a82c8c/watermill-outbox/internal/delivery"
+	"github.com/e0a82c8c/watermill-outbox/internal/observe"
 	"github.com/e0a82c8c/watermill-outbox/internal/relayretry"
 	"github.com/e0a82c8c/watermill-outbox/retry"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
@@ -69,10 +70,10 @@ type Config struct {
 	QuickRetries int
 
 	// Observer is told of the relay's claims, publishes, failures, dead
-	// rows, fenced writes and pauses; package metrics implements it for
-	// Prometheus (metrics.New). Default nil: nobody, and nothing is
-	// measured.
-	Observer Observer
+	// rows, fenced writes and pauses: set it to a *metrics.Metrics
+	// (metrics.New), which exports them to Prometheus. Default nil:
+	// nobody, and nothing is measured.
+	Observer observe.Observer
 
 	// TracerProvider makes the span of each publish to the destination
 	// (see Forwarder). Default otel.GetTracerProvider(); nil means the
@@ -143,7 +144,7 @@ func (c Config) Validate() error {
 // the name and the kind alone.
 //
 // Config.Observer, when set, is told of every claim, publish, failed
-// delivery, dead row, fenced write and pause (see Observer).
+// delivery, dead row, fenced write and pause.
 type Forwarder struct {
 	sub       *Subscriber
 	dest      message.Publisher
@@ -151,7 +152,7 @@ type Forwarder struct {
 	ownRouter bool
 	retry     *relayretry.Middleware
 	logger    watermill.LoggerAdapter
-	obs       Observer // nil: none
+	obs       observe.Observer // nil: none
 	handler   string
 	tracing   tracing
 
@@ -186,13 +187,13 @@ func NewForwarder(store outbox.Store, destination message.Publisher, config Conf
 	var onUnavailable func(*message.Message, error)
 	if obs != nil {
 		onPause = func(paused bool, since time.Time) {
-			obs.ObservePause(PauseEvent{Handler: config.HandlerName, Paused: paused, Since: since})
+			obs.ObservePause(observe.PauseEvent{Handler: config.HandlerName, Paused: paused, Since: since})
 		}
 		// Each failed attempt of an outage, as it happens (the row is
 		// retried in place, and its release, if any, is not counted again).
 		onUnavailable = func(msg *message.Message, err error) {
 			if row := rowFromContext(msg.Context()); row != nil {
-				obs.ObserveFailure(FailureEvent{Handler: config.HandlerName, Topic: row.Topic, Kind: FailureUnavailable, Err: err})
+				obs.ObserveFailure(observe.FailureEvent{Handler: config.HandlerName, Topic: row.Topic, Kind: observe.FailureUnavailable, Err: err})
 			}
 		}
 	}
@@ -293,7 +294,7 @@ func (f *Forwarder) publish(msg *message.Message) ([]*message.Message, error) {
 	err := f.tracing.publish(msg, out, topic, func() error { return f.dest.Publish(topic, out) })
 	if err == nil && f.obs != nil {
 		if row := rowFromContext(msg.Context()); row != nil {
-			f.obs.ObservePublish(PublishEvent{Handler: f.handler, Topic: topic, CreatedAt: row.CreatedAt, ConfirmedAt: time.Now()})
+			f.obs.ObservePublish(observe.PublishEvent{Handler: f.handler, Topic: topic, CreatedAt: row.CreatedAt, ConfirmedAt: time.Now()})
 		}
 	}
 	return nil, err

@@ -13,6 +13,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 
+	"github.com/e0a82c8c/watermill-outbox/internal/observe"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
 
@@ -31,7 +32,7 @@ type liveness struct {
 	stopOnce   sync.Once
 	stop, done chan struct{}
 
-	obs     Observer // nil: none
+	obs     observe.Observer // nil: none
 	handler string
 
 	mu              sync.Mutex
@@ -52,7 +53,7 @@ type liveness struct {
 	sent, ttl, lapses atomic.Int64
 }
 
-func newLiveness(store outbox.Store, timeout time.Duration, logger watermill.LoggerAdapter, obs Observer, handler string) *liveness {
+func newLiveness(store outbox.Store, timeout time.Duration, logger watermill.LoggerAdapter, obs observe.Observer, handler string) *liveness {
 	l := &liveness{timeout: timeout, logger: logger, obs: obs, handler: handler,
 		stop: make(chan struct{}), done: make(chan struct{}), beaten: make(chan struct{})}
 	if reg, ok := store.(outbox.RelayRegistry); ok {
@@ -226,7 +227,7 @@ func (l *liveness) beat(failing *bool) {
 // and the Observer, and wakes whoever waits for a beat.
 func (l *liveness) landed(sent time.Time, b outbox.Beat, err error) {
 	if l.obs != nil {
-		l.obs.ObserveBeat(BeatEvent{Handler: l.handler, Relay: l.id, Sent: sent, Duration: time.Since(sent), Lapsed: b.Lapsed, Err: err})
+		l.obs.ObserveBeat(observe.BeatEvent{Handler: l.handler, Relay: l.id, Sent: sent, Duration: time.Since(sent), Lapsed: b.Lapsed, Err: err})
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()

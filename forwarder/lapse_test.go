@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/e0a82c8c/watermill-outbox/forwarder"
+	"github.com/e0a82c8c/watermill-outbox/internal/observe"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
 
@@ -80,13 +81,13 @@ func (h *holdSecond) release() { h.releaseOnce.Do(func() { close(h.released) }) 
 
 // settledRows adds up the rows the relay's successful fenced writes named.
 type settledRows struct {
-	forwarder.NopObserver
+	observe.NopObserver
 	mu   sync.Mutex
 	rows int
 }
 
-func (s *settledRows) ObserveWrite(e forwarder.WriteEvent) {
-	if e.Err != nil || e.Op == forwarder.WriteRenew {
+func (s *settledRows) ObserveWrite(e observe.WriteEvent) {
+	if e.Err != nil || e.Op == observe.WriteRenew {
 		return
 	}
 	s.mu.Lock()

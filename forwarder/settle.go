@@ -10,6 +10,7 @@ import (
 
 	"github.com/e0a82c8c/watermill-outbox/config"
 	"github.com/e0a82c8c/watermill-outbox/internal/backoff"
+	"github.com/e0a82c8c/watermill-outbox/internal/observe"
 	"github.com/e0a82c8c/watermill-outbox/retry"
 )
 
@@ -86,26 +87,26 @@ func (sub *subscription) writeFate(h *held, dec decision) {
 	fields := watermill.LogFields{"outbox_id": row.ID, "uuid": row.UUID, "topic": row.Topic, "attempt": row.Attempts + 1}
 	store := sub.s.store
 	var (
-		op    WriteOp
+		op    observe.WriteOp
 		write func(ctx context.Context) (int, error)
 	)
 	switch dec.fate {
 	case released:
 		sub.s.logger.Debug("Outbox message released uncharged: "+dec.cause.Error(), fields)
-		op, write = WriteRelease, func(ctx context.Context) (int, error) { return store.Release(ctx, h.token, []int64{row.ID}) }
+		op, write = observe.WriteRelease, func(ctx context.Context) (int, error) { return store.Release(ctx, h.token, []int64{row.ID}) }
 	case dead:
 		sub.s.logger.Error("Outbox message is dead: kept with its last error, requeue it once fixed", dec.cause, fields)
-		op, write = WriteMarkDead, func(ctx context.Context) (int, error) {
+		op, write = observe.WriteMarkDead, func(ctx context.Context) (int, error) {
 			n, err := store.MarkDead(ctx, h.token, row.ID, dec.cause.Error())
 			if obs := sub.s.obs; obs != nil && err == nil && n > 0 {
-				obs.ObserveDead(DeadEvent{Handler: sub.s.handler, Topic: row.Topic, Err: dec.cause})
+				obs.ObserveDead(observe.DeadEvent{Handler: sub.s.handler, Topic: row.Topic, Err: dec.cause})
 			}
 			return n, err
 		}
 	default:
 		fields["retry_in"] = dec.delay.String()
 		sub.s.logger.Info("Outbox message failed, will retry: "+dec.cause.Error(), fields)
-		op, write = WriteRecordFailure, func(ctx context.Context) (int, error) {
+		op, write = observe.WriteRecordFailure, func(ctx context.Context) (int, error) {
 			return store.RecordFailure(ctx, h.token, row.ID, dec.cause.Error(), dec.delay)
 		}
 	}

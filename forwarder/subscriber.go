@@ -12,6 +12,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/e0a82c8c/watermill-outbox/config"
+	"github.com/e0a82c8c/watermill-outbox/internal/observe"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
 
@@ -80,7 +81,7 @@ type Subscriber struct {
 	source verdictSource
 	// obs is the forwarder's Config.Observer (nil: none), told of claims,
 	// failures, dead rows and fenced writes under the handler's name.
-	obs     Observer
+	obs     observe.Observer
 	handler string
 	live    *liveness // heartbeat in the store's relay registry
 

@@ -9,6 +9,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/e0a82c8c/watermill-outbox/config"
+	"github.com/e0a82c8c/watermill-outbox/internal/observe"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
 
@@ -231,7 +232,7 @@ func (sub *subscription) claim(limit int) {
 		c, err := sub.s.store.Claim(ctx, req)
 		sub.s.live.tookOver(c.TakenOver)
 		if obs != nil {
-			obs.ObserveClaim(ClaimEvent{Handler: sub.s.handler, Rows: c.Rows, TakenOver: takenOver(c), Duration: time.Since(start), Err: err})
+			obs.ObserveClaim(observe.ClaimEvent{Handler: sub.s.handler, Rows: c.Rows, TakenOver: takenOver(c), Duration: time.Since(start), Err: err})
 		}
 		send(sub, sub.claims, claimed{token: c.Token, rows: c.Rows, more: c.More, limit: limit, err: err, lapses: lapses})
 	})
@@ -282,14 +283,14 @@ func (sub *subscription) finish() {
 
 // observed runs one try of a fenced write of rows rows and tells the
 // Observer, if any.
-func (sub *subscription) observed(op WriteOp, rows int, write func() (int, error)) (int, error) {
+func (sub *subscription) observed(op observe.WriteOp, rows int, write func() (int, error)) (int, error) {
 	obs := sub.s.obs
 	if obs == nil {
 		return write()
 	}
 	start := time.Now()
 	n, err := write()
-	obs.ObserveWrite(WriteEvent{Handler: sub.s.handler, Op: op, Rows: rows, Changed: n, Duration: time.Since(start), Err: err})
+	obs.ObserveWrite(observe.WriteEvent{Handler: sub.s.handler, Op: op, Rows: rows, Changed: n, Duration: time.Since(start), Err: err})
 	return n, err
 }
 

@@ -13,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/e0a82c8c/watermill-outbox/config"
+	"github.com/e0a82c8c/watermill-outbox/internal/observe"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
 
@@ -87,7 +88,7 @@ func BenchmarkPublish(b *testing.B) {
 		{"global provider unset", Config{}},
 		{"sdk never sampling", Config{TracerProvider: sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.NeverSample()))}},
 		{"sdk recording", Config{TracerProvider: sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp))}},
-		{"observer", Config{TracerProvider: noop.NewTracerProvider(), Observer: NopObserver{}}},
+		{"observer", Config{TracerProvider: noop.NewTracerProvider(), Observer: observe.NopObserver{}}},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			f, err := NewForwarder(configStore{}, discard{}, bc.cfg, nil)

@@ -3,7 +3,7 @@
 //
 // New returns a *Metrics, which is a prometheus.Collector — register it on
 // your own registry; the package registers nothing globally and serves no
-// HTTP — and a forwarder.Observer — set it as forwarder.Config.Observer:
+// HTTP — and the forwarder's observer — set it as forwarder.Config.Observer:
 //
 //	m, err := metrics.New(store, metrics.Config{}, logger)
 //	registry.MustRegister(m)

@@ -16,7 +16,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/e0a82c8c/watermill-outbox/forwarder"
+	"github.com/e0a82c8c/watermill-outbox/internal/observe"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
 
@@ -164,8 +164,8 @@ func (c Config) Validate() error {
 const (
 	labelHandler   = "handler_name" // the forwarder's HandlerName, as in Watermill's metrics
 	labelTopic     = "topic"        // the destination topic
-	labelKind      = "kind"         // forwarder.FailureKind
-	labelOperation = "operation"    // "claim" or a forwarder.WriteOp
+	labelKind      = "kind"         // observe.FailureKind
+	labelOperation = "operation"    // "claim" or a observe.WriteOp
 	labelGroup     = "group"        // "undelivered" or "dead"
 )
 
@@ -176,12 +176,12 @@ const opClaim = "claim"
 
 // failureKinds are the kind label's values, each counter made up front so
 // every series exists from the first failure of a topic on.
-var failureKinds = [...]forwarder.FailureKind{
-	forwarder.FailureTransient, forwarder.FailureUnavailable, forwarder.FailurePermanent, forwarder.FailureUnhandled,
+var failureKinds = [...]observe.FailureKind{
+	observe.FailureTransient, observe.FailureUnavailable, observe.FailurePermanent, observe.FailureUnhandled,
 }
 
 // Metrics is a prometheus.Collector of the outbox's metrics (see the
-// package documentation for the list) and the forwarder.Observer that
+// package documentation for the list) and the forwarder's observer that
 // feeds the relay's. Register it on your registry and set it as
 // forwarder.Config.Observer of one or more forwarders (their HandlerName
 // tells them apart). It is safe for concurrent use.
@@ -239,7 +239,7 @@ type topicSeries struct {
 
 var (
 	_ prometheus.Collector = (*Metrics)(nil)
-	_ forwarder.Observer   = (*Metrics)(nil)
+	_ observe.Observer     = (*Metrics)(nil)
 )
 
 // New returns the metrics of the outbox whose table stats reads (usually
@@ -543,8 +543,8 @@ func (m *Metrics) topic(handler, topic string) *topicSeries {
 	return s
 }
 
-// ObserveClaim implements forwarder.Observer.
-func (m *Metrics) ObserveClaim(e forwarder.ClaimEvent) {
+// ObserveClaim is the forwarder's observer hook (forwarder.Config.Observer).
+func (m *Metrics) ObserveClaim(e observe.ClaimEvent) {
 	if e.Err != nil {
 		m.dbErrors.WithLabelValues(e.Handler, opClaim).Inc()
 		return
@@ -572,15 +572,15 @@ func (m *Metrics) ObserveClaim(e forwarder.ClaimEvent) {
 	}
 }
 
-// ObservePublish implements forwarder.Observer.
-func (m *Metrics) ObservePublish(e forwarder.PublishEvent) {
+// ObservePublish is the forwarder's observer hook (forwarder.Config.Observer).
+func (m *Metrics) ObservePublish(e observe.PublishEvent) {
 	s := m.topic(e.Handler, e.Topic)
 	s.published.Inc()
 	s.lag.Observe(max(e.ConfirmedAt.Sub(e.CreatedAt), 0).Seconds())
 }
 
-// ObserveFailure implements forwarder.Observer.
-func (m *Metrics) ObserveFailure(e forwarder.FailureEvent) {
+// ObserveFailure is the forwarder's observer hook (forwarder.Config.Observer).
+func (m *Metrics) ObserveFailure(e observe.FailureEvent) {
 	s := m.topic(e.Handler, e.Topic)
 	for i, k := range failureKinds {
 		if k == e.Kind {
@@ -591,13 +591,13 @@ func (m *Metrics) ObserveFailure(e forwarder.FailureEvent) {
 	s.failed[0].Inc() // a kind this version does not know: transient
 }
 
-// ObserveDead implements forwarder.Observer.
-func (m *Metrics) ObserveDead(e forwarder.DeadEvent) {
+// ObserveDead is the forwarder's observer hook (forwarder.Config.Observer).
+func (m *Metrics) ObserveDead(e observe.DeadEvent) {
 	m.topic(e.Handler, e.Topic).dead.Inc()
 }
 
-// ObserveWrite implements forwarder.Observer.
-func (m *Metrics) ObserveWrite(e forwarder.WriteEvent) {
+// ObserveWrite is the forwarder's observer hook (forwarder.Config.Observer).
+func (m *Metrics) ObserveWrite(e observe.WriteEvent) {
 	if e.Err != nil {
 		m.dbErrors.WithLabelValues(e.Handler, string(e.Op)).Inc()
 		return
@@ -608,8 +608,8 @@ func (m *Metrics) ObserveWrite(e forwarder.WriteEvent) {
 	}
 }
 
-// ObservePause implements forwarder.Observer.
-func (m *Metrics) ObservePause(e forwarder.PauseEvent) {
+// ObservePause is the forwarder's observer hook (forwarder.Config.Observer).
+func (m *Metrics) ObservePause(e observe.PauseEvent) {
 	v := 0.0
 	if e.Paused {
 		v = 1
@@ -617,10 +617,10 @@ func (m *Metrics) ObservePause(e forwarder.PauseEvent) {
 	m.paused.WithLabelValues(e.Handler).Set(v)
 }
 
-// ObserveBeat implements forwarder.Observer.
+// ObserveBeat implements observe.Observer.
 // Both counters exist from the first beat on, at 0, so that an alert on
 // their increase sees the first one.
-func (m *Metrics) ObserveBeat(e forwarder.BeatEvent) {
+func (m *Metrics) ObserveBeat(e observe.BeatEvent) {
 	failures, lapses := m.beatFailures.WithLabelValues(e.Handler), m.lapses.WithLabelValues(e.Handler)
 	switch {
 	case e.Err != nil:

@@ -18,6 +18,7 @@ import (
 
 	"github.com/e0a82c8c/watermill-outbox/config"
 	"github.com/e0a82c8c/watermill-outbox/forwarder"
+	"github.com/e0a82c8c/watermill-outbox/internal/observe"
 	"github.com/e0a82c8c/watermill-outbox/internal/testenv"
 	"github.com/e0a82c8c/watermill-outbox/metrics"
 	"github.com/e0a82c8c/watermill-outbox/retry"
@@ -505,7 +506,7 @@ func TestNewInvalidConfig(t *testing.T) {
 func TestObservePublishAllocatesNothing(t *testing.T) {
 	m, err := metrics.New(nil, metrics.Config{}, nil)
 	require.NoError(t, err)
-	ev := forwarder.PublishEvent{Handler: handler, Topic: "orders", CreatedAt: time.Now(), ConfirmedAt: time.Now()}
+	ev := observe.PublishEvent{Handler: handler, Topic: "orders", CreatedAt: time.Now(), ConfirmedAt: time.Now()}
 	m.ObservePublish(ev) // makes the series
 	require.Zero(t, testing.AllocsPerRun(1000, func() { m.ObservePublish(ev) }))
 }
@@ -514,7 +515,7 @@ func BenchmarkObservePublish(b *testing.B) {
 	m, err := metrics.New(nil, metrics.Config{}, nil)
 	require.NoError(b, err)
 	now := time.Now()
-	ev := forwarder.PublishEvent{Handler: handler, Topic: "orders", CreatedAt: now.Add(-time.Millisecond), ConfirmedAt: now}
+	ev := observe.PublishEvent{Handler: handler, Topic: "orders", CreatedAt: now.Add(-time.Millisecond), ConfirmedAt: now}
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
@@ -570,10 +571,10 @@ func TestInvalidUTF8TopicNeverPanics(t *testing.T) {
 	require.NoError(t, err)
 	reg := registry(t, m)
 	require.NotPanics(t, func() {
-		m.ObserveClaim(forwarder.ClaimEvent{Handler: handler, Rows: []outbox.Row{{ID: 1, Topic: "bad\xff"}}})
-		m.ObservePublish(forwarder.PublishEvent{Handler: handler, Topic: "bad\xfe", CreatedAt: time.Now(), ConfirmedAt: time.Now()})
-		m.ObserveFailure(forwarder.FailureEvent{Handler: handler, Topic: "bad\xfd", Kind: forwarder.FailureTransient})
-		m.ObserveDead(forwarder.DeadEvent{Handler: handler, Topic: "bad\xfc"})
+		m.ObserveClaim(observe.ClaimEvent{Handler: handler, Rows: []outbox.Row{{ID: 1, Topic: "bad\xff"}}})
+		m.ObservePublish(observe.PublishEvent{Handler: handler, Topic: "bad\xfe", CreatedAt: time.Now(), ConfirmedAt: time.Now()})
+		m.ObserveFailure(observe.FailureEvent{Handler: handler, Topic: "bad\xfd", Kind: observe.FailureTransient})
+		m.ObserveDead(observe.DeadEvent{Handler: handler, Topic: "bad\xfc"})
 	})
 	var got float64
 	require.NotPanics(t, func() { got = sample(t, reg, "outbox_pending", labels{"topic": "bad\uFFFD"}) })

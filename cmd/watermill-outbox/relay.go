@@ -23,6 +23,7 @@ import (
 	"github.com/e0a82c8c/watermill-outbox/forwarder"
 	"github.com/e0a82c8c/watermill-outbox/internal/backoff"
 	"github.com/e0a82c8c/watermill-outbox/internal/dburl"
+	"github.com/e0a82c8c/watermill-outbox/internal/observe"
 	"github.com/e0a82c8c/watermill-outbox/metrics"
 	"github.com/e0a82c8c/watermill-outbox/sink"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
@@ -334,7 +335,7 @@ func (a *app) relay(ctx context.Context, args []string) error {
 	h := newHealth(ping, s.maxPause, logger)
 	ready := newReach(s, logger)
 	h.listen = store.ListenState
-	var obs forwarder.Observer
+	var obs observe.Observer
 	if s.metricsAddr != "" {
 		ln, err := net.Listen("tcp", s.metricsAddr)
 		if err != nil {
@@ -373,7 +374,7 @@ const maxDBConns = 16
 
 // runRelay relays until ctx ends. Nothing but the end of ctx makes it
 // return.
-func runRelay(ctx context.Context, s relaySettings, store *outbox.SQLStore, dest message.Publisher, h *health, obs forwarder.Observer, logger watermill.LoggerAdapter) {
+func runRelay(ctx context.Context, s relaySettings, store *outbox.SQLStore, dest message.Publisher, h *health, obs observe.Observer, logger watermill.LoggerAdapter) {
 	if !retry(ctx, logger, "migrate the outbox table", func() error { return store.Migrate(ctx) }) {
 		return
 	}

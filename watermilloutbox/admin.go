@@ -10,13 +10,6 @@ import (
 	"github.com/e0a82c8c/watermill-outbox/config"
 )
 
-// DeadBatchSize is the most dead rows one statement of the operator's
-// writes changes (Requeue, PurgeDead, RequeueTopic, RequeueAll,
-// PurgeDeadTopic, PurgeAllDead). Each batch commits on its own, so a
-// million dead rows are a thousand short statements, never one transaction
-// holding a million row locks and a huge undo log.
-const DeadBatchSize = 1000
-
 // DeadRow is a row the relay gave up on.
 type DeadRow struct {
 	Row

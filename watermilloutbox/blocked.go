@@ -10,14 +10,6 @@ import (
 	"time"
 )
 
-// BlockedBehindLimit is the most rows behind one blocked key BlockedKeys
-// counts: a key with more shows BehindCapped. With it a page of keys costs
-// at most Limit × BlockedBehindLimit index entries, whatever the backlog.
-const BlockedBehindLimit = 1000
-
-// MaxBlockedPage is the largest page BlockedKeys returns.
-const MaxBlockedPage = 500
-
 // Head states of a blocked key.
 const (
 	// HeadWaiting: the head failed and is backing off; it is retried when
@@ -291,10 +283,6 @@ func (s *SQLStore) headsQuery(h string, headsOnly bool) string {
   ` + behind + `, ` + waiting + `, ` + oldest + `
 FROM ` + t.quoted + ` ` + strings.TrimSuffix(h, ".")
 }
-
-// ErrNotBlocked is returned by RequeueKey and SkipKey when the key has no
-// head holding it back (it is not listed by BlockedKeys).
-var ErrNotBlocked = errors.New("outbox: key is not blocked")
 
 // KeyAction says what RequeueKey or SkipKey did.
 type KeyAction struct {

@@ -5,14 +5,6 @@ import (
 	"fmt"
 )
 
-// ErrContention marks a database error that only says a concurrent
-// transaction got in the way: a deadlock, a serialization failure, a lock
-// wait timeout, SQLite's busy or locked. Retrying is the whole answer, so
-// the relay logs such errors below error level and counts them. SQLStore
-// wraps them with it (errors.Is(err, ErrContention)); a custom Store may do
-// the same with its own.
-var ErrContention = errors.New("outbox: database contention")
-
 // markContention wraps err with ErrContention when it is contention.
 func markContention(err error) error {
 	if err == nil || errors.Is(err, ErrContention) || !isContention(err) {

@@ -24,6 +24,20 @@ const (
 	// in (Watermill's Kafka and AMQP convention). A message carrying it in
 	// its metadata would send two of them, so Publish refuses it.
 	MessageUUIDMetadataKey = "_watermill_message_uuid"
+
+	// OutboxIDMetadataKey, AttemptMetadataKey and TopicMetadataKey are
+	// the keys the relay adds to the messages its subscriber emits, for the
+	// router's handlers and middlewares to read. The forwarder removes them
+	// again before publishing to the broker, so the broker sees the
+	// metadata exactly as written.
+	//
+	// OutboxIDMetadataKey holds the row's id (decimal).
+	OutboxIDMetadataKey = "outbox_id"
+	// AttemptMetadataKey holds the number of this publish attempt,
+	// starting at 1 (decimal).
+	AttemptMetadataKey = "outbox_attempt"
+	// TopicMetadataKey holds the row's destination topic.
+	TopicMetadataKey = "outbox_topic"
 )
 
 // maxPartitionKeyLen is the longest partition key stored, in bytes: it fits
@@ -69,20 +83,8 @@ func newForbiddenKeys(keys []string) forbiddenKeys {
 // defaultForbidden is DefaultForbiddenMetadataKeys as a set.
 var defaultForbidden = newForbiddenKeys(nil)
 
-// Metadata keys the relay adds to the messages its subscriber emits. The
-// forwarder removes them again before publishing to the broker, so the
-// broker sees the metadata exactly as written.
-const (
-	// OutboxIDMetadataKey holds the row's id (decimal).
-	OutboxIDMetadataKey = "outbox_id"
-	// AttemptMetadataKey holds the number of this publish attempt,
-	// starting at 1 (decimal).
-	AttemptMetadataKey = "outbox_attempt"
-	// TopicMetadataKey holds the row's destination topic.
-	TopicMetadataKey = "outbox_topic"
-)
-
-// IsRelayMetadataKey reports whether key is one of the relay's keys above,
+// IsRelayMetadataKey reports whether key is one of the relay's keys
+// (OutboxIDMetadataKey, AttemptMetadataKey, TopicMetadataKey),
 // which never reach the broker.
 func IsRelayMetadataKey(key string) bool {
 	switch key {

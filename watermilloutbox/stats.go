@@ -9,12 +9,6 @@ import (
 	"time"
 )
 
-// StatsLimit is the most rows of one topic Stats reads per state group
-// (undelivered, dead): its cost is bounded by it whatever the backlog.
-// Measured on PostgreSQL with 1,000,000 pending rows over 5 topics: 14 ms
-// a call (40 ms the first); at 10,000 it took twice as long.
-const StatsLimit = 5000
-
 // Stats is the state of the outbox table per destination topic, read in
 // one bounded pass (see SQLStore.Stats).
 type Stats struct {

@@ -2,7 +2,6 @@ package watermilloutbox
 
 import (
 	"context"
-	"errors"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -145,7 +144,3 @@ type Store interface {
 	// the feed on unchanged.
 	Listen(ctx context.Context, wake func()) error
 }
-
-// ErrNoWakeUps is returned by Store.Listen when the store has no commit
-// notifications (MySQL, SQLite, DisableNotify): the relay polls.
-var ErrNoWakeUps = errors.New("outbox: the store sends no commit notifications")

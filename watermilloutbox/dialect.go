@@ -30,20 +30,6 @@ const (
 // property of the file), so the relay's reads do not block writers.
 const SQLiteConnParams = "_pragma=busy_timeout(10000)&_txlock=immediate"
 
-// ParseDialect maps a name ("postgres", "postgresql", "pgx", "mysql",
-// "mariadb", "sqlite", "sqlite3"; any case) to a Dialect.
-func ParseDialect(name string) (Dialect, error) {
-	switch strings.ToLower(strings.TrimSpace(name)) {
-	case "postgres", "postgresql", "pgx":
-		return PostgreSQL, nil
-	case "mysql", "mariadb":
-		return MySQL, nil
-	case "sqlite", "sqlite3":
-		return SQLite, nil
-	}
-	return "", fmt.Errorf("%w: %q (want postgres, mysql or sqlite)", ErrUnknownDialect, name)
-}
-
 // Validate returns ErrUnknownDialect for anything but the constants above.
 func (d Dialect) Validate() error {
 	if d.sql() == nil {

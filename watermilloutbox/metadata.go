@@ -134,10 +134,10 @@ func metadataSize(md message.Metadata) int {
 	return n
 }
 
-// ValidatePartitionKey accepts "" (no key) or at most 255 bytes of valid
+// validatePartitionKey accepts "" (no key) or at most 255 bytes of valid
 // UTF-8 without NUL; anything else is ErrInvalidPartitionKey. Publish checks
 // the key in the PartitionKeyMetadataKey entry with it.
-func ValidatePartitionKey(key string) error {
+func validatePartitionKey(key string) error {
 	switch {
 	case len(key) > maxPartitionKeyLen:
 		return fmt.Errorf("%w: %d bytes, at most %d", ErrInvalidPartitionKey, len(key), maxPartitionKeyLen)

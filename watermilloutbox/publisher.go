@@ -310,7 +310,7 @@ func (p *Publisher) insertArgs(topic string, messages []*message.Message) ([]any
 		if max := p.outbox.MaxPayloadBytes; max > 0 && len(m.Payload) > max {
 			return nil, fmt.Errorf("%w: message %s has %d bytes, the limit is %d", ErrPayloadTooLarge, m.UUID, len(m.Payload), max)
 		}
-		if err := ValidatePartitionKey(m.Metadata.Get(PartitionKeyMetadataKey)); err != nil {
+		if err := validatePartitionKey(m.Metadata.Get(PartitionKeyMetadataKey)); err != nil {
 			return nil, fmt.Errorf("message %s: %w", m.UUID, err)
 		}
 		if err := checkMetadata(m.UUID, m.Metadata, p.forbidden, 0); err != nil {

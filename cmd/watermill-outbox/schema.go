@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/e0a82c8c/watermill-outbox/internal/dburl"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
 
@@ -61,7 +62,7 @@ func (a *app) ddl(_ context.Context, args []string) error {
 	}
 	var dialect outbox.Dialect
 	if *dialectName != "" {
-		if dialect, err = outbox.ParseDialect(*dialectName); err != nil {
+		if dialect, err = dburl.ParseDialect(*dialectName); err != nil {
 			return usagef("--dialect: %s", err)
 		}
 	}

@@ -542,3 +542,17 @@ func redactKeyValue(raw string) string {
 	}
 	return out + raw[last:]
 }
+
+// ParseDialect maps the name of a --dialect flag ("postgres", "postgresql",
+// "pgx", "mysql", "mariadb", "sqlite", "sqlite3"; any case) to a Dialect.
+func ParseDialect(name string) (outbox.Dialect, error) {
+	switch strings.ToLower(strings.TrimSpace(name)) {
+	case "postgres", "postgresql", "pgx":
+		return outbox.PostgreSQL, nil
+	case "mysql", "mariadb":
+		return outbox.MySQL, nil
+	case "sqlite", "sqlite3":
+		return outbox.SQLite, nil
+	}
+	return "", fmt.Errorf("%w: %q (want postgres, mysql or sqlite)", outbox.ErrUnknownDialect, name)
+}

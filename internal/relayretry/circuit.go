@@ -2,9 +2,10 @@ package relayretry
 
 import (
 	"context"
-	"github.com/e0a82c8c/watermill-outbox/internal/backoff"
 	"sync"
 	"time"
+
+	"github.com/e0a82c8c/watermill-outbox/internal/backoff"
 )
 
 // circuit pauses every handler of a Middleware while the destination is

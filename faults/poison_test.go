@@ -27,7 +27,7 @@ const invalidKafkaTopic = "faults.invalid/topic!"
 // needs a fault no real broker can be made to answer for one message; it
 // answers for invalidKafkaTopic what a real broker answers,
 // INVALID_TOPIC_EXCEPTION (kfake itself would create it). The Kafka sink
-// refuses the name before sending (sink.ValidateKafkaTopic); the fault
+// refuses the name before sending (KafkaPublisher.Publish); the fault
 // stays as the broker's answer should one get through.
 func startPoisonKafka(t *testing.T, topic string) (*kfake.Cluster, string) {
 	t.Helper()

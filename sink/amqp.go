@@ -47,22 +47,6 @@ func (t Topology) String() string {
 }
 
 // AMQP defaults.
-const (
-	// DefaultAMQPTopology is the topology used when AMQPConfig.Topology is
-	// zero.
-	DefaultAMQPTopology = TopologyQueue
-
-	// DefaultAMQPExchange is the exchange TopologyExchange publishes to.
-	DefaultAMQPExchange = "watermill_outbox"
-
-	// DefaultAMQPExchangeType is the type of the exchange TopologyExchange
-	// declares.
-	DefaultAMQPExchangeType = amqp.ExchangeTopic
-
-	// DefaultAMQPChannelPoolSize is how many channels publish concurrently.
-	DefaultAMQPChannelPoolSize = 16
-)
-
 // AMQPConfig configures NewAMQPPublisher.
 type AMQPConfig struct {
 	// URL is the broker, "amqp://user:pass@host:port/vhost" or amqps://.

@@ -18,16 +18,6 @@ import (
 
 // Kafka defaults.
 const (
-	// DefaultKafkaClientID is the client id the producer sends to brokers.
-	DefaultKafkaClientID = "watermill-outbox"
-
-	// DefaultKafkaMaxMessageBytes is the largest message the producer
-	// sends: 1 MiB, the broker's default message.max.bytes.
-	DefaultKafkaMaxMessageBytes = 1 << 20
-
-	// DefaultKafkaTimeout bounds each broker round trip.
-	DefaultKafkaTimeout = 10 * time.Second
-
 	// kafkaRetryMax and kafkaRetryBackoff ride out a leader election
 	// (typically a few seconds) before Publish fails and the relay's own
 	// backoff takes over.
@@ -35,9 +25,9 @@ const (
 	kafkaRetryBackoff = 250 * time.Millisecond
 )
 
-// DefaultKafkaVersion is the Kafka protocol version used when
+// defaultKafkaVersion is the Kafka protocol version used when
 // KafkaConfig.Version is zero: 3.6, the newest sarama v1.43 knows.
-var DefaultKafkaVersion = sarama.V3_6_0_0
+var defaultKafkaVersion = sarama.V3_6_0_0
 
 // minKafkaVersion is the first version with the idempotent producer.
 var minKafkaVersion = sarama.V0_11_0_0
@@ -50,7 +40,7 @@ type KafkaConfig struct {
 	// Version is the Kafka protocol version the producer speaks. It must be
 	// at most the version of the oldest broker in the cluster, and at least
 	// 0.11 (idempotent producer). Sarama does not negotiate it: it is used
-	// as given. Default DefaultKafkaVersion (3.6); the zero value means the
+	// as given. Default 3.6 (sarama.V3_6_0_0, the newest sarama v1.43 knows); the zero value means the
 	// default. Ignored when OverwriteSaramaConfig is set.
 	Version sarama.KafkaVersion
 
@@ -87,7 +77,7 @@ type KafkaConfig struct {
 
 func (c *KafkaConfig) setDefaults() {
 	if c.Version == (sarama.KafkaVersion{}) {
-		c.Version = DefaultKafkaVersion
+		c.Version = defaultKafkaVersion
 	}
 	if c.ClientID == "" {
 		c.ClientID = DefaultKafkaClientID
@@ -244,8 +234,8 @@ type KafkaPublisher struct {
 // Errors are marked for retry.DefaultClassifier (see ClassifyKafkaError): a
 // message the broker can never take is Permanent, an unreachable or
 // leaderless cluster Unavailable. A topic that is not a legal Kafka name
-// fails with a retry.PermanentError before anything is sent (see
-// ValidateKafkaTopic). After Close, Publish fails with an error wrapping
+// fails with a retry.PermanentError before anything is sent: 1 to 249
+// characters from [a-zA-Z0-9._-], and neither "." nor "..". After Close, Publish fails with an error wrapping
 // watermilloutbox.ErrClosed.
 func NewKafkaPublisher(config KafkaConfig, logger watermill.LoggerAdapter) (*KafkaPublisher, error) {
 	config.setDefaults()
@@ -426,7 +416,7 @@ type kafkaMarshaler struct {
 }
 
 func (m kafkaMarshaler) Marshal(topic string, msg *message.Message) (*sarama.ProducerMessage, error) {
-	if err := ValidateKafkaTopic(topic); err != nil {
+	if err := validateKafkaTopic(topic); err != nil {
 		return nil, retry.PermanentError(err)
 	}
 	kafkaMsg, err := m.Marshaler.Marshal(topic, msg)
@@ -442,13 +432,13 @@ func (m kafkaMarshaler) Marshal(topic string, msg *message.Message) (*sarama.Pro
 // maxKafkaTopicLen is Kafka's limit on topic names, in bytes.
 const maxKafkaTopicLen = 249
 
-// ValidateKafkaTopic reports whether topic is a legal Kafka topic name: 1 to
+// validateKafkaTopic reports whether topic is a legal Kafka topic name: 1 to
 // 249 characters from [a-zA-Z0-9._-], and neither "." nor "..". The Kafka
 // publisher checks every message's topic with it and fails an illegal one
 // with a retry.PermanentError, so the row goes dead at once with this
 // error: sent to the broker, it would fail every attempt, and its metadata
 // lookups would trip sarama's circuit breaker for the good messages too.
-func ValidateKafkaTopic(topic string) error {
+func validateKafkaTopic(topic string) error {
 	switch {
 	case topic == "":
 		return errors.New("illegal Kafka topic name: empty")

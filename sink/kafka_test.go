@@ -163,10 +163,10 @@ func TestKafkaPublisher_MaxMessageBytes(t *testing.T) {
 func TestValidateKafkaTopic(t *testing.T) {
 	t.Parallel()
 	for _, ok := range []string{"orders", "a", "Orders.placed-v1_x", strings.Repeat("t", 249), "..a", "._"} {
-		require.NoError(t, ValidateKafkaTopic(ok), ok)
+		require.NoError(t, validateKafkaTopic(ok), ok)
 	}
 	for _, bad := range []string{"", ".", "..", strings.Repeat("t", 250), "orders placed", "orders/placed", "ordérs", "a:b", "a\x00b"} {
-		require.Error(t, ValidateKafkaTopic(bad), "%q", bad)
+		require.Error(t, validateKafkaTopic(bad), "%q", bad)
 	}
 }
 
@@ -199,7 +199,7 @@ func TestNewKafkaSaramaConfig(t *testing.T) {
 	require.Positive(t, c.Producer.Retry.Backoff)
 	require.True(t, c.Producer.Return.Successes)
 	require.True(t, c.Producer.Return.Errors)
-	require.Equal(t, DefaultKafkaVersion, c.Version)
+	require.Equal(t, defaultKafkaVersion, c.Version)
 	require.Equal(t, DefaultKafkaClientID, c.ClientID)
 	require.Equal(t, DefaultKafkaMaxMessageBytes, c.Producer.MaxMessageBytes)
 	require.Equal(t, DefaultKafkaTimeout, c.Producer.Timeout)

@@ -19,8 +19,15 @@ import (
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
 
-// DefaultHandlerName names the forwarder's handler on the router.
-const DefaultHandlerName = "watermill_outbox_forwarder"
+// Defaults of Config.
+const (
+	// DefaultHandlerName names the forwarder's handler on the router.
+	DefaultHandlerName = "watermill_outbox_forwarder"
+
+	// DefaultMessagingSystem is the messaging.system of send spans when the
+	// destination does not say (see Config.MessagingSystem).
+	DefaultMessagingSystem = "watermill"
+)
 
 var (
 	// ErrAttached is returned by Run when the forwarder was added to the

@@ -20,10 +20,6 @@ import (
 // tracerName is the instrumentation scope of the forwarder's spans.
 const tracerName = "github.com/e0a82c8c/watermill-outbox/forwarder"
 
-// DefaultMessagingSystem is the messaging.system of send spans when the
-// destination does not say (see Config.MessagingSystem).
-const DefaultMessagingSystem = "watermill"
-
 // messagingSystemer is implemented by destinations that name their
 // messaging system: sink.KafkaPublisher ("kafka"), sink.AMQPPublisher
 // ("rabbitmq").

@@ -21,22 +21,19 @@ import (
 )
 
 // StatsSource reads the outbox table's state per topic.
-// *watermilloutbox.SQLStore implements it; a custom Store can too.
+// *watermilloutbox.SQLStore implements it; a custom Store can too. A
+// source that also lists its blocked keys, with SQLStore's method
+// BlockedKeys(ctx, outbox.BlockedQuery) ([]outbox.BlockedKey, error),
+// gets the blocked-key gauges exported too.
 type StatsSource interface {
 	Stats(ctx context.Context) (outbox.Stats, error)
 }
 
-// BlockedSource lists the keys held back by a failing (or, under
-// StrictOrder, dead) head. *watermilloutbox.SQLStore implements it; when
-// the StatsSource does too, the blocked-key gauges are exported.
-type BlockedSource interface {
+// blockedSource lists the keys held back by a failing (or, under
+// StrictOrder, dead) head: see StatsSource.
+type blockedSource interface {
 	BlockedKeys(ctx context.Context, q outbox.BlockedQuery) ([]outbox.BlockedKey, error)
 }
-
-// MaxBlockedKeys is the most blocked keys one refresh reads (HeadsOnly,
-// a few index descents each); with more, outbox_stats_capped{group=
-// "blocked"} is 1 and the counts stop there.
-const MaxBlockedKeys = 2 * outbox.MaxBlockedPage
 
 // listenStater is a StatsSource that reports its LISTEN
 // (*watermilloutbox.SQLStore does).
@@ -44,7 +41,7 @@ type listenStater interface {
 	ListenState() outbox.ListenState
 }
 
-// Defaults of Config.
+// Defaults of Config, and the bound of the blocked-key gauges.
 const (
 	// DefaultRefreshInterval is how old the table's figures may get before
 	// a scrape reads them again.
@@ -52,18 +49,26 @@ const (
 	// DefaultRefreshTimeout bounds one read of the table's figures, and
 	// how long a scrape waits for it.
 	DefaultRefreshTimeout = 5 * time.Second
+
+	// MaxBlockedKeys is the most blocked keys one refresh reads (HeadsOnly,
+	// a few index descents each); with more, outbox_stats_capped{group=
+	// "blocked"} is 1 and the counts stop there.
+	MaxBlockedKeys = 2 * outbox.MaxBlockedPage
 )
 
-// DefaultLagBuckets are the commit-to-broker lag buckets, in seconds: a
-// relay woken on commit takes about a millisecond, a polling one up to its
-// PollingInterval, one that retries or waits out an outage seconds to
-// minutes.
-var DefaultLagBuckets = []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300}
+// Default histogram buckets of Config, in seconds.
+var (
+	// DefaultLagBuckets are the commit-to-broker lag buckets: a relay
+	// woken on commit takes about a millisecond, a polling one up to its
+	// PollingInterval, one that retries or waits out an outage seconds to
+	// minutes.
+	DefaultLagBuckets = []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300}
 
-// DefaultDurationBuckets are the claim and fenced write duration buckets,
-// in seconds: Watermill's handler execution buckets (0.5ms to 1s) and a
-// few above, for a loaded database.
-var DefaultDurationBuckets = []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}
+	// DefaultDurationBuckets are the claim and fenced write duration
+	// buckets: Watermill's handler execution buckets (0.5ms to 1s) and a
+	// few above, for a loaded database.
+	DefaultDurationBuckets = []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}
+)
 
 // Config configures New. The zero value is ready to use.
 type Config struct {
@@ -196,7 +201,7 @@ type Metrics struct {
 		backlog, blocked, oldestBlocked                                                                      *prometheus.Desc
 		listen                                                                                               *prometheus.Desc
 	}
-	blockedSrc      BlockedSource // nil: no blocked-key gauges
+	blockedSrc      blockedSource // nil: no blocked-key gauges
 	refreshFailures prometheus.Counter
 	mu              sync.Mutex
 	snap            outbox.Stats
@@ -259,7 +264,7 @@ func New(stats StatsSource, config Config, logger watermill.LoggerAdapter) (*Met
 		stats = nil // a nil *SQLStore
 	}
 	m := &Metrics{config: config, stats: stats, logger: logger, seen: map[string]bool{}}
-	m.blockedSrc, _ = stats.(BlockedSource)
+	m.blockedSrc, _ = stats.(blockedSource)
 	m.topics.Store(&map[seriesKey]*topicSeries{})
 
 	name := func(n string) string { return prometheus.BuildFQName(config.Namespace, config.Subsystem, n) }

@@ -4,10 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"regexp"
 	"strconv"
-	"strings"
 	"time"
+
+	"github.com/e0a82c8c/watermill-outbox/internal/sqlident"
 )
 
 // Defaults, and the bounds Validate enforces.
@@ -74,6 +74,9 @@ const (
 	// before other relays take its rows over.
 	DefaultRelayTimeout = 3 * time.Second
 
+	// DefaultEnvPrefix is the prefix of the variables FromEnv reads.
+	DefaultEnvPrefix = "OUTBOX_"
+
 	// minRelayTimeout keeps the heartbeat (a third of the timeout) from
 	// turning into a busy loop against the database.
 	minRelayTimeout = 100 * time.Millisecond
@@ -103,8 +106,10 @@ const (
 // The env tags name the variables FromEnv reads, without their prefix.
 type Config struct {
 	// Table is the outbox table, optionally schema-qualified
-	// ("app.outbox"). It is written into SQL, so it must pass
-	// ValidTableName. Default DefaultTable ("watermill_outbox"); empty means
+	// ("app.outbox"). It is written into SQL, so it must be a plain SQL
+	// identifier: letters, digits and underscores, not starting with a
+	// digit, at most 48 characters, optionally qualified by a schema of the
+	// same form. Default DefaultTable ("watermill_outbox"); empty means
 	// the default.
 	Table string `env:"TABLE"`
 
@@ -310,7 +315,7 @@ func (c Config) validate() []*fieldError {
 		errs = append(errs, &fieldError{field: field, rule: rule, got: got})
 	}
 
-	if !ValidTableName(c.Table) {
+	if !sqlident.ValidTable(c.Table) {
 		add("Table", "must be a SQL identifier, optionally schema-qualified (letters, digits and _, not starting with a digit, at most 48 characters per part)",
 			strconv.Quote(c.Table))
 	}
@@ -428,27 +433,4 @@ func (e *fieldError) ruleText(name func(field string) string) string {
 		return e.rule
 	}
 	return fmt.Sprintf(e.rule, name(e.other))
-}
-
-var identPart = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,47}$`)
-
-// ValidTableName reports whether name is a plain SQL identifier, optionally
-// qualified by a schema of the same form ("app.outbox"). Each part is
-// letters, digits and underscores, not starting with a digit, and at most 48
-// characters: PostgreSQL truncates identifiers at 63 bytes, and the index
-// names built from the table name need the rest (a truncated pair could
-// collide and make CREATE INDEX IF NOT EXISTS a silent no-op). Table names are written into
-// SQL, so anything else (quotes, spaces, semicolons) is refused rather than
-// quoted.
-func ValidTableName(name string) bool {
-	parts := strings.Split(name, ".")
-	if len(parts) > 2 {
-		return false
-	}
-	for _, p := range parts {
-		if !identPart.MatchString(p) {
-			return false
-		}
-	}
-	return true
 }

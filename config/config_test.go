@@ -184,43 +184,6 @@ func TestValidate_zeroConfigNeedsSetDefaults(t *testing.T) {
 	require.Error(t, config.Config{}.Validate())
 }
 
-func TestValidTableName(t *testing.T) {
-	t.Parallel()
-
-	tests := []struct {
-		name string
-		want bool
-	}{
-		{"outbox", true},
-		{"public.outbox", true},
-		{"_x1", true},
-		{"watermill_outbox", true},
-		{"Outbox_2", true},
-		{strings.Repeat("a", 48), true},
-		{strings.Repeat("s", 48) + "." + strings.Repeat("t", 48), true},
-
-		{"x; DROP TABLE y", false},
-		{`"a"`, false},
-		{"", false},
-		{"a b", false},
-		{"a.b.c", false},
-		{"a-b", false},
-		{strings.Repeat("a", 49), false},
-		{"public." + strings.Repeat("a", 49), false},
-		{"1outbox", false},
-		{".outbox", false},
-		{"outbox.", false},
-		{"outbox\n", false},
-		{"tablé", false},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			require.Equal(t, tt.want, config.ValidTableName(tt.name))
-		})
-	}
-}
-
 func TestFromEnvMap_unsetKeepsDefaults(t *testing.T) {
 	t.Parallel()
 
@@ -485,19 +448,6 @@ func TestFromEnvMap_emptyTableRefused(t *testing.T) {
 	require.ErrorContains(t, err, "OUTBOX_TABLE: set but empty")
 	_, err = config.FromEnvMap("ORDERS_", map[string]string{"ORDERS_TABLE": ""})
 	require.ErrorContains(t, err, "ORDERS_TABLE: set but empty")
-}
-
-func TestUnknownVariables(t *testing.T) {
-	t.Parallel()
-	environ := map[string]string{
-		"OUTBOX_BATCHSIZE": "50", "OUTBOX_BATCH_SIZE": "7", "OUTBOX_DATABASE_URL": "x", "OUTBOX_TABEL": "t",
-		"OUTBOX_max_retry_count": "3", "OTHER_BATCHSIZE": "1",
-	}
-	require.Equal(t, []string{
-		"OUTBOX_BATCHSIZE (did you mean OUTBOX_BATCH_SIZE?)",
-		"OUTBOX_TABEL",
-		"OUTBOX_max_retry_count (did you mean OUTBOX_MAX_RETRY_COUNT?)",
-	}, config.UnknownVariables(config.DefaultEnvPrefix, environ, "OUTBOX_DATABASE_URL"))
 }
 
 // TestListenURL: a PostgreSQL URL is taken; anything else is an error that

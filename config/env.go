@@ -5,17 +5,13 @@ import (
 	"fmt"
 	"os"
 	"reflect"
-	"regexp"
-	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/caarlos0/env/v11"
-)
 
-// DefaultEnvPrefix is the prefix of the variables FromEnv reads.
-const DefaultEnvPrefix = "OUTBOX_"
+	"github.com/e0a82c8c/watermill-outbox/internal/envvar"
+)
 
 // FromEnv returns the Config described by the OUTBOX_* environment variables
 // (see the package documentation), with defaults for the unset ones. The
@@ -46,7 +42,7 @@ func FromEnvMap(prefix string, environ map[string]string) (Config, error) {
 	err := env.ParseWithOptions(&c, env.Options{
 		Environment: environ,
 		Prefix:      prefix,
-		FuncMap:     map[reflect.Type]env.ParserFunc{reflect.TypeFor[time.Duration](): parseSeconds},
+		FuncMap:     map[reflect.Type]env.ParserFunc{reflect.TypeFor[time.Duration](): func(s string) (any, error) { return envvar.Seconds(s) }},
 		OnSet: func(key string, value any, _ bool) {
 			if s, _ := value.(string); s != "" {
 				raw[key] = s
@@ -76,48 +72,8 @@ func FromEnvMap(prefix string, environ map[string]string) (Config, error) {
 	return c, nil
 }
 
-// UnknownVariables lists, sorted, the variables of environ that start with
-// prefix but name no setting of Config, nor one of known (full names, such
-// as a command's own variables): most likely misspelt ("OUTBOX_BATCHSIZE"),
-// and otherwise silently ignored. Each comes with the setting it probably
-// meant, when one differs from it only in underscores or case.
-func UnknownVariables(prefix string, environ map[string]string, known ...string) []string {
-	squash := func(s string) string { return strings.ToUpper(strings.ReplaceAll(s, "_", "")) }
-	names := map[string]bool{}
-	for _, k := range known {
-		names[k] = true
-	}
-	for _, v := range fieldVars {
-		names[prefix+v] = true
-	}
-	var out []string
-	for k := range environ {
-		if !strings.HasPrefix(k, prefix) || names[k] {
-			continue
-		}
-		hint := ""
-		for n := range names {
-			if squash(n) == squash(k) {
-				hint = " (did you mean " + n + "?)"
-			}
-		}
-		out = append(out, k+hint)
-	}
-	slices.Sort(out)
-	return out
-}
-
 // fieldVars maps Config's field names to their variables, without prefix.
-var fieldVars = func() map[string]string {
-	t := reflect.TypeFor[Config]()
-	m := make(map[string]string, t.NumField())
-	for i := range t.NumField() {
-		f := t.Field(i)
-		key, _, _ := strings.Cut(f.Tag.Get("env"), ",")
-		m[f.Name] = key
-	}
-	return m
-}()
+var fieldVars = envvar.Names(reflect.TypeFor[Config]())
 
 // envError renders e by variable name, and with the variable's value as
 // written when it was set.
@@ -168,33 +124,4 @@ func parseCause(err error) error {
 	default:
 		return errors.New("want an integer")
 	}
-}
-
-// decimalSeconds matches a plain non-negative decimal: "300", "1.5", ".25".
-// Exponents, hex, NaN and Inf are left out on purpose.
-var decimalSeconds = regexp.MustCompile(`^(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)$`)
-
-// parseSeconds parses a *_SECONDS variable: a decimal number of seconds, as
-// the variable name says, or a Go duration for readability ("1500ms").
-func parseSeconds(s string) (any, error) {
-	if strings.HasPrefix(s, "-") {
-		return nil, errors.New("must not be negative")
-	}
-	if decimalSeconds.MatchString(s) {
-		// time.ParseDuration converts the fraction exactly and catches
-		// overflow, which float arithmetic would not.
-		d, err := time.ParseDuration(s + "s")
-		if err != nil {
-			return nil, errors.New("out of range")
-		}
-		return d, nil
-	}
-	d, err := time.ParseDuration(s)
-	if err != nil {
-		return nil, errors.New("want seconds (e.g. 1.5) or a Go duration (e.g. 1500ms)")
-	}
-	if d < 0 {
-		return nil, errors.New("must not be negative")
-	}
-	return d, nil
 }

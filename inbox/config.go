@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/e0a82c8c/watermill-outbox/config"
+	"github.com/e0a82c8c/watermill-outbox/internal/sqlident"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
 
@@ -49,7 +49,7 @@ type Config struct {
 
 	// Table is the inbox table, optionally schema-qualified ("app.inbox").
 	// Several consumers share one table. It is written into SQL, so it
-	// must pass config.ValidTableName. Default DefaultTable
+	// must be a table name config.Config.Table accepts. Default DefaultTable
 	// ("watermill_inbox"); empty means the default.
 	Table string
 
@@ -111,7 +111,7 @@ func (c Config) Validate() error {
 	case len(c.Consumer) > MaxConsumerLen:
 		errs = append(errs, fmt.Errorf("Consumer: %d bytes, at most %d", len(c.Consumer), MaxConsumerLen))
 	}
-	if c.Table != "" && !config.ValidTableName(c.Table) {
+	if c.Table != "" && !sqlident.ValidTable(c.Table) {
 		errs = append(errs, fmt.Errorf("Table: %w: %q: want letters, digits and underscores, not starting with a digit, at most 48 characters, optionally schema-qualified",
 			outbox.ErrInvalidTableName, c.Table))
 	}

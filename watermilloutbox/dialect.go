@@ -3,7 +3,6 @@ package watermilloutbox
 import (
 	"context"
 	"fmt"
-	"strings"
 	"time"
 )
 

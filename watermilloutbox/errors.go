@@ -17,7 +17,7 @@ var (
 
 	// ErrInvalidTableName is returned, before any SQL runs, for a table name
 	// that is not a plain SQL identifier, optionally schema-qualified (see
-	// config.ValidTableName).
+	// config.Config.Table).
 	ErrInvalidTableName = errors.New("outbox: invalid table name")
 
 	// ErrInvalidTopic is returned for an empty topic or one with whitespace or

@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/e0a82c8c/watermill-outbox/config"
+	"github.com/e0a82c8c/watermill-outbox/internal/sqlident"
 	"github.com/e0a82c8c/watermill-outbox/internal/testenv"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
@@ -18,13 +19,13 @@ import (
 func TestValidateTableName(t *testing.T) {
 	t.Parallel()
 	for _, ok := range []string{"outbox", "public.outbox", "_x1", "Order"} {
-		require.True(t, config.ValidTableName(ok), ok)
+		require.True(t, sqlident.ValidTable(ok), ok)
 		_, err := outbox.DDL(outbox.PostgreSQL, ok)
 		require.NoError(t, err, ok)
 	}
 	for _, bad := range []string{"", "x; DROP TABLE y", `"a"`, "a b", "a.b.c", "1a", "a-b", "a.", ".a", "a`b", "a'b",
 		"abcdefghijabcdefghijabcdefghijabcdefghijabcdefghij"} {
-		require.False(t, config.ValidTableName(bad), bad)
+		require.False(t, sqlident.ValidTable(bad), bad)
 		_, err := outbox.DDL(outbox.PostgreSQL, bad)
 		require.ErrorIs(t, err, outbox.ErrInvalidTableName, bad)
 	}

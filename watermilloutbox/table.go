@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/e0a82c8c/watermill-outbox/config"
+	"github.com/e0a82c8c/watermill-outbox/internal/sqlident"
 )
 
 // table is one outbox table's SQL: its validated names and its dialect.
@@ -22,7 +22,7 @@ func newTable(d Dialect, name string) (table, error) {
 	if err := d.Validate(); err != nil {
 		return table{}, err
 	}
-	if !config.ValidTableName(name) {
+	if !sqlident.ValidTable(name) {
 		return table{}, fmt.Errorf("%w: %q: want letters, digits and underscores, not starting with a digit, at most 48 characters, optionally schema-qualified",
 			ErrInvalidTableName, name)
 	}

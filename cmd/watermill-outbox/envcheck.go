@@ -3,10 +3,12 @@ package main
 import (
 	"fmt"
 	"os"
+	"reflect"
 
 	"github.com/caarlos0/env/v11"
 
 	"github.com/e0a82c8c/watermill-outbox/config"
+	"github.com/e0a82c8c/watermill-outbox/internal/envvar"
 )
 
 // commandVariables are the command's own OUTBOX_* variables, beside those
@@ -19,7 +21,7 @@ var commandVariables = []string{
 // warnUnknownVariables warns, once a run, about each OUTBOX_* variable that
 // names no setting: a misspelt one is otherwise ignored without a word.
 func (a *app) warnUnknownVariables() {
-	for _, v := range config.UnknownVariables(config.DefaultEnvPrefix, env.ToMap(os.Environ()), commandVariables...) {
+	for _, v := range envvar.Unknown(config.DefaultEnvPrefix, env.ToMap(os.Environ()), reflect.TypeFor[config.Config](), commandVariables...) {
 		fmt.Fprintf(a.stderr, "%s: warning: %s is not a setting and is ignored\n", name, v)
 	}
 }

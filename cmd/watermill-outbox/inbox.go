@@ -5,9 +5,9 @@ import (
 	"fmt"
 	"text/tabwriter"
 
-	"github.com/e0a82c8c/watermill-outbox/config"
 	"github.com/e0a82c8c/watermill-outbox/inbox"
 	"github.com/e0a82c8c/watermill-outbox/internal/dburl"
+	"github.com/e0a82c8c/watermill-outbox/internal/sqlident"
 )
 
 func init() { commands["inbox"] = (*app).inbox }
@@ -72,7 +72,7 @@ func (a *app) inbox(ctx context.Context, args []string) error {
 // openInbox opens the database; inboxOf returns the inbox of a consumer
 // in the table (any name, for stats) with cfg's other settings.
 func (a *app) openInbox(ctx context.Context, d *inboxFlags) (inboxOf func(consumer string, cfg inbox.Config) (*inbox.Inbox, error), closeDB func(), err error) {
-	if !config.ValidTableName(d.table) {
+	if !sqlident.ValidTable(d.table) {
 		return nil, nil, usagef("--inbox-table: invalid table name %q: want letters, digits and underscores, not starting with a digit, at most 48 characters, optionally schema-qualified", d.table)
 	}
 	dbu, setting, err := a.database(&dbFlags{url: d.url})

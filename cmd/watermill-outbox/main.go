@@ -16,6 +16,7 @@ import (
 
 	"github.com/e0a82c8c/watermill-outbox/config"
 	"github.com/e0a82c8c/watermill-outbox/internal/dburl"
+	"github.com/e0a82c8c/watermill-outbox/internal/sqlident"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
 
@@ -253,7 +254,7 @@ func (d *dbFlags) settings() (config.Config, error) {
 		return config.Config{}, &usageError{msg: strings.TrimPrefix(err.Error(), "config: ")}
 	}
 	if d.table != "" {
-		if !config.ValidTableName(d.table) {
+		if !sqlident.ValidTable(d.table) {
 			return config.Config{}, usagef("--table: invalid table name %q: want letters, digits and underscores, not starting with a digit, at most 48 characters, optionally schema-qualified", d.table)
 		}
 		cfg.Table = d.table

@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -23,6 +22,7 @@ import (
 	"github.com/e0a82c8c/watermill-outbox/forwarder"
 	"github.com/e0a82c8c/watermill-outbox/internal/backoff"
 	"github.com/e0a82c8c/watermill-outbox/internal/dburl"
+	"github.com/e0a82c8c/watermill-outbox/internal/envvar"
 	"github.com/e0a82c8c/watermill-outbox/internal/observe"
 	"github.com/e0a82c8c/watermill-outbox/metrics"
 	"github.com/e0a82c8c/watermill-outbox/sink"
@@ -236,7 +236,7 @@ func (a *app) parseRelay(args []string) (relaySettings, error) {
 	}
 	s.maxPause = defaultMaxPause
 	if raw, setting := value("health-max-pause", maxPause, "OUTBOX_HEALTH_MAX_PAUSE_SECONDS"); raw != "" {
-		dur, err := parseSeconds(raw)
+		dur, err := envvar.Seconds(raw)
 		if err != nil || dur <= 0 {
 			bad("%s: want a positive number of seconds (e.g. 90) or a Go duration (e.g. 90s), got %q", setting, raw)
 		}
@@ -277,17 +277,6 @@ func (a *app) parseRelay(args []string) (relaySettings, error) {
 		return s, &usageError{msg: errors.Join(errs...).Error()}
 	}
 	return s, nil
-}
-
-var decimal = regexp.MustCompile(`^(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)$`)
-
-// parseSeconds reads seconds ("1.5") or a Go duration ("1500ms"), as the
-// *_SECONDS variables of package config do.
-func parseSeconds(s string) (time.Duration, error) {
-	if decimal.MatchString(s) {
-		s += "s"
-	}
-	return time.ParseDuration(s)
 }
 
 func (a *app) relay(ctx context.Context, args []string) error {

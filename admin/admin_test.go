@@ -20,6 +20,7 @@ import (
 	"github.com/e0a82c8c/watermill-outbox/config"
 	"github.com/e0a82c8c/watermill-outbox/internal/testenv"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 // fixture is a table with a key held by a failing head (orders/k1: rows
@@ -51,7 +52,7 @@ func newFixture(t *testing.T, writes bool) *fixture {
 	}
 	require.NoError(t, pub.Publish("payments", message.NewMessage(watermill.NewUUID(), []byte("p"))))
 	f := &fixture{t: t, store: store}
-	c, err := store.Claim(ctx, outbox.ClaimRequest{Limit: 10, Lease: time.Hour, Ordered: true})
+	c, err := store.Claim(ctx, relaystore.ClaimRequest{Limit: 10, Lease: time.Hour, Ordered: true})
 	require.NoError(t, err)
 	var give []int64
 	for _, r := range c.Rows {
@@ -289,7 +290,7 @@ func TestActionsWithWrites(t *testing.T) {
 	resp, body = f.post("api/action", url.Values{"action": {"requeue-key"}, "topic": {"orders"}, "key": {"k1"}, "confirm": {"yes"}}, nil)
 	require.Equal(t, http.StatusOK, resp.StatusCode, body)
 	require.JSONEq(t, `{"done":"requeue-key","id":`+strconv.FormatInt(f.head, 10)+`}`, body)
-	c, err := f.store.Claim(context.Background(), outbox.ClaimRequest{Limit: 10, Lease: time.Hour, Ordered: true})
+	c, err := f.store.Claim(context.Background(), relaystore.ClaimRequest{Limit: 10, Lease: time.Hour, Ordered: true})
 	require.NoError(t, err)
 	var k1 []int64
 	for _, r := range c.Rows {

@@ -28,6 +28,7 @@ import (
 	"github.com/e0a82c8c/watermill-outbox/forwarder"
 	"github.com/e0a82c8c/watermill-outbox/internal/testenv"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 // chromium finds Debian's chromium, or skips the test (fails it with
@@ -104,7 +105,7 @@ func TestBrowserRequeuesADeadRow(t *testing.T) {
 	publish("payments.captured", "pay-9", "pay-9 #1")
 
 	// The heads fail: order-7's backs off for an hour, pay-9's is dead.
-	c, err := store.Claim(ctx, outbox.ClaimRequest{Limit: 10, Lease: time.Hour, Ordered: true, StrictOrder: true})
+	c, err := store.Claim(ctx, relaystore.ClaimRequest{Limit: 10, Lease: time.Hour, Ordered: true, StrictOrder: true})
 	require.NoError(t, err)
 	var stuck, dead int64
 	var give []int64

@@ -10,7 +10,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 
 	"github.com/e0a82c8c/watermill-outbox/internal/backoff"
-	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 // dbRetry is the relay's one policy for database calls that fail: claims,
@@ -21,7 +21,7 @@ import (
 //
 // Logging does not flood during an outage: the first failure of a run is
 // logged at error level (contention — a deadlock, a serialization failure,
-// a lock timeout, watermilloutbox.ErrContention — only at info level: it
+// a lock timeout, relaystore.ErrContention — only at info level: it
 // is expected under load and retried), the failures after it at debug
 // level with a reminder at error level every logEvery, and the recovery
 // at info level with the count. One dbRetry serves one kind of call of one
@@ -53,7 +53,7 @@ func (r *dbRetry) failed(err error) time.Duration {
 	r.failures++
 	delay := backoff.Jittered(r.failures, backoff.DBMin, backoff.DBMax)
 	fields := watermill.LogFields{"retry_in": delay.String(), "consecutive_failures": r.failures}
-	contended := errors.Is(err, outbox.ErrContention)
+	contended := errors.Is(err, relaystore.ErrContention)
 	switch {
 	case contended:
 		r.contention.Add(1)

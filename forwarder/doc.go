@@ -1,5 +1,5 @@
 // Package forwarder is the outbox's relay: it claims committed rows from
-// the outbox table (a watermilloutbox.Store) and republishes them to Kafka,
+// the outbox table (a relaystore.Store) and republishes them to Kafka,
 // RabbitMQ or any message.Publisher, through a handler on a Watermill
 // router, its own or the caller's.
 //

@@ -21,17 +21,18 @@ import (
 	"github.com/e0a82c8c/watermill-outbox/internal/testenv"
 	"github.com/e0a82c8c/watermill-outbox/retry"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 // spy is a Store decorator that records what the relay asks of the store.
 type spy struct {
-	outbox.Store
+	relaystore.Store
 	mu     sync.Mutex
-	claims []outbox.ClaimRequest
+	claims []relaystore.ClaimRequest
 	delays []time.Duration
 }
 
-func (s *spy) Claim(ctx context.Context, req outbox.ClaimRequest) (outbox.Claimed, error) {
+func (s *spy) Claim(ctx context.Context, req relaystore.ClaimRequest) (relaystore.Claimed, error) {
 	s.mu.Lock()
 	s.claims = append(s.claims, req)
 	s.mu.Unlock()
@@ -51,7 +52,7 @@ func (s *spy) claimCount() int {
 	return len(s.claims)
 }
 
-func (s *spy) firstClaim(t *testing.T) outbox.ClaimRequest {
+func (s *spy) firstClaim(t *testing.T) relaystore.ClaimRequest {
 	t.Helper()
 	waitFor(t, 30*time.Second, "a claim", func() bool { return s.claimCount() > 0 })
 	s.mu.Lock()

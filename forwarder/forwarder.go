@@ -17,6 +17,7 @@ import (
 	"github.com/e0a82c8c/watermill-outbox/internal/relayretry"
 	"github.com/e0a82c8c/watermill-outbox/retry"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 // Defaults of Config.
@@ -110,7 +111,7 @@ func (c Config) Validate() error {
 	if c.QuickRetries < 0 {
 		errs = append(errs, fmt.Errorf("QuickRetries: must not be negative, got %d", c.QuickRetries))
 	}
-	if _, err := outbox.ParseTopicFilter(c.Topics); err != nil {
+	if _, err := parseTopicFilter(c.Topics); err != nil {
 		errs = append(errs, fmt.Errorf("Topics: %w", err))
 	}
 	return errors.Join(errs...)
@@ -170,7 +171,7 @@ type Forwarder struct {
 
 // NewForwarder returns a Forwarder from the rows of store to destination,
 // run by the store's settings. A nil logger logs nothing.
-func NewForwarder(store outbox.Store, destination message.Publisher, config Config, logger watermill.LoggerAdapter) (*Forwarder, error) {
+func NewForwarder(store relaystore.Store, destination message.Publisher, config Config, logger watermill.LoggerAdapter) (*Forwarder, error) {
 	config.setDefaults()
 	if err := config.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid config: %w", err)

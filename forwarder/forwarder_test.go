@@ -16,6 +16,7 @@ import (
 	"github.com/e0a82c8c/watermill-outbox/internal/testenv"
 	"github.com/e0a82c8c/watermill-outbox/retry"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 // recorder is a destination publisher that records what it accepted and can
@@ -99,7 +100,7 @@ func (r *recorder) waitDistinct(t *testing.T, n int, timeout time.Duration) {
 	}
 }
 
-func runForwarder(t *testing.T, store outbox.Store, dest message.Publisher, cfg forwarder.Config) *forwarder.Forwarder {
+func runForwarder(t *testing.T, store relaystore.Store, dest message.Publisher, cfg forwarder.Config) *forwarder.Forwarder {
 	t.Helper()
 	f, err := forwarder.NewForwarder(store, dest, cfg, watermill.NopLogger{})
 	require.NoError(t, err)

@@ -14,17 +14,17 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 
 	"github.com/e0a82c8c/watermill-outbox/internal/observe"
-	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 // liveness is a Subscriber's place in the store's relay registry
-// (watermilloutbox.RelayRegistry): it beats every RelayTimeout/3 so that
+// (relaystore.RelayRegistry): it beats every RelayTimeout/3 so that
 // other relays know it is alive, names the relay in its claims, and tells
 // the operator when this relay was declared dead or took rows over from a
 // relay that was. A store without a registry leaves it idle: a dead
 // relay's rows then come back when their lease ends.
 type liveness struct {
-	reg     outbox.RelayRegistry // nil: the store has none
+	reg     relaystore.RelayRegistry // nil: the store has none
 	id      string
 	timeout time.Duration
 	logger  watermill.LoggerAdapter
@@ -53,17 +53,17 @@ type liveness struct {
 	sent, ttl, lapses atomic.Int64
 }
 
-func newLiveness(store outbox.Store, timeout time.Duration, logger watermill.LoggerAdapter, obs observe.Observer, handler string) *liveness {
+func newLiveness(store relaystore.Store, timeout time.Duration, logger watermill.LoggerAdapter, obs observe.Observer, handler string) *liveness {
 	l := &liveness{timeout: timeout, logger: logger, obs: obs, handler: handler,
 		stop: make(chan struct{}), done: make(chan struct{}), beaten: make(chan struct{})}
-	if reg, ok := store.(outbox.RelayRegistry); ok {
+	if reg, ok := store.(relaystore.RelayRegistry); ok {
 		l.reg, l.id = reg, newRelayID()
 	}
 	return l
 }
 
 // Heartbeat is a relay's standing in the store's relay registry
-// (watermilloutbox.RelayRegistry), as its own beats found it: what a
+// (relaystore.RelayRegistry), as its own beats found it: what a
 // health check of this relay can tell. It cannot tell whether other relays
 // are alive; the rows they hold past their heartbeat (Stats' Orphaned,
 // outbox_orphaned) and the takeover log line of the relay that takes them
@@ -225,7 +225,7 @@ func (l *liveness) beat(failing *bool) {
 
 // landed records a beat's outcome for the subscriptions, the health check
 // and the Observer, and wakes whoever waits for a beat.
-func (l *liveness) landed(sent time.Time, b outbox.Beat, err error) {
+func (l *liveness) landed(sent time.Time, b relaystore.Beat, err error) {
 	if l.obs != nil {
 		l.obs.ObserveBeat(observe.BeatEvent{Handler: l.handler, Relay: l.id, Sent: sent, Duration: time.Since(sent), Lapsed: b.Lapsed, Err: err})
 	}
@@ -325,7 +325,7 @@ func (l *liveness) flush() {
 }
 
 // takenOver is how many of a claim's rows were taken from dead relays.
-func takenOver(c outbox.Claimed) int {
+func takenOver(c relaystore.Claimed) int {
 	n := 0
 	for _, k := range c.TakenOver {
 		n += k

@@ -13,6 +13,7 @@ import (
 	"github.com/e0a82c8c/watermill-outbox/forwarder"
 	"github.com/e0a82c8c/watermill-outbox/internal/observe"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 // gatedRegistry is a store whose heartbeats can be held at a gate, as if
@@ -24,7 +25,7 @@ type gatedRegistry struct {
 	entered chan struct{} // signalled when a beat waits at the gate
 }
 
-func (g *gatedRegistry) Beat(_ context.Context, id string, ttl time.Duration) (outbox.Beat, error) {
+func (g *gatedRegistry) Beat(_ context.Context, id string, ttl time.Duration) (relaystore.Beat, error) {
 	g.mu.Lock()
 	gate := g.gate
 	g.mu.Unlock()
@@ -150,7 +151,7 @@ func TestLapsedRelayPublishesOnlyWhatItHandedOut(t *testing.T) {
 			}
 			_, err := e.db.Exec(`UPDATE `+e.table+`_relays SET alive_until = `+expired[b.dialect]+` WHERE id = `+placeholder(b.dialect), relay)
 			require.NoError(t, err)
-			other, err := e.store.Claim(context.Background(), outbox.ClaimRequest{Limit: 100, Lease: time.Hour, Ordered: true, Relay: "other"})
+			other, err := e.store.Claim(context.Background(), relaystore.ClaimRequest{Limit: 100, Lease: time.Hour, Ordered: true, Relay: "other"})
 			require.NoError(t, err)
 			require.Len(t, other.Rows, held, "the other relay takes every row over")
 			require.Equal(t, held, other.TakenOver[relay])

@@ -11,6 +11,7 @@ import (
 	"github.com/e0a82c8c/watermill-outbox/config"
 	"github.com/e0a82c8c/watermill-outbox/forwarder"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 // requireUntouched asserts the table holds exactly n rows, all pending,
@@ -127,7 +128,7 @@ func TestSubscriberMisuseWritesNothing(t *testing.T) {
 
 // configured is a Store decorator that reports other settings.
 type configured struct {
-	outbox.Store
+	relaystore.Store
 	cfg config.Config
 }
 

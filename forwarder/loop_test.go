@@ -14,6 +14,7 @@ import (
 	"github.com/e0a82c8c/watermill-outbox/config"
 	"github.com/e0a82c8c/watermill-outbox/forwarder"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 // The subscription loop without a database: fakeStore hands every call of
@@ -33,7 +34,7 @@ const (
 
 type call struct {
 	op        op
-	req       outbox.ClaimRequest
+	req       relaystore.ClaimRequest
 	token     string
 	ids       []int64
 	delay     time.Duration
@@ -42,7 +43,7 @@ type call struct {
 }
 
 type reply struct {
-	rows []outbox.Row
+	rows []relaystore.Row
 	n    int
 	err  error
 }
@@ -77,9 +78,9 @@ func (s *fakeStore) do(c call) reply {
 
 func (s *fakeStore) Config() config.Config { return s.cfg }
 
-func (s *fakeStore) Claim(_ context.Context, req outbox.ClaimRequest) (outbox.Claimed, error) {
+func (s *fakeStore) Claim(_ context.Context, req relaystore.ClaimRequest) (relaystore.Claimed, error) {
 	r := s.do(call{op: opClaim, req: req})
-	return outbox.Claimed{Token: "token", Rows: r.rows}, r.err
+	return relaystore.Claimed{Token: "token", Rows: r.rows}, r.err
 }
 
 func (s *fakeStore) MarkPublished(_ context.Context, token string, ids []int64, _ bool) (int, error) {
@@ -111,7 +112,7 @@ func (s *fakeStore) PurgePublished(context.Context, time.Duration, int) (int, er
 
 func (s *fakeStore) Maintain(context.Context) error { return nil }
 
-func (s *fakeStore) Listen(context.Context, func()) error { return outbox.ErrNoWakeUps }
+func (s *fakeStore) Listen(context.Context, func()) error { return relaystore.ErrNoWakeUps }
 
 // next returns the loop's next call of kind want. The workers run
 // concurrently, so calls of other kinds may come first: they wait,
@@ -164,15 +165,15 @@ func loopConfig() config.Config {
 	return config.Config{PollingInterval: time.Hour, ClaimTimeout: time.Hour, BatchSize: 10, MaxInFlight: 100}
 }
 
-func rows(ids ...int64) []outbox.Row {
-	out := make([]outbox.Row, len(ids))
+func rows(ids ...int64) []relaystore.Row {
+	out := make([]relaystore.Row, len(ids))
 	for i, id := range ids {
-		out[i] = outbox.Row{ID: id, UUID: "uuid-" + strconv.FormatInt(id, 10), Topic: "t", Payload: []byte("x")}
+		out[i] = relaystore.Row{ID: id, UUID: "uuid-" + strconv.FormatInt(id, 10), Topic: "t", Payload: []byte("x")}
 	}
 	return out
 }
 
-func keyed(key string, ids ...int64) []outbox.Row {
+func keyed(key string, ids ...int64) []relaystore.Row {
 	out := rows(ids...)
 	for i := range out {
 		out[i].PartitionKey = key
@@ -437,7 +438,7 @@ func TestLoopBoundsInFlightBytes(t *testing.T) {
 	cfg.MaxInFlightBytes = 64
 	s := newFakeStore(t, cfg)
 	_, ch := subscribe(t, s)
-	big := func(ids ...int64) []outbox.Row {
+	big := func(ids ...int64) []relaystore.Row {
 		out := rows(ids...)
 		for i := range out {
 			out[i].Payload = []byte("8 bytes!")

@@ -15,7 +15,7 @@ import (
 
 	"github.com/e0a82c8c/watermill-outbox/forwarder"
 	"github.com/e0a82c8c/watermill-outbox/internal/testenv"
-	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 // ackOnError is a hand-written middleware that swallows handler errors, as
@@ -250,4 +250,4 @@ func countLogs(l *logs, substr string) int {
 	return n
 }
 
-var _ outbox.Store = configured{}
+var _ relaystore.Store = configured{}

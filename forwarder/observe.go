@@ -6,7 +6,7 @@ import (
 	"github.com/e0a82c8c/watermill-outbox/internal/delivery"
 	"github.com/e0a82c8c/watermill-outbox/internal/observe"
 	"github.com/e0a82c8c/watermill-outbox/retry"
-	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 // failureKind maps a verdict to the kind observed.
@@ -27,7 +27,7 @@ func failureKind(v delivery.Verdict) observe.FailureKind {
 // allocation of its own, since it lives inside the held row.
 type rowCtx struct {
 	context.Context
-	row *outbox.Row
+	row *relaystore.Row
 	// lapses is the relay's lapse count when the row was handed out (see
 	// Subscriber.mayPublish); set by the loop before it hands the row out.
 	lapses int64
@@ -50,7 +50,7 @@ func (c *rowCtx) Value(key any) any {
 
 // rowFromContext returns the row an emitted message's context carries, or
 // nil when a router middleware replaced the context.
-func rowFromContext(ctx context.Context) *outbox.Row {
-	r, _ := ctx.Value(rowKey{}).(*outbox.Row)
+func rowFromContext(ctx context.Context) *relaystore.Row {
+	r, _ := ctx.Value(rowKey{}).(*relaystore.Row)
 	return r
 }

@@ -11,21 +11,21 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/e0a82c8c/watermill-outbox/forwarder"
-	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 // flakyStore fails the first claims and ack writes, as a database that is
 // briefly unreachable would.
 type flakyStore struct {
-	outbox.Store
+	relaystore.Store
 	claimFailures, ackFailures atomic.Int32
 }
 
 var errDatabaseDown = errors.New("connection refused")
 
-func (s *flakyStore) Claim(ctx context.Context, req outbox.ClaimRequest) (outbox.Claimed, error) {
+func (s *flakyStore) Claim(ctx context.Context, req relaystore.ClaimRequest) (relaystore.Claimed, error) {
 	if s.claimFailures.Add(-1) >= 0 {
-		return outbox.Claimed{}, errDatabaseDown
+		return relaystore.Claimed{}, errDatabaseDown
 	}
 	return s.Store.Claim(ctx, req)
 }

@@ -12,7 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/e0a82c8c/watermill-outbox/forwarder"
-	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 // TestClaimExpiryRecoversCrashedRelay: rows claimed by a relay that died
@@ -22,7 +22,7 @@ func TestClaimExpiryRecoversCrashedRelay(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, e *relayEnv) {
 		ctx := context.Background()
 		msgs := e.publish(t, "t", 5, func(i int) string { return "same-key" })
-		c, err := e.store.Claim(ctx, outbox.ClaimRequest{Limit: 5, Lease: time.Second, Ordered: true})
+		c, err := e.store.Claim(ctx, relaystore.ClaimRequest{Limit: 5, Lease: time.Second, Ordered: true})
 		rows := c.Rows
 		require.NoError(t, err)
 		require.Len(t, rows, 5, "one key's rows are claimed together")

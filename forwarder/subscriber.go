@@ -14,6 +14,7 @@ import (
 	"github.com/e0a82c8c/watermill-outbox/config"
 	"github.com/e0a82c8c/watermill-outbox/internal/observe"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 // AllTopics subscribes to the rows of every destination topic the
@@ -48,7 +49,7 @@ type subscriberConfig struct {
 //     at MaxRetryCount the row is dead.
 //   - Rows leased longer than half the claim timeout get their lease renewed
 //     while they are held. The subscriber beats in the store's relay
-//     registry (watermilloutbox.RelayRegistry) every RelayTimeout/3; a
+//     registry (relaystore.RelayRegistry) every RelayTimeout/3; a
 //     crashed relay's rows are claimed again once its heartbeat is
 //     RelayTimeout old, or, on a store without a registry, when their
 //     lease expires. While its own last beat is older than that it emits
@@ -71,9 +72,9 @@ type subscriberConfig struct {
 // A database error never ends a subscription: it is logged and retried with
 // backoff.
 type Subscriber struct {
-	store  outbox.Store
+	store  relaystore.Store
 	config config.Config
-	topics outbox.TopicFilter
+	topics relaystore.TopicFilter
 	logger watermill.LoggerAdapter
 	// source fills each delivery's record: the forwarder's handler, or,
 	// for a plain subscriber (tests, Watermill's universal suite), the
@@ -113,7 +114,7 @@ func newSubscriber(store outbox.Store, sc subscriberConfig, logger watermill.Log
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid config: the store's config: %w", err)
 	}
-	topics, err := outbox.ParseTopicFilter(sc.Topics)
+	topics, err := parseTopicFilter(sc.Topics)
 	if err != nil {
 		return nil, fmt.Errorf("invalid config: Topics: %w", err)
 	}
@@ -148,7 +149,7 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 		if !s.topics.Match(topic) {
 			return nil, fmt.Errorf("outbox subscriber: topic %q is outside the subscriber's Topics (%s)", topic, s.topics)
 		}
-		filter = outbox.TopicFilter{Names: []string{topic}}
+		filter = relaystore.TopicFilter{Names: []string{topic}}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -196,7 +197,7 @@ func (s *Subscriber) listen() {
 	err := s.store.Listen(ctx, s.Wake)
 	switch {
 	case ctx.Err() != nil:
-	case errors.Is(err, outbox.ErrNoWakeUps):
+	case errors.Is(err, relaystore.ErrNoWakeUps):
 		s.logger.Debug("Outbox relay polls for new rows: "+err.Error(), nil)
 	default:
 		s.logger.Error("Outbox commit notifications ended; polling only", err, nil)

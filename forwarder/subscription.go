@@ -10,7 +10,7 @@ import (
 
 	"github.com/e0a82c8c/watermill-outbox/config"
 	"github.com/e0a82c8c/watermill-outbox/internal/observe"
-	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 // closeGrace bounds how long a closing subscription waits for messages in
@@ -26,7 +26,7 @@ const closeGrace = 5 * time.Second
 type subscription struct {
 	s      *Subscriber
 	ctx    context.Context
-	topics outbox.TopicFilter
+	topics relaystore.TopicFilter
 	cfg    config.Config
 	out    chan *message.Message
 	wake   chan struct{}
@@ -64,7 +64,7 @@ type claimed struct {
 	lapsed bool
 }
 
-func newSubscription(s *Subscriber, ctx context.Context, topics outbox.TopicFilter) *subscription {
+func newSubscription(s *Subscriber, ctx context.Context, topics relaystore.TopicFilter) *subscription {
 	cfg := s.config
 	sub := &subscription{
 		s:         s,

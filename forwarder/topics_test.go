@@ -70,17 +70,17 @@ func TestSubscriberTopicFilter(t *testing.T) {
 
 func TestParseTopicFilter(t *testing.T) {
 	t.Parallel()
-	f, err := outbox.ParseTopicFilter([]string{"a.b", "c.*", "d"})
+	f, err := forwarder.ParseTopicFilter([]string{"a.b", "c.*", "d"})
 	require.NoError(t, err)
 	for topic, want := range map[string]bool{"a.b": true, "c.": true, "c.x.y": true, "d": true, "a": false, "c": false, "d.x": false} {
 		require.Equal(t, want, f.Match(topic), topic)
 	}
 	require.Equal(t, "a.b,d,c.*", f.String())
-	all, err := outbox.ParseTopicFilter([]string{"a", "*"})
+	all, err := forwarder.ParseTopicFilter([]string{"a", "*"})
 	require.NoError(t, err)
 	require.True(t, all.All())
 	for _, bad := range []string{"", " a", "a*b", "*a", "a b"} {
-		_, err := outbox.ParseTopicFilter([]string{bad})
+		_, err := forwarder.ParseTopicFilter([]string{bad})
 		require.Error(t, err, "%q", bad)
 	}
 }

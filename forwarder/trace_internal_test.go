@@ -15,10 +15,11 @@ import (
 	"github.com/e0a82c8c/watermill-outbox/config"
 	"github.com/e0a82c8c/watermill-outbox/internal/observe"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 // configStore is a Store of which NewForwarder reads only the config.
-type configStore struct{ outbox.Store }
+type configStore struct{ relaystore.Store }
 
 func (configStore) Config() config.Config { return config.Config{} }
 
@@ -30,7 +31,7 @@ func (discard) Close() error                              { return nil }
 // relayedMessage is a message as the subscriber emits it, its context
 // carrying its row.
 func relayedMessage() *message.Message {
-	row := &outbox.Row{ID: 1, UUID: "0c1f", Topic: "orders", CreatedAt: time.Now()}
+	row := &relaystore.Row{ID: 1, UUID: "0c1f", Topic: "orders", CreatedAt: time.Now()}
 	msg := message.NewMessage(row.UUID, []byte(`{"order":1}`))
 	msg.Metadata.Set(outbox.TopicMetadataKey, row.Topic)
 	msg.Metadata.Set(outbox.PartitionKeyMetadataKey, "order-1")

@@ -8,7 +8,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/e0a82c8c/watermill-outbox/internal/delivery"
-	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 // rowState is where a claimed row is in its subscription. Every held row is
@@ -30,7 +30,7 @@ const (
 
 // held is a claimed row this subscription is responsible for.
 type held struct {
-	row       outbox.Row
+	row       relaystore.Row
 	token     string
 	state     rowState
 	renewedAt time.Time // when the lease was last set, local clock
@@ -64,7 +64,7 @@ func (w *window) size() int { return len(w.held) }
 
 // rowSize is what a row costs MaxInFlightBytes: its payload and its
 // metadata's keys and values.
-func rowSize(r outbox.Row) int {
+func rowSize(r relaystore.Row) int {
 	n := len(r.Payload)
 	for k, v := range r.Metadata {
 		n += len(k) + len(v)
@@ -77,7 +77,7 @@ func rowSize(r outbox.Row) int {
 // and the rest, a suffix of the claim, which must be given back: so a
 // backlog of large messages costs about maxBytes of memory. It learns the
 // claim's mean row size, which sizes the next claims (byteRoom).
-func (w *window) admit(rows []outbox.Row, maxBytes int) (in, out []outbox.Row) {
+func (w *window) admit(rows []relaystore.Row, maxBytes int) (in, out []relaystore.Row) {
 	if len(rows) == 0 {
 		return nil, nil
 	}
@@ -125,7 +125,7 @@ func (w *window) byteCapacity(maxBytes int) int {
 // add takes claimed rows (in id order) into the window and returns those
 // that are ready: keyless rows, and the first row of each key that has none
 // in flight. The others queue behind their key's row in flight.
-func (w *window) add(token string, rows []outbox.Row, now time.Time) []*held {
+func (w *window) add(token string, rows []relaystore.Row, now time.Time) []*held {
 	var out []*held
 	for _, r := range rows {
 		h := &held{row: r, token: token, renewedAt: now}

@@ -6,13 +6,13 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
-func sizedRows(size int, ids ...int64) []outbox.Row {
-	out := make([]outbox.Row, len(ids))
+func sizedRows(size int, ids ...int64) []relaystore.Row {
+	out := make([]relaystore.Row, len(ids))
 	for i, id := range ids {
-		out[i] = outbox.Row{ID: id, Topic: "t", Payload: make([]byte, size)}
+		out[i] = relaystore.Row{ID: id, Topic: "t", Payload: make([]byte, size)}
 	}
 	return out
 }

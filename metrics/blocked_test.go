@@ -11,6 +11,7 @@ import (
 
 	"github.com/e0a82c8c/watermill-outbox/metrics"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 // TestBlockedKeyGauges: a key whose head backs off shows in
@@ -27,7 +28,7 @@ func TestBlockedKeyGauges(t *testing.T) {
 		msgs[i].Metadata.Set(outbox.PartitionKeyMetadataKey, []string{"k1", "k1", "k2", "k3"}[i])
 	}
 	require.NoError(t, e.pub.Publish("a", msgs...))
-	c, err := e.store.Claim(ctx, outbox.ClaimRequest{Limit: 10, Lease: time.Hour, Ordered: true})
+	c, err := e.store.Claim(ctx, relaystore.ClaimRequest{Limit: 10, Lease: time.Hour, Ordered: true})
 	require.NoError(t, err)
 	var release []int64
 	for _, r := range c.Rows {

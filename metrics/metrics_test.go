@@ -23,6 +23,7 @@ import (
 	"github.com/e0a82c8c/watermill-outbox/metrics"
 	"github.com/e0a82c8c/watermill-outbox/retry"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 // outboxEnv is one test's table on PostgreSQL, its store and an
@@ -105,7 +106,7 @@ func (d *destination) Publish(_ string, msgs ...*message.Message) error {
 func (d *destination) Close() error { return nil }
 
 // run starts a forwarder observed by m and stops it when t ends.
-func run(t *testing.T, store outbox.Store, dest message.Publisher, m *metrics.Metrics) *forwarder.Forwarder {
+func run(t *testing.T, store relaystore.Store, dest message.Publisher, m *metrics.Metrics) *forwarder.Forwarder {
 	t.Helper()
 	f, err := forwarder.NewForwarder(store, dest, forwarder.Config{Observer: m}, nil)
 	require.NoError(t, err)
@@ -255,7 +256,7 @@ func TestRelayMetricsReclaimedAndStale(t *testing.T) {
 	e := newOutbox(t, fastConfig())
 	uuids := e.publish(t, "orders", 3)
 	// A claim whose lease is over at once, as if its relay had crashed.
-	c, err := e.store.Claim(context.Background(), outbox.ClaimRequest{Limit: 3, Lease: time.Microsecond})
+	c, err := e.store.Claim(context.Background(), relaystore.ClaimRequest{Limit: 3, Lease: time.Microsecond})
 	require.NoError(t, err)
 	require.Len(t, c.Rows, 3)
 
@@ -337,9 +338,9 @@ func TestStatsGauges(t *testing.T) {
 	e := newOutbox(t, fastConfig())
 	e.publish(t, "a", 5)
 	e.publish(t, "b", 2)
-	onlyA := outbox.TopicFilter{Names: []string{"a"}}
-	claim := func(n int) outbox.Claimed {
-		c, err := e.store.Claim(ctx, outbox.ClaimRequest{Topics: onlyA, Limit: n, Lease: time.Hour})
+	onlyA := relaystore.TopicFilter{Names: []string{"a"}}
+	claim := func(n int) relaystore.Claimed {
+		c, err := e.store.Claim(ctx, relaystore.ClaimRequest{Topics: onlyA, Limit: n, Lease: time.Hour})
 		require.NoError(t, err)
 		require.Len(t, c.Rows, n)
 		return c
@@ -571,7 +572,7 @@ func TestInvalidUTF8TopicNeverPanics(t *testing.T) {
 	require.NoError(t, err)
 	reg := registry(t, m)
 	require.NotPanics(t, func() {
-		m.ObserveClaim(observe.ClaimEvent{Handler: handler, Rows: []outbox.Row{{ID: 1, Topic: "bad\xff"}}})
+		m.ObserveClaim(observe.ClaimEvent{Handler: handler, Rows: []relaystore.Row{{ID: 1, Topic: "bad\xff"}}})
 		m.ObservePublish(observe.PublishEvent{Handler: handler, Topic: "bad\xfe", CreatedAt: time.Now(), ConfirmedAt: time.Now()})
 		m.ObserveFailure(observe.FailureEvent{Handler: handler, Topic: "bad\xfd", Kind: observe.FailureTransient})
 		m.ObserveDead(observe.DeadEvent{Handler: handler, Topic: "bad\xfc"})

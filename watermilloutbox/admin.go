@@ -8,11 +8,12 @@ import (
 	"slices"
 
 	"github.com/e0a82c8c/watermill-outbox/config"
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 // DeadRow is a row the relay gave up on.
 type DeadRow struct {
-	Row
+	relaystore.Row
 	LastError string
 }
 
@@ -92,7 +93,7 @@ func (s *SQLStore) ListDead(ctx context.Context, q DeadQuery) ([]DeadRow, error)
 	var out []DeadRow
 	// An undecodable row is listed with what could be read: its last error
 	// says why it is dead.
-	err := s.scanRows(ctx, s.db, query, args, withLastError, func(r Row, lastErr sql.NullString, _ error) {
+	err := s.scanRows(ctx, s.db, query, args, withLastError, func(r relaystore.Row, lastErr sql.NullString, _ error) {
 		out = append(out, DeadRow{Row: r, LastError: lastErr.String})
 	})
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/e0a82c8c/watermill-outbox/config"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 // adminTable is one test's table with rows in it, on one dialect.
@@ -120,7 +121,7 @@ func TestRequeueTopicMakesOnlyThatTopicPending(t *testing.T) {
 			require.Equal(t, map[string]int{"dead": 4}, a.states("payments"))
 			require.Equal(t, 0, a.count(`topic = 'orders' AND (attempts <> 0 OR waiting <> 0 OR claim_token IS NOT NULL)`))
 
-			claimed, err := a.store.Claim(ctx, outbox.ClaimRequest{Limit: 100, Lease: time.Minute, Ordered: true})
+			claimed, err := a.store.Claim(ctx, relaystore.ClaimRequest{Limit: 100, Lease: time.Minute, Ordered: true})
 			require.NoError(t, err)
 			require.Len(t, claimed.Rows, 6, "requeued rows are due at once")
 			for _, r := range claimed.Rows {

@@ -15,6 +15,7 @@ import (
 	"github.com/e0a82c8c/watermill-outbox/config"
 	"github.com/e0a82c8c/watermill-outbox/internal/testenv"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 // badInputDB is one database the bad-input tests run on.
@@ -225,7 +226,7 @@ func TestPublishLimitsAcceptTheirBoundsExactly(t *testing.T) {
 			used := len(outbox.PartitionKeyMetadataKey) + len(key) + 8 + len("odd") + len(odd) + 8
 			m.Metadata.Set("pad", strings.Repeat("p", limit-used-len("pad")-8)) // exactly at the limit
 			require.NoError(t, pub.Publish("t", m))
-			c, err := store.Claim(ctx, outbox.ClaimRequest{Limit: 10, Lease: time.Minute, Ordered: true})
+			c, err := store.Claim(ctx, relaystore.ClaimRequest{Limit: 10, Lease: time.Minute, Ordered: true})
 			require.NoError(t, err)
 			require.Len(t, c.Rows, 1)
 			require.Equal(t, key, c.Rows[0].PartitionKey)

@@ -12,6 +12,8 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 // How a claim finds its rows, and why its cost follows the rows it returns.
@@ -116,21 +118,21 @@ type candidate struct {
 	run string
 }
 
-// Claim implements Store.
-func (s *SQLStore) Claim(ctx context.Context, req ClaimRequest) (Claimed, error) {
+// Claim implements relaystore.Store.
+func (s *SQLStore) Claim(ctx context.Context, req relaystore.ClaimRequest) (relaystore.Claimed, error) {
 	if req.Limit < 1 {
-		return Claimed{}, fmt.Errorf("outbox: claim: limit must be at least 1, got %d", req.Limit)
+		return relaystore.Claimed{}, fmt.Errorf("outbox: claim: limit must be at least 1, got %d", req.Limit)
 	}
 	if req.Lease <= 0 {
-		return Claimed{}, fmt.Errorf("outbox: claim: lease must be positive, got %s", req.Lease)
+		return relaystore.Claimed{}, fmt.Errorf("outbox: claim: lease must be positive, got %s", req.Lease)
 	}
 	if req.Relay != "" && !validRelayID(req.Relay) {
-		return Claimed{}, fmt.Errorf("outbox: claim: invalid relay id %q: want 1 to %d letters, digits and . _ : -", req.Relay, maxRelayID)
+		return relaystore.Claimed{}, fmt.Errorf("outbox: claim: invalid relay id %q: want 1 to %d letters, digits and . _ : -", req.Relay, maxRelayID)
 	}
 	if err := s.checkDialect(ctx); err != nil {
-		return Claimed{}, fmt.Errorf("outbox: claim: %w", err)
+		return relaystore.Claimed{}, fmt.Errorf("outbox: claim: %w", err)
 	}
-	c := Claimed{Token: uuid.NewString()}
+	c := relaystore.Claimed{Token: uuid.NewString()}
 	// taking names the rows of a pipelined take once it was sent with its
 	// COMMIT: should the claim fail from then on, they may be committed to
 	// it, and are given back once its connection is.
@@ -169,15 +171,15 @@ func (s *SQLStore) Claim(ctx context.Context, req ClaimRequest) (Claimed, error)
 		}
 	}
 	if err != nil {
-		return Claimed{}, fmt.Errorf("outbox: claim: %w", markContention(err))
+		return relaystore.Claimed{}, fmt.Errorf("outbox: claim: %w", markContention(err))
 	}
-	slices.SortFunc(c.Rows, func(a, b Row) int { return int(a.ID - b.ID) })
+	slices.SortFunc(c.Rows, func(a, b relaystore.Row) int { return int(a.ID - b.ID) })
 	return c, nil
 }
 
 // claim runs one claim's steps in tx: promote, find the candidates, take
 // them.
-func (s *SQLStore) claim(ctx context.Context, tx tx, req ClaimRequest, c *Claimed, taking *[]int64) error {
+func (s *SQLStore) claim(ctx context.Context, tx tx, req relaystore.ClaimRequest, c *relaystore.Claimed, taking *[]int64) error {
 	open := s.opening(req)
 	if p, ok := tx.(*pipeTx); ok {
 		// What the claim reads first depends on nothing read before: one
@@ -219,7 +221,7 @@ type claimOpening struct {
 }
 
 // opening builds a claim's opening statements.
-func (s *SQLStore) opening(req ClaimRequest) claimOpening {
+func (s *SQLStore) opening(req relaystore.ClaimRequest) claimOpening {
 	cq := s.claimQ(req)
 	o := claimOpening{cursor: s.cursor.get()}
 	q, args := cq.promote(req.Limit)
@@ -248,7 +250,7 @@ func (o claimOpening) items() []pipeItem {
 
 // candidates returns the rows a claim means to take, in id order, and
 // whether more may be due than it found.
-func (s *SQLStore) candidates(ctx context.Context, tx tx, req ClaimRequest, open claimOpening) ([]candidate, bool, error) {
+func (s *SQLStore) candidates(ctx context.Context, tx tx, req relaystore.ClaimRequest, open claimOpening) ([]candidate, bool, error) {
 	keyless, err := s.keyless(ctx, tx, open.keyless)
 	if err != nil {
 		return nil, false, fmt.Errorf("keyless rows: %w", err)
@@ -290,7 +292,7 @@ func (s *SQLStore) keyless(ctx context.Context, tx tx, st stmt) ([]candidate, er
 // it may take from, the run of free rows starting at the key's head: at
 // most its share of the limit, and never reaching a leased, not yet due or
 // waiting row.
-func (s *SQLStore) keyedRuns(ctx context.Context, tx tx, req ClaimRequest, opening claimOpening) ([]candidate, bool, error) {
+func (s *SQLStore) keyedRuns(ctx context.Context, tx tx, req relaystore.ClaimRequest, opening claimOpening) ([]candidate, bool, error) {
 	heads, more, err := s.walkKeys(ctx, tx, req, walkBudget(req.Limit), opening)
 	if err != nil {
 		return nil, false, err
@@ -367,7 +369,7 @@ func (s *SQLStore) runs(ctx context.Context, tx tx, cq claimSQL, heads []keyHead
 // order: every topic at once (nil), or, with a topic filter, each matching
 // topic that has keyed rows, so that the walk never reads another topic's
 // keys.
-func (s *SQLStore) segments(ctx context.Context, tx tx, topics TopicFilter) ([]*string, error) {
+func (s *SQLStore) segments(ctx context.Context, tx tx, topics relaystore.TopicFilter) ([]*string, error) {
 	if topics.All() {
 		return []*string{nil}, nil
 	}
@@ -387,7 +389,7 @@ func (s *SQLStore) segments(ctx context.Context, tx tx, topics TopicFilter) ([]*
 // visit reports that it is done. The key space is in the database's order,
 // which under a linguistic collation is not Go's: visit knows it has come
 // round when it meets a key (or row) it saw before.
-func (s *SQLStore) round(ctx context.Context, tx tx, topics TopicFilter, cursor keyPos, visit func(seg *string, after keyPos, again bool) (bool, error)) error {
+func (s *SQLStore) round(ctx context.Context, tx tx, topics relaystore.TopicFilter, cursor keyPos, visit func(seg *string, after keyPos, again bool) (bool, error)) error {
 	segs, err := s.segments(ctx, tx, topics)
 	if err != nil || len(segs) == 0 {
 		return err
@@ -432,7 +434,7 @@ func (s *SQLStore) round(ctx context.Context, tx tx, topics TopicFilter, cursor 
 // order, once round from the opening's cursor, and moves the cursor to the
 // last key visited. more reports that it stopped at the budget. Its first
 // visit over every topic is the opening's.
-func (s *SQLStore) walkKeys(ctx context.Context, tx tx, req ClaimRequest, budget int, open claimOpening) ([]keyHead, bool, error) {
+func (s *SQLStore) walkKeys(ctx context.Context, tx tx, req relaystore.ClaimRequest, budget int, open claimOpening) ([]keyHead, bool, error) {
 	var heads []keyHead
 	seen := make(map[keyPos]bool)
 	cq := s.claimQ(req)
@@ -474,7 +476,7 @@ func (s *SQLStore) walkKeys(ctx context.Context, tx tx, req ClaimRequest, budget
 // in key order, once round from the opening's cursor, and moves the cursor
 // to the key of the last. Its first visit over every topic is the
 // opening's.
-func (s *SQLStore) keyedRows(ctx context.Context, tx tx, req ClaimRequest, open claimOpening) ([]candidate, bool, error) {
+func (s *SQLStore) keyedRows(ctx context.Context, tx tx, req relaystore.ClaimRequest, open claimOpening) ([]candidate, bool, error) {
 	var out []candidate
 	var last keyPos
 	seen := make(map[int64]bool)
@@ -515,7 +517,7 @@ func (s *SQLStore) keyedRows(ctx context.Context, tx tx, req ClaimRequest, open 
 }
 
 // claimQ is the statement builder of one claim, naming its relay.
-func (s *SQLStore) claimQ(req ClaimRequest) claimSQL {
+func (s *SQLStore) claimQ(req relaystore.ClaimRequest) claimSQL {
 	q := s.q
 	q.relay = req.Relay
 	return q
@@ -527,12 +529,12 @@ func (s *SQLStore) claimQ(req ClaimRequest) claimSQL {
 // that lost a row keeps only the rows before it: the rest are not claimed.
 // A taken row that cannot be decoded is made dead with the reason instead
 // of being returned (bury).
-func (s *SQLStore) take(ctx context.Context, tx tx, token string, req ClaimRequest, cands []candidate, taking *[]int64) ([]Row, map[string]int, error) {
+func (s *SQLStore) take(ctx context.Context, tx tx, token string, req relaystore.ClaimRequest, cands []candidate, taking *[]int64) ([]relaystore.Row, map[string]int, error) {
 	from := make(map[int64]string) // row → the dead relay it was taken from
 	var bad map[int64]string
-	collect := func(into *[]Row) func(Row, sql.NullString, error) {
+	collect := func(into *[]relaystore.Row) func(relaystore.Row, sql.NullString, error) {
 		add := collectRows(into, &bad)
-		return func(r Row, takenFrom sql.NullString, why error) {
+		return func(r relaystore.Row, takenFrom sql.NullString, why error) {
 			add(r, takenFrom, why)
 			if takenFrom.String != "" {
 				from[r.ID] = takenFrom.String
@@ -541,7 +543,7 @@ func (s *SQLStore) take(ctx context.Context, tx tx, token string, req ClaimReque
 	}
 	// finish buries the undecodable rows of kept and counts what the rest
 	// took over from dead relays.
-	finish := func(kept []Row) ([]Row, map[string]int, error) {
+	finish := func(kept []relaystore.Row) ([]relaystore.Row, map[string]int, error) {
 		kept, err := s.bury(ctx, tx, token, kept, bad)
 		if err != nil {
 			return nil, nil, err
@@ -567,7 +569,7 @@ func (s *SQLStore) take(ctx context.Context, tx tx, token string, req ClaimReque
 		// Lock by primary key in id order (see lockFree), then claim what
 		// the cut keeps.
 		q, args := cq.lockFree(ids)
-		var locked []Row
+		var locked []relaystore.Row
 		err := s.scanRows(ctx, tx, q, args, withReclaimed, collect(&locked))
 		if err != nil {
 			return nil, nil, err
@@ -582,7 +584,7 @@ func (s *SQLStore) take(ctx context.Context, tx tx, token string, req ClaimReque
 		}
 		return finish(kept)
 	}
-	var taken []Row
+	var taken []relaystore.Row
 	var err error
 	if p, ok := tx.(*pipeTx); ok {
 		// The take and COMMIT in one round trip; rows the cut drops are
@@ -628,7 +630,7 @@ const genericPlan = `SELECT set_config('plan_cache_mode', 'force_generic_plan', 
 // last error, and returns the others: a row the relay cannot read is the
 // row's failure, never the claim's, and retrying it would fail the same
 // way.
-func (s *SQLStore) bury(ctx context.Context, tx tx, token string, kept []Row, bad map[int64]string) ([]Row, error) {
+func (s *SQLStore) bury(ctx context.Context, tx tx, token string, kept []relaystore.Row, bad map[int64]string) ([]relaystore.Row, error) {
 	if len(bad) == 0 {
 		return kept, nil
 	}
@@ -671,8 +673,8 @@ const giveBackTimeout = 5 * time.Second
 // and locking them: in each run, the rows behind the first lost one are
 // dropped, since they may not go before it. It returns the rows to keep and
 // the ids of the taken rows to give back.
-func cut(cands []candidate, taken []Row) (kept []Row, dropped []int64) {
-	got := make(map[int64]Row, len(taken))
+func cut(cands []candidate, taken []relaystore.Row) (kept []relaystore.Row, dropped []int64) {
+	got := make(map[int64]relaystore.Row, len(taken))
 	for _, r := range taken {
 		got[r.ID] = r
 	}
@@ -693,7 +695,7 @@ func cut(cands []candidate, taken []Row) (kept []Row, dropped []int64) {
 	return kept, dropped
 }
 
-func rowIDs(rows []Row) []int64 {
+func rowIDs(rows []relaystore.Row) []int64 {
 	out := make([]int64, len(rows))
 	for i, r := range rows {
 		out[i] = r.ID

@@ -12,6 +12,7 @@ import (
 	"github.com/e0a82c8c/watermill-outbox/config"
 	"github.com/e0a82c8c/watermill-outbox/internal/testenv"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 // A claim's reads follow the rows it returns, not the rows it passes over:
@@ -41,13 +42,13 @@ func TestClaimReadsFollowItsWork(t *testing.T) {
 					bulkInsert(t, db, tc.dialect, table, "'t'", fmt.Sprintf("'k%02d'", k), 5)
 				}
 				bulkInsert(t, db, tc.dialect, table, "'t'", "NULL", 50)
-				c, err := store.Claim(context.Background(), outbox.ClaimRequest{Limit: 1, Lease: time.Hour, Ordered: true})
+				c, err := store.Claim(context.Background(), relaystore.ClaimRequest{Limit: 1, Lease: time.Hour, Ordered: true})
 				require.NoError(t, err)
 				require.Len(t, c.Rows, 1)
 				require.Equal(t, "aaa", c.Rows[0].PartitionKey)
 				_, err = store.RecordFailure(context.Background(), c.Token, c.Rows[0].ID, "poison", time.Hour)
 				require.NoError(t, err)
-				cost, err := outbox.ClaimReadCost(context.Background(), store, outbox.ClaimRequest{Limit: 100, Lease: time.Minute, Ordered: true})
+				cost, err := outbox.ClaimReadCost(context.Background(), store, relaystore.ClaimRequest{Limit: 100, Lease: time.Minute, Ordered: true})
 				require.NoError(t, err)
 				return cost
 			}
@@ -61,7 +62,7 @@ func TestClaimReadsFollowItsWork(t *testing.T) {
 				// entries a page.)
 				bulkInsert(t, db, tc.dialect, table, "'failing'", "NULL", n, waitingColumns[tc.dialect])
 				bulkInsert(t, db, tc.dialect, table, "'t'", "NULL", 50)
-				cost, err := outbox.ClaimReadCost(context.Background(), store, outbox.ClaimRequest{Limit: 100, Lease: time.Minute})
+				cost, err := outbox.ClaimReadCost(context.Background(), store, relaystore.ClaimRequest{Limit: 100, Lease: time.Minute})
 				require.NoError(t, err)
 				return cost
 			}

@@ -11,6 +11,7 @@ import (
 	"github.com/e0a82c8c/watermill-outbox/config"
 	"github.com/e0a82c8c/watermill-outbox/internal/testenv"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 // A claim must walk its indexes in order and stop at the limit whatever
@@ -40,7 +41,7 @@ FROM generate_series(1, $1) g`, n)
 	store, err := outbox.NewSQLStore(db, outbox.SQLStoreConfig{Dialect: outbox.PostgreSQL, Outbox: config.Config{Table: table}}, nil)
 	require.NoError(t, err)
 	for _, ordered := range []bool{false, true} {
-		req := outbox.ClaimRequest{Topics: outbox.TopicFilter{Names: []string{"t"}}, Limit: 100, Lease: time.Minute, Ordered: ordered}
+		req := relaystore.ClaimRequest{Topics: relaystore.TopicFilter{Names: []string{"t"}}, Limit: 100, Lease: time.Minute, Ordered: ordered}
 		unprepared, err := outbox.ExplainPostgresClaim(ctx, store, req, false)
 		require.NoError(t, err)
 		t.Logf("ordered=%v, plan the statistics suggest:\n%s", ordered, unprepared)

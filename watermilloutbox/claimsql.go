@@ -3,6 +3,8 @@ package watermilloutbox
 import (
 	"strings"
 	"time"
+
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 // claimSQL builds the statements of a claim (claim.go), the parts that
@@ -49,8 +51,8 @@ func duePredicate(t table) string { return waitingPredicate + " AND available_at
 func (q claimSQL) promote(limit int) (string, []any) { return q.t.d.promote(q.t, limit) }
 
 // keyless selects the ids of up to limit free keyless rows, oldest first.
-func (q claimSQL) keyless(topics TopicFilter, limit int) (string, []any) {
-	cond, args := topics.sql(q.t.d, "topic", 1)
+func (q claimSQL) keyless(topics relaystore.TopicFilter, limit int) (string, []any) {
+	cond, args := topicsSQL(topics, q.t.d, "topic", 1)
 	if cond != "" {
 		cond = " AND " + cond
 	}

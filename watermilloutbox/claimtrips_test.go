@@ -11,6 +11,7 @@ import (
 	"github.com/e0a82c8c/watermill-outbox/config"
 	"github.com/e0a82c8c/watermill-outbox/internal/testenv"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 // On a pgx connection a claim is two round trips: BEGIN with the
@@ -75,7 +76,7 @@ func TestPipelinedClaimTakesTwoRoundTrips(t *testing.T) {
 				if sc.run > 0 {
 					bulkInsert(t, db, outbox.PostgreSQL, table, "'t'", "'r'", sc.run)
 				}
-				got, err := store.Claim(ctx, outbox.ClaimRequest{Limit: 10, Lease: time.Minute, Relay: "r1", Ordered: sc.ordered})
+				got, err := store.Claim(ctx, relaystore.ClaimRequest{Limit: 10, Lease: time.Minute, Relay: "r1", Ordered: sc.ordered})
 				require.NoError(t, err)
 				require.Len(t, got.Rows, sc.rows)
 				select {

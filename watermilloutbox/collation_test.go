@@ -13,6 +13,7 @@ import (
 	"github.com/e0a82c8c/watermill-outbox/config"
 	"github.com/e0a82c8c/watermill-outbox/internal/testenv"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 // The walk over the keys follows the database's order, which under a
@@ -37,7 +38,7 @@ func TestClaimsGoRoundUnderALinguisticCollation(t *testing.T) {
 	require.NoError(t, err)
 	keys := []string{"a", "B", "c", "D", "e", "F", "g", "H"}
 	ctx := context.Background()
-	for _, filter := range []outbox.TopicFilter{{}, {Names: []string{"x", "Y"}}} {
+	for _, filter := range []relaystore.TopicFilter{{}, {Names: []string{"x", "Y"}}} {
 		for _, ordered := range []bool{true, false} {
 			for _, topic := range []string{"x", "Y"} {
 				var msgs []*message.Message
@@ -50,7 +51,7 @@ func TestClaimsGoRoundUnderALinguisticCollation(t *testing.T) {
 			}
 			taken := 0
 			for range 100 {
-				c, err := store.Claim(ctx, outbox.ClaimRequest{Topics: filter, Limit: 3, Lease: time.Minute, Ordered: ordered})
+				c, err := store.Claim(ctx, relaystore.ClaimRequest{Topics: filter, Limit: 3, Lease: time.Minute, Ordered: ordered})
 				require.NoError(t, err)
 				once := map[int64]bool{}
 				for _, r := range c.Rows {
@@ -66,7 +67,7 @@ func TestClaimsGoRoundUnderALinguisticCollation(t *testing.T) {
 	}
 }
 
-func ids(rows []outbox.Row) []int64 {
+func ids(rows []relaystore.Row) []int64 {
 	out := make([]int64, len(rows))
 	for i, r := range rows {
 		out[i] = r.ID

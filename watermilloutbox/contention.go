@@ -3,14 +3,16 @@ package watermilloutbox
 import (
 	"errors"
 	"fmt"
+
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
-// markContention wraps err with ErrContention when it is contention.
+// markContention wraps err with relaystore.ErrContention when it is contention.
 func markContention(err error) error {
-	if err == nil || errors.Is(err, ErrContention) || !isContention(err) {
+	if err == nil || errors.Is(err, relaystore.ErrContention) || !isContention(err) {
 		return err
 	}
-	return fmt.Errorf("%w: %w", ErrContention, err)
+	return fmt.Errorf("%w: %w", relaystore.ErrContention, err)
 }
 
 // isContention asks each dialect: the error says which driver it came

@@ -7,6 +7,8 @@ import (
 
 	"github.com/go-sql-driver/mysql"
 	"github.com/stretchr/testify/require"
+
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 func TestMySQLContentionIsRecognisedWithoutLinkingTheDriver(t *testing.T) {
@@ -23,7 +25,7 @@ func TestMySQLContentionIsRecognisedWithoutLinkingTheDriver(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			require.Equal(t, tc.want, isContention(tc.err))
-			require.Equal(t, tc.want, errors.Is(markContention(tc.err), ErrContention))
+			require.Equal(t, tc.want, errors.Is(markContention(tc.err), relaystore.ErrContention))
 		})
 	}
 }

@@ -70,16 +70,4 @@ var (
 	// ErrNotBlocked is returned by RequeueKey and SkipKey when the key has
 	// no head holding it back (it is not listed by BlockedKeys).
 	ErrNotBlocked = errors.New("outbox: key is not blocked")
-
-	// ErrNoWakeUps is returned by Store.Listen when the store has no commit
-	// notifications (MySQL, SQLite, DisableNotify): the relay polls.
-	ErrNoWakeUps = errors.New("outbox: the store sends no commit notifications")
-
-	// ErrContention marks a database error that only says a concurrent
-	// transaction got in the way: a deadlock, a serialization failure, a
-	// lock wait timeout, SQLite's busy or locked. Retrying is the whole
-	// answer, so the relay logs such errors below error level and counts
-	// them. SQLStore wraps them with it (errors.Is(err, ErrContention)); a
-	// custom Store may do the same with its own.
-	ErrContention = errors.New("outbox: database contention")
 )

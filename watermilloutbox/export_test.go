@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"strings"
+
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 // SetClaimHook lets tests hold a claim transaction open just before it
@@ -24,7 +26,7 @@ func SetClaimTripsHook(s *SQLStore, hook func(trips int)) { s.tripsHook = hook }
 // its candidates with (keyless rows, then keyed ones), after the claim's
 // own preparation (or without it, to show what it prevents). The
 // transaction is rolled back: nothing is claimed.
-func ExplainPostgresClaim(ctx context.Context, s *SQLStore, req ClaimRequest, prepared bool) (string, error) {
+func ExplainPostgresClaim(ctx context.Context, s *SQLStore, req relaystore.ClaimRequest, prepared bool) (string, error) {
 	tx, err := s.db.begin(ctx, false)
 	if err != nil {
 		return "", err
@@ -78,7 +80,7 @@ func ExplainPostgresClaim(ctx context.Context, s *SQLStore, req ClaimRequest, pr
 // on MySQL the handler reads (SHOW SESSION STATUS). A claim bounded by its
 // work reads about as much with a long tail behind a stuck key as with a
 // short one.
-func ClaimReadCost(ctx context.Context, s *SQLStore, req ClaimRequest) (int64, error) {
+func ClaimReadCost(ctx context.Context, s *SQLStore, req relaystore.ClaimRequest) (int64, error) {
 	tx, err := s.db.begin(ctx, false)
 	if err != nil {
 		return 0, err

@@ -13,6 +13,7 @@ import (
 
 	"github.com/e0a82c8c/watermill-outbox/internal/backoff"
 	"github.com/e0a82c8c/watermill-outbox/internal/warn"
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 // errNotPgx: LISTEN needs the pgx driver's connection.
@@ -75,7 +76,7 @@ func (s *SQLStore) setListenState(l ListenState) {
 	}
 }
 
-// Listen implements Store. On PostgreSQL, unless DisableNotify is set, it
+// Listen implements relaystore.Store. On PostgreSQL, unless DisableNotify is set, it
 // LISTENs on the table's channel (NotifyChannel), on a connection of its own
 // to ListenURL when that is set, else on one connection of the store's pool
 // (a *sql.DB must use the pgx driver), and calls wake on every notification
@@ -83,17 +84,17 @@ func (s *SQLStore) setListenState(l ListenState) {
 // missed). After each (re)connect it checks that the LISTEN receives: it
 // sends a notification through the store's pool and waits for it
 // (ListenState; a LISTEN through a transaction pooler never gets it). A
-// lost connection is dialled again with backoff. It returns ErrNoWakeUps at
+// lost connection is dialled again with backoff. It returns relaystore.ErrNoWakeUps at
 // once on MySQL and SQLite, with DisableNotify, without the pgx driver, and
 // for a pool limited to one connection without ListenURL (the listener
 // would starve everything else).
 func (s *SQLStore) Listen(ctx context.Context, wake func()) error {
 	channel := NotifyChannel(s.t.name)
 	if s.t.d.notify(channel) == "" || s.config.DisableNotify {
-		return ErrNoWakeUps
+		return relaystore.ErrNoWakeUps
 	}
 	if s.config.ListenURL == "" && s.db.maxConns() == 1 {
-		return fmt.Errorf("%w: the pool allows one connection, which LISTEN would take (set ListenURL)", ErrNoWakeUps)
+		return fmt.Errorf("%w: the pool allows one connection, which LISTEN would take (set ListenURL)", relaystore.ErrNoWakeUps)
 	}
 	defer s.listenState.Store(int32(ListenOff))
 	failures := 0
@@ -107,7 +108,7 @@ func (s *SQLStore) Listen(ctx context.Context, wake func()) error {
 			return ctx.Err()
 		}
 		if errors.Is(err, errNotPgx) {
-			return fmt.Errorf("%w: %v", ErrNoWakeUps, err)
+			return fmt.Errorf("%w: %v", relaystore.ErrNoWakeUps, err)
 		}
 		if listening.Load() {
 			failures = 0 // it worked for a while: start the backoff afresh

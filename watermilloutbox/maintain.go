@@ -11,7 +11,7 @@ import (
 // autovacuum leaves alone.
 const vacuumEvery = time.Minute
 
-// Maintain implements Store. On PostgreSQL, when autovacuum is off
+// Maintain implements relaystore.Store. On PostgreSQL, when autovacuum is off
 // (for the server, or for the table), it runs VACUUM on the table, at most
 // once a minute and skipped while another runs. A queue table deletes
 // every row it inserts: without vacuum its dead rows are never reclaimed

@@ -13,6 +13,7 @@ import (
 	"github.com/e0a82c8c/watermill-outbox/config"
 	"github.com/e0a82c8c/watermill-outbox/internal/testenv"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 // TestMySQLClaimDoesNotBlockInserts holds a relay's claim transaction open
@@ -43,7 +44,7 @@ func TestMySQLClaimDoesNotBlockInserts(t *testing.T) {
 	})
 	claimed := make(chan int, 1)
 	go func() {
-		c, err := store.Claim(ctx, outbox.ClaimRequest{Limit: 5, Lease: time.Minute, Ordered: true})
+		c, err := store.Claim(ctx, relaystore.ClaimRequest{Limit: 5, Lease: time.Minute, Ordered: true})
 		rows := c.Rows
 		if err != nil {
 			t.Error(err)

@@ -13,6 +13,7 @@ import (
 	"github.com/e0a82c8c/watermill-outbox/config"
 	"github.com/e0a82c8c/watermill-outbox/internal/testenv"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 // TestDialectMismatchIsNamed: a dialect on the wrong database fails at
@@ -50,7 +51,7 @@ func TestDialectMismatchIsNamed(t *testing.T) {
 			require.ErrorContains(t, err, "dialect "+string(c.dialect))
 			require.ErrorContains(t, err, c.driver)
 
-			_, err = store.Claim(ctx, outbox.ClaimRequest{Limit: 1, Lease: time.Minute})
+			_, err = store.Claim(ctx, relaystore.ClaimRequest{Limit: 1, Lease: time.Minute})
 			require.ErrorIs(t, err, outbox.ErrDialectMismatch)
 
 			pub, err := outbox.NewPublisher(store, outbox.PublisherConfig{AutoCommit: true}, nil)

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"sync/atomic"
 	"time"
+
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 // Relay liveness.
@@ -37,32 +39,6 @@ import (
 // them through one uncorrelated subquery per statement, which PostgreSQL
 // hashes once, MySQL materialises or probes by primary key, SQLite builds
 // once: the claim's cost and round trips stay as they were.
-
-// RelayRegistry is implemented by stores that know which relays are alive:
-// SQLStore. The relay (forwarder.Subscriber) beats through it and names
-// itself in every claim (ClaimRequest.Relay). With a store that does not
-// implement it (or a decorator that hides it), a dead relay's rows come
-// back when their lease ends.
-type RelayRegistry interface {
-	// Beat records that relay id is alive until ttl from now (database
-	// clock), registering it if it is not known. It reports whether the
-	// relay's previous beat had expired (Beat.Lapsed).
-	Beat(ctx context.Context, id string, ttl time.Duration) (Beat, error)
-	// Leave marks relay id gone at once, on a clean shutdown: rows it
-	// still holds are claimable now.
-	Leave(ctx context.Context, id string) error
-}
-
-// Beat is what one RelayRegistry.Beat found.
-type Beat struct {
-	// Lapsed reports that the relay's previous beat had expired before
-	// this one: other relays may have taken its rows over (its writes for
-	// them are fenced), and it was registered again.
-	Lapsed bool
-	// TTL is how long this beat keeps the relay alive: the ttl asked for,
-	// or longer where the store needs it (15 s at least on SQLite).
-	TTL time.Duration
-}
 
 // maxRelayID bounds a relay id (the claimed_by column is VARCHAR(64) on
 // MySQL).
@@ -123,16 +99,16 @@ func forgetRelays(lease time.Duration) time.Duration { return 2*lease + time.Min
 // relayPurge remembers when Beat last deleted forgotten relays.
 type relayPurge struct{ last atomic.Int64 }
 
-// Beat implements RelayRegistry.
-func (s *SQLStore) Beat(ctx context.Context, id string, ttl time.Duration) (Beat, error) {
+// Beat implements relaystore.RelayRegistry.
+func (s *SQLStore) Beat(ctx context.Context, id string, ttl time.Duration) (relaystore.Beat, error) {
 	if !validRelayID(id) {
-		return Beat{}, fmt.Errorf("outbox: beat: invalid relay id %q: want 1 to %d letters, digits and . _ : -", id, maxRelayID)
+		return relaystore.Beat{}, fmt.Errorf("outbox: beat: invalid relay id %q: want 1 to %d letters, digits and . _ : -", id, maxRelayID)
 	}
 	if ttl <= 0 {
-		return Beat{}, fmt.Errorf("outbox: beat: ttl must be positive, got %s", ttl)
+		return relaystore.Beat{}, fmt.Errorf("outbox: beat: ttl must be positive, got %s", ttl)
 	}
 	if err := s.checkDialect(ctx); err != nil {
-		return Beat{}, fmt.Errorf("outbox: beat: %w", err)
+		return relaystore.Beat{}, fmt.Errorf("outbox: beat: %w", err)
 	}
 	ttl = max(ttl, s.t.d.minRelayTTL())
 	p := s.t.p
@@ -140,21 +116,21 @@ func (s *SQLStore) Beat(ctx context.Context, id string, ttl time.Duration) (Beat
 	n, err := s.db.exec(ctx, `UPDATE `+r+` SET alive_until = `+s.t.plus(1)+` WHERE id = `+p(2)+` AND alive_until >= `+s.t.now(),
 		ttl.Microseconds(), id)
 	if err != nil {
-		return Beat{}, fmt.Errorf("outbox: beat: %w", err)
+		return relaystore.Beat{}, fmt.Errorf("outbox: beat: %w", err)
 	}
 	if n > 0 {
-		return Beat{TTL: ttl}, s.purgeRelays(ctx)
+		return relaystore.Beat{TTL: ttl}, s.purgeRelays(ctx)
 	}
 	// Not alive: first beat, or expired (declared dead). Register afresh;
 	// rows others took over meanwhile carry their tokens now.
 	gone, err := s.db.exec(ctx, `DELETE FROM `+r+` WHERE id = `+p(1), id)
 	if err != nil {
-		return Beat{}, fmt.Errorf("outbox: beat: %w", err)
+		return relaystore.Beat{}, fmt.Errorf("outbox: beat: %w", err)
 	}
 	if _, err := s.db.exec(ctx, `INSERT INTO `+r+` (id, alive_until) VALUES (`+p(1)+`, `+s.t.plus(2)+`)`, id, ttl.Microseconds()); err != nil {
-		return Beat{}, fmt.Errorf("outbox: beat: register: %w", err)
+		return relaystore.Beat{}, fmt.Errorf("outbox: beat: register: %w", err)
 	}
-	return Beat{Lapsed: gone > 0, TTL: ttl}, s.purgeRelays(ctx)
+	return relaystore.Beat{Lapsed: gone > 0, TTL: ttl}, s.purgeRelays(ctx)
 }
 
 // purgeRelays deletes, about once a minute, the registry rows of relays
@@ -173,7 +149,7 @@ func (s *SQLStore) purgeRelays(ctx context.Context) error {
 	return nil
 }
 
-// Leave implements RelayRegistry.
+// Leave implements relaystore.RelayRegistry.
 func (s *SQLStore) Leave(ctx context.Context, id string) error {
 	if !validRelayID(id) {
 		return fmt.Errorf("outbox: leave: invalid relay id %q", id)
@@ -187,4 +163,4 @@ func (s *SQLStore) Leave(ctx context.Context, id string) error {
 	return nil
 }
 
-var _ RelayRegistry = (*SQLStore)(nil)
+var _ relaystore.RelayRegistry = (*SQLStore)(nil)

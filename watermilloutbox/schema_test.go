@@ -14,6 +14,7 @@ import (
 	"github.com/e0a82c8c/watermill-outbox/internal/sqlident"
 	"github.com/e0a82c8c/watermill-outbox/internal/testenv"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 func TestValidateTableName(t *testing.T) {
@@ -165,7 +166,7 @@ func TestMigrateReservedWordTableOnSQLite(t *testing.T) {
 	pub, err := outbox.NewPublisher(store, outbox.PublisherConfig{AutoCommit: true}, nil)
 	require.NoError(t, err)
 	require.NoError(t, pub.Publish("orders", message.NewMessage(watermill.NewUUID(), []byte("x"))))
-	c, err := store.Claim(ctx, outbox.ClaimRequest{Limit: 10, Lease: time.Minute, Ordered: true})
+	c, err := store.Claim(ctx, relaystore.ClaimRequest{Limit: 10, Lease: time.Minute, Ordered: true})
 	require.NoError(t, err)
 	require.Len(t, c.Rows, 1)
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/e0a82c8c/watermill-outbox/config"
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 // maxErrorLen bounds last_error: a broker error can embed a whole payload.
@@ -79,7 +80,7 @@ type SQLStore struct {
 	tripsHook func(trips int)
 }
 
-var _ Store = (*SQLStore)(nil)
+var _ relaystore.Store = (*SQLStore)(nil)
 
 // NewSQLStore returns the store of the outbox table config.Outbox.Table on
 // db. It does not touch the database: Migrate creates the table. A nil
@@ -148,7 +149,7 @@ func newStore(db database, dialect Dialect, cfg config.Config, logger watermill.
 	return &SQLStore{db: db, config: cfg, t: t, logger: logger, q: claimSQL{t: t}}, nil
 }
 
-// Config implements Store: the settings the store was built with, defaults
+// Config implements relaystore.Store: the settings the store was built with, defaults
 // filled in.
 func (s *SQLStore) Config() config.Config { return s.config }
 
@@ -212,8 +213,8 @@ const (
 // queryRows runs q, which selects rowColumns and the extra column, and
 // returns its rows and, by id, why those it could not decode are
 // undecodable.
-func (s *SQLStore) queryRows(ctx context.Context, db queryer, q string, args []any, extra rowExtra) ([]Row, map[int64]string, error) {
-	var out []Row
+func (s *SQLStore) queryRows(ctx context.Context, db queryer, q string, args []any, extra rowExtra) ([]relaystore.Row, map[int64]string, error) {
+	var out []relaystore.Row
 	var bad map[int64]string
 	err := s.scanRows(ctx, db, q, args, extra, collectRows(&out, &bad))
 	return out, bad, err
@@ -221,8 +222,8 @@ func (s *SQLStore) queryRows(ctx context.Context, db queryer, q string, args []a
 
 // collectRows is a scanRows callback that appends to rows and notes the
 // undecodable ones in bad.
-func collectRows(rows *[]Row, bad *map[int64]string) func(Row, sql.NullString, error) {
-	return func(r Row, _ sql.NullString, why error) {
+func collectRows(rows *[]relaystore.Row, bad *map[int64]string) func(relaystore.Row, sql.NullString, error) {
+	return func(r relaystore.Row, _ sql.NullString, why error) {
 		*rows = append(*rows, r)
 		if why != nil {
 			if *bad == nil {
@@ -240,7 +241,7 @@ func collectRows(rows *[]Row, bad *map[int64]string) func(Row, sql.NullString, e
 // program; a topic that is not UTF-8) is handed over all the same, with
 // what it could read and why it is undecodable: one such row must not fail
 // the read of the others.
-func (s *SQLStore) scanRows(ctx context.Context, db queryer, q string, args []any, extra rowExtra, fn func(Row, sql.NullString, error)) error {
+func (s *SQLStore) scanRows(ctx context.Context, db queryer, q string, args []any, extra rowExtra, fn func(relaystore.Row, sql.NullString, error)) error {
 	rs, err := db.query(ctx, q, args...)
 	if err != nil {
 		return err
@@ -251,9 +252,9 @@ func (s *SQLStore) scanRows(ctx context.Context, db queryer, q string, args []an
 
 // readRows reads the rows of a query that selects rowColumns and the extra
 // column.
-func (s *SQLStore) readRows(rs rows, extra rowExtra, fn func(Row, sql.NullString, error)) error {
+func (s *SQLStore) readRows(rs rows, extra rowExtra, fn func(relaystore.Row, sql.NullString, error)) error {
 	for rs.Next() {
-		var r Row
+		var r relaystore.Row
 		var key, lastErr sql.NullString
 		var md []byte
 		var created int64
@@ -299,7 +300,7 @@ func (s *SQLStore) exec(ctx context.Context, op, q string, args ...any) (int, er
 	return int(n), nil
 }
 
-// MarkPublished implements Store.
+// MarkPublished implements relaystore.Store.
 func (s *SQLStore) MarkPublished(ctx context.Context, token string, ids []int64, keep bool) (int, error) {
 	if len(ids) == 0 {
 		return 0, nil
@@ -315,7 +316,7 @@ func (s *SQLStore) MarkPublished(ctx context.Context, token string, ids []int64,
 		append([]any{token}, idArgs...)...)
 }
 
-// RecordFailure implements Store.
+// RecordFailure implements relaystore.Store.
 func (s *SQLStore) RecordFailure(ctx context.Context, token string, id int64, lastError string, delay time.Duration) (int, error) {
 	p := s.t.p
 	return s.exec(ctx, "record failure", `UPDATE `+s.t.quoted+` SET attempts = attempts + 1, last_error = `+p(1)+
@@ -323,7 +324,7 @@ func (s *SQLStore) RecordFailure(ctx context.Context, token string, id int64, la
 		truncateError(lastError), max(delay, 0).Microseconds(), token, id)
 }
 
-// MarkDead implements Store.
+// MarkDead implements relaystore.Store.
 func (s *SQLStore) MarkDead(ctx context.Context, token string, id int64, lastError string) (int, error) {
 	q, args := s.markDead(token, id, lastError)
 	return s.exec(ctx, "mark dead", q, args...)
@@ -337,7 +338,7 @@ func (s *SQLStore) markDead(token string, id int64, lastError string) (string, [
 		[]any{truncateError(lastError), token, id}
 }
 
-// Renew implements Store.
+// Renew implements relaystore.Store.
 func (s *SQLStore) Renew(ctx context.Context, token string, ids []int64, lease time.Duration) (int, error) {
 	if len(ids) == 0 {
 		return 0, nil
@@ -348,7 +349,7 @@ func (s *SQLStore) Renew(ctx context.Context, token string, ids []int64, lease t
 		` WHERE claim_token = `+p(2)+` AND `+in, append([]any{lease.Microseconds(), token}, idArgs...)...)
 }
 
-// Release implements Store.
+// Release implements relaystore.Store.
 func (s *SQLStore) Release(ctx context.Context, token string, ids []int64) (int, error) {
 	if len(ids) == 0 {
 		return 0, nil
@@ -359,7 +360,7 @@ func (s *SQLStore) Release(ctx context.Context, token string, ids []int64) (int,
 		append([]any{token}, idArgs...)...)
 }
 
-// PurgePublished implements Store.
+// PurgePublished implements relaystore.Store.
 func (s *SQLStore) PurgePublished(ctx context.Context, olderThan time.Duration, limit int) (int, error) {
 	if limit < 1 {
 		return 0, nil

@@ -30,7 +30,7 @@ type TopicStats struct {
 	// Leased counts the rows a live relay has claimed and holds a lease on.
 	Leased int
 	// Orphaned counts the rows still under the lease of a relay that is
-	// gone (its heartbeat expired, see RelayRegistry): the next claim of
+	// gone (its heartbeat expired, see relaystore.RelayRegistry): the next claim of
 	// any live relay takes them over. A count that stays above zero means
 	// no relay is claiming.
 	Orphaned int

@@ -13,6 +13,7 @@ import (
 
 	"github.com/e0a82c8c/watermill-outbox/config"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 // TestUndecodableRowsAreDeadOthersClaimed: rows another program wrote
@@ -57,7 +58,7 @@ func TestUndecodableRowsAreDeadOthersClaimed(t *testing.T) {
 				corrupt(bad3, `topic = CAST(x'ff74' AS TEXT)`)
 			}
 
-			c, err := store.Claim(ctx, outbox.ClaimRequest{Limit: 100, Lease: time.Minute, Ordered: true})
+			c, err := store.Claim(ctx, relaystore.ClaimRequest{Limit: 100, Lease: time.Minute, Ordered: true})
 			require.NoError(t, err, "one undecodable row must not fail the claim")
 			var got []string
 			for _, r := range c.Rows {
@@ -106,14 +107,14 @@ func TestPipelinedClaimFailureLeavesNothingLeased(t *testing.T) {
 	}
 	failed := errors.New("lost the connection")
 	outbox.SetTakeHook(store, func() error { return failed })
-	_, err = store.Claim(ctx, outbox.ClaimRequest{Limit: 10, Lease: time.Hour, Ordered: true})
+	_, err = store.Claim(ctx, relaystore.ClaimRequest{Limit: 10, Lease: time.Hour, Ordered: true})
 	require.ErrorIs(t, err, failed)
 	var leased int
 	require.NoError(t, db.QueryRow(`SELECT count(*) FROM `+table+` WHERE claim_token IS NOT NULL`).Scan(&leased))
 	require.Zero(t, leased, "a failed claim leaves no row leased")
 
 	outbox.SetTakeHook(store, nil)
-	c, err := store.Claim(ctx, outbox.ClaimRequest{Limit: 10, Lease: time.Hour, Ordered: true})
+	c, err := store.Claim(ctx, relaystore.ClaimRequest{Limit: 10, Lease: time.Hour, Ordered: true})
 	require.NoError(t, err)
 	require.Len(t, c.Rows, 3)
 	for _, r := range c.Rows {

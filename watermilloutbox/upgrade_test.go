@@ -12,6 +12,7 @@ import (
 	"github.com/e0a82c8c/watermill-outbox/config"
 	"github.com/e0a82c8c/watermill-outbox/internal/testenv"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 // earlierDDL is the table as the previous version created it ({T} is its
@@ -149,7 +150,7 @@ func TestMigrateUpgradesAnEarlierTable(t *testing.T) {
 			// relay's claim names it.
 			_, err = store.Beat(ctx, "relay-1", time.Minute)
 			require.NoError(t, err)
-			c, err := store.Claim(ctx, outbox.ClaimRequest{Limit: 10, Lease: time.Minute, Ordered: true, Relay: "relay-1"})
+			c, err := store.Claim(ctx, relaystore.ClaimRequest{Limit: 10, Lease: time.Minute, Ordered: true, Relay: "relay-1"})
 			require.NoError(t, err)
 			var held int
 			require.NoError(t, db.QueryRow(`SELECT count(*) FROM `+table+` WHERE claimed_by = 'relay-1'`).Scan(&held))

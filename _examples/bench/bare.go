@@ -6,7 +6,7 @@ import (
 	"slices"
 	"time"
 
-	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 // bare measures the claim path's ceiling: Store.Claim (limit 1,000) and
@@ -29,7 +29,7 @@ func (r *runner) bare() (result, error) {
 	if err := seed(ctx, r.db, s, "bench_bare_"+runID(), makeMessages(r.o.n, r.o.payload, 0)); err != nil {
 		return result{}, err
 	}
-	req := outbox.ClaimRequest{Limit: 1000, Lease: cfg.ClaimTimeout, Ordered: !cfg.DisableOrdering}
+	req := relaystore.ClaimRequest{Limit: 1000, Lease: cfg.ClaimTimeout, Ordered: !cfg.DisableOrdering}
 	var claims []time.Duration
 	done, empty := 0, 0
 	start := time.Now()

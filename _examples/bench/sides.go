@@ -12,7 +12,6 @@ import (
 	wsql "github.com/ThreeDotsLabs/watermill-sql/v3/pkg/sql"
 	"github.com/ThreeDotsLabs/watermill/components/forwarder"
 	"github.com/ThreeDotsLabs/watermill/message"
-
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
@@ -22,6 +21,7 @@ import (
 	ourfwd "github.com/e0a82c8c/watermill-outbox/forwarder"
 	"github.com/e0a82c8c/watermill-outbox/metrics"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 // side is one contender: how it writes events in a transaction, and how
@@ -49,7 +49,7 @@ type ourSide struct {
 	store   *outbox.SQLStore
 	// wrap, when set, wraps the relay's store (the claim timer) and its
 	// destination publisher (the failing keys).
-	wrapStore func(outbox.Store) outbox.Store
+	wrapStore func(relaystore.Store) relaystore.Store
 	wrapDest  func(message.Publisher) message.Publisher
 	// pool, when set, runs the store (and the relay) over a pgx pool
 	// instead of the *sql.DB (-driver pgx).
@@ -94,7 +94,7 @@ func (s *ourSide) publish(tx *sql.Tx, topic string, msgs ...*message.Message) er
 }
 
 func (s *ourSide) startRelay(dest message.Publisher) (func(), error) {
-	var store outbox.Store = s.store
+	var store relaystore.Store = s.store
 	if s.wrapStore != nil {
 		store = s.wrapStore(store)
 	}

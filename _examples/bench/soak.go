@@ -11,7 +11,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
-	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 // soakWindow is what one window of the soak measured.
@@ -82,7 +82,7 @@ func (r *runner) soak() (result, error) {
 	defer pub.Close()
 	timer := &claimTimer{}
 	timer.on.Store(true)
-	s.wrapStore = func(st outbox.Store) outbox.Store { timer.Store = st; return timer }
+	s.wrapStore = func(st relaystore.Store) relaystore.Store { timer.Store = st; return timer }
 	stop, err := s.startRelay(pub)
 	if err != nil {
 		return result{}, err

@@ -19,19 +19,20 @@ import (
 	_ "modernc.org/sqlite"             // driver "sqlite"
 
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 // claimTimer is a Store decorator that records how long each Claim takes
 // while on.
 type claimTimer struct {
-	outbox.Store
+	relaystore.Store
 	on   atomic.Bool
 	mu   sync.Mutex
 	durs []time.Duration
 	rows int
 }
 
-func (c *claimTimer) Claim(ctx context.Context, req outbox.ClaimRequest) (outbox.Claimed, error) {
+func (c *claimTimer) Claim(ctx context.Context, req relaystore.ClaimRequest) (relaystore.Claimed, error) {
 	start := time.Now()
 	cl, err := c.Store.Claim(ctx, req)
 	d := time.Since(start)
@@ -218,7 +219,7 @@ func (r *runner) timedDrain(s *ourSide, topic string, want int, fails func(strin
 	}
 	defer pub.Close()
 	timer := &claimTimer{}
-	s.wrapStore = func(st outbox.Store) outbox.Store { timer.Store = st; return timer }
+	s.wrapStore = func(st relaystore.Store) relaystore.Store { timer.Store = st; return timer }
 	fp := &failingPublisher{fails: fails}
 	s.wrapDest = func(p message.Publisher) message.Publisher { fp.Publisher = p; return fp }
 	defer func() { s.wrapStore, s.wrapDest = nil, nil }()

@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 // The text output of dead list and of the dry runs (printDead) cannot be
@@ -18,7 +19,7 @@ func TestPrintDeadEscapesControlCharacters(t *testing.T) {
 	t.Parallel()
 	now := time.Now()
 	row := func(id int64, topic, key, lastErr string) outbox.DeadRow {
-		return outbox.DeadRow{Row: outbox.Row{ID: id, Topic: topic, PartitionKey: key, CreatedAt: now}, LastError: lastErr}
+		return outbox.DeadRow{Row: relaystore.Row{ID: id, Topic: topic, PartitionKey: key, CreatedAt: now}, LastError: lastErr}
 	}
 	rows := []outbox.DeadRow{
 		row(1, "orders", "k\n999\tfake.topic\tforged\t1\t0s\tall good", "broker said no"),

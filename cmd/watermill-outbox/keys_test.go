@@ -19,6 +19,7 @@ import (
 
 	"github.com/e0a82c8c/watermill-outbox/internal/testenv"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 // TestCLIKeys: keys lists a key held by a failing head, escaped in text
@@ -34,7 +35,7 @@ func TestCLIKeys(t *testing.T) {
 			ids := f.insert("orders", "k1", 3)
 			f.insert("orders", "k2", 1)
 			ctx := context.Background()
-			c, err := f.store.Claim(ctx, outbox.ClaimRequest{Limit: 1, Lease: time.Hour, Ordered: true})
+			c, err := f.store.Claim(ctx, relaystore.ClaimRequest{Limit: 1, Lease: time.Hour, Ordered: true})
 			require.NoError(t, err)
 			require.Equal(t, []int64{ids[0]}, []int64{c.Rows[0].ID})
 			const lastErr = "boom\n\x1b[2Jcleared"
@@ -64,7 +65,7 @@ func TestCLIKeys(t *testing.T) {
 			out = f.cli.ok("keys", "requeue", "--topic", "orders", "--key", "k1", "--yes")
 			require.Contains(t, out, "requeued row "+strconv.FormatInt(ids[0], 10))
 			require.Contains(t, f.cli.ok("keys"), "no blocked keys")
-			c, err = f.store.Claim(ctx, outbox.ClaimRequest{Limit: 10, Lease: time.Hour, Ordered: true})
+			c, err = f.store.Claim(ctx, relaystore.ClaimRequest{Limit: 10, Lease: time.Hour, Ordered: true})
 			require.NoError(t, err)
 			var k1 []int64
 			for _, r := range c.Rows {

@@ -7,7 +7,7 @@ package observe
 import (
 	"time"
 
-	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 // Observer is told what a forwarder's relay does, for metrics: package
@@ -66,7 +66,7 @@ type ClaimEvent struct {
 	Handler string
 	// Rows are the rows claimed, in id order (Row.Reclaimed marks those
 	// taken over from an expired lease). Read them only during the call.
-	Rows []outbox.Row
+	Rows []relaystore.Row
 	// TakenOver counts the rows of Rows taken from relays declared dead
 	// (their heartbeat expired) before their lease ended.
 	TakenOver int

@@ -8,16 +8,17 @@ import (
 	"github.com/stretchr/testify/require"
 
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
-var strictReq = outbox.ClaimRequest{Limit: 10, Lease: time.Hour, Ordered: true, StrictOrder: true}
+var strictReq = relaystore.ClaimRequest{Limit: 10, Lease: time.Hour, Ordered: true, StrictOrder: true}
 
 // deadHead inserts key k's rows r0..r2 and key j's r3, claims r0 alone and
 // kills it.
-func deadHead(t *testing.T, s outbox.Store, insert Insert) []int64 {
+func deadHead(t *testing.T, s relaystore.Store, insert Insert) []int64 {
 	t.Helper()
 	insert(t, "t", messages(4, func(i int) string { return []string{"k", "k", "k", "j"}[i] })...)
-	token, rows := claim(t, s, outbox.ClaimRequest{Limit: 1, Lease: time.Hour, Ordered: true, StrictOrder: true})
+	token, rows := claim(t, s, relaystore.ClaimRequest{Limit: 1, Lease: time.Hour, Ordered: true, StrictOrder: true})
 	require.Len(t, rows, 1)
 	require.Equal(t, "k", rows[0].PartitionKey, "the oldest key first")
 	changed, err := s.MarkDead(ctx(t), token, rows[0].ID, "poison")
@@ -36,7 +37,7 @@ func testStrictClaim(t *testing.T, h Harness) {
 	_, err := s.MarkPublished(ctx(t), token, ids(rows), false)
 	require.NoError(t, err)
 
-	token, rows = claim(t, s, outbox.ClaimRequest{Limit: 10, Lease: time.Hour, Ordered: true})
+	token, rows = claim(t, s, relaystore.ClaimRequest{Limit: 10, Lease: time.Hour, Ordered: true})
 	require.Equal(t, rowIDs[1:3], ids(rows), "not strict: the key moves on past its dead head")
 	_, err = s.Release(ctx(t), token, ids(rows))
 	require.NoError(t, err)
@@ -65,8 +66,8 @@ func testBlockedKeys(t *testing.T, h Harness) {
 	insert(t, "t", messages(7, func(i int) string { return []string{"a", "b", "a", "c", "a", "c", "a"}[i] })...)
 	c := ctx(t)
 	for range 2 {
-		token, rows := claim(t, s, outbox.ClaimRequest{Limit: 3, Lease: time.Hour, Ordered: true})
-		byKey := map[string]outbox.Row{}
+		token, rows := claim(t, s, relaystore.ClaimRequest{Limit: 3, Lease: time.Hour, Ordered: true})
+		byKey := map[string]relaystore.Row{}
 		for _, r := range rows {
 			if _, ok := byKey[r.PartitionKey]; !ok {
 				byKey[r.PartitionKey] = r
@@ -132,7 +133,7 @@ func testBlockedPaging(t *testing.T, h Harness) {
 	const keys = 5
 	insert(t, "t", messages(2*keys, func(i int) string { return fmt.Sprint("k", i%keys) })...)
 	c := ctx(t)
-	token, rows := claim(t, s, outbox.ClaimRequest{Limit: keys, Lease: time.Hour, Ordered: true})
+	token, rows := claim(t, s, relaystore.ClaimRequest{Limit: keys, Lease: time.Hour, Ordered: true})
 	require.Len(t, rows, keys, "each key's head")
 	for _, r := range rows {
 		_, err := s.RecordFailure(c, token, r.ID, "boom", time.Hour)
@@ -208,16 +209,16 @@ func testRequeueWaiting(t *testing.T, h Harness) {
 	s, insert := h.New(t)
 	insert(t, "t", messages(2, func(int) string { return "k" })...)
 	c := ctx(t)
-	token, rows := claim(t, s, outbox.ClaimRequest{Limit: 1, Lease: time.Hour, Ordered: true})
+	token, rows := claim(t, s, relaystore.ClaimRequest{Limit: 1, Lease: time.Hour, Ordered: true})
 	require.Len(t, rows, 1)
 	_, err := s.RecordFailure(c, token, rows[0].ID, "boom", time.Hour)
 	require.NoError(t, err)
-	_, none := claim(t, s, outbox.ClaimRequest{Limit: 10, Lease: time.Hour, Ordered: true})
+	_, none := claim(t, s, relaystore.ClaimRequest{Limit: 10, Lease: time.Hour, Ordered: true})
 	require.Empty(t, none)
 	act, err := h.RequeueKey(c, s, "t", "k")
 	require.NoError(t, err)
 	require.Equal(t, outbox.KeyAction{HeadID: rows[0].ID, State: outbox.HeadWaiting}, act)
-	_, again := claim(t, s, outbox.ClaimRequest{Limit: 10, Lease: time.Hour, Ordered: true})
+	_, again := claim(t, s, relaystore.ClaimRequest{Limit: 10, Lease: time.Hour, Ordered: true})
 	require.Equal(t, []int64{rows[0].ID, rows[0].ID + 1}, ids(again), "the head now, then the row behind it")
 	require.Equal(t, 1, again[0].Attempts, "its attempt still counts")
 }

@@ -6,22 +6,22 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
-// The kit's tests of relay liveness (watermilloutbox.RelayRegistry); a
+// The kit's tests of relay liveness (relaystore.RelayRegistry); a
 // store that does not implement it skips them.
 
-func registry(t *testing.T, s outbox.Store) outbox.RelayRegistry {
+func registry(t *testing.T, s relaystore.Store) relaystore.RelayRegistry {
 	t.Helper()
-	r, ok := s.(outbox.RelayRegistry)
+	r, ok := s.(relaystore.RelayRegistry)
 	if !ok {
-		t.Skip("the store does not implement watermilloutbox.RelayRegistry")
+		t.Skip("the store does not implement relaystore.RelayRegistry")
 	}
 	return r
 }
 
-func beat(t *testing.T, r outbox.RelayRegistry, id string, ttl time.Duration) outbox.Beat {
+func beat(t *testing.T, r relaystore.RelayRegistry, id string, ttl time.Duration) relaystore.Beat {
 	t.Helper()
 	b, err := r.Beat(ctx(t), id, ttl)
 	require.NoError(t, err)
@@ -36,11 +36,11 @@ func testLiveRelayKeepsItsLease(t *testing.T, h Harness) {
 	insert(t, "t", messages(3, func(i int) string { return []string{"k", "k", ""}[i] })...)
 	require.False(t, beat(t, reg, "relay-a", time.Hour).Lapsed, "a first beat is no lapse")
 	beat(t, reg, "relay-b", time.Hour)
-	_, rows := claim(t, s, outbox.ClaimRequest{Limit: 10, Lease: time.Hour, Ordered: true, Relay: "relay-a"})
+	_, rows := claim(t, s, relaystore.ClaimRequest{Limit: 10, Lease: time.Hour, Ordered: true, Relay: "relay-a"})
 	require.Len(t, rows, 3)
 	for range 3 {
 		require.False(t, beat(t, reg, "relay-a", time.Hour).Lapsed)
-		c, err := s.Claim(ctx(t), outbox.ClaimRequest{Limit: 10, Lease: time.Hour, Ordered: true, Relay: "relay-b"})
+		c, err := s.Claim(ctx(t), relaystore.ClaimRequest{Limit: 10, Lease: time.Hour, Ordered: true, Relay: "relay-b"})
 		require.NoError(t, err)
 		require.Empty(t, c.Rows, "a live relay's rows keep their lease")
 	}
@@ -52,7 +52,7 @@ func testLiveRelayKeepsItsLease(t *testing.T, h Harness) {
 		require.Zero(t, st.Topics[0].Orphaned)
 		require.Positive(t, st.Topics[0].OldestLeased)
 	}
-	_, err := s.Claim(ctx(t), outbox.ClaimRequest{Limit: 1, Lease: time.Hour, Relay: "no'quotes"})
+	_, err := s.Claim(ctx(t), relaystore.ClaimRequest{Limit: 1, Lease: time.Hour, Relay: "no'quotes"})
 	require.Error(t, err, "a relay id outside the allowed characters")
 }
 
@@ -67,7 +67,7 @@ func testGoneRelayIsTakenOver(t *testing.T, h Harness) {
 	insert(t, "t", msgs...)
 	beat(t, reg, "relay-a", time.Hour)
 	beat(t, reg, "relay-b", time.Hour)
-	stale, rows := claim(t, s, outbox.ClaimRequest{Limit: 10, Lease: time.Hour, Ordered: true, Relay: "relay-a"})
+	stale, rows := claim(t, s, relaystore.ClaimRequest{Limit: 10, Lease: time.Hour, Ordered: true, Relay: "relay-a"})
 	require.Len(t, rows, 4)
 	require.NoError(t, reg.Leave(ctx(t), "relay-a"))
 
@@ -78,11 +78,11 @@ func testGoneRelayIsTakenOver(t *testing.T, h Harness) {
 		require.Equal(t, [2]int{0, 4}, [2]int{st.Topics[0].Leased, st.Topics[0].Orphaned}, "leased, orphaned")
 		require.Positive(t, st.Topics[0].OldestLeased)
 	}
-	c, err := s.Claim(ctx(t), outbox.ClaimRequest{Limit: 10, Lease: time.Hour, Ordered: true, Relay: "relay-a"})
+	c, err := s.Claim(ctx(t), relaystore.ClaimRequest{Limit: 10, Lease: time.Hour, Ordered: true, Relay: "relay-a"})
 	require.NoError(t, err)
 	require.Empty(t, c.Rows, "a relay never takes its own rows over")
 
-	c, err = s.Claim(ctx(t), outbox.ClaimRequest{Limit: 10, Lease: time.Hour, Ordered: true, Relay: "relay-b"})
+	c, err = s.Claim(ctx(t), relaystore.ClaimRequest{Limit: 10, Lease: time.Hour, Ordered: true, Relay: "relay-b"})
 	require.NoError(t, err)
 	require.Len(t, c.Rows, 4, "the rows of a relay that left are claimable before their lease ends")
 	require.Equal(t, map[string]int{"relay-a": 4}, c.TakenOver)
@@ -106,9 +106,9 @@ func testExpiredRelayIsTakenOver(t *testing.T, h Harness) {
 	insert(t, "t", messages(3, func(i int) string { return "k" })...)
 	beat(t, reg, "relay-b", time.Hour)
 	beat(t, reg, "relay-a", time.Second)
-	stale, rows := claim(t, s, outbox.ClaimRequest{Limit: 10, Lease: time.Hour, Ordered: true, Relay: "relay-a"})
+	stale, rows := claim(t, s, relaystore.ClaimRequest{Limit: 10, Lease: time.Hour, Ordered: true, Relay: "relay-a"})
 	require.Len(t, rows, 3)
-	fresh, again := eventually(t, s, outbox.ClaimRequest{Limit: 10, Lease: time.Hour, Ordered: true, Relay: "relay-b"},
+	fresh, again := eventually(t, s, relaystore.ClaimRequest{Limit: 10, Lease: time.Hour, Ordered: true, Relay: "relay-b"},
 		"relay-a's beat to expire", n(3))
 	require.NotEqual(t, stale, fresh)
 	requireFenced(t, s, stale, rows)
@@ -119,7 +119,7 @@ func testExpiredRelayIsTakenOver(t *testing.T, h Harness) {
 }
 
 // requireFenced: every write with the stale token changes nothing.
-func requireFenced(t *testing.T, s outbox.Store, stale string, rows []outbox.Row) {
+func requireFenced(t *testing.T, s relaystore.Store, stale string, rows []relaystore.Row) {
 	t.Helper()
 	c := ctx(t)
 	for name, write := range map[string]func() (int, error){

@@ -1,16 +1,16 @@
-// Package storetest is the contract kit of watermilloutbox.Store: the tests
+// Package storetest is the contract kit of relaystore.Store: the tests
 // every store the relay runs on must pass (claims, fencing, leases, the
 // per-key ordering filter, strict order through a dead head, failures,
 // dead rows, releases, renewals, the retention purge, topic filters,
-// Listen, and, for a store that implements watermilloutbox.RelayRegistry,
+// Listen, and, for a store that implements relaystore.RelayRegistry,
 // relay liveness), and, when the harness gives them, the operator's reads
 // and writes (ListDead, Requeue, Stats, BlockedKeys, RequeueKey, SkipKey).
-// SQLStore runs it for PostgreSQL,
-// MySQL/MariaDB and SQLite; run it against a store of your own:
+// watermilloutbox.SQLStore runs it for PostgreSQL, MySQL/MariaDB and
+// SQLite; run it against a store of your own:
 //
 //	func TestMyStore(t *testing.T) {
 //		storetest.Run(t, storetest.Harness{
-//			New: func(t *testing.T) (watermilloutbox.Store, storetest.Insert) {
+//			New: func(t *testing.T) (relaystore.Store, storetest.Insert) {
 //				s := newMyStore(t) // a fresh, empty outbox
 //				return s, func(t *testing.T, topic string, msgs ...*message.Message) { s.insert(t, topic, msgs) }
 //			},
@@ -33,6 +33,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 // Insert commits msgs to topic in the store under test, as a publisher
@@ -46,22 +47,22 @@ type Insert func(t *testing.T, topic string, msgs ...*message.Message)
 type Harness struct {
 	// New returns a fresh, empty store for one test, and how to insert
 	// rows into it. It is called once per test, from parallel tests.
-	New func(t *testing.T) (outbox.Store, Insert)
+	New func(t *testing.T) (relaystore.Store, Insert)
 
 	// ListDead lists the store's dead rows (SQLStore.ListDead).
-	ListDead func(ctx context.Context, s outbox.Store) ([]outbox.DeadRow, error)
+	ListDead func(ctx context.Context, s relaystore.Store) ([]outbox.DeadRow, error)
 	// Requeue makes dead rows pending again with a fresh budget
 	// (SQLStore.Requeue).
-	Requeue func(ctx context.Context, s outbox.Store, ids ...int64) (int, error)
+	Requeue func(ctx context.Context, s relaystore.Store, ids ...int64) (int, error)
 	// Stats reads the store's state per topic (SQLStore.Stats).
-	Stats func(ctx context.Context, s outbox.Store) (outbox.Stats, error)
+	Stats func(ctx context.Context, s relaystore.Store) (outbox.Stats, error)
 	// BlockedKeys lists the keys held back (SQLStore.BlockedKeys).
-	BlockedKeys func(ctx context.Context, s outbox.Store, q outbox.BlockedQuery) ([]outbox.BlockedKey, error)
+	BlockedKeys func(ctx context.Context, s relaystore.Store, q outbox.BlockedQuery) ([]outbox.BlockedKey, error)
 	// RequeueKey and SkipKey retry or drop the head holding a key back
 	// (SQLStore.RequeueKey, SkipKey).
-	RequeueKey, SkipKey func(ctx context.Context, s outbox.Store, topic, key string) (outbox.KeyAction, error)
+	RequeueKey, SkipKey func(ctx context.Context, s relaystore.Store, topic, key string) (outbox.KeyAction, error)
 	// NewStrict is New for a store made with config.Config.StrictOrder.
-	NewStrict func(t *testing.T) (outbox.Store, Insert)
+	NewStrict func(t *testing.T) (relaystore.Store, Insert)
 }
 
 // Run runs every test of the kit against h's stores.
@@ -133,7 +134,7 @@ func messages(n int, keyOf func(i int) string) []*message.Message {
 	return msgs
 }
 
-func ids(rows []outbox.Row) []int64 {
+func ids(rows []relaystore.Row) []int64 {
 	out := make([]int64, len(rows))
 	for i, r := range rows {
 		out[i] = r.ID
@@ -141,7 +142,7 @@ func ids(rows []outbox.Row) []int64 {
 	return out
 }
 
-func claim(t *testing.T, s outbox.Store, req outbox.ClaimRequest) (string, []outbox.Row) {
+func claim(t *testing.T, s relaystore.Store, req relaystore.ClaimRequest) (string, []relaystore.Row) {
 	t.Helper()
 	c, err := s.Claim(ctx(t), req)
 	require.NoError(t, err)
@@ -154,7 +155,7 @@ func claim(t *testing.T, s outbox.Store, req outbox.ClaimRequest) (string, []out
 
 // eventually claims with req until cond holds for the rows claimed, or
 // fails t: for leases and backoffs, which pass on the database's clock.
-func eventually(t *testing.T, s outbox.Store, req outbox.ClaimRequest, what string, cond func([]outbox.Row) bool) (string, []outbox.Row) {
+func eventually(t *testing.T, s relaystore.Store, req relaystore.ClaimRequest, what string, cond func([]relaystore.Row) bool) (string, []relaystore.Row) {
 	t.Helper()
 	deadline := time.After(30 * time.Second)
 	tick := time.NewTicker(20 * time.Millisecond)
@@ -176,11 +177,13 @@ func eventually(t *testing.T, s outbox.Store, req outbox.ClaimRequest, what stri
 	}
 }
 
-func n(want int) func([]outbox.Row) bool { return func(r []outbox.Row) bool { return len(r) == want } }
+func n(want int) func([]relaystore.Row) bool {
+	return func(r []relaystore.Row) bool { return len(r) == want }
+}
 
 var (
 	lease = time.Minute
-	all   = outbox.ClaimRequest{Limit: 100, Lease: lease}
+	all   = relaystore.ClaimRequest{Limit: 100, Lease: lease}
 )
 
 func testClaimIntact(t *testing.T, h Harness) {
@@ -207,24 +210,24 @@ func testClaimIntact(t *testing.T, h Harness) {
 func testClaimLeased(t *testing.T, h Harness) {
 	s, insert := h.New(t)
 	insert(t, "t", messages(5, nil)...)
-	_, first := claim(t, s, outbox.ClaimRequest{Limit: 3, Lease: lease})
+	_, first := claim(t, s, relaystore.ClaimRequest{Limit: 3, Lease: lease})
 	require.Len(t, first, 3, "at most Limit rows")
 	_, rest := claim(t, s, all)
 	require.Len(t, rest, 2, "only the rows nobody holds")
 	_, none := claim(t, s, all)
 	require.Empty(t, none)
-	_, err := s.Claim(ctx(t), outbox.ClaimRequest{Limit: 0, Lease: lease})
+	_, err := s.Claim(ctx(t), relaystore.ClaimRequest{Limit: 0, Lease: lease})
 	require.Error(t, err, "Limit 0")
-	_, err = s.Claim(ctx(t), outbox.ClaimRequest{Limit: 1})
+	_, err = s.Claim(ctx(t), relaystore.ClaimRequest{Limit: 1})
 	require.Error(t, err, "no lease")
 }
 
 func testFencing(t *testing.T, h Harness) {
 	s, insert := h.New(t)
 	insert(t, "t", messages(3, nil)...)
-	stale, rows := claim(t, s, outbox.ClaimRequest{Limit: 10, Lease: time.Second})
+	stale, rows := claim(t, s, relaystore.ClaimRequest{Limit: 10, Lease: time.Second})
 	require.Len(t, rows, 3)
-	fresh, again := eventually(t, s, outbox.ClaimRequest{Limit: 10, Lease: lease}, "the lease to expire", n(3))
+	fresh, again := eventually(t, s, relaystore.ClaimRequest{Limit: 10, Lease: lease}, "the lease to expire", n(3))
 	require.NotEqual(t, stale, fresh)
 	c := ctx(t)
 	for name, write := range map[string]func() (int, error){
@@ -250,11 +253,11 @@ func testLeaseExpiry(t *testing.T, h Harness) {
 	s, insert := h.New(t)
 	msgs := messages(4, func(int) string { return "same-key" })
 	insert(t, "t", msgs...)
-	_, rows := claim(t, s, outbox.ClaimRequest{Limit: 10, Lease: time.Second, Ordered: true})
+	_, rows := claim(t, s, relaystore.ClaimRequest{Limit: 10, Lease: time.Second, Ordered: true})
 	require.Len(t, rows, 4, "one key's rows are claimed together")
 	// The claimer "crashed". Its rows come back once the lease expired, in
 	// order.
-	_, again := eventually(t, s, outbox.ClaimRequest{Limit: 10, Lease: lease, Ordered: true}, "the lease to expire", n(4))
+	_, again := eventually(t, s, relaystore.ClaimRequest{Limit: 10, Lease: lease, Ordered: true}, "the lease to expire", n(4))
 	for i, r := range again {
 		require.Equal(t, msgs[i].UUID, r.UUID)
 		require.Zero(t, r.Attempts, "a lost lease charges nothing")
@@ -265,7 +268,7 @@ func testLeaseExpiry(t *testing.T, h Harness) {
 func testRenew(t *testing.T, h Harness) {
 	s, insert := h.New(t)
 	insert(t, "t", messages(2, nil)...)
-	token, rows := claim(t, s, outbox.ClaimRequest{Limit: 10, Lease: time.Second})
+	token, rows := claim(t, s, relaystore.ClaimRequest{Limit: 10, Lease: time.Second})
 	require.Len(t, rows, 2)
 	renewed, err := s.Renew(ctx(t), token, ids(rows), time.Hour)
 	require.NoError(t, err)
@@ -281,7 +284,7 @@ func testRenew(t *testing.T, h Harness) {
 func testRecordFailure(t *testing.T, h Harness) {
 	s, insert := h.New(t)
 	insert(t, "t", messages(2, nil)...)
-	token, rows := claim(t, s, outbox.ClaimRequest{Limit: 10, Lease: time.Hour})
+	token, rows := claim(t, s, relaystore.ClaimRequest{Limit: 10, Lease: time.Hour})
 	require.Len(t, rows, 2)
 	c := ctx(t)
 	changed, err := s.RecordFailure(c, token, rows[0].ID, "boom", 0)
@@ -299,7 +302,7 @@ func testRecordFailure(t *testing.T, h Harness) {
 func testRelease(t *testing.T, h Harness) {
 	s, insert := h.New(t)
 	insert(t, "t", messages(3, nil)...)
-	token, rows := claim(t, s, outbox.ClaimRequest{Limit: 10, Lease: time.Hour})
+	token, rows := claim(t, s, relaystore.ClaimRequest{Limit: 10, Lease: time.Hour})
 	changed, err := s.Release(ctx(t), token, ids(rows[:2]))
 	require.NoError(t, err)
 	require.Equal(t, 2, changed)
@@ -325,7 +328,7 @@ func testMarkPublished(t *testing.T, h Harness) {
 	changed, err = s.MarkPublished(c, token, nil, false)
 	require.NoError(t, err)
 	require.Zero(t, changed)
-	_, none := eventually(t, s, outbox.ClaimRequest{Limit: 10, Lease: time.Second}, "nothing to claim", n(0))
+	_, none := eventually(t, s, relaystore.ClaimRequest{Limit: 10, Lease: time.Second}, "nothing to claim", n(0))
 	require.Empty(t, none, "published rows are never claimed")
 	purged, err := s.PurgePublished(c, 0, 2)
 	require.NoError(t, err)
@@ -342,12 +345,12 @@ func testMarkDead(t *testing.T, h Harness) {
 	s, insert := h.New(t)
 	msgs := messages(3, func(i int) string { return "k" })
 	insert(t, "t", msgs...)
-	token, rows := claim(t, s, outbox.ClaimRequest{Limit: 1, Lease: time.Hour, Ordered: true})
+	token, rows := claim(t, s, relaystore.ClaimRequest{Limit: 1, Lease: time.Hour, Ordered: true})
 	require.Len(t, rows, 1)
 	changed, err := s.MarkDead(ctx(t), token, rows[0].ID, "never deliverable")
 	require.NoError(t, err)
 	require.Equal(t, 1, changed)
-	_, rest := claim(t, s, outbox.ClaimRequest{Limit: 10, Lease: lease, Ordered: true})
+	_, rest := claim(t, s, relaystore.ClaimRequest{Limit: 10, Lease: lease, Ordered: true})
 	require.Equal(t, []string{msgs[1].UUID, msgs[2].UUID}, []string{rest[0].UUID, rest[1].UUID},
 		"the dead row is never claimed again, and no longer holds its key back")
 	if h.ListDead == nil {
@@ -386,18 +389,18 @@ func testRequeue(t *testing.T, h Harness) {
 func testOrderedBlocked(t *testing.T, h Harness) {
 	s, insert := h.New(t)
 	insert(t, "t", messages(6, func(i int) string { return []string{"a", "b"}[i%2] })...)
-	token, rows := claim(t, s, outbox.ClaimRequest{Limit: 1, Lease: time.Hour, Ordered: true})
+	token, rows := claim(t, s, relaystore.ClaimRequest{Limit: 1, Lease: time.Hour, Ordered: true})
 	require.Len(t, rows, 1)
 	require.Equal(t, "a", rows[0].PartitionKey)
 	_, err := s.RecordFailure(ctx(t), token, rows[0].ID, "boom", time.Hour)
 	require.NoError(t, err)
 
-	_, rest := claim(t, s, outbox.ClaimRequest{Limit: 10, Lease: time.Hour, Ordered: true})
+	_, rest := claim(t, s, relaystore.ClaimRequest{Limit: 10, Lease: time.Hour, Ordered: true})
 	require.Len(t, rest, 3, "key b, whole")
 	for _, r := range rest {
 		require.Equal(t, "b", r.PartitionKey, "key a waits for its head")
 	}
-	_, unordered := claim(t, s, outbox.ClaimRequest{Limit: 10, Lease: time.Hour})
+	_, unordered := claim(t, s, relaystore.ClaimRequest{Limit: 10, Lease: time.Hour})
 	require.Len(t, unordered, 2, "without ordering key a's later rows go")
 }
 
@@ -411,7 +414,7 @@ func testOrderedPrefix(t *testing.T, h Harness) {
 	insert(t, "t", messages(12, key)...)
 	claimed := map[string][]int{}
 	for range 12 {
-		_, rows := claim(t, s, outbox.ClaimRequest{Limit: 2, Lease: time.Hour, Ordered: true})
+		_, rows := claim(t, s, relaystore.ClaimRequest{Limit: 2, Lease: time.Hour, Ordered: true})
 		require.LessOrEqual(t, len(rows), 2)
 		for _, r := range rows {
 			seq, err := strconv.Atoi(r.Metadata.Get("seq"))
@@ -439,7 +442,7 @@ func testStuckKey(t *testing.T, h Harness) {
 	insert(t, "t", messages(300, func(int) string { return "hot" })...)
 	insert(t, "t", messages(40, func(i int) string { return fmt.Sprint("k", i%8) })...)
 	insert(t, "t", messages(5, nil)...)
-	token, head := claim(t, s, outbox.ClaimRequest{Limit: 1, Lease: time.Hour, Ordered: true})
+	token, head := claim(t, s, relaystore.ClaimRequest{Limit: 1, Lease: time.Hour, Ordered: true})
 	require.Len(t, head, 1)
 	require.Equal(t, "hot", head[0].PartitionKey, "the oldest key comes first")
 	_, err := s.RecordFailure(ctx(t), token, head[0].ID, "poison", time.Hour)
@@ -447,7 +450,7 @@ func testStuckKey(t *testing.T, h Harness) {
 
 	seen := map[string]int{}
 	for range 20 {
-		token, rows := claim(t, s, outbox.ClaimRequest{Limit: 7, Lease: time.Hour, Ordered: true})
+		token, rows := claim(t, s, relaystore.ClaimRequest{Limit: 7, Lease: time.Hour, Ordered: true})
 		for _, r := range rows {
 			require.NotEqual(t, "hot", r.PartitionKey, "no row behind the stuck head")
 			seen[r.PartitionKey]++
@@ -457,7 +460,7 @@ func testStuckKey(t *testing.T, h Harness) {
 	}
 	require.Equal(t, 45, seen["k0"]+seen["k1"]+seen["k2"]+seen["k3"]+seen["k4"]+seen["k5"]+seen["k6"]+seen["k7"]+seen[""],
 		"every other row, keyed or not: %v", seen)
-	_, tail := claim(t, s, outbox.ClaimRequest{Limit: 1000, Lease: time.Hour})
+	_, tail := claim(t, s, relaystore.ClaimRequest{Limit: 1000, Lease: time.Hour})
 	require.Len(t, tail, 299, "unordered, the stuck key's tail goes")
 }
 
@@ -473,9 +476,9 @@ func testWaiting(t *testing.T, h Harness) {
 		_, err := s.RecordFailure(ctx(t), token, rows[i].ID, "boom", delay)
 		require.NoError(t, err)
 	}
-	_, none := claim(t, s, outbox.ClaimRequest{Limit: 10, Lease: lease, Ordered: true})
+	_, none := claim(t, s, relaystore.ClaimRequest{Limit: 10, Lease: lease, Ordered: true})
 	require.Empty(t, none, "nothing is due yet")
-	_, again := eventually(t, s, outbox.ClaimRequest{Limit: 10, Lease: lease, Ordered: true}, "the short delays to pass", n(2))
+	_, again := eventually(t, s, relaystore.ClaimRequest{Limit: 10, Lease: lease, Ordered: true}, "the short delays to pass", n(2))
 	require.Equal(t, ids(rows[:2]), ids(again))
 	for _, r := range again {
 		require.Equal(t, 1, r.Attempts)
@@ -488,14 +491,14 @@ func testMore(t *testing.T, h Harness) {
 	s, insert := h.New(t)
 	insert(t, "t", messages(5, func(i int) string { return []string{"", "a", "b", "", "a"}[i] })...)
 	for _, ordered := range []bool{false, true} {
-		c, err := s.Claim(ctx(t), outbox.ClaimRequest{Limit: 2, Lease: time.Second, Ordered: ordered})
+		c, err := s.Claim(ctx(t), relaystore.ClaimRequest{Limit: 2, Lease: time.Second, Ordered: ordered})
 		require.NoError(t, err)
 		require.Len(t, c.Rows, 2)
 		require.True(t, c.More, "ordered=%v: stopped at the limit", ordered)
 		_, err = s.Release(ctx(t), c.Token, ids(c.Rows))
 		require.NoError(t, err)
 	}
-	c, err := s.Claim(ctx(t), outbox.ClaimRequest{Limit: 100, Lease: lease, Ordered: true})
+	c, err := s.Claim(ctx(t), relaystore.ClaimRequest{Limit: 100, Lease: lease, Ordered: true})
 	require.NoError(t, err)
 	require.Len(t, c.Rows, 5)
 	require.False(t, c.More, "took everything")
@@ -513,16 +516,16 @@ func testStats(t *testing.T, h Harness) {
 	insert(t, "c", messages(2, func(int) string { return "k" })...)
 	insert(t, "d", messages(1, nil)...)
 	c := ctx(t)
-	only := func(topic string) outbox.TopicFilter { return outbox.TopicFilter{Names: []string{topic}} }
-	token, a := claim(t, s, outbox.ClaimRequest{Topics: only("a"), Limit: 2, Lease: time.Hour})
+	only := func(topic string) relaystore.TopicFilter { return relaystore.TopicFilter{Names: []string{topic}} }
+	token, a := claim(t, s, relaystore.ClaimRequest{Topics: only("a"), Limit: 2, Lease: time.Hour})
 	_, err := s.RecordFailure(c, token, a[0].ID, "boom", time.Hour)
 	require.NoError(t, err)
-	token, b := claim(t, s, outbox.ClaimRequest{Topics: only("b"), Limit: 3, Lease: time.Hour})
+	token, b := claim(t, s, relaystore.ClaimRequest{Topics: only("b"), Limit: 3, Lease: time.Hour})
 	_, err = s.MarkPublished(c, token, ids(b[:1]), true)
 	require.NoError(t, err)
 	_, err = s.MarkDead(c, token, b[1].ID, "dead")
 	require.NoError(t, err)
-	token, d := claim(t, s, outbox.ClaimRequest{Topics: only("d"), Limit: 1, Lease: time.Hour})
+	token, d := claim(t, s, relaystore.ClaimRequest{Topics: only("d"), Limit: 1, Lease: time.Hour})
 	_, err = s.MarkPublished(c, token, ids(d), true)
 	require.NoError(t, err)
 
@@ -555,16 +558,16 @@ func testTopicFilter(t *testing.T, h Harness) {
 	insert(t, "orders.refunded", messages(2, keyed)...)
 	insert(t, "payments", messages(2, keyed)...)
 	insert(t, "ordersX", messages(1, keyed)...)
-	topics := func(rows []outbox.Row) map[string]int {
+	topics := func(rows []relaystore.Row) map[string]int {
 		m := map[string]int{}
 		for _, r := range rows {
 			m[r.Topic]++
 		}
 		return m
 	}
-	_, byName := claim(t, s, outbox.ClaimRequest{Topics: outbox.TopicFilter{Names: []string{"payments"}}, Limit: 10, Lease: lease, Ordered: true})
+	_, byName := claim(t, s, relaystore.ClaimRequest{Topics: relaystore.TopicFilter{Names: []string{"payments"}}, Limit: 10, Lease: lease, Ordered: true})
 	require.Equal(t, map[string]int{"payments": 2}, topics(byName))
-	_, byPrefix := claim(t, s, outbox.ClaimRequest{Topics: outbox.TopicFilter{Prefixes: []string{"orders."}}, Limit: 10, Lease: lease, Ordered: true})
+	_, byPrefix := claim(t, s, relaystore.ClaimRequest{Topics: relaystore.TopicFilter{Prefixes: []string{"orders."}}, Limit: 10, Lease: lease, Ordered: true})
 	require.Equal(t, map[string]int{"orders.placed": 2, "orders.refunded": 2}, topics(byPrefix))
 	_, rest := claim(t, s, all)
 	require.Equal(t, map[string]int{"ordersX": 1}, topics(rest))
@@ -577,7 +580,7 @@ func testListen(t *testing.T, h Harness) {
 	go func() { done <- s.Listen(c, func() {}) }()
 	select {
 	case err := <-done:
-		require.ErrorIs(t, err, outbox.ErrNoWakeUps, "a store without notifications says so at once")
+		require.ErrorIs(t, err, relaystore.ErrNoWakeUps, "a store without notifications says so at once")
 		cancel()
 		return
 	case <-time.After(200 * time.Millisecond):

@@ -13,35 +13,36 @@ import (
 	"github.com/e0a82c8c/watermill-outbox/config"
 	"github.com/e0a82c8c/watermill-outbox/internal/testenv"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/storetest"
 )
 
 // sqlHarness runs the kit on SQLStore over db, a table per test.
 func sqlHarness(dialect outbox.Dialect, open func(t testing.TB) *sql.DB) storetest.Harness {
 	return storetest.Harness{
-		New: func(t *testing.T) (outbox.Store, storetest.Insert) {
+		New: func(t *testing.T) (relaystore.Store, storetest.Insert) {
 			store := newSQLStore(t, dialect, open(t))
 			return store, inserter(store)
 		},
-		ListDead: func(ctx context.Context, s outbox.Store) ([]outbox.DeadRow, error) {
+		ListDead: func(ctx context.Context, s relaystore.Store) ([]outbox.DeadRow, error) {
 			return sqlStoreOf(s).ListDead(ctx, outbox.DeadQuery{})
 		},
-		Requeue: func(ctx context.Context, s outbox.Store, ids ...int64) (int, error) {
+		Requeue: func(ctx context.Context, s relaystore.Store, ids ...int64) (int, error) {
 			return sqlStoreOf(s).Requeue(ctx, ids...)
 		},
-		Stats: func(ctx context.Context, s outbox.Store) (outbox.Stats, error) {
+		Stats: func(ctx context.Context, s relaystore.Store) (outbox.Stats, error) {
 			return sqlStoreOf(s).Stats(ctx)
 		},
-		BlockedKeys: func(ctx context.Context, s outbox.Store, q outbox.BlockedQuery) ([]outbox.BlockedKey, error) {
+		BlockedKeys: func(ctx context.Context, s relaystore.Store, q outbox.BlockedQuery) ([]outbox.BlockedKey, error) {
 			return sqlStoreOf(s).BlockedKeys(ctx, q)
 		},
-		RequeueKey: func(ctx context.Context, s outbox.Store, topic, key string) (outbox.KeyAction, error) {
+		RequeueKey: func(ctx context.Context, s relaystore.Store, topic, key string) (outbox.KeyAction, error) {
 			return sqlStoreOf(s).RequeueKey(ctx, topic, key)
 		},
-		SkipKey: func(ctx context.Context, s outbox.Store, topic, key string) (outbox.KeyAction, error) {
+		SkipKey: func(ctx context.Context, s relaystore.Store, topic, key string) (outbox.KeyAction, error) {
 			return sqlStoreOf(s).SkipKey(ctx, topic, key)
 		},
-		NewStrict: func(t *testing.T) (outbox.Store, storetest.Insert) {
+		NewStrict: func(t *testing.T) (relaystore.Store, storetest.Insert) {
 			store := newSQLStoreWith(t, dialect, open(t), config.Config{StrictOrder: true})
 			return store, inserter(store)
 		},
@@ -77,7 +78,7 @@ func inserter(store *outbox.SQLStore) storetest.Insert {
 }
 
 // sqlStoreOf unwraps the kit's stores (and the decorator's).
-func sqlStoreOf(s outbox.Store) *outbox.SQLStore {
+func sqlStoreOf(s relaystore.Store) *outbox.SQLStore {
 	if c, ok := s.(*counting); ok {
 		return c.Store.(*outbox.SQLStore)
 	}
@@ -98,7 +99,7 @@ func TestSQLStoreMySQL(t *testing.T) {
 func TestPgxStore(t *testing.T) {
 	t.Parallel()
 	h := sqlHarness(outbox.PostgreSQL, testenv.Postgres)
-	newPgx := func(t *testing.T, cfg config.Config) (outbox.Store, storetest.Insert) {
+	newPgx := func(t *testing.T, cfg config.Config) (relaystore.Store, storetest.Insert) {
 		pool := testenv.PostgresPool(t)
 		cfg.Table = testenv.TableName(t)
 		store, err := outbox.NewPgxStore(pool, outbox.PgxStoreConfig{Outbox: cfg}, nil)
@@ -108,8 +109,8 @@ func TestPgxStore(t *testing.T) {
 		t.Cleanup(func() { _, _ = pool.Exec(context.Background(), `DROP TABLE IF EXISTS `+cfg.Table+`_relays`) })
 		return store, inserter(store)
 	}
-	h.New = func(t *testing.T) (outbox.Store, storetest.Insert) { return newPgx(t, config.Config{}) }
-	h.NewStrict = func(t *testing.T) (outbox.Store, storetest.Insert) {
+	h.New = func(t *testing.T) (relaystore.Store, storetest.Insert) { return newPgx(t, config.Config{}) }
+	h.NewStrict = func(t *testing.T) (relaystore.Store, storetest.Insert) {
 		return newPgx(t, config.Config{StrictOrder: true})
 	}
 	storetest.Run(t, h)
@@ -124,11 +125,11 @@ func TestSQLStoreSQLite(t *testing.T) {
 // rows they took, as a metrics wrapper would. Embedding the Store passes
 // every other method on, Listen (the wake-ups) included.
 type counting struct {
-	outbox.Store
+	relaystore.Store
 	claims, rows atomic.Int64
 }
 
-func (c *counting) Claim(ctx context.Context, req outbox.ClaimRequest) (outbox.Claimed, error) {
+func (c *counting) Claim(ctx context.Context, req relaystore.ClaimRequest) (relaystore.Claimed, error) {
 	claimed, err := c.Store.Claim(ctx, req)
 	if err == nil {
 		c.claims.Add(1)
@@ -144,7 +145,7 @@ func TestDecoratedStorePassesTheKit(t *testing.T) {
 	var mu sync.Mutex
 	var decorators []*counting
 	h := sqlHarness(outbox.PostgreSQL, testenv.Postgres)
-	h.New = func(t *testing.T) (outbox.Store, storetest.Insert) {
+	h.New = func(t *testing.T) (relaystore.Store, storetest.Insert) {
 		store := newSQLStore(t, outbox.PostgreSQL, testenv.Postgres(t))
 		c := &counting{Store: store}
 		mu.Lock()
@@ -173,7 +174,7 @@ func TestSQLStoreThroughPgBouncer(t *testing.T) {
 func TestPgxStoreThroughPgBouncer(t *testing.T) {
 	t.Parallel()
 	h := sqlHarness(outbox.PostgreSQL, testenv.PgBouncer)
-	h.New = func(t *testing.T) (outbox.Store, storetest.Insert) {
+	h.New = func(t *testing.T) (relaystore.Store, storetest.Insert) {
 		pool := testenv.PgBouncerPool(t)
 		table := testenv.TableName(t)
 		store, err := outbox.NewPgxStore(pool, outbox.PgxStoreConfig{Outbox: config.Config{Table: table}}, nil)

@@ -1,7 +1,19 @@
-package watermilloutbox
+// Package relaystore is the storage port the relay (package forwarder)
+// works through: Store, the rows it claims and the fenced writes that
+// settle them, and the optional RelayRegistry of live relays.
+//
+// watermilloutbox.SQLStore implements Store and RelayRegistry for
+// PostgreSQL, MySQL/MariaDB and SQLite; a service passes it to
+// forwarder.NewForwarder and never names this package. Implement Store to
+// put the outbox in another database, and run package storetest against
+// the implementation: it checks the contract stated here.
+package relaystore
 
 import (
 	"context"
+	"errors"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -77,7 +89,7 @@ type ClaimRequest struct {
 }
 
 // Store is the storage port the relay works through (the original plugin's
-// IOutboxStorage, with leases and fencing). SQLStore implements it for
+// IOutboxStorage, with leases and fencing). watermilloutbox.SQLStore implements it for
 // PostgreSQL, MySQL/MariaDB and SQLite; implement it to put the outbox in
 // another database, and run package storetest against the implementation.
 //
@@ -100,7 +112,7 @@ type Store interface {
 	// lease of req.Lease, and commits before returning. It holds no lock or
 	// transaction afterwards. Its cost should follow the rows it returns,
 	// not the rows it passes over (backing off, leased, or queued behind a
-	// key whose head is blocked); SQLStore's does.
+	// key whose head is blocked); watermilloutbox.SQLStore's does.
 	Claim(ctx context.Context, req ClaimRequest) (Claimed, error)
 
 	// MarkPublished records that the broker confirmed the rows: with keep
@@ -132,7 +144,7 @@ type Store interface {
 
 	// Maintain does what the table needs now to stay in shape, if
 	// anything, and is cheap when nothing is needed; the relay calls it
-	// about once a minute. SQLStore vacuums a PostgreSQL table whose
+	// about once a minute. watermilloutbox.SQLStore vacuums a PostgreSQL table whose
 	// autovacuum is off. A store that needs nothing returns nil.
 	Maintain(ctx context.Context) error
 
@@ -143,4 +155,84 @@ type Store interface {
 	// finds new rows by polling. A decorator that embeds a Store passes
 	// the feed on unchanged.
 	Listen(ctx context.Context, wake func()) error
+}
+
+// Errors a Store returns or marks.
+var (
+	// ErrNoWakeUps is returned by Store.Listen when the store has no commit
+	// notifications (MySQL, SQLite, DisableNotify): the relay polls.
+	ErrNoWakeUps = errors.New("outbox: the store sends no commit notifications")
+
+	// ErrContention marks a database error that only says a concurrent
+	// transaction got in the way: a deadlock, a serialization failure, a
+	// lock wait timeout, SQLite's busy or locked. Retrying is the whole
+	// answer, so the relay logs such errors below error level and counts
+	// them. watermilloutbox.SQLStore wraps them with it (errors.Is(err, ErrContention)); a
+	// custom Store may do the same with its own.
+	ErrContention = errors.New("outbox: database contention")
+)
+
+// RelayRegistry is implemented by stores that know which relays are alive:
+// watermilloutbox.SQLStore. The relay (forwarder.Subscriber) beats through it and names
+// itself in every claim (ClaimRequest.Relay). With a store that does not
+// implement it (or a decorator that hides it), a dead relay's rows come
+// back when their lease ends.
+type RelayRegistry interface {
+	// Beat records that relay id is alive until ttl from now (database
+	// clock), registering it if it is not known. It reports whether the
+	// relay's previous beat had expired (Beat.Lapsed).
+	Beat(ctx context.Context, id string, ttl time.Duration) (Beat, error)
+	// Leave marks relay id gone at once, on a clean shutdown: rows it
+	// still holds are claimable now.
+	Leave(ctx context.Context, id string) error
+}
+
+// Beat is what one RelayRegistry.Beat found.
+type Beat struct {
+	// Lapsed reports that the relay's previous beat had expired before
+	// this one: other relays may have taken its rows over (its writes for
+	// them are fenced), and it was registered again.
+	Lapsed bool
+	// TTL is how long this beat keeps the relay alive: the ttl asked for,
+	// or longer where the store needs it (15 s at least on SQLite).
+	TTL time.Duration
+}
+
+// TopicFilter selects destination topics: by exact name (Names) and by
+// prefix (Prefixes). A topic matches when it is one of the names or starts
+// with one of the prefixes. The zero value matches every topic.
+//
+// Ordering is per topic and key, so a filter never splits a key's rows
+// between relays: relays with disjoint filters share one table safely.
+type TopicFilter struct {
+	Names    []string
+	Prefixes []string
+}
+
+// All reports whether f matches every topic.
+func (f TopicFilter) All() bool { return len(f.Names) == 0 && len(f.Prefixes) == 0 }
+
+// Match reports whether topic passes f.
+func (f TopicFilter) Match(topic string) bool {
+	if f.All() || slices.Contains(f.Names, topic) {
+		return true
+	}
+	for _, p := range f.Prefixes {
+		if strings.HasPrefix(topic, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// String renders f as patterns, as forwarder.Config.Topics takes them.
+func (f TopicFilter) String() string {
+	if f.All() {
+		return "*"
+	}
+	parts := slices.Clone(f.Names)
+	for _, p := range f.Prefixes {
+		parts = append(parts, p+"*")
+	}
+	return strings.Join(parts, ",")
 }

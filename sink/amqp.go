@@ -151,7 +151,26 @@ func marshaler() wamqp.DefaultMarshaler {
 
 // AMQPPublisher publishes to RabbitMQ with pipelined publisher confirms,
 // declaring each topic's destination before the first publish to it. It is
-// safe for concurrent use.
+// safe for concurrent use. It marks its errors for retry.DefaultClassifier:
+//
+//   - Permanent: codes 311 ContentTooLarge and 312 NoRoute, RabbitMQ's 406
+//     "message size … is larger than … max size", its 403 for a name under
+//     the reserved prefix "amq." ("… contains reserved prefix 'amq.*'"),
+//     and "cannot marshal message …" (how watermill-amqp wraps a marshaler
+//     error).
+//   - Unavailable: amqp.ErrClosed and the connection-level codes 320
+//     ConnectionForced, 501 FrameError (amqp091 reports a broken socket
+//     so), 504 ChannelError, 505 UnexpectedFrame and 506 ResourceError;
+//     watermill-amqp's "not connected to AMQP" and "pub/sub is connection
+//     closedChan".
+//   - Everything else is left unmarked, so Transient: among them errors an
+//     operator can fix while rows wait (403 on a vhost or exchange for want
+//     of a permission, 404 for a missing exchange, a 406 for queue arguments that differ) and a
+//     broker's negative publisher confirm ("delivery not confirmed").
+//
+// With publisher confirms, RabbitMQ's 406 for an oversized message closes
+// the channel and reaches the publisher only as "delivery not confirmed",
+// which is Transient: such a message dies when its budget is spent.
 //
 // watermill-amqp's publisher (v2.1.3) is not used for the publishing
 // itself: with ConfirmDelivery it waits for each message's confirm before
@@ -208,7 +227,7 @@ type AMQPPublisher struct {
 // sent: RabbitMQ would close the connection over it (501 FRAME_ERROR),
 // failing the confirms of every message in flight on it.
 //
-// Errors are marked for retry.DefaultClassifier (see ClassifyAMQPError): a
+// Errors are marked for retry.DefaultClassifier (see AMQPPublisher): a
 // message RabbitMQ can never take is Permanent, a broker that cannot be
 // reached, or refuses the connection, Unavailable. After Close, Publish
 // fails with an error wrapping watermilloutbox.ErrClosed.
@@ -241,7 +260,7 @@ func (p *AMQPPublisher) MessagingSystem() string { return "rabbitmq" }
 // in order and waits for the broker's confirms. See NewAMQPPublisher.
 func (p *AMQPPublisher) Publish(topic string, msgs ...*message.Message) error {
 	if err := p.declare(topic); err != nil {
-		return ClassifyAMQPError(fmt.Errorf("declare topology of topic %q: %w", topic, err))
+		return classifyAMQPError(fmt.Errorf("declare topology of topic %q: %w", topic, err))
 	}
 	if len(msgs) == 0 {
 		return nil
@@ -250,7 +269,7 @@ func (p *AMQPPublisher) Publish(topic string, msgs ...*message.Message) error {
 		// The destination may be gone with the connection: redeclare it
 		// before the next attempt.
 		p.forget(topic)
-		return ClassifyAMQPError(err)
+		return classifyAMQPError(err)
 	}
 	return nil
 }

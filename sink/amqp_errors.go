@@ -9,31 +9,10 @@ import (
 	"github.com/e0a82c8c/watermill-outbox/retry"
 )
 
-// ClassifyAMQPError marks an error of an amqp091-go (or watermill-amqp/v2)
-// publisher for retry.DefaultClassifier. AMQPPublisher does this to every
-// error it returns; call it when relaying through a publisher of your own.
-// An error marked already keeps its mark; nil stays nil.
-//
-//   - Permanent: codes 311 ContentTooLarge and 312 NoRoute, RabbitMQ's 406
-//     "message size … is larger than … max size", its 403 for a name under
-//     the reserved prefix "amq." ("… contains reserved prefix 'amq.*'"),
-//     and "cannot marshal message …" (how watermill-amqp wraps a marshaler
-//     error).
-//   - Unavailable: amqp.ErrClosed and the connection-level codes 320
-//     ConnectionForced, 501 FrameError (amqp091 reports a broken socket
-//     so), 504 ChannelError, 505 UnexpectedFrame and 506 ResourceError;
-//     watermill-amqp's "not connected to AMQP" and "pub/sub is connection
-//     closedChan".
-//   - Everything else is left unmarked, so Transient: among them errors an
-//     operator can fix while rows wait (403 on a vhost or exchange for want
-//     of a permission, 404 for
-//     a missing exchange, a 406 for queue arguments that differ) and a
-//     broker's negative publisher confirm ("delivery not confirmed").
-//
-// With publisher confirms, RabbitMQ's 406 for an oversized message closes
-// the channel and reaches the publisher only as "delivery not confirmed",
-// which is Transient: such a message dies when its budget is spent.
-func ClassifyAMQPError(err error) error {
+// classifyAMQPError marks an error of an amqp091-go (or watermill-amqp/v2)
+// publisher for retry.DefaultClassifier, as AMQPPublisher's documentation
+// lists. An error marked already keeps its mark; nil stays nil.
+func classifyAMQPError(err error) error {
 	if err == nil {
 		return nil
 	}

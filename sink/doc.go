@@ -23,8 +23,8 @@
 //
 // Both connect on first use, not in their constructors: a relay starts while
 // its broker is down, and pauses (charging no row) until it answers. Both
-// mark their errors for retry.DefaultClassifier (ClassifyKafkaError,
-// ClassifyAMQPError): what the broker can never take is Permanent, an
+// mark their errors for retry.DefaultClassifier (listed on KafkaPublisher
+// and AMQPPublisher): what the broker can never take is Permanent, an
 // unreachable broker Unavailable, the rest Transient. After Close, Publish
 // fails with an error wrapping watermilloutbox.ErrClosed.
 package sink

@@ -45,7 +45,7 @@ type errorCase struct {
 // watermill-kafka, once the Kafka sink marked it.
 func TestClassifyKafkaError(t *testing.T) {
 	t.Parallel()
-	runErrorCases(t, ClassifyKafkaError, []errorCase{
+	runErrorCases(t, classifyKafkaError, []errorCase{
 		{"mark kept", retry.UnavailableError(sarama.ErrMessageSizeTooLarge), retry.Unavailable},
 		// Kafka: permanent.
 		{"ErrMessageSizeTooLarge", sarama.ErrMessageSizeTooLarge, retry.Permanent},
@@ -121,7 +121,7 @@ func TestClassifyKafkaError(t *testing.T) {
 // TestClassifyAMQPError: the same for amqp091 and watermill-amqp errors.
 func TestClassifyAMQPError(t *testing.T) {
 	t.Parallel()
-	runErrorCases(t, ClassifyAMQPError, []errorCase{
+	runErrorCases(t, classifyAMQPError, []errorCase{
 		{"mark kept", retry.PermanentError(amqp.ErrClosed), retry.Permanent},
 		// AMQP: permanent.
 		{"ContentTooLarge", amqpPublish(&amqp.Error{Code: amqp.ContentTooLarge, Reason: "CONTENT_TOO_LARGE", Server: true}), retry.Permanent},

@@ -192,7 +192,39 @@ func NewKafkaSaramaConfig(config KafkaConfig) *sarama.Config {
 
 // KafkaPublisher is a watermill-kafka publisher configured for the outbox,
 // which connects on first use and marks its errors for
-// retry.DefaultClassifier. It is safe for concurrent use.
+// retry.DefaultClassifier, so the relay knows whether to charge the row,
+// dead-letter it or pause. It is safe for concurrent use.
+//
+//   - Permanent (the message itself is unacceptable): ErrMessageSizeTooLarge,
+//     ErrMessageSetSizeTooLarge (RECORD_LIST_TOO_LARGE), ErrInvalidRecord,
+//     ErrInvalidTopic, sarama's own "Attempt to produce message larger than
+//     configured Producer.MaxMessageBytes", and watermill-kafka's "cannot
+//     marshal message …" (its marshaler fails only on the message).
+//   - Unavailable (no row is to blame): ErrOutOfBrokers, ErrNotConnected,
+//     ErrClosedClient, ErrShuttingDown, ErrBrokerNotAvailable,
+//     ErrLeaderNotAvailable, ErrNotLeaderForPartition,
+//     ErrReplicaNotAvailable, ErrRequestTimedOut, ErrNetworkException,
+//     ErrNotEnoughReplicas(AfterAppend), ErrKafkaStorageError, and the
+//     idempotent producer's session errors ErrOutOfOrderSequenceNumber,
+//     ErrUnknownProducerID, ErrInvalidProducerEpoch, ErrProducerFenced,
+//     ErrInvalidProducerIDMapping; sarama's "circuit breaker is open" (three
+//     failed metadata lookups in a row) and "message out of sequence added
+//     to a batch" (the idempotent producer's state after another message's
+//     failure); watermill-kafka's "publisher closed".
+//   - A sarama.ProducerErrors batch: Permanent if any element is,
+//     Unavailable if all are, unmarked (Transient) otherwise.
+//   - Everything else is left unmarked, so Transient: among them errors an
+//     operator can fix while rows wait, such as ErrTopicAuthorizationFailed
+//     and ErrUnknownTopicOrPartition.
+//
+// Kafka rejects a record batch as a whole, and sarama batches concurrent
+// sends to one partition up to Producer.MaxMessageBytes: if that exceeds
+// the topic's max.message.bytes, small messages sharing a batch with a
+// large one are rejected as too large too. KafkaPublisher sends a message
+// the broker refused as too large again alone before returning the error,
+// so only the large one is marked Permanent. Keep Producer.MaxMessageBytes
+// at or below the topic's limit (sarama then rejects a large message alone,
+// before sending).
 type KafkaPublisher struct {
 	config       KafkaConfig
 	saramaConfig *sarama.Config
@@ -231,7 +263,7 @@ type KafkaPublisher struct {
 //     the message UUID (metadata of that name is rejected).
 //   - value: the payload, unchanged.
 //
-// Errors are marked for retry.DefaultClassifier (see ClassifyKafkaError): a
+// Errors are marked for retry.DefaultClassifier (see KafkaPublisher): a
 // message the broker can never take is Permanent, an unreachable or
 // leaderless cluster Unavailable. A topic that is not a legal Kafka name
 // fails with a retry.PermanentError before anything is sent: 1 to 249
@@ -256,7 +288,7 @@ func NewKafkaPublisher(config KafkaConfig, logger watermill.LoggerAdapter) (*Kaf
 func (p *KafkaPublisher) Publish(topic string, msgs ...*message.Message) error {
 	for _, msg := range msgs {
 		if err := p.publishOne(topic, msg); err != nil {
-			return ClassifyKafkaError(err)
+			return classifyKafkaError(err)
 		}
 	}
 	return nil

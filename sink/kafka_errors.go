@@ -9,45 +9,12 @@ import (
 	"github.com/e0a82c8c/watermill-outbox/retry"
 )
 
-// ClassifyKafkaError marks an error of a watermill-kafka (IBM/sarama)
-// publisher for retry.DefaultClassifier, so the relay knows whether to
-// charge the row, dead-letter it or pause. KafkaPublisher does this to
-// every error it returns; call it when relaying through a watermill-kafka
-// publisher of your own. It looks through every layer of wrapping
-// (including github.com/pkg/errors and sarama.ProducerError); an error
-// marked already keeps its mark; nil stays nil.
-//
-//   - Permanent (the message itself is unacceptable): ErrMessageSizeTooLarge,
-//     ErrMessageSetSizeTooLarge (RECORD_LIST_TOO_LARGE), ErrInvalidRecord,
-//     ErrInvalidTopic, sarama's own "Attempt to produce message larger than
-//     configured Producer.MaxMessageBytes", and watermill-kafka's "cannot
-//     marshal message …" (its marshaler fails only on the message).
-//   - Unavailable (no row is to blame): ErrOutOfBrokers, ErrNotConnected,
-//     ErrClosedClient, ErrShuttingDown, ErrBrokerNotAvailable,
-//     ErrLeaderNotAvailable, ErrNotLeaderForPartition,
-//     ErrReplicaNotAvailable, ErrRequestTimedOut, ErrNetworkException,
-//     ErrNotEnoughReplicas(AfterAppend), ErrKafkaStorageError, and the
-//     idempotent producer's session errors ErrOutOfOrderSequenceNumber,
-//     ErrUnknownProducerID, ErrInvalidProducerEpoch, ErrProducerFenced,
-//     ErrInvalidProducerIDMapping; sarama's "circuit breaker is open" (three
-//     failed metadata lookups in a row) and "message out of sequence added
-//     to a batch" (the idempotent producer's state after another message's
-//     failure); watermill-kafka's "publisher closed".
-//   - A sarama.ProducerErrors batch: Permanent if any element is,
-//     Unavailable if all are, unmarked (Transient) otherwise.
-//   - Everything else is left unmarked, so Transient: among them errors an
-//     operator can fix while rows wait, such as ErrTopicAuthorizationFailed
-//     and ErrUnknownTopicOrPartition.
-//
-// Kafka rejects a record batch as a whole, and sarama batches concurrent
-// sends to one partition up to Producer.MaxMessageBytes: if that exceeds
-// the topic's max.message.bytes, small messages sharing a batch with a
-// large one are rejected as too large too. KafkaPublisher sends a message
-// the broker refused as too large again alone before returning the error,
-// so only the large one is marked Permanent; a watermill-kafka publisher of
-// your own does not. Keep Producer.MaxMessageBytes at or below the topic's
-// limit (sarama then rejects a large message alone, before sending).
-func ClassifyKafkaError(err error) error {
+// classifyKafkaError marks an error of a watermill-kafka (IBM/sarama)
+// publisher for retry.DefaultClassifier, as KafkaPublisher's documentation
+// lists. It looks through every layer of wrapping (including
+// github.com/pkg/errors and sarama.ProducerError); an error marked already
+// keeps its mark; nil stays nil.
+func classifyKafkaError(err error) error {
 	if err == nil {
 		return nil
 	}

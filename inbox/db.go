@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 
+	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -33,7 +34,7 @@ type txn interface {
 	// publisher and the handler's own code look for it.
 	bind(ctx context.Context) context.Context
 	// publisher binds p to the transaction.
-	publisher(p *outbox.Publisher) *outbox.TxPublisher
+	publisher(p *outbox.Publisher) message.Publisher
 }
 
 type sqlDB struct{ db *sql.DB }
@@ -81,7 +82,7 @@ func (t sqlTx) rollback(context.Context) error { return t.t.Rollback() }
 func (t sqlTx) bind(ctx context.Context) context.Context {
 	return outbox.ContextWithTx(ctx, t.t)
 }
-func (t sqlTx) publisher(p *outbox.Publisher) *outbox.TxPublisher { return p.WithTx(t.t) }
+func (t sqlTx) publisher(p *outbox.Publisher) message.Publisher { return p.WithTx(t.t) }
 
 type pgxDB struct{ pool *pgxpool.Pool }
 
@@ -123,4 +124,4 @@ func (t pgxTx) rollback(ctx context.Context) error { return t.t.Rollback(ctx) }
 func (t pgxTx) bind(ctx context.Context) context.Context {
 	return outbox.ContextWithPgxTx(ctx, t.t)
 }
-func (t pgxTx) publisher(p *outbox.Publisher) *outbox.TxPublisher { return p.WithPgxTx(t.t) }
+func (t pgxTx) publisher(p *outbox.Publisher) message.Publisher { return p.WithPgxTx(t.t) }

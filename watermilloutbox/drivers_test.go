@@ -41,8 +41,8 @@ type service struct {
 
 // serviceTx is a transaction of the service, of either driver.
 type serviceTx struct {
-	bind     func(p *outbox.Publisher) *outbox.TxPublisher // WithTx, WithPgxTx
-	in       func(ctx context.Context) context.Context     // ContextWithTx, ContextWithPgxTx
+	bind     func(p *outbox.Publisher) message.Publisher // WithTx, WithPgxTx
+	in       func(ctx context.Context) context.Context   // ContextWithTx, ContextWithPgxTx
 	commit   func() error
 	rollback func() error
 }
@@ -59,7 +59,7 @@ var pgDrivers = []pgDriver{
 				begin: func(t *testing.T) serviceTx {
 					tx := begin(t, db)
 					return serviceTx{
-						bind:     func(p *outbox.Publisher) *outbox.TxPublisher { return p.WithTx(tx) },
+						bind:     func(p *outbox.Publisher) message.Publisher { return p.WithTx(tx) },
 						in:       func(ctx context.Context) context.Context { return outbox.ContextWithTx(ctx, tx) },
 						commit:   tx.Commit,
 						rollback: tx.Rollback,
@@ -88,7 +88,7 @@ var pgDrivers = []pgDriver{
 					require.NoError(t, err)
 					t.Cleanup(func() { _ = tx.Rollback(ctx) })
 					return serviceTx{
-						bind:     func(p *outbox.Publisher) *outbox.TxPublisher { return p.WithPgxTx(tx) },
+						bind:     func(p *outbox.Publisher) message.Publisher { return p.WithPgxTx(tx) },
 						in:       func(ctx context.Context) context.Context { return outbox.ContextWithPgxTx(ctx, tx) },
 						commit:   func() error { return tx.Commit(ctx) },
 						rollback: func() error { return tx.Rollback(ctx) },

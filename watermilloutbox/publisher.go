@@ -152,20 +152,23 @@ func (p *Publisher) Publish(topic string, messages ...*message.Message) error {
 
 // WithTx returns a message.Publisher bound to tx: every Publish on it inserts
 // under tx, whatever the messages' context says. If tx rolls back, so do the
-// messages. Closing it only stops that binding; the Publisher stays open.
+// messages. Its Publish returns ErrNoTransaction for a nil tx and an error
+// wrapping sql.ErrTxDone (for a pgx.Tx, pgx.ErrTxClosed) for a finished
+// one. Closing it only ends that binding: it neither commits nor rolls back
+// tx, and the Publisher stays open.
 //
 // Libraries built on database/sql hand out their *sql.Tx: sqlx's Tx and
 // bun's Tx embed it (tx.Tx), gorm's is db.Statement.ConnPool.(*sql.Tx)
 // inside a Transaction callback.
-func (p *Publisher) WithTx(tx *sql.Tx) *TxPublisher {
-	return &TxPublisher{p: p, tx: sqlCallerTx(tx)}
+func (p *Publisher) WithTx(tx *sql.Tx) message.Publisher {
+	return &txPublisher{p: p, tx: sqlCallerTx(tx)}
 }
 
 // WithPgxTx is WithTx for a pgx transaction (github.com/jackc/pgx/v5, also
 // a pgxpool.Tx): every Publish on it inserts under tx. If tx rolls back, so
 // do the messages.
-func (p *Publisher) WithPgxTx(tx pgx.Tx) *TxPublisher {
-	return &TxPublisher{p: p, tx: pgxCallerTx(tx)}
+func (p *Publisher) WithPgxTx(tx pgx.Tx) message.Publisher {
+	return &txPublisher{p: p, tx: pgxCallerTx(tx)}
 }
 
 // Close makes later Publish calls fail with ErrClosed, after waiting for the
@@ -177,19 +180,18 @@ func (p *Publisher) Close() error {
 	return nil
 }
 
-// TxPublisher is a message.Publisher bound to one transaction; see
-// Publisher.WithTx.
-type TxPublisher struct {
+// txPublisher is the message.Publisher Publisher.WithTx and WithPgxTx
+// return, bound to one transaction.
+type txPublisher struct {
 	p      *Publisher
 	tx     callerTx
 	mu     sync.RWMutex
 	closed bool
 }
 
-// Publish inserts messages under the bound transaction. A nil transaction is
-// ErrNoTransaction, a finished one wraps sql.ErrTxDone (for a pgx.Tx, and
-// pgx.ErrTxClosed).
-func (b *TxPublisher) Publish(topic string, messages ...*message.Message) error {
+// Publish inserts messages under the bound transaction (see
+// Publisher.WithTx).
+func (b *txPublisher) Publish(topic string, messages ...*message.Message) error {
 	b.mu.RLock()
 	defer b.mu.RUnlock()
 	if b.closed {
@@ -202,7 +204,7 @@ func (b *TxPublisher) Publish(topic string, messages ...*message.Message) error 
 }
 
 // Close ends this binding; it neither commits nor rolls back the transaction.
-func (b *TxPublisher) Close() error {
+func (b *txPublisher) Close() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.closed = true

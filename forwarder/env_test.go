@@ -18,6 +18,7 @@ import (
 
 	"github.com/e0a82c8c/watermill-outbox/config"
 	"github.com/e0a82c8c/watermill-outbox/forwarder"
+	"github.com/e0a82c8c/watermill-outbox/internal/sqlident"
 	"github.com/e0a82c8c/watermill-outbox/internal/testenv"
 	"github.com/e0a82c8c/watermill-outbox/retry"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
@@ -413,7 +414,7 @@ func notificationsBetween(t *testing.T, e *relayEnv, fn func()) int {
 	conn, err := pgx.Connect(ctx, testenv.PostgresDSN())
 	require.NoError(t, err)
 	defer conn.Close(context.Background())
-	channel := outbox.NotifyChannel(e.table)
+	channel := sqlident.NotifyChannel(e.table)
 	_, err = conn.Exec(ctx, "LISTEN "+pgx.Identifier{channel}.Sanitize())
 	require.NoError(t, err)
 	fn()

@@ -7,6 +7,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/e0a82c8c/watermill-outbox/forwarder"
+	"github.com/e0a82c8c/watermill-outbox/internal/sqlident"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
 
@@ -16,7 +17,7 @@ func listenerPID(t *testing.T, e *relayEnv) int {
 	t.Helper()
 	var pid int
 	err := e.db.QueryRow(`SELECT coalesce(max(pid), 0) FROM pg_stat_activity WHERE query = 'LISTEN "' || $1 || '"'`,
-		outbox.NotifyChannel(e.table)).Scan(&pid)
+		sqlident.NotifyChannel(e.table)).Scan(&pid)
 	require.NoError(t, err)
 	return pid
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/e0a82c8c/watermill-outbox/config"
+	"github.com/e0a82c8c/watermill-outbox/internal/sqlident"
 	"github.com/e0a82c8c/watermill-outbox/internal/testenv"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
@@ -360,7 +361,7 @@ func TestPublisherNotifiesOnCommit(t *testing.T) {
 		conn, err := pgx.Connect(ctx, testenv.PostgresDSN())
 		require.NoError(t, err)
 		defer conn.Close(context.Background())
-		_, err = conn.Exec(ctx, "LISTEN "+pgx.Identifier{outbox.NotifyChannel(table)}.Sanitize())
+		_, err = conn.Exec(ctx, "LISTEN "+pgx.Identifier{sqlident.NotifyChannel(table)}.Sanitize())
 		require.NoError(t, err)
 
 		tx := d.begin(t)
@@ -374,7 +375,7 @@ func TestPublisherNotifiesOnCommit(t *testing.T) {
 
 		n, err := conn.WaitForNotification(ctx)
 		require.NoError(t, err)
-		require.Equal(t, outbox.NotifyChannel(table), n.Channel)
+		require.Equal(t, sqlident.NotifyChannel(table), n.Channel)
 	})
 }
 

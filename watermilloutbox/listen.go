@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/e0a82c8c/watermill-outbox/internal/backoff"
+	"github.com/e0a82c8c/watermill-outbox/internal/sqlident"
 	"github.com/e0a82c8c/watermill-outbox/internal/warn"
 	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
@@ -69,7 +70,7 @@ func (s *SQLStore) setListenState(l ListenState) {
 		warn.Log(s.logger, "Outbox LISTEN receives no notifications, not even one it sent itself: the relay finds new rows "+
 			"only by polling. Likely cause: a transaction pooler (PgBouncer with pool_mode = transaction, or a managed "+
 			"pooler) between the relay and PostgreSQL; "+fix, nil,
-			watermill.LogFields{"channel": NotifyChannel(s.t.name), "waited": listenCheckTimeout.String(),
+			watermill.LogFields{"channel": sqlident.NotifyChannel(s.t.name), "waited": listenCheckTimeout.String(),
 				"polling_interval": s.config.PollingInterval.String()})
 	case l == ListenReceiving && was == ListenDeaf:
 		s.logger.Info("Outbox LISTEN receives notifications again", nil)
@@ -77,7 +78,7 @@ func (s *SQLStore) setListenState(l ListenState) {
 }
 
 // Listen implements relaystore.Store. On PostgreSQL, unless DisableNotify is set, it
-// LISTENs on the table's channel (NotifyChannel), on a connection of its own
+// LISTENs on the table's channel (sqlident.NotifyChannel), on a connection of its own
 // to ListenURL when that is set, else on one connection of the store's pool
 // (a *sql.DB must use the pgx driver), and calls wake on every notification
 // and after every (re)connect (covering the commits whose notifications were
@@ -89,7 +90,7 @@ func (s *SQLStore) setListenState(l ListenState) {
 // for a pool limited to one connection without ListenURL (the listener
 // would starve everything else).
 func (s *SQLStore) Listen(ctx context.Context, wake func()) error {
-	channel := NotifyChannel(s.t.name)
+	channel := sqlident.NotifyChannel(s.t.name)
 	if s.t.d.notify(channel) == "" || s.config.DisableNotify {
 		return relaystore.ErrNoWakeUps
 	}

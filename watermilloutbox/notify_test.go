@@ -1,7 +1,6 @@
 package watermilloutbox_test
 
 import (
-	"strings"
 	"sync"
 	"testing"
 
@@ -37,13 +36,4 @@ func TestPublisherTellsNotifier(t *testing.T) {
 	require.NoError(t, pub.Publish("t")) // nothing written: nobody told
 	require.Error(t, pub.Publish("", message.NewMessage(watermill.NewUUID(), nil)))
 	require.Equal(t, []bool{false, true}, n.got)
-}
-
-func TestNotifyChannel(t *testing.T) {
-	t.Parallel()
-	require.Equal(t, "outbox:app.orders_outbox", outbox.NotifyChannel("app.orders_outbox"))
-	long := strings.Repeat("a", 48) + "." + strings.Repeat("b", 48)
-	c := outbox.NotifyChannel(long)
-	require.LessOrEqual(t, len(c), 63, "PostgreSQL truncates longer channel names")
-	require.NotEqual(t, c, outbox.NotifyChannel(long[:len(long)-1]+"c"))
 }

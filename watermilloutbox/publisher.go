@@ -21,6 +21,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/e0a82c8c/watermill-outbox/config"
+	"github.com/e0a82c8c/watermill-outbox/internal/sqlident"
 )
 
 // maxRowsPerInsert bounds one INSERT statement's bind parameters (5 a row)
@@ -117,22 +118,9 @@ func NewPublisher(store *SQLStore, config PublisherConfig, logger watermill.Logg
 	p := &Publisher{store: store, config: config, outbox: store.Config(), table: store.t, logger: logger,
 		forbidden: newForbiddenKeys(config.ForbiddenMetadataKeys)}
 	if !p.outbox.DisableNotify {
-		p.notifyQuery = p.table.d.notify(NotifyChannel(p.table.name))
+		p.notifyQuery = p.table.d.notify(sqlident.NotifyChannel(p.table.name))
 	}
 	return p, nil
-}
-
-// NotifyChannel is the PostgreSQL channel a Publisher notifies and the relay
-// listens on for the outbox table: "outbox:" and the table name as
-// configured, or, were that longer than PostgreSQL's 63-byte limit, "outbox:"
-// and a hash of it. Table names are validated identifiers, so it needs no
-// quoting in a string literal.
-func NotifyChannel(table string) string {
-	const maxIdent = 63
-	if c := "outbox:" + table; len(c) <= maxIdent {
-		return c
-	}
-	return fmt.Sprintf("outbox:%x", lockKey("notify "+table))
 }
 
 // Publish inserts messages into the outbox under the transaction described on

@@ -3,8 +3,9 @@ package watermilloutbox
 import (
 	"context"
 	"fmt"
-	"hash/fnv"
 	"strings"
+
+	"github.com/e0a82c8c/watermill-outbox/internal/sqlident"
 )
 
 // The claim reads partial indexes that each hold only rows a claim may
@@ -58,14 +59,7 @@ func DDL(d Dialect, tableName string) (string, error) {
 	return strings.Join(t.ddl(), ";\n") + ";\n", nil
 }
 
-func (t table) lockKey() int64 { return lockKey("migrate " + t.name) }
-
-// lockKey hashes s to a non-negative int64 (an advisory lock key).
-func lockKey(s string) int64 {
-	h := fnv.New64a()
-	_, _ = h.Write([]byte("watermill-outbox " + s))
-	return int64(h.Sum64() >> 1)
-}
+func (t table) lockKey() int64 { return sqlident.Hash("migrate " + t.name) }
 
 // migrate runs the DDL, under a database-wide lock.
 func (t table) migrate(ctx context.Context, db database) error { return t.d.migrate(ctx, t, db) }

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/e0a82c8c/watermill-outbox/config"
+	"github.com/e0a82c8c/watermill-outbox/internal/sqlident"
 	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
@@ -140,7 +141,7 @@ func newStore(db database, dialect Dialect, cfg config.Config, logger watermill.
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid config: %w", err)
 	}
-	if cfg.ListenURL != "" && t.d.notify(NotifyChannel(t.name)) == "" {
+	if cfg.ListenURL != "" && t.d.notify(sqlident.NotifyChannel(t.name)) == "" {
 		return nil, fmt.Errorf("invalid config: ListenURL: LISTEN is PostgreSQL's, the dialect is %s", dialect)
 	}
 	if logger == nil {

@@ -1,8 +1,11 @@
-// Package sqlident holds the one rule for the table names the outbox and
-// the inbox write into their SQL.
+// Package sqlident holds the rules for the names the outbox and the inbox
+// write into their SQL: which table names are accepted, and the names and
+// keys derived from them.
 package sqlident
 
 import (
+	"fmt"
+	"hash/fnv"
 	"regexp"
 	"strings"
 )
@@ -28,4 +31,25 @@ func ValidTable(name string) bool {
 		}
 	}
 	return true
+}
+
+// NotifyChannel is the PostgreSQL channel a Publisher notifies and the
+// store's Listen waits on for the outbox table: "outbox:" and the table name as
+// configured, or, were that longer than PostgreSQL's 63-byte limit, "outbox:"
+// and a hash of it. Table names are validated identifiers, so it needs no
+// quoting in a string literal.
+func NotifyChannel(table string) string {
+	const maxIdent = 63
+	if c := "outbox:" + table; len(c) <= maxIdent {
+		return c
+	}
+	return fmt.Sprintf("outbox:%x", Hash("notify "+table))
+}
+
+// Hash hashes s to a non-negative int64: an advisory lock key, or the
+// channel of a table name too long for one.
+func Hash(s string) int64 {
+	h := fnv.New64a()
+	_, _ = h.Write([]byte("watermill-outbox " + s))
+	return int64(h.Sum64() >> 1)
 }

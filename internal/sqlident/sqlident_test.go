@@ -45,3 +45,12 @@ func TestValidTableName(t *testing.T) {
 		})
 	}
 }
+
+func TestNotifyChannel(t *testing.T) {
+	t.Parallel()
+	require.Equal(t, "outbox:app.orders_outbox", sqlident.NotifyChannel("app.orders_outbox"))
+	long := strings.Repeat("a", 48) + "." + strings.Repeat("b", 48)
+	c := sqlident.NotifyChannel(long)
+	require.LessOrEqual(t, len(c), 63, "PostgreSQL truncates longer channel names")
+	require.NotEqual(t, c, sqlident.NotifyChannel(long[:len(long)-1]+"c"))
+}

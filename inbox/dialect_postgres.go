@@ -1,6 +1,10 @@
 package inbox
 
-import "strconv"
+import (
+	"strconv"
+
+	"github.com/e0a82c8c/watermill-outbox/internal/sqlident"
+)
 
 type postgresDialect struct{ standardSQL }
 
@@ -24,7 +28,7 @@ func (d postgresDialect) ddl(t table) []string {
 // migrationLock: concurrent CREATE TABLE IF NOT EXISTS can still fail (a
 // unique violation in pg_type).
 func (postgresDialect) migrationLock(t table) (string, []any) {
-	return `SELECT pg_advisory_xact_lock($1)`, []any{lockKey("migrate inbox " + t.name)}
+	return `SELECT pg_advisory_xact_lock($1)`, []any{sqlident.Hash("migrate inbox " + t.name)}
 }
 
 func (d postgresDialect) purge(t table, consumer string, retentionMicros int64, limit int) (string, []any) {

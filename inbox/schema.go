@@ -3,7 +3,6 @@ package inbox
 import (
 	"context"
 	"errors"
-	"hash/fnv"
 	"strings"
 
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
@@ -67,12 +66,6 @@ func (t table) migrate(ctx context.Context, db database) error {
 		}
 	}
 	return tx.commit(ctx)
-}
-
-func lockKey(s string) int64 {
-	h := fnv.New64a()
-	_, _ = h.Write([]byte("watermill-outbox " + s))
-	return int64(h.Sum64() >> 1)
 }
 
 // insertQuery records a delivery. It returns one affected row for a new

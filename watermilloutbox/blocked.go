@@ -10,16 +10,6 @@ import (
 	"time"
 )
 
-// Head states of a blocked key.
-const (
-	// HeadWaiting: the head failed and is backing off; it is retried when
-	// RetryIn has passed.
-	HeadWaiting = "waiting"
-	// HeadDead: the head is dead and, under StrictOrder, holds its key until
-	// it is requeued or skipped.
-	HeadDead = "dead"
-)
-
 // BlockedKey is a partition key whose rows are held back: its head (its
 // first row not yet delivered) is backing off after a failure, or, under
 // StrictOrder, dead. Without StrictOrder a dead row does not hold its key,

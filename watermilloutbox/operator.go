@@ -1,9 +1,16 @@
 package watermilloutbox
 
-// Bounds of the operator's reads and writes (Stats, BlockedKeys and the
-// dead-row methods of SQLStore): each keeps one call's cost bounded
-// whatever the backlog.
+// The operator's reads and writes (Stats, BlockedKeys and the dead-row
+// methods of SQLStore): the head states BlockedKeys reports, and the bounds
+// that keep one call's cost bounded whatever the backlog.
 const (
+	// HeadWaiting: the head of a blocked key failed and is backing off; it
+	// is retried when RetryIn has passed (BlockedKey.Head).
+	HeadWaiting = "waiting"
+	// HeadDead: the head is dead and, under StrictOrder, holds its key
+	// until it is requeued or skipped.
+	HeadDead = "dead"
+
 	// StatsLimit is the most rows of one topic Stats reads per state group
 	// (undelivered, dead). Measured on PostgreSQL with 1,000,000 pending
 	// rows over 5 topics: 14 ms a call (40 ms the first); at 10,000 it took

@@ -25,11 +25,11 @@ import (
 	"html/template"
 	"io/fs"
 	"net/http"
-	"reflect"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 
+	"github.com/e0a82c8c/watermill-outbox/internal/nilcheck"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
 
@@ -107,7 +107,7 @@ type handler struct {
 // http.StripPrefix, behind your service's authentication. A nil logger
 // logs nothing.
 func NewHandler(store Store, config Config, logger watermill.LoggerAdapter) (http.Handler, error) {
-	if store == nil || reflect.ValueOf(store).Kind() == reflect.Pointer && reflect.ValueOf(store).IsNil() {
+	if nilcheck.IsNil(store) {
 		return nil, errors.New("admin: store is nil")
 	}
 	config.setDefaults()

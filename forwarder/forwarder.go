@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"reflect"
 	"sync"
 	"time"
 
@@ -13,6 +12,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/e0a82c8c/watermill-outbox/internal/delivery"
+	"github.com/e0a82c8c/watermill-outbox/internal/nilcheck"
 	"github.com/e0a82c8c/watermill-outbox/internal/observe"
 	"github.com/e0a82c8c/watermill-outbox/internal/relayretry"
 	"github.com/e0a82c8c/watermill-outbox/retry"
@@ -176,14 +176,14 @@ func NewForwarder(store relaystore.Store, destination message.Publisher, config 
 	if err := config.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid config: %w", err)
 	}
-	if isNil(destination) {
+	if nilcheck.IsNil(destination) {
 		return nil, errors.New("invalid config: destination publisher is nil")
 	}
 	if logger == nil {
 		logger = watermill.NopLogger{}
 	}
 	obs := config.Observer
-	if isNil(obs) {
+	if nilcheck.IsNil(obs) {
 		obs = nil
 	}
 	sub, err := newSubscriber(store, subscriberConfig{Topics: config.Topics}, logger, handlerVerdicts{}, obs, config.HandlerName)
@@ -372,13 +372,4 @@ func (f *Forwarder) Close() error {
 	}
 	errs = append(errs, f.sub.Close())
 	return errors.Join(errs...)
-}
-
-// isNil reports a nil interface, or one holding a nil pointer.
-func isNil(v any) bool {
-	if v == nil {
-		return true
-	}
-	rv := reflect.ValueOf(v)
-	return rv.Kind() == reflect.Pointer && rv.IsNil()
 }

@@ -3,7 +3,6 @@ package metrics
 import (
 	"context"
 	"fmt"
-	"reflect"
 	"sync"
 	"time"
 
@@ -11,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/e0a82c8c/watermill-outbox/inbox"
+	"github.com/e0a82c8c/watermill-outbox/internal/nilcheck"
 )
 
 // InboxStatsSource reads the inbox table's records per consumer;
@@ -75,7 +75,7 @@ func NewInbox(stats InboxStatsSource, config Config, logger watermill.LoggerAdap
 	if logger == nil {
 		logger = watermill.NopLogger{}
 	}
-	if v := reflect.ValueOf(stats); v.Kind() == reflect.Pointer && v.IsNil() {
+	if nilcheck.IsNil(stats) {
 		stats = nil
 	}
 	name := func(n string) string { return prometheus.BuildFQName(config.Namespace, config.Subsystem, n) }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -16,6 +15,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/e0a82c8c/watermill-outbox/internal/nilcheck"
 	"github.com/e0a82c8c/watermill-outbox/internal/observe"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
@@ -260,7 +260,7 @@ func New(stats StatsSource, config Config, logger watermill.LoggerAdapter) (*Met
 	if logger == nil {
 		logger = watermill.NopLogger{}
 	}
-	if v := reflect.ValueOf(stats); v.Kind() == reflect.Pointer && v.IsNil() {
+	if nilcheck.IsNil(stats) {
 		stats = nil // a nil *SQLStore
 	}
 	m := &Metrics{config: config, stats: stats, logger: logger, seen: map[string]bool{}}

@@ -15,6 +15,8 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/e0a82c8c/watermill-outbox/internal/nilcheck"
 )
 
 // IntegrationEvent marks events other services consume. The EventBus writes
@@ -120,7 +122,7 @@ type domainHandler struct {
 // normally a *Publisher. Zero config fields take their defaults; a nil
 // logger logs nothing.
 func NewEventBus(publisher message.Publisher, config EventBusConfig, logger watermill.LoggerAdapter) (*EventBus, error) {
-	if isNil(publisher) {
+	if nilcheck.IsNil(publisher) {
 		return nil, errors.New("outbox: NewEventBus: nil publisher")
 	}
 	config.setDefaults()
@@ -147,7 +149,7 @@ func NewEventBus(publisher message.Publisher, config EventBusConfig, logger wate
 // A handler for *T also receives events published as T values (as a pointer
 // to a copy), and one for T those published as *T.
 func (b *EventBus) AddDomainHandler(h cqrs.EventHandler) error {
-	if isNil(h) {
+	if nilcheck.IsNil(h) {
 		return errors.New("outbox: AddDomainHandler: nil handler")
 	}
 	hname := h.HandlerName()
@@ -215,7 +217,7 @@ func (b *EventBus) Publish(ctx context.Context, events ...any) error {
 		calls   []call
 	)
 	for i, event := range events {
-		if isNil(event) {
+		if nilcheck.IsNil(event) {
 			return fmt.Errorf("outbox: EventBus.Publish: event %d is nil", i)
 		}
 		name := b.config.Marshaler.Name(event)
@@ -379,21 +381,9 @@ func convertEvent(event any, want reflect.Type) (any, bool) {
 	return nil, false
 }
 
-// isNilPointer reports a non-nil interface holding a nil pointer.
+// isNilPointer reports a non-nil interface holding a nil pointer: of the
+// nil values nilcheck.IsNil knows, the only one that cannot be a working
+// config value (a nil slice can: see Validate).
 func isNilPointer(v any) bool {
-	rv := reflect.ValueOf(v)
-	return rv.Kind() == reflect.Pointer && rv.IsNil()
-}
-
-// isNil reports a nil interface, or one holding a nil pointer, map, slice,
-// func or channel.
-func isNil(v any) bool {
-	if v == nil {
-		return true
-	}
-	switch rv := reflect.ValueOf(v); rv.Kind() {
-	case reflect.Pointer, reflect.Map, reflect.Slice, reflect.Func, reflect.Chan, reflect.Interface:
-		return rv.IsNil()
-	}
-	return false
+	return v != nil && reflect.ValueOf(v).Kind() == reflect.Pointer && nilcheck.IsNil(v)
 }

@@ -367,7 +367,7 @@ func runRelay(ctx context.Context, s relaySettings, store *outbox.SQLStore, dest
 	if !retry(ctx, logger, "migrate the outbox table", func() error { return store.Migrate(ctx) }) {
 		return
 	}
-	for wait := time.Second; ; wait = min(2*wait, 30*time.Second) {
+	for attempt := 1; ; attempt++ {
 		fwd, err := forwarder.NewForwarder(store, dest, forwarder.Config{Observer: obs}, logger)
 		if err != nil {
 			// Every setting was validated: only a bug gets here.
@@ -397,6 +397,7 @@ func runRelay(ctx context.Context, s relaySettings, store *outbox.SQLStore, dest
 			return
 		}
 		// Run ends only with ctx; should it not, start over rather than exit.
+		wait := backoff.Jittered(attempt, time.Second, 30*time.Second)
 		logger.Error("relay: forwarder stopped unexpectedly, restarting", err, watermill.LogFields{"retry_in": wait.String()})
 		if !backoff.Sleep(ctx, wait) {
 			return
@@ -437,10 +438,11 @@ func newLogger(w io.Writer, scrub func(string) string) watermill.LoggerAdapter {
 	})))
 }
 
-// retry runs fn until it succeeds (true) or ctx ends (false), logging each
-// failure and backing off up to 10s.
+// retry runs fn, a database call, until it succeeds (true) or ctx ends
+// (false), logging each failure and backing off as every database retry of
+// the relay does (backoff.DBMin to backoff.DBMax).
 func retry(ctx context.Context, logger watermill.LoggerAdapter, what string, fn func() error) bool {
-	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 10*time.Second) {
+	for attempt := 1; ; attempt++ {
 		err := fn()
 		if err == nil {
 			return true
@@ -448,6 +450,7 @@ func retry(ctx context.Context, logger watermill.LoggerAdapter, what string, fn 
 		if ctx.Err() != nil {
 			return false
 		}
+		wait := backoff.Jittered(attempt, backoff.DBMin, backoff.DBMax)
 		logger.Error("relay: cannot "+what+", retrying", err, watermill.LogFields{"retry_in": wait.String()})
 		if !backoff.Sleep(ctx, wait) {
 			return false

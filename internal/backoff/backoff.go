@@ -1,6 +1,7 @@
 // Package backoff holds the one backoff curve of the outbox: the relay's
-// database retries, the LISTEN reconnects, a failed row's retry delay and
-// the pause while the destination is unavailable all use it, and Sleep, the one context-aware wait.
+// database retries, the LISTEN reconnects, a failed row's retry delay,
+// the pause while the destination is unavailable and the command's own
+// retries all use it, and Sleep, the one context-aware wait.
 package backoff
 
 import (

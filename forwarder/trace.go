@@ -13,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 
+	"github.com/e0a82c8c/watermill-outbox/internal/relayretry"
 	"github.com/e0a82c8c/watermill-outbox/retry"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
@@ -126,13 +127,7 @@ func (t *tracing) publish(msg, out *message.Message, topic string, send func() e
 
 // kind classifies a publish error for the span's error.type, as the
 // forwarder's retry middleware will.
-func (t *tracing) kind(err error) retry.Kind {
-	switch k := t.classify(err); k {
-	case retry.Transient, retry.Unavailable, retry.Permanent:
-		return k
-	}
-	return retry.Transient
-}
+func (t *tracing) kind(err error) retry.Kind { return relayretry.Classify(t.classify, err) }
 
 // storedSpanContext reads the W3C trace context written with the row.
 func storedSpanContext(md message.Metadata) trace.SpanContext {

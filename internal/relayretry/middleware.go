@@ -311,10 +311,14 @@ func (m *Middleware) Handle(h message.HandlerFunc, msg *message.Message) ([]*mes
 // minutes.
 const ownFailureSpans = 10
 
-// classify runs the classifier; an invalid verdict counts as Transient, the
-// one that can neither stall the relay nor kill a row at once.
-func (m *Middleware) classify(err error) retry.Kind {
-	switch k := m.config.Classifier(err); k {
+// classify runs the classifier (see Classify).
+func (m *Middleware) classify(err error) retry.Kind { return Classify(m.config.Classifier, err) }
+
+// Classify runs classifier on err; an invalid verdict counts as Transient,
+// the one that can neither stall the relay nor kill a row at once. The
+// send span's error.type says what the middleware decides with it.
+func Classify(classifier retry.Classifier, err error) retry.Kind {
+	switch k := classifier(err); k {
 	case retry.Transient, retry.Unavailable, retry.Permanent:
 		return k
 	}

@@ -14,7 +14,6 @@ import (
 	"github.com/ThreeDotsLabs/watermill/components/cqrs"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"go.opentelemetry.io/otel/propagation"
-	"go.opentelemetry.io/otel/trace"
 
 	"github.com/e0a82c8c/watermill-outbox/internal/nilcheck"
 )
@@ -311,17 +310,14 @@ func (b *EventBus) marshal(ctx context.Context, name string, event any) (string,
 	if key, ok := partitionKey(event); ok && key != "" {
 		msg.Metadata.Set(PartitionKeyMetadataKey, key)
 	}
-	b.config.Propagator.Inject(ctx, metadataCarrier(msg.Metadata))
+	// The Propagator writes the trace context, here for any publisher and
+	// again (to the same effect) in a Publisher, which finds it in ctx.
+	ctx = context.WithValue(ctx, propagatorKey{}, b.config.Propagator)
+	msg.Metadata = withTraceContext(ctx, msg.Metadata)
 	for k := range msg.Metadata {
 		if defaultForbidden[normalMetadataKey(k)] { // credentials must never be stored
 			delete(msg.Metadata, k)
 		}
-	}
-	if msg.Metadata.Get(traceParentKey) == "" && trace.SpanContextFromContext(ctx).IsValid() {
-		// The Propagator wrote no W3C context (propagation is off, or in
-		// another format): hide the span from the Publisher, which would
-		// otherwise store it (see Publisher.Publish). The transaction stays.
-		ctx = trace.ContextWithSpanContext(ctx, trace.SpanContext{})
 	}
 	msg.SetContext(ctx) // the Publisher finds the transaction here
 	return topic, msg, nil

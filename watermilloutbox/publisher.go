@@ -306,7 +306,7 @@ func (p *Publisher) insertArgs(topic string, messages []*message.Message) ([]any
 		if err := checkMetadata(m.UUID, m.Metadata, p.forbidden, 0); err != nil {
 			return nil, err
 		}
-		meta := withTraceContext(m)
+		meta := withTraceContext(m.Context(), m.Metadata)
 		if err := checkMetadata(m.UUID, meta, nil, p.outbox.MaxMetadataBytes); err != nil {
 			return nil, err // the trace context counts towards the limit
 		}
@@ -333,25 +333,32 @@ func (p *Publisher) insertArgs(topic string, messages []*message.Message) ([]any
 // traceParentKey is the W3C trace context's metadata key.
 const traceParentKey = "traceparent"
 
-// withTraceContext returns the metadata to store for m: its own, plus the
-// W3C trace context (traceparent, tracestate) of m's context when m has no
-// traceparent of its own and its context carries a valid span. So any
-// message.Publisher user's trace, a cqrs.EventBus's included (it copies
-// its ctx into the message), reaches the relay, whose send span links to
-// it, and the broker's consumers, which continue it. m itself is not
-// changed.
-func withTraceContext(m *message.Message) message.Metadata {
-	if m.Metadata.Get(traceParentKey) != "" {
-		return m.Metadata
+// propagatorKey carries, in a context, the propagator that writes the
+// trace context of the messages published with it: the EventBus's
+// Propagator.
+type propagatorKey struct{}
+
+// withTraceContext returns md plus the trace context of ctx, when md has
+// no traceparent of its own and ctx carries a valid span: written by the
+// propagator ctx carries (an EventBus's Propagator), else as W3C trace
+// context (traceparent, tracestate). So any message.Publisher user's
+// trace, a cqrs.EventBus's included (it copies its ctx into the message),
+// reaches the relay, whose send span links to it, and the broker's
+// consumers, which continue it. md itself is not changed. It is the one
+// place a trace context is written: Publish calls it for every message,
+// the EventBus for the messages it hands to its publisher.
+func withTraceContext(ctx context.Context, md message.Metadata) message.Metadata {
+	if md.Get(traceParentKey) != "" || !trace.SpanContextFromContext(ctx).IsValid() {
+		return md
 	}
-	ctx := m.Context()
-	if !trace.SpanContextFromContext(ctx).IsValid() {
-		return m.Metadata
+	p, ok := ctx.Value(propagatorKey{}).(propagation.TextMapPropagator)
+	if !ok {
+		p = propagation.TraceContext{}
 	}
-	md := make(message.Metadata, len(m.Metadata)+2)
-	maps.Copy(md, m.Metadata)
-	propagation.TraceContext{}.Inject(ctx, metadataCarrier(md))
-	return md
+	out := make(message.Metadata, len(md)+2)
+	maps.Copy(out, md)
+	p.Inject(ctx, metadataCarrier(out))
+	return out
 }
 
 func (p *Publisher) insert(ctx context.Context, tx queryer, args []any) error {

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strconv"
 
+	"github.com/e0a82c8c/watermill-outbox/internal/escape"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
 
@@ -67,7 +68,7 @@ func (h *handler) load(r *http.Request, a *act) (int, error) {
 	}
 	head, err := h.store.BlockedKey(ctx, a.Topic, a.Key)
 	if errors.Is(err, outbox.ErrNotBlocked) {
-		return http.StatusNotFound, fmt.Errorf("key %q of topic %q is not blocked", printable(a.Key), printable(a.Topic))
+		return http.StatusNotFound, fmt.Errorf("key %q of topic %q is not blocked", escape.Control(a.Key), escape.Control(a.Topic))
 	}
 	if err != nil {
 		return http.StatusInternalServerError, err
@@ -144,7 +145,7 @@ func (h *handler) action(w http.ResponseWriter, r *http.Request) {
 		}
 		done, err := do(ctx, a.Topic, a.Key)
 		if errors.Is(err, outbox.ErrNotBlocked) {
-			h.fail(w, r, http.StatusNotFound, fmt.Sprintf("key %q of topic %q is not blocked: nothing changed", printable(a.Key), printable(a.Topic)))
+			h.fail(w, r, http.StatusNotFound, fmt.Sprintf("key %q of topic %q is not blocked: nothing changed", escape.Control(a.Key), escape.Control(a.Topic)))
 			return
 		}
 		if err != nil {

@@ -29,6 +29,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 
+	"github.com/e0a82c8c/watermill-outbox/internal/escape"
 	"github.com/e0a82c8c/watermill-outbox/internal/nilcheck"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
@@ -92,7 +93,7 @@ var assets embed.FS
 
 var pages = template.Must(template.New("").Funcs(template.FuncMap{
 	"age":       age,
-	"printable": printable,
+	"printable": escape.Control,
 }).ParseFS(assets, "assets/*.html"))
 
 // handler serves the page, its assets and its JSON.

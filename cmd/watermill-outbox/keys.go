@@ -8,8 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
-	"unicode"
 
+	"github.com/e0a82c8c/watermill-outbox/internal/escape"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
 
@@ -144,28 +144,10 @@ func printKeys(out io.Writer, page []outbox.BlockedKey) error {
 		if b.BehindCapped {
 			behind += "+"
 		}
-		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%d\t%s\t%s\t%s\t%s\n", keyText(b.Topic), keyText(b.Key), b.HeadID, b.State, b.Attempts,
-			behind, age(b.HeadAge), age(b.RetryIn), keyText(shorten(b.LastError)))
+		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%d\t%s\t%s\t%s\t%s\n", escape.Control(b.Topic), escape.Control(b.Key), b.HeadID, b.State, b.Attempts,
+			behind, age(b.HeadAge), age(b.RetryIn), escape.Control(shorten(b.LastError)))
 	}
 	return w.Flush()
-}
-
-// keyText escapes the control characters of s (a newline, an escape
-// sequence that would rewrite the terminal), so one value is one cell.
-func keyText(s string) string {
-	if !strings.ContainsFunc(s, unicode.IsControl) {
-		return s
-	}
-	var b strings.Builder
-	for _, r := range s {
-		if unicode.IsControl(r) {
-			q := strconv.QuoteRune(r)
-			b.WriteString(q[1 : len(q)-1])
-			continue
-		}
-		b.WriteRune(r)
-	}
-	return b.String()
 }
 
 func (a *app) keyChange(ctx context.Context, verb string, args []string) error {
@@ -193,14 +175,14 @@ func (a *app) keyChange(ctx context.Context, verb string, args []string) error {
 	if !*yes {
 		head, err := store.BlockedKey(ctx, *topic, *key)
 		if errors.Is(err, outbox.ErrNotBlocked) {
-			fmt.Fprintf(a.stdout, "key %s of topic %s is not blocked in table %s: nothing to %s\n", keyText(*key), keyText(*topic), table, verb)
+			fmt.Fprintf(a.stdout, "key %s of topic %s is not blocked in table %s: nothing to %s\n", escape.Control(*key), escape.Control(*topic), table, verb)
 			return nil
 		}
 		if err != nil {
 			return storeError(err)
 		}
 		what := map[string]string{"requeue": "retry now", "skip": "delete for good"}[verb]
-		fmt.Fprintf(a.stdout, "would %s the head of key %s in table %s:\n", what, keyText(*key), table)
+		fmt.Fprintf(a.stdout, "would %s the head of key %s in table %s:\n", what, escape.Control(*key), table)
 		if err := printKeys(a.stdout, []outbox.BlockedKey{head}); err != nil {
 			return err
 		}
@@ -216,6 +198,6 @@ func (a *app) keyChange(ctx context.Context, verb string, args []string) error {
 		return fmt.Errorf("keys %s: %w", verb, storeError(err))
 	}
 	fmt.Fprintf(a.stdout, "%s row %d (%s), the head of key %s of topic %s in table %s\n",
-		map[string]string{"requeue": "requeued", "skip": "skipped (deleted)"}[verb], done.HeadID, done.State, keyText(*key), keyText(*topic), table)
+		map[string]string{"requeue": "requeued", "skip": "skipped (deleted)"}[verb], done.HeadID, done.State, escape.Control(*key), escape.Control(*topic), table)
 	return nil
 }

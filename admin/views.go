@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/e0a82c8c/watermill-outbox/internal/opsjson"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
 
@@ -135,18 +136,13 @@ func (h *handler) query(l listing, more url.Values) string {
 	return "./?" + q.Encode()
 }
 
-type keyCursor struct {
-	AfterTopic string `json:"after_topic"`
-	AfterKey   string `json:"after_key"`
-}
-
-func (h *handler) keys(ctx context.Context, l listing) ([]outbox.BlockedKey, *keyCursor, error) {
+func (h *handler) keys(ctx context.Context, l listing) ([]outbox.BlockedKey, *opsjson.KeyCursor, error) {
 	keys, err := h.store.BlockedKeys(ctx, outbox.BlockedQuery{Topic: l.topic, AfterTopic: l.keysAfter, AfterKey: l.keysAfterK, Limit: l.limit})
 	if err != nil || len(keys) < l.limit {
 		return keys, nil, err
 	}
 	last := keys[len(keys)-1]
-	return keys, &keyCursor{AfterTopic: last.Topic, AfterKey: last.Key}, nil
+	return keys, &opsjson.KeyCursor{AfterTopic: last.Topic, AfterKey: last.Key}, nil
 }
 
 func (h *handler) dead(ctx context.Context, l listing) ([]outbox.DeadRow, *int64, error) {
@@ -218,20 +214,6 @@ func (h *handler) apiStats(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-type keyJSON struct {
-	Topic            string  `json:"topic"`
-	Key              string  `json:"key"`
-	HeadID           int64   `json:"head_id"`
-	State            string  `json:"state"`
-	Attempts         int     `json:"attempts"`
-	LastError        string  `json:"last_error"`
-	HeadAgeSeconds   float64 `json:"head_age_seconds"`
-	RetryInSeconds   float64 `json:"retry_in_seconds"`
-	Behind           int     `json:"behind"`
-	BehindCapped     bool    `json:"behind_capped"`
-	BehindAgeSeconds float64 `json:"behind_age_seconds"`
-}
-
 func (h *handler) apiKeys(w http.ResponseWriter, r *http.Request) {
 	l, err := h.parseListing(r.URL.Query())
 	if err == nil && r.URL.Query().Has("after") {
@@ -248,15 +230,7 @@ func (h *handler) apiKeys(w http.ResponseWriter, r *http.Request) {
 		h.internal(w, r, err)
 		return
 	}
-	out := struct {
-		Keys []keyJSON  `json:"keys"`
-		Next *keyCursor `json:"next"`
-	}{Keys: []keyJSON{}, Next: next}
-	for _, b := range keys {
-		out.Keys = append(out.Keys, keyJSON{Topic: b.Topic, Key: b.Key, HeadID: b.HeadID, State: b.State, Attempts: b.Attempts,
-			LastError: b.LastError, HeadAgeSeconds: b.HeadAge.Seconds(), RetryInSeconds: b.RetryIn.Seconds(),
-			Behind: b.Behind, BehindCapped: b.BehindCapped, BehindAgeSeconds: b.BehindAge.Seconds()})
-	}
+	out := opsjson.NewKeys(keys, next)
 	writeJSON(w, http.StatusOK, out)
 }
 

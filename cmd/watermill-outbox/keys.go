@@ -10,6 +10,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/e0a82c8c/watermill-outbox/internal/escape"
+	"github.com/e0a82c8c/watermill-outbox/internal/opsjson"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
 
@@ -34,32 +35,6 @@ the head keeps its place in front. Without --yes both only print the head
 and change nothing. Text output shows control characters escaped (\n, \x1b);
 --json shows the values as stored.
 `
-
-// blockedKeyJSON is one key of keys --json.
-type blockedKeyJSON struct {
-	Topic            string  `json:"topic"`
-	Key              string  `json:"key"`
-	HeadID           int64   `json:"head_id"`
-	State            string  `json:"state"`
-	Attempts         int     `json:"attempts"`
-	LastError        string  `json:"last_error"`
-	HeadAgeSeconds   float64 `json:"head_age_seconds"`
-	RetryInSeconds   float64 `json:"retry_in_seconds"`
-	Behind           int     `json:"behind"`
-	BehindCapped     bool    `json:"behind_capped"`
-	BehindAgeSeconds float64 `json:"behind_age_seconds"`
-}
-
-type keysJSON struct {
-	Keys []blockedKeyJSON `json:"keys"`
-	// Next is the cursor of the next page; null on the last page.
-	Next *keyCursorJSON `json:"next"`
-}
-
-type keyCursorJSON struct {
-	AfterTopic string `json:"after_topic"`
-	AfterKey   string `json:"after_key"`
-}
 
 func (a *app) keys(ctx context.Context, args []string) error {
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
@@ -98,20 +73,13 @@ func (a *app) keys(ctx context.Context, args []string) error {
 	if err != nil {
 		return storeError(err)
 	}
-	var next *keyCursorJSON
+	var next *opsjson.KeyCursor
 	if len(page) == *limit {
 		last := page[len(page)-1]
-		next = &keyCursorJSON{AfterTopic: last.Topic, AfterKey: last.Key}
+		next = &opsjson.KeyCursor{AfterTopic: last.Topic, AfterKey: last.Key}
 	}
 	if *asJSON {
-		out := keysJSON{Keys: []blockedKeyJSON{}, Next: next}
-		for _, b := range page {
-			out.Keys = append(out.Keys, blockedKeyJSON{
-				Topic: b.Topic, Key: b.Key, HeadID: b.HeadID, State: b.State, Attempts: b.Attempts, LastError: b.LastError,
-				HeadAgeSeconds: b.HeadAge.Seconds(), RetryInSeconds: b.RetryIn.Seconds(),
-				Behind: b.Behind, BehindCapped: b.BehindCapped, BehindAgeSeconds: b.BehindAge.Seconds(),
-			})
-		}
+		out := opsjson.NewKeys(page, next)
 		return writeJSON(a.stdout, out)
 	}
 	if len(page) == 0 {

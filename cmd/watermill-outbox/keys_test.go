@@ -17,6 +17,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/e0a82c8c/watermill-outbox/internal/opsjson"
 	"github.com/e0a82c8c/watermill-outbox/internal/testenv"
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
@@ -51,7 +52,7 @@ func TestCLIKeys(t *testing.T) {
 			require.NotContains(t, out, "\x1b", "no raw escape reaches the terminal")
 			require.Contains(t, out, "(last page)")
 
-			var js keysJSON
+			var js opsjson.Keys
 			require.NoError(t, json.Unmarshal([]byte(f.cli.ok("keys", "--json")), &js))
 			require.Len(t, js.Keys, 1)
 			require.Equal(t, lastErr, js.Keys[0].LastError, "JSON as stored")
@@ -92,9 +93,9 @@ func TestCLIKeys(t *testing.T) {
 	}
 }
 
-func (c *cli) okJSONKeys() []blockedKeyJSON {
+func (c *cli) okJSONKeys() []opsjson.BlockedKey {
 	c.t.Helper()
-	var js keysJSON
+	var js opsjson.Keys
 	require.NoError(c.t, json.Unmarshal([]byte(c.ok("keys", "--json")), &js))
 	return js.Keys
 }

@@ -24,12 +24,12 @@ func FromEnv() (Config, error) {
 // "ORDERS_OUTBOX_" to read ORDERS_OUTBOX_BATCH_SIZE and so on. It lets one
 // process run several outboxes.
 func FromEnvWithPrefix(prefix string) (Config, error) {
-	return FromEnvMap(prefix, env.ToMap(os.Environ()))
+	return fromEnvMap(prefix, env.ToMap(os.Environ()))
 }
 
-// FromEnvMap is FromEnvWithPrefix reading environ instead of the process
-// environment, for tests. A nil environ is empty.
-func FromEnvMap(prefix string, environ map[string]string) (Config, error) {
+// fromEnvMap is FromEnvWithPrefix reading environ instead of the process
+// environment. A nil environ is empty.
+func fromEnvMap(prefix string, environ map[string]string) (Config, error) {
 	if environ == nil {
 		// caarlos0/env reads the process environment when given nil.
 		environ = map[string]string{}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -82,9 +84,26 @@ func (s *spy) failureDelays() []time.Duration {
 // vars (prefix OUTBOX_), as a program using config.FromEnv gets them.
 func fromEnv(t *testing.T, e *relayEnv, vars map[string]string) *outbox.SQLStore {
 	t.Helper()
-	cfg, err := config.FromEnvMap("OUTBOX_", vars)
+	return e.with(t, envConfig(t, vars))
+}
+
+// envPrefixes numbers the environment prefixes of envConfig.
+var envPrefixes atomic.Int64
+
+// envConfig reads vars (prefix OUTBOX_) through the process environment,
+// as config.FromEnv does, under a prefix of the test's own so that
+// parallel tests do not see each other's variables.
+func envConfig(t *testing.T, vars map[string]string) config.Config {
+	t.Helper()
+	prefix := fmt.Sprintf("ENVTEST%d_OUTBOX_", envPrefixes.Add(1))
+	for k, v := range vars {
+		name := prefix + strings.TrimPrefix(k, "OUTBOX_")
+		require.NoError(t, os.Setenv(name, v))
+		t.Cleanup(func() { _ = os.Unsetenv(name) })
+	}
+	cfg, err := config.FromEnvWithPrefix(prefix)
 	require.NoError(t, err)
-	return e.with(t, cfg)
+	return cfg
 }
 
 // TestEveryEnvironmentVariableChangesBehaviour: each variable of the
@@ -112,8 +131,7 @@ func TestEveryEnvironmentVariableChangesBehaviour(t *testing.T) {
 	t.Run("OUTBOX_TABLE", func(t *testing.T) {
 		t.Parallel()
 		db := testenv.SQLite(t)
-		cfg, err := config.FromEnvMap("OUTBOX_", map[string]string{"OUTBOX_TABLE": "from_env_outbox"})
-		require.NoError(t, err)
+		cfg := envConfig(t, map[string]string{"OUTBOX_TABLE": "from_env_outbox"})
 		store, err := outbox.NewSQLStore(db, outbox.SQLStoreConfig{Dialect: outbox.SQLite, Outbox: cfg}, nil)
 		require.NoError(t, err)
 		require.NoError(t, store.Migrate(context.Background()))

@@ -28,8 +28,8 @@ const AllTopics = "*"
 // wake-ups) come from the store's config.Config.
 type subscriberConfig struct {
 	// Topics limits the rows claimed to destination topics matching these
-	// patterns: "orders.placed" exactly, "orders.*" by prefix (see
-	// watermilloutbox.ParseTopicFilter). Several relays, each with its own
+	// patterns: "orders.placed" exactly, "orders.*" by prefix, "*" every
+	// topic; a "*" anywhere else is an error. Several relays, each with its own
 	// destination, can share one table this way; per-key order holds,
 	// since a key's rows share a topic. Default nil: every topic.
 	Topics []string

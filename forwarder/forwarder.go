@@ -20,7 +20,7 @@ import (
 	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
-// Defaults of Config.
+// The defaults of Config, and the topic that subscribes to all.
 const (
 	// DefaultHandlerName names the forwarder's handler on the router.
 	DefaultHandlerName = "watermill_outbox_forwarder"
@@ -28,6 +28,11 @@ const (
 	// DefaultMessagingSystem is the messaging.system of send spans when the
 	// destination does not say (see Config.MessagingSystem).
 	DefaultMessagingSystem = "watermill"
+
+	// AllTopics subscribes to the rows of every destination topic the
+	// subscriber's filter admits; the forwarder uses it. The row's topic
+	// is in watermilloutbox.TopicMetadataKey.
+	AllTopics = "*"
 )
 
 var (

@@ -2,6 +2,8 @@ package forwarder
 
 import (
 	"context"
+
+	"github.com/e0a82c8c/watermill-outbox/internal/observe"
 )
 
 // acks batches the ack writes of published rows: one MarkPublished per
@@ -53,7 +55,7 @@ func (sub *subscription) writeAcks(token string, ids []int64) {
 		var n int
 		err := sub.retries.ack.do(sub.stop, func(ctx context.Context) error {
 			var err error
-			n, err = sub.observed(WriteMarkPublished, len(ids), func() (int, error) {
+			n, err = sub.observed(observe.WriteMarkPublished, len(ids), func() (int, error) {
 				return sub.s.store.MarkPublished(ctx, token, ids, keep)
 			})
 			return err

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/e0a82c8c/watermill-outbox/config"
+	"github.com/e0a82c8c/watermill-outbox/internal/observe"
 )
 
 // machine is every decision of a subscription: which rows it holds and in
@@ -95,10 +96,10 @@ type effect struct {
 	ids     []int64       // doAck
 	dec     decision      // doFate
 	due     map[string][]int64
-	op      WriteOp     // doLeaseLost
-	misuse  misuse      // doWarn
-	failure FailureKind // doObserveFailure
-	err     error       // doWarn, doObserveFailure
+	op      observe.WriteOp     // doLeaseLost
+	misuse  misuse              // doWarn
+	failure observe.FailureKind // doObserveFailure
+	err     error               // doWarn, doObserveFailure
 }
 
 // misuse is a router middleware's ack or nack against the handler's
@@ -321,7 +322,7 @@ func (m *machine) delivered(d delivered) []effect {
 		return m.pump()
 	}
 	// Unavailable attempts were observed as they failed (forwarder.go).
-	if k := failureKind(d.verdict); k != FailureUnavailable {
+	if k := failureKind(d.verdict); k != observe.FailureUnavailable {
 		m.emit(effect{kind: doObserveFailure, h: h, failure: k, err: dec.cause})
 	}
 	behind := m.win.failed(h)
@@ -351,7 +352,7 @@ func (m *machine) flushed(r flushed) []effect {
 	m.begin()
 	m.acks.flushing = false
 	if r.err == nil && r.recorded < len(r.ids) {
-		m.emit(effect{kind: doLeaseLost, op: WriteMarkPublished, n: len(r.ids), got: r.recorded})
+		m.emit(effect{kind: doLeaseLost, op: observe.WriteMarkPublished, n: len(r.ids), got: r.recorded})
 	}
 	m.left(r.ids)
 	return m.pump()
@@ -394,7 +395,7 @@ func (m *machine) renewed(r renewal) []effect {
 			continue
 		}
 		if t.n < len(t.ids) {
-			m.emit(effect{kind: doLeaseLost, op: WriteRenew, n: len(t.ids), got: t.n})
+			m.emit(effect{kind: doLeaseLost, op: observe.WriteRenew, n: len(t.ids), got: t.n})
 		}
 		m.win.renewed(t.ids, r.at)
 	}

@@ -13,7 +13,7 @@ import (
 	"github.com/e0a82c8c/watermill-outbox/config"
 	"github.com/e0a82c8c/watermill-outbox/internal/delivery"
 	"github.com/e0a82c8c/watermill-outbox/retry"
-	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
+	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
 // The machine's transitions, one table: each case puts a machine in a
@@ -84,15 +84,15 @@ func show(effs []effect) []string {
 	return out
 }
 
-func mrows(ids ...int64) []outbox.Row {
-	out := make([]outbox.Row, len(ids))
+func mrows(ids ...int64) []relaystore.Row {
+	out := make([]relaystore.Row, len(ids))
 	for i, id := range ids {
-		out[i] = outbox.Row{ID: id, Topic: "t", Payload: []byte("x")}
+		out[i] = relaystore.Row{ID: id, Topic: "t", Payload: []byte("x")}
 	}
 	return out
 }
 
-func mkeyed(key string, ids ...int64) []outbox.Row {
+func mkeyed(key string, ids ...int64) []relaystore.Row {
 	out := mrows(ids...)
 	for i := range out {
 		out[i].PartitionKey = key
@@ -104,12 +104,12 @@ func mkeyed(key string, ids ...int64) []outbox.Row {
 // into a state.
 
 // claim answers the running claim, asked for limit rows, with rows.
-func claim(m *machine, token string, limit int, rows ...outbox.Row) []effect {
+func claim(m *machine, token string, limit int, rows ...relaystore.Row) []effect {
 	return m.claimed(claimed{token: token, rows: rows, limit: limit}, t0)
 }
 
 // holding: a claim of 10 came back with rows (fewer than asked), ready.
-func holding(rows ...outbox.Row) func(*machine) {
+func holding(rows ...relaystore.Row) func(*machine) {
 	return func(m *machine) { claim(m, "t1", 10, rows...) }
 }
 
@@ -121,7 +121,7 @@ func handOut(m *machine) {
 }
 
 // out: rows claimed and all handed out.
-func out(rows ...outbox.Row) func(*machine) {
+func out(rows ...relaystore.Row) func(*machine) {
 	return func(m *machine) {
 		holding(rows...)(m)
 		handOut(m)

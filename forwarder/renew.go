@@ -2,6 +2,8 @@ package forwarder
 
 import (
 	"time"
+
+	"github.com/e0a82c8c/watermill-outbox/internal/observe"
 )
 
 // renewal is the result of one round of renewals (doRenew): rows held
@@ -30,7 +32,7 @@ func (sub *subscription) renew(due map[string][]int64) {
 		r := renewal{at: time.Now(), tokens: make([]renewedToken, 0, len(due))}
 		for token, ids := range due {
 			ctx, cancel := workCtx()
-			n, err := sub.observed(WriteRenew, len(ids), func() (int, error) {
+			n, err := sub.observed(observe.WriteRenew, len(ids), func() (int, error) {
 				return sub.s.store.Renew(ctx, token, ids, lease)
 			})
 			cancel()

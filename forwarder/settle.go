@@ -124,13 +124,13 @@ func (sub *subscription) release(token string, hs []*held) {
 		}
 	}
 	store := sub.s.store
-	sub.write(WriteRelease, ids, func(ctx context.Context) (int, error) { return store.Release(ctx, token, ids) })
+	sub.write(observe.WriteRelease, ids, func(ctx context.Context) (int, error) { return store.Release(ctx, token, ids) })
 }
 
 // write runs a fenced write in a worker, retried by the settle policy; the
 // rows leave the window after it (or, should the subscription stop first,
 // when their lease expires and another claim redoes it).
-func (sub *subscription) write(op WriteOp, ids []int64, write func(ctx context.Context) (int, error)) {
+func (sub *subscription) write(op observe.WriteOp, ids []int64, write func(ctx context.Context) (int, error)) {
 	sub.spawn(func() {
 		_ = sub.retries.settle.do(sub.stop, func(ctx context.Context) error {
 			_, err := sub.observed(op, len(ids), func() (int, error) { return write(ctx) })

@@ -18,11 +18,6 @@ import (
 	"github.com/e0a82c8c/watermill-outbox/watermilloutbox/relaystore"
 )
 
-// AllTopics subscribes to the rows of every destination topic the
-// subscriber's filter admits; the forwarder uses it. The row's topic is in
-// watermilloutbox.TopicMetadataKey.
-const AllTopics = "*"
-
 // subscriberConfig configures a Subscriber. The relay settings (polling,
 // batch size, retry budget, lease, backoff, retention, window, ordering,
 // wake-ups) come from the store's config.Config.
@@ -106,8 +101,8 @@ var _ message.Subscriber = (*Subscriber)(nil)
 // newSubscriber returns a Subscriber claiming rows from store, run by the
 // store's settings, whose rows are settled by what source records. A nil
 // logger logs nothing.
-func newSubscriber(store outbox.Store, sc subscriberConfig, logger watermill.LoggerAdapter, source verdictSource, obs Observer, handler string) (*Subscriber, error) {
-	if isNil(store) {
+func newSubscriber(store relaystore.Store, sc subscriberConfig, logger watermill.LoggerAdapter, source verdictSource, obs observe.Observer, handler string) (*Subscriber, error) {
+	if nilcheck.IsNil(store) {
 		return nil, errors.New("invalid config: store is nil")
 	}
 	cfg := store.Config()

@@ -53,7 +53,7 @@ type subscription struct {
 // claimed is the result of one claim.
 type claimed struct {
 	token   string
-	rows    []outbox.Row
+	rows    []relaystore.Row
 	more    bool // the store says more rows may be due
 	limit   int
 	err     error
@@ -189,7 +189,7 @@ func (sub *subscription) apply(effs []effect) {
 				sub.s.warnMisuse(e.misuse, e.h, e.err)
 			case doObserveFailure:
 				if obs := sub.s.obs; obs != nil {
-					obs.ObserveFailure(FailureEvent{Handler: sub.s.handler, Topic: e.h.row.Topic, Kind: e.failure, Err: e.err})
+					obs.ObserveFailure(observe.FailureEvent{Handler: sub.s.handler, Topic: e.h.row.Topic, Kind: e.failure, Err: e.err})
 				}
 			case doLeaseLost:
 				sub.leaseLost(e.op, e.n, e.got)
@@ -206,8 +206,8 @@ func (sub *subscription) apply(effs []effect) {
 }
 
 // leaseLost logs a fenced write that changed fewer rows than it named.
-func (sub *subscription) leaseLost(op WriteOp, n, got int) {
-	if op == WriteRenew {
+func (sub *subscription) leaseLost(op observe.WriteOp, n, got int) {
+	if op == observe.WriteRenew {
 		sub.s.logger.Info("Outbox lease lost: another relay re-claimed rows this one still holds",
 			watermill.LogFields{"held": n, "renewed": got})
 		return
@@ -218,7 +218,7 @@ func (sub *subscription) leaseLost(op WriteOp, n, got int) {
 
 // claim starts a claim of up to limit rows in a worker.
 func (sub *subscription) claim(limit int) {
-	req := outbox.ClaimRequest{Topics: sub.topics, Limit: limit, Lease: sub.cfg.ClaimTimeout, Ordered: !sub.cfg.DisableOrdering,
+	req := relaystore.ClaimRequest{Topics: sub.topics, Limit: limit, Lease: sub.cfg.ClaimTimeout, Ordered: !sub.cfg.DisableOrdering,
 		StrictOrder: sub.cfg.StrictOrder, Relay: sub.s.live.relay()}
 	lapses := sub.s.live.lapseCount()
 	sub.spawn(func() {
@@ -260,7 +260,7 @@ func (sub *subscription) finish() {
 	defer cancel()
 	keep := sub.cfg.PublishedRetention > 0
 	for token, ids := range acks {
-		_, err := sub.observed(WriteMarkPublished, len(ids), func() (int, error) {
+		_, err := sub.observed(observe.WriteMarkPublished, len(ids), func() (int, error) {
 			return sub.s.store.MarkPublished(ctx, token, ids, keep)
 		})
 		if err != nil {
@@ -272,7 +272,7 @@ func (sub *subscription) finish() {
 		for i, h := range g {
 			ids[i] = h.row.ID
 		}
-		_, err := sub.observed(WriteRelease, len(ids), func() (int, error) { return sub.s.store.Release(ctx, g[0].token, ids) })
+		_, err := sub.observed(observe.WriteRelease, len(ids), func() (int, error) { return sub.s.store.Release(ctx, g[0].token, ids) })
 		if err != nil {
 			sub.s.logger.Error("Outbox release on close failed; the rows return when their lease expires", err,
 				watermill.LogFields{"rows": len(ids)})

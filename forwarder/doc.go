@@ -29,7 +29,8 @@
 //
 // forwarder.go holds the Forwarder (its Config, the router handler that
 // publishes and records each delivery); subscriber.go the Subscriber (its
-// Config, Subscribe, wake-ups, the misuse warnings). A subscription's
+// Config, Subscribe, wake-ups, the misuse warnings); topics.go the parser
+// of Config.Topics' patterns. A subscription's
 // decisions are one pure state machine, and its loop is one goroutine that
 // feeds it events and carries out its effects; its parts, each in a file
 // of its own:

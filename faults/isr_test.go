@@ -82,8 +82,14 @@ func TestNotEnoughReplicasKafkaCluster(t *testing.T) {
 		return inSync(survivors, func(isr int) bool { return isr < minISR })
 	})
 	t.Logf("ISR below min.insync.replicas %s after the kill", time.Since(killed).Round(10*time.Millisecond))
-	refused := kafkaRefuses(survivors, s.topic)
-	require.True(t, notEnoughReplicas(refused), "the leader refuses a write with NOT_ENOUGH_REPLICAS, not %v", refused)
+	// franz-go may answer a probe with its own ErrRecordRetries, without the
+	// broker's error: probe until one comes back with it.
+	var refused error
+	waitFor(t, time.Minute, "the leader to refuse a write with NOT_ENOUGH_REPLICAS", func() bool {
+		refused = kafkaRefuses(survivors, s.topic)
+		return notEnoughReplicas(refused)
+	})
+	t.Logf("the leader refuses an acks=all write: %v", refused)
 	waitFor(t, time.Minute, "the relay to meet NOT_ENOUGH_REPLICAS", func() bool {
 		return o.relay.logContains(sarama.ErrNotEnoughReplicas.Error()) ||
 			o.relay.logContains(sarama.ErrNotEnoughReplicasAfterAppend.Error())

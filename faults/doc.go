@@ -15,7 +15,7 @@
 // The suite ends with its summary,
 //
 //	faults: scenarios=<k> lost=<n> duplicates=<n> reordered=<n> dead_wrongly=<n>
-//	faults: first publish after the broker's (or new leader's) return, longest: kafka=<s> kafka-cluster-leader=<s> rabbitmq=<s>
+//	faults: first publish after the broker's (or new leader's) return, longest: kafka=<s> kafka-cluster-isr=<s> kafka-cluster-leader=<s> rabbitmq=<s>
 //
 // also written to the file named by OUTBOX_FAULTS_SUMMARY when set. The
 // page docs/guarantees.md states what the scenarios prove, each sentence

@@ -144,8 +144,9 @@ func kafkaAccepts(brokers []string, topic string, partitions ...int32) error {
 
 // partitionLeader is a partition's leader as a metadata answer gives it.
 type partitionLeader struct {
-	node  int32 // -1: none
-	epoch int32 // grows with every change of leader
+	node  int32   // -1: none
+	epoch int32   // grows with every change of leader
+	isr   []int32 // the in-sync replicas, leader included
 }
 
 // kafkaLeaders asks brokers for the leaders of topic's partitions.
@@ -173,7 +174,7 @@ func kafkaLeaders(brokers []string, topic string) (map[int32]partitionLeader, er
 	}
 	leaders := map[int32]partitionLeader{}
 	for _, p := range resp.Topics[0].Partitions {
-		l := partitionLeader{node: p.Leader, epoch: p.LeaderEpoch}
+		l := partitionLeader{node: p.Leader, epoch: p.LeaderEpoch, isr: p.ISR}
 		if kerr.ErrorForCode(p.ErrorCode) != nil {
 			l.node = -1
 		}

@@ -73,6 +73,11 @@ func TestClassifyKafkaError(t *testing.T) {
 		{"ErrNetworkException", kafkaProduce(sarama.ErrNetworkException), retry.Unavailable},
 		{"ErrNotEnoughReplicas", kafkaProduce(sarama.ErrNotEnoughReplicas), retry.Unavailable},
 		{"ErrNotEnoughReplicasAfterAppend", kafkaProduce(sarama.ErrNotEnoughReplicasAfterAppend), retry.Unavailable},
+		// A follower down and the ISR below min.insync.replicas: refused
+		// before or after the leader appended (TestNotEnoughReplicasKafkaCluster).
+		{"ProducerError ErrNotEnoughReplicas", producerError(sarama.ErrNotEnoughReplicas), retry.Unavailable},
+		{"ProducerErrors not enough replicas", sarama.ProducerErrors{
+			producerError(sarama.ErrNotEnoughReplicas), producerError(sarama.ErrNotEnoughReplicasAfterAppend)}, retry.Unavailable},
 		{"watermill-kafka closed", pkgerrors.New("publisher closed"), retry.Unavailable},
 		// Kafka: transient.
 		{"ErrTopicAuthorizationFailed", kafkaProduce(sarama.ErrTopicAuthorizationFailed), retry.Transient},

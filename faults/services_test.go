@@ -113,6 +113,13 @@ type service struct {
 // caller holds the services lock (lockServices) across it.
 func outage(t *testing.T, svc service, downFor time.Duration) (back time.Time) {
 	t.Helper()
+	return outageDuring(t, svc, downFor, nil)
+}
+
+// outageDuring is outage that runs during (if not nil) once the service
+// is down, before the outage's time is up.
+func outageDuring(t *testing.T, svc service, downFor time.Duration, during func()) (back time.Time) {
+	t.Helper()
 	restored := false
 	defer func() {
 		if restored {
@@ -132,6 +139,9 @@ func outage(t *testing.T, svc service, downFor time.Duration) (back time.Time) {
 	_, err := waitService(svc.up, false, time.Minute)
 	require.NoError(t, err, "%s still answers after stop", svc.name)
 	t.Logf("%s down", svc.name)
+	if during != nil {
+		during()
+	}
 	// The outage itself lasts downFor: a duration the scenario chooses, not
 	// a wait for some condition.
 	<-time.After(time.Until(began.Add(downFor)))

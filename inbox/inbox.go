@@ -47,7 +47,9 @@ func New(db *sql.DB, config Config, logger watermill.LoggerAdapter) (*Inbox, err
 
 // NewPgx is New for a PostgreSQL pgx pool: the handler finds the delivery's
 // pgx.Tx with outbox.PgxTxFromContext, and an outbox Publisher built on a
-// pgx store writes under it. config.Dialect may be left empty.
+// pgx store writes under it. config.Dialect may be left empty. Over pgx the
+// record is sent with the transaction's BEGIN, in one round trip; over
+// database/sql, which sends the BEGIN on its own, it takes one more.
 func NewPgx(pool *pgxpool.Pool, config Config, logger watermill.LoggerAdapter) (*Inbox, error) {
 	if pool == nil {
 		return nil, errors.New("inbox: invalid config: pool is nil")

@@ -44,13 +44,6 @@ const consumerRunning = "inbox consumer: running"
 
 func init() {
 	if os.Getenv(inboxConsumerEnv) == "1" {
-		// The scenario holds the services lock exclusively across the
-		// broker's restart; a consumer keeps no reference to a lock
-		// descriptor the test binary inherited (flock -s … go test), which
-		// would hold the lock for as long as a leaked consumer lived.
-		if inheritedLock >= 0 {
-			_ = syscall.Close(inheritedLock)
-		}
 		if err := runInboxConsumer(); err != nil {
 			fmt.Fprintln(os.Stderr, "inbox consumer:", err)
 			os.Exit(1)
@@ -327,7 +320,8 @@ func testInboxEffectsOnce(t *testing.T, broker string) {
 	// The broker goes away mid-run: the services lock is taken, before
 	// anything starts, for the scenario's run up to the broker's return,
 	// so that waiting for others' tests holds up nothing. The consumer
-	// processes take no lock.
+	// processes take no lock, and inherit none (inheritedLock is
+	// close-on-exec).
 	unlock := lockServices(t)
 	s.prewrite(events-late, 100, nil)
 	relayA := newRelay(t, "relay-a", s.relayEnv(withTable(s.table)),

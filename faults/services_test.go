@@ -32,6 +32,10 @@ const servicesLock = "/tmp/outbox-services.lock"
 // (shared) lock down to every child, this test binary included: a second
 // descriptor asking for an exclusive lock would wait for that shared lock,
 // held by our own ancestor, forever. Converting the inherited one does not.
+// It is marked close-on-exec: the relays, consumers and service commands
+// this binary starts must not share it, or a broker started again by
+// scripts/services would hold the lock, exclusive if taken so at that
+// moment, for as long as it runs.
 var inheritedLock = findInheritedLock()
 
 func findInheritedLock() int {
@@ -42,6 +46,7 @@ func findInheritedLock() int {
 	for _, e := range ents {
 		if link, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && link == servicesLock {
 			if fd, err := strconv.Atoi(e.Name()); err == nil {
+				syscall.CloseOnExec(fd)
 				return fd
 			}
 		}

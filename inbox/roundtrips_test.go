@@ -76,3 +76,39 @@ func TestPgxDeliveryRoundTrips(t *testing.T) {
 	require.EqualValues(t, 2, rt.n.Load(), "round trips of a duplicate")
 	require.Equal(t, 1, fx.of(t, uuid))
 }
+
+// A record that fails (here: no inbox table) fails the delivery before the
+// handler runs, and gives the connection back: over pgx the batch that
+// began the transaction must be rolled back, or the pool runs dry.
+func TestFailedRecordRunsNoHandler(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, e *env) {
+		cfg := inbox.Config{Consumer: "billing", Table: testenv.TableName(t), Dialect: e.dialect}
+		var in *inbox.Inbox
+		var err error
+		if e.pool != nil {
+			in, err = inbox.NewPgx(e.pool, cfg, nil)
+		} else {
+			in, err = inbox.New(e.sqlDB, cfg, nil)
+		}
+		require.NoError(t, err) // not migrated
+		var calls atomic.Int32
+		h := func(*message.Message) ([]*message.Message, error) { calls.Add(1); return nil, nil }
+		// More deliveries than the pools have connections: a connection
+		// kept by a failed one would make a later one wait for the pool.
+		for range 40 {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			msg := message.NewMessage(watermill.NewUUID(), nil)
+			msg.SetContext(ctx)
+			_, err := in.Middleware(h)(msg)
+			cancel()
+			require.Error(t, err)
+			require.NotErrorIs(t, err, context.DeadlineExceeded, "a delivery waited for a connection")
+		}
+		require.Zero(t, calls.Load())
+		if e.pool != nil {
+			require.Zero(t, e.pool.Stat().AcquiredConns())
+		} else {
+			require.Zero(t, e.sqlDB.Stats().InUse)
+		}
+	})
+}

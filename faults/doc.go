@@ -15,6 +15,7 @@
 // The suite ends with its summary,
 //
 //	faults: scenarios=<k> lost=<n> duplicates=<n> reordered=<n> dead_wrongly=<n>
+//	faults: effects applied exactly once (<broker>): applied=<n> duplicates_dropped=<n> lost=<n> applied_twice=<n> follow_ups_lost=<n> follow_up_duplicates=<n> consumer_kills=<n> relay_kills=<n> broker_restarts=<n>
 //	faults: first publish after the broker's (or new leader's) return, longest: kafka=<s> kafka-cluster-isr=<s> kafka-cluster-leader=<s> rabbitmq=<s>
 //
 // also written to the file named by OUTBOX_FAULTS_SUMMARY when set. The

@@ -36,6 +36,12 @@ import (
 // which the test kills with SIGKILL.
 const inboxConsumerEnv = "FAULTS_INBOX_CONSUMER"
 
+// consumerRunning is the line a consumer prints once its router runs (its
+// subscription made): a RabbitMQ subscriber cannot subscribe while the
+// broker is away, so the scenario takes the broker away only from running
+// consumers.
+const consumerRunning = "inbox consumer: running"
+
 func init() {
 	if os.Getenv(inboxConsumerEnv) == "1" {
 		if err := runInboxConsumer(); err != nil {
@@ -106,6 +112,13 @@ func runInboxConsumer() error {
 		return err
 	}
 	router.AddMiddleware(in.Middleware)
+	go func() {
+		select {
+		case <-router.Running():
+			fmt.Println(consumerRunning)
+		case <-ctx.Done():
+		}
+	}()
 	router.AddHandler("service-b", os.Getenv("FAULTS_INBOX_TOPIC"), sub, os.Getenv("FAULTS_INBOX_FOLLOWUP"), pub,
 		func(msg *message.Message) ([]*message.Message, error) {
 			tx, _ := outbox.TxFromContext(msg.Context())
@@ -143,6 +156,7 @@ type consumerProc struct {
 	mu      sync.Mutex
 	cmd     *exec.Cmd
 	done    chan struct{}
+	logFrom int64 // the log's size when the current process started
 	kills   int
 }
 
@@ -163,6 +177,8 @@ func (c *consumerProc) start() {
 	f, err := os.OpenFile(c.logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	require.NoError(c.t, err)
 	defer f.Close()
+	st, err := f.Stat()
+	require.NoError(c.t, err)
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(c.env, inboxConsumerEnv+"=1")
 	cmd.Stdout, cmd.Stderr = f, f
@@ -171,8 +187,20 @@ func (c *consumerProc) start() {
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(done) }()
 	c.mu.Lock()
-	c.cmd, c.done = cmd, done
+	c.cmd, c.done, c.logFrom = cmd, done, st.Size()
 	c.mu.Unlock()
+}
+
+// waitRunning waits until the process last started has subscribed.
+func (c *consumerProc) waitRunning(timeout time.Duration) {
+	c.t.Helper()
+	c.mu.Lock()
+	from := c.logFrom
+	c.mu.Unlock()
+	waitFor(c.t, timeout, "a consumer to subscribe", func() bool {
+		b, _ := os.ReadFile(c.logPath)
+		return int64(len(b)) > from && strings.Contains(string(b[from:]), consumerRunning)
+	})
 }
 
 // signal sends sig to the running process, if any, and waits for it to
@@ -202,12 +230,14 @@ func (c *consumerProc) kill9() {
 // TestInboxEffectsOnceUnderKills: service A commits events through its
 // outbox; its relay is killed with SIGKILL and restarted while it drains
 // to RabbitMQ, or to the Kafka broker (where B's kills also rebalance its
-// consumer group). Service B, two consumer processes with the inbox, applies
-// each event to a counter and emits a follow-up event through its own
-// outbox; its processes are killed with SIGKILL, mid-handler or not, and
-// restarted, again and again. At the end every committed event's counter
-// is 1 (none lost, none applied twice), and every follow-up event reached
-// the broker through B's relay.
+// consumer group). Service B, two consumer processes with the inbox,
+// applies each event to a counter and emits a follow-up event through its
+// own outbox, relayed by B's relay; its processes are killed with SIGKILL,
+// mid-handler or not, and restarted, again and again. Halfway the broker
+// itself goes away (RabbitMQ: stop_app; Kafka: SIGKILL) and comes back,
+// while A commits its last events. At the end every committed event's
+// counter is 1 (none lost, none applied twice), and every follow-up event
+// reached the broker through B's relay.
 func TestInboxEffectsOnceUnderKills(t *testing.T) {
 	t.Run("rabbitmq", func(t *testing.T) { testInboxEffectsOnce(t, "rabbitmq") })
 	t.Run("kafka", func(t *testing.T) { testInboxEffectsOnce(t, "kafka") })
@@ -215,9 +245,15 @@ func TestInboxEffectsOnceUnderKills(t *testing.T) {
 
 func testInboxEffectsOnce(t *testing.T, broker string) {
 	const (
-		events        = 3000
+		events = 3000
+		// late events are committed while the broker is away, the rest
+		// before the consumers start.
+		late          = 1000
 		consumerKills = 16
 		relayKills    = 4
+		// The broker's restart comes before this consumer kill, the
+		// relay's last kill after it.
+		restartAt = consumerKills/2 + 1
 	)
 	s := newScenario(t, outbox.PostgreSQL)
 	base := strings.TrimPrefix(s.table, "t_")
@@ -226,16 +262,27 @@ func testInboxEffectsOnce(t *testing.T, broker string) {
 	var sink map[string]string
 	var brokerEnv []string
 	var consumeFollowups func() []delivery
+	var svc service
+	downFor := 10 * time.Second
 	switch broker {
 	case "rabbitmq":
 		url := amqpURL(t)
+		svc = rabbitService(t)
 		amqpQueue(t, url, s.topic)
 		amqpQueue(t, url, followup)
 		sink = map[string]string{"OUTBOX_SINK": "amqp", "OUTBOX_AMQP_URL": url}
 		brokerEnv = []string{"FAULTS_AMQP_URL=" + url}
 		consumeFollowups = func() []delivery { return consumeQueue(t, url, followup) }
 	default:
+		node := kafkaBroker(t)
 		brokers := testenv.Kafka(t, s.topic, followup)
+		deleteTopicAtEnd(t, brokers, s.topic)
+		deleteTopicAtEnd(t, brokers, followup)
+		// The outage's probe records (no message UUID) go to the follow-up
+		// topic, which only the check reads (and skips them): on A's topic
+		// B would get them, and nack each, as the inbox must, forever.
+		svc = node.service(brokers, followup)
+		downFor = 5 * time.Second // as TestBrokerOutageKafka
 		sink = map[string]string{"OUTBOX_SINK": "kafka", "OUTBOX_KAFKA_BROKERS": strings.Join(brokers, ",")}
 		brokerEnv = []string{"FAULTS_KAFKA_BROKERS=" + strings.Join(brokers, ",")}
 		consumeFollowups = func() []delivery { return consumeKafka(t, brokers, followup) }
@@ -262,7 +309,7 @@ func testInboxEffectsOnce(t *testing.T, broker string) {
 	require.NoError(t, err)
 	require.NoError(t, storeB.Migrate(ctx))
 	t.Cleanup(func() {
-		for _, name := range []string{b.inbox, b.counters, b.outbox, b.dups} {
+		for _, name := range []string{b.inbox, b.counters, b.outbox, b.outbox + "_relays", b.dups} {
 			_, _ = s.db.Exec(`DROP TABLE IF EXISTS ` + name)
 		}
 	})
@@ -273,10 +320,18 @@ func testInboxEffectsOnce(t *testing.T, broker string) {
 	}
 	applied := func() int { return count(`SELECT count(*) FROM ` + b.counters) }
 
-	s.prewrite(events, 100, nil)
+	// The broker goes away mid-run: the services lock is taken, before
+	// anything starts, for the scenario's run up to the broker's return,
+	// so that waiting for others' tests holds up nothing. The consumer
+	// processes take no lock, and inherit none (inheritedLock is
+	// close-on-exec).
+	unlock := lockServices(t)
+	s.prewrite(events-late, 100, nil)
 	relayA := newRelay(t, "relay-a", s.relayEnv(withTable(s.table)),
 		"-lease", "2s", "-batch", "100", "-max-in-flight", "200", "-ordered=false")
 	relayA.start()
+	relayB := newRelay(t, "relay-b", s.relayEnv(withTable(b.outbox)), "-ordered=false")
+	relayB.start()
 	env := append(append(b.env(), brokerEnv...), "FAULTS_INBOX_DSN="+testenv.PostgresDSN(),
 		"FAULTS_INBOX_TOPIC="+s.topic, "FAULTS_INBOX_FOLLOWUP="+followup)
 	consumers := []*consumerProc{newConsumerProc(t, "consumer-1", env), newConsumerProc(t, "consumer-2", env)}
@@ -286,10 +341,23 @@ func testInboxEffectsOnce(t *testing.T, broker string) {
 
 	// Kills spread over the first 80 % of the work, each when B has
 	// applied some more events.
+	restarts := 0
 	for i := 0; i < consumerKills; i++ {
 		at := applied() + max(20, (events*8/10-applied())/(consumerKills-i))/2 + rand.IntN(40)
 		waitFast(t, 2*time.Minute, "service B to apply more events", func() bool { return applied() >= at || applied() == events })
 		require.Less(t, applied(), events, "B applied everything after only %d kills", i)
+		if i == restartAt {
+			for _, c := range consumers {
+				c.waitRunning(time.Minute)
+			}
+			require.Less(t, applied(), events-late, "B applied every early event before the broker's restart")
+			// A commits its last events while the broker is away: its
+			// relay meets the outage with rows to publish.
+			outageDuring(t, svc, downFor, func() { s.prewrite(late, 100, nil) })
+			restarts++
+			unlock()
+			waitFor(t, time.Minute, "relay A to resume", func() bool { return relayA.logContains(sawBrokerBack) })
+		}
 		c := consumers[i%len(consumers)]
 		c.kill9()
 		c.start()
@@ -298,22 +366,20 @@ func testInboxEffectsOnce(t *testing.T, broker string) {
 			relayA.start()
 		}
 	}
-	waitFor(t, 3*time.Minute, "service B to apply every event", func() bool { return applied() == events })
+	waitFor(t, 5*time.Minute, "service B to apply every event", func() bool { return applied() == events })
 	s.waitDrained(time.Minute)
 	require.NoError(t, relayA.stop())
 	relayA.requireNoUnexpectedExit()
+	require.True(t, relayA.logContains(sawBrokerOutage), "relay A's log lacks %q", sawBrokerOutage)
 	for _, c := range consumers {
 		c.signal(syscall.SIGTERM)
 	}
-
-	// B's follow-up events, relayed from B's outbox.
-	relayB := newRelay(t, "relay-b", s.relayEnv(withTable(b.outbox)),
-		"-ordered=false")
-	relayB.start()
+	// B's follow-up events, relayed from B's outbox all along.
 	waitFor(t, 2*time.Minute, "B's outbox to drain", func() bool {
 		return count(`SELECT count(*) FROM `+b.outbox+` WHERE state = 'pending'`) == 0
 	})
 	require.NoError(t, relayB.stop())
+	relayB.requireNoUnexpectedExit()
 
 	once := count(`SELECT count(*) FROM ` + b.counters + ` WHERE n = 1`)
 	twice := count(`SELECT count(*) FROM ` + b.counters + ` WHERE n > 1`)
@@ -346,8 +412,8 @@ func testInboxEffectsOnce(t *testing.T, broker string) {
 			followDup += n - 1
 		}
 	}
-	line := fmt.Sprintf("effects applied exactly once (%s): applied=%d duplicates_dropped=%d lost=%d applied_twice=%d follow_ups_lost=%d follow_up_duplicates=%d consumer_kills=%d relay_kills=%d",
-		broker, once, dropped, lost, twice, followLost, followDup, consumerKills, relayA.kills)
+	line := fmt.Sprintf("effects applied exactly once (%s): applied=%d duplicates_dropped=%d lost=%d applied_twice=%d follow_ups_lost=%d follow_up_duplicates=%d consumer_kills=%d relay_kills=%d broker_restarts=%d",
+		broker, once, dropped, lost, twice, followLost, followDup, consumerKills, relayA.kills, restarts)
 	t.Log(line)
 	recordInbox(line)
 	record(t, result{committed: committed, received: applied(), lost: lost + followLost, duplicates: followDup})

@@ -32,6 +32,10 @@ const servicesLock = "/tmp/outbox-services.lock"
 // (shared) lock down to every child, this test binary included: a second
 // descriptor asking for an exclusive lock would wait for that shared lock,
 // held by our own ancestor, forever. Converting the inherited one does not.
+// It is marked close-on-exec: the relays, consumers and service commands
+// this binary starts must not share it, or a broker started again by
+// scripts/services would hold the lock, exclusive if taken so at that
+// moment, for as long as it runs.
 var inheritedLock = findInheritedLock()
 
 func findInheritedLock() int {
@@ -42,6 +46,7 @@ func findInheritedLock() int {
 	for _, e := range ents {
 		if link, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && link == servicesLock {
 			if fd, err := strconv.Atoi(e.Name()); err == nil {
+				syscall.CloseOnExec(fd)
 				return fd
 			}
 		}
@@ -113,6 +118,13 @@ type service struct {
 // caller holds the services lock (lockServices) across it.
 func outage(t *testing.T, svc service, downFor time.Duration) (back time.Time) {
 	t.Helper()
+	return outageDuring(t, svc, downFor, nil)
+}
+
+// outageDuring is outage that runs during (if not nil) once the service
+// is down, before the outage's time is up.
+func outageDuring(t *testing.T, svc service, downFor time.Duration, during func()) (back time.Time) {
+	t.Helper()
 	restored := false
 	defer func() {
 		if restored {
@@ -132,6 +144,9 @@ func outage(t *testing.T, svc service, downFor time.Duration) (back time.Time) {
 	_, err := waitService(svc.up, false, time.Minute)
 	require.NoError(t, err, "%s still answers after stop", svc.name)
 	t.Logf("%s down", svc.name)
+	if during != nil {
+		during()
+	}
 	// The outage itself lasts downFor: a duration the scenario chooses, not
 	// a wait for some condition.
 	<-time.After(time.Until(began.Add(downFor)))

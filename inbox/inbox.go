@@ -31,6 +31,7 @@ type Inbox struct {
 	db     database
 	config Config
 	t      table
+	insert string // t.insertQuery()
 	logger watermill.LoggerAdapter
 }
 
@@ -46,7 +47,9 @@ func New(db *sql.DB, config Config, logger watermill.LoggerAdapter) (*Inbox, err
 
 // NewPgx is New for a PostgreSQL pgx pool: the handler finds the delivery's
 // pgx.Tx with outbox.PgxTxFromContext, and an outbox Publisher built on a
-// pgx store writes under it. config.Dialect may be left empty.
+// pgx store writes under it. config.Dialect may be left empty. Over pgx the
+// record is sent with the transaction's BEGIN, in one round trip; over
+// database/sql, which sends the BEGIN on its own, it takes one more.
 func NewPgx(pool *pgxpool.Pool, config Config, logger watermill.LoggerAdapter) (*Inbox, error) {
 	if pool == nil {
 		return nil, errors.New("inbox: invalid config: pool is nil")
@@ -68,7 +71,8 @@ func newInbox(db database, config Config, logger watermill.LoggerAdapter) (*Inbo
 	if logger == nil {
 		logger = watermill.NopLogger{}
 	}
-	return &Inbox{db: db, config: config, t: newTable(config.Dialect, config.Table), logger: logger}, nil
+	t := newTable(config.Dialect, config.Table)
+	return &Inbox{db: db, config: config, t: t, insert: t.insertQuery(), logger: logger}, nil
 }
 
 // Config returns the settings the inbox was built with, defaults filled in.
@@ -116,8 +120,10 @@ func (in *Inbox) deliver(ctx context.Context, msg *message.Message, h message.Ha
 	if msg.UUID == "" || len(msg.UUID) > MaxUUIDLen {
 		return Failed, fmt.Errorf("%w: %q", ErrInvalidUUID, msg.UUID)
 	}
-	tx, err := in.db.begin(ctx)
-	if err != nil {
+	// The record is the transaction's first statement, sent with its BEGIN
+	// where the driver allows.
+	tx, n, err := in.db.beginWith(ctx, in.insert, in.config.Consumer, msg.UUID)
+	if tx == nil {
 		return Failed, fmt.Errorf("inbox: begin: %w", err)
 	}
 	done := false
@@ -126,7 +132,7 @@ func (in *Inbox) deliver(ctx context.Context, msg *message.Message, h message.Ha
 			_ = tx.rollback(context.WithoutCancel(ctx))
 		}
 	}()
-	fresh, err := in.record(ctx, tx, msg.UUID)
+	fresh, err := in.recorded(n, err, msg.UUID)
 	if err != nil {
 		return Failed, err
 	}
@@ -153,9 +159,9 @@ func (in *Inbox) deliver(ctx context.Context, msg *message.Message, h message.Ha
 	return Handled, nil
 }
 
-// record inserts the delivery's row and reports whether it is new.
-func (in *Inbox) record(ctx context.Context, tx txn, uuid string) (bool, error) {
-	n, err := tx.exec(ctx, in.t.insertQuery(), in.config.Consumer, uuid)
+// recorded reads the result of the record's insert (n rows, err): whether
+// the message is new.
+func (in *Inbox) recorded(n int64, err error, uuid string) (bool, error) {
 	if err != nil && in.t.d.duplicate(err) {
 		return false, nil
 	}

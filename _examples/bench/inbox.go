@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -24,9 +25,11 @@ import (
 // messages come from an in-process gochannel, so what differs is the
 // database's work alone; a broker's per-message cost would add to both
 // sides and bring the ratio closer to 1. Figures: median rates over the
-// rounds, the median of the rounds' ratios (inbox/plain), and the median
-// of each round's p50
-// per-message latency (the middleware's span: begin to commit).
+// rounds, the median of the rounds' ratios (inbox/plain) and their range,
+// and the median of each round's p50 per-message latency (the
+// middleware's span: begin to commit). With -driver pgx the same pair runs
+// over a pgx pool too (inbox.NewPgx against a plain pgx transaction) in
+// the same rounds.
 func (r *runner) inboxScenario() (result, error) {
 	ctx := context.Background()
 	id := runID()
@@ -44,9 +47,15 @@ func (r *runner) inboxScenario() (result, error) {
 	}
 	defer r.db.Exec(`DROP TABLE IF EXISTS ` + table) //nolint:errcheck // best effort
 
+	insert := `INSERT INTO ` + effects + ` (message_uuid, amount) VALUES ($1, $2)`
 	handler := func(msg *message.Message) ([]*message.Message, error) {
-		tx, _ := outbox.TxFromContext(msg.Context())
-		_, err := tx.ExecContext(msg.Context(), `INSERT INTO `+effects+` (message_uuid, amount) VALUES ($1, $2)`, msg.UUID, len(msg.Payload))
+		ctx := msg.Context()
+		if tx, ok := outbox.PgxTxFromContext(ctx); ok {
+			_, err := tx.Exec(ctx, insert, msg.UUID, len(msg.Payload))
+			return nil, err
+		}
+		tx, _ := outbox.TxFromContext(ctx)
+		_, err := tx.ExecContext(ctx, insert, msg.UUID, len(msg.Payload))
 		return nil, err
 	}
 	plain := func(h message.HandlerFunc) message.HandlerFunc {
@@ -65,10 +74,40 @@ func (r *runner) inboxScenario() (result, error) {
 			return nil, tx.Commit()
 		}
 	}
-	sides := []struct {
+	type side struct {
 		name string
 		mw   message.HandlerMiddleware
-	}{{"plain", plain}, {"inbox", in.Middleware}}
+	}
+	sides := []side{{"plain", plain}, {"inbox", in.Middleware}}
+	pairs := [][2]string{{"plain", "inbox"}}
+	if r.o.driver == "pgx" {
+		pool, err := r.pgxPool()
+		if err != nil {
+			return result{}, err
+		}
+		inPgx, err := inbox.NewPgx(pool, inbox.Config{Consumer: "bench", Table: table}, nil)
+		if err != nil {
+			return result{}, err
+		}
+		plainPgx := func(h message.HandlerFunc) message.HandlerFunc {
+			return func(msg *message.Message) ([]*message.Message, error) {
+				ctx := msg.Context()
+				tx, err := pool.Begin(ctx)
+				if err != nil {
+					return nil, err
+				}
+				defer tx.Rollback(ctx) //nolint:errcheck // no-op after Commit
+				msg.SetContext(outbox.ContextWithPgxTx(ctx, tx))
+				defer msg.SetContext(ctx)
+				if _, err := h(msg); err != nil {
+					return nil, err
+				}
+				return nil, tx.Commit(ctx)
+			}
+		}
+		sides = append(sides, side{"plain-pgx", plainPgx}, side{"inbox-pgx", inPgx.Middleware})
+		pairs = append(pairs, [2]string{"plain-pgx", "inbox-pgx"})
+	}
 
 	rates := map[string][]float64{}
 	p50s := map[string][]time.Duration{}
@@ -82,25 +121,33 @@ func (r *runner) inboxScenario() (result, error) {
 			rates[s.name] = append(rates[s.name], rate)
 			p50s[s.name] = append(p50s[s.name], p50)
 		}
-		logf("inbox round %d: plain %.0f/s p50 %s, inbox %.0f/s p50 %s", round+1,
-			rates["plain"][round], p50s["plain"][round], rates["inbox"][round], p50s["inbox"][round])
+		line := fmt.Sprintf("inbox round %d:", round+1)
+		for _, s := range sides {
+			line += fmt.Sprintf(" %s %.0f/s p50 %s", s.name, rates[s.name][round], p50s[s.name][round].Round(time.Microsecond))
+		}
+		logf("%s", line)
 	}
 	median := func(v []float64) float64 { v = slices.Clone(v); slices.Sort(v); return v[len(v)/2] }
 	medianD := func(v []time.Duration) time.Duration { v = slices.Clone(v); slices.Sort(v); return v[len(v)/2] }
 	ms := func(d time.Duration) string {
 		return strconv.FormatFloat(float64(d.Microseconds())/1000, 'f', 2, 64) + "ms"
 	}
-	// The ratio is the median of each round's, whose two sides ran back to
-	// back: a machine whose load drifts moves both.
-	var ratios []float64
-	for i := range rates["plain"] {
-		ratios = append(ratios, rates["inbox"][i]/rates["plain"][i])
+	// A ratio is the median of each round's, whose sides ran back to back:
+	// a machine whose load drifts moves both.
+	fields := []string{fmt.Sprintf("workers=%d rounds=%d", r.o.workers, r.o.rounds)}
+	for _, p := range pairs {
+		var ratios []float64
+		for i := range rates[p[0]] {
+			ratios = append(ratios, rates[p[1]][i]/rates[p[0]][i])
+		}
+		slices.Sort(ratios)
+		name := "ratio" + strings.ReplaceAll(strings.TrimPrefix(p[0], "plain"), "-", "_")
+		fields = append(fields,
+			fmt.Sprintf("%s=%.0f/s %s=%.0f/s %s=%.2f %s_range=%.2f-%.2f", p[0], median(rates[p[0]]), p[1], median(rates[p[1]]),
+				name, median(ratios), name, ratios[0], ratios[len(ratios)-1]),
+			fmt.Sprintf("p50_%s=%s p50_%s=%s", p[0], ms(medianD(p50s[p[0]])), p[1], ms(medianD(p50s[p[1]]))))
 	}
-	return result{fields: []string{
-		fmt.Sprintf("workers=%d rounds=%d", r.o.workers, r.o.rounds),
-		fmt.Sprintf("plain=%.0f/s inbox=%.0f/s ratio=%.2f", median(rates["plain"]), median(rates["inbox"]), median(ratios)),
-		fmt.Sprintf("p50_plain=%s p50_inbox=%s", ms(medianD(p50s["plain"])), ms(medianD(p50s["inbox"]))),
-	}}, nil
+	return result{fields: fields}, nil
 }
 
 // consumeRound runs N fresh messages through a router whose -workers

@@ -86,9 +86,10 @@
 //	          business INSERT, behind the inbox middleware and behind a
 //	          plain transaction of its own: N messages a round (2,000),
 //	          -rounds interleaved rounds; median rates, the median of
-//	          the rounds' ratios (inbox/plain) and per-message p50 (no
-//	          broker used)
-//	          go run -C _examples/bench . -scenario inbox -rounds 7
+//	          the rounds' ratios (inbox/plain) with their range, and
+//	          per-message p50 (no broker used); -driver pgx adds the same
+//	          pair over a pgx pool (inbox.NewPgx) in the same rounds
+//	          go run -C _examples/bench . -scenario inbox -rounds 15 -driver pgx
 //
 // Every scenario runs on PostgreSQL (-pg); stuck-key and waiting also on
 // MySQL/MariaDB (-mysql) and SQLite (a temporary file) with -db.
@@ -204,7 +205,7 @@ func main() {
 	flag.DurationVar(&o.duration, "duration", 30*time.Minute, "soak: how long to publish")
 	flag.DurationVar(&o.window, "window", 5*time.Minute, "soak: one line of figures per window")
 	flag.BoolVar(&o.noWake, "no-wake", false, "turn our relay's wake-up (LISTEN/NOTIFY) off")
-	flag.StringVar(&o.driver, "driver", "", "relay, publish: pgx adds our side over a pgx pool (pgx.Tx, NewPgxStore) next to database/sql, in the same run")
+	flag.StringVar(&o.driver, "driver", "", "relay, publish: pgx adds our side over a pgx pool (pgx.Tx, NewPgxStore) next to database/sql, in the same run; inbox: adds the pair over a pgx pool (inbox.NewPgx against a plain pgx transaction)")
 	flag.BoolVar(&o.metrics, "metrics", false, "relay, latency: add our side with its metrics (package metrics) and a no-op tracer on, next to it without, in the same run")
 	flag.DurationVar(&o.timeout, "timeout", 10*time.Minute, "give up on a drain after this long")
 	flag.StringVar(&o.only, "only", "", "relay: run only this side (outbox, forwarder or river), for profiling; ratios are then 0")

@@ -33,7 +33,7 @@ type subscriberConfig struct {
 // Subscriber is the message.Subscriber over the outbox table that feeds a
 // Forwarder (Forwarder.Subscriber returns it: pass it as
 // watermilloutbox.PublisherConfig.Notifier). It claims rows through a
-// watermilloutbox.Store and emits them as messages with their original
+// relaystore.Store and emits them as messages with their original
 // UUID, payload and metadata, plus the relay keys OutboxIDMetadataKey,
 // AttemptMetadataKey and TopicMetadataKey.
 //

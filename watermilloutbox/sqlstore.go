@@ -35,8 +35,8 @@ type SQLStoreConfig struct {
 }
 
 // SQLStore is the outbox table on PostgreSQL, MySQL/MariaDB or SQLite: the
-// Store the relay claims rows through, Migrate for its DDL, and the
-// operator's view of it (ListDead, Requeue, PurgeDead). A Publisher writes
+// relaystore.Store the relay claims rows through, Migrate for its DDL, and
+// the operator's view of it (ListDead, Requeue, PurgeDead). A Publisher writes
 // into the same table (NewPublisher takes the store), so the dialect, the
 // table and each setting are given once, here.
 //

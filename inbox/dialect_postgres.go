@@ -1,9 +1,11 @@
 package inbox
 
 import (
+	"fmt"
 	"strconv"
 
 	"github.com/e0a82c8c/watermill-outbox/internal/sqlident"
+	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
 
 type postgresDialect struct{ standardSQL }
@@ -38,4 +40,13 @@ func (d postgresDialect) purge(t table, consumer string, retentionMicros int64, 
 
 func (postgresDialect) age() string {
 	return `(extract(epoch FROM now() - min(processed_at)) * 1000000)::bigint`
+}
+
+// pgxDialect is the Dialect of an inbox on a pgx pool: PostgreSQL, the
+// only database pgx speaks; empty means PostgreSQL.
+func pgxDialect(d outbox.Dialect) (outbox.Dialect, error) {
+	if d != "" && d != outbox.PostgreSQL {
+		return "", fmt.Errorf("inbox: invalid config: Dialect: %q on a pgx pool, want %q", d, outbox.PostgreSQL)
+	}
+	return outbox.PostgreSQL, nil
 }

@@ -12,8 +12,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
-
-	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
 
 // Span attributes set on the span a delivery's context carries, if any.
@@ -54,12 +52,11 @@ func NewPgx(pool *pgxpool.Pool, config Config, logger watermill.LoggerAdapter) (
 	if pool == nil {
 		return nil, errors.New("inbox: invalid config: pool is nil")
 	}
-	if config.Dialect == "" {
-		config.Dialect = outbox.PostgreSQL
+	d, err := pgxDialect(config.Dialect)
+	if err != nil {
+		return nil, err
 	}
-	if config.Dialect != outbox.PostgreSQL {
-		return nil, fmt.Errorf("inbox: invalid config: Dialect: %q on a pgx pool, want %q", config.Dialect, outbox.PostgreSQL)
-	}
+	config.Dialect = d
 	return newInbox(pgxDB{pool}, config, logger)
 }
 

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -180,18 +181,52 @@ type devtools struct {
 	next int
 }
 
+// removeProfile removes Chromium's profile directory, trying again for a
+// few seconds while the killed helpers' last writes land; a directory
+// left behind is logged, not a failure of the test.
+func removeProfile(t *testing.T, dir string) {
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(10 * time.Second)
+	for {
+		err := os.RemoveAll(dir)
+		if err == nil {
+			return
+		}
+		select {
+		case <-deadline:
+			t.Logf("chromium profile %s left behind: %v", dir, err)
+			return
+		case <-tick.C:
+		}
+	}
+}
+
 var listening = regexp.MustCompile(`DevTools listening on (ws://\S+)`)
 
 func startChromium(t *testing.T, bin string) *devtools {
 	t.Helper()
+	// The profile directory is not t.TempDir: Chromium's helper processes
+	// may still be writing to it for a moment after the browser is
+	// killed, and TempDir's cleanup fails the test on "directory not
+	// empty". Chromium runs in a process group of its own, killed whole.
+	dir, err := os.MkdirTemp("", "outbox-chromium-")
+	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, bin, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
 		"--no-first-run", "--disable-extensions", "--window-size=1280,860", "--hide-scrollbars",
-		"--remote-debugging-port=0", "--remote-allow-origins=*", "--user-data-dir="+t.TempDir(), "about:blank")
+		"--remote-debugging-port=0", "--remote-allow-origins=*", "--user-data-dir="+dir, "about:blank")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	stderr, err := cmd.StderrPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
-	t.Cleanup(func() { cancel(); _ = cmd.Wait() })
+	t.Cleanup(func() {
+		cancel()
+		_ = cmd.Wait()
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) // helpers that outlived the browser
+		removeProfile(t, dir)
+	})
 	found := make(chan string, 1)
 	go func() {
 		lines := bufio.NewScanner(stderr)

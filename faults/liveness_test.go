@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -505,11 +506,29 @@ func (r *relay) sendSignal(sig syscall.Signal) {
 // freeAddr is a loopback address with a port free at the time.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer ln.Close()
-	return ln.Addr().String()
+	handedOutMu.Lock()
+	defer handedOutMu.Unlock()
+	// The kernel may give a port it just freed to the next bind to port 0:
+	// two relays of one scenario got the same address, and the second
+	// exited with "address already in use". No address is handed out twice.
+	for range 100 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		addr := ln.Addr().String()
+		_ = ln.Close()
+		if !handedOut[addr] {
+			handedOut[addr] = true
+			return addr
+		}
+	}
+	t.Fatal("no free address that was not handed out before")
+	return ""
 }
+
+var (
+	handedOutMu sync.Mutex
+	handedOut   = map[string]bool{}
+)
 
 // scrape sums the samples of a metric on a relay's /metrics.
 func scrape(t *testing.T, addr, metric string) float64 {

@@ -226,19 +226,7 @@ func TestHealthzListenDeaf(t *testing.T) {
 		return state
 	}
 	h.setRelay(&fakeRelay{})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	stop := serveMetrics(ln, newRegistry(), h, watermill.NopLogger{})
-	t.Cleanup(stop)
-	get := func() (int, string) {
-		t.Helper()
-		resp, err := http.Get("http://" + ln.Addr().String() + "/healthz")
-		require.NoError(t, err)
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		require.NoError(t, err)
-		return resp.StatusCode, string(b)
-	}
+	get := serveHealthz(t, h)
 	code, body := get()
 	require.Equal(t, http.StatusOK, code)
 	require.Equal(t, "ok\n", body)
@@ -261,19 +249,7 @@ func TestHealthzHeartbeat(t *testing.T) {
 	h.now = func() time.Time { return now }
 	relay := &fakeRelay{}
 	h.setRelay(relay)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	stop := serveMetrics(ln, newRegistry(), h, watermill.NopLogger{})
-	t.Cleanup(stop)
-	get := func() (int, string) {
-		t.Helper()
-		resp, err := http.Get("http://" + ln.Addr().String() + "/healthz")
-		require.NoError(t, err)
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		require.NoError(t, err)
-		return resp.StatusCode, string(b)
-	}
+	get := serveHealthz(t, h)
 	hb := forwarder.Heartbeat{Relay: "host:1:ab", Timeout: 3 * time.Second, Last: now.Add(-time.Second)}
 	relay.setHeartbeat(hb)
 	code, body := get()
@@ -299,4 +275,22 @@ func TestHealthzHeartbeat(t *testing.T) {
 	require.Equal(t, http.StatusOK, code, "beating again: healthy")
 	require.Equal(t, "ok\nrelay: declared dead 2 times, last 1m30s ago (its heartbeat had expired): it gave back the rows "+
 		"it had not handed out and registered again; what it was publishing then may have gone out twice\n", body)
+}
+
+// serveHealthz serves h on a loopback port for the test and returns a GET
+// of its /healthz: the status code and the body.
+func serveHealthz(t *testing.T, h *health) func() (int, string) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(serveMetrics(ln, newRegistry(), h, watermill.NopLogger{}))
+	return func() (int, string) {
+		t.Helper()
+		resp, err := http.Get("http://" + ln.Addr().String() + "/healthz")
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		return resp.StatusCode, string(b)
+	}
 }

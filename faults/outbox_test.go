@@ -107,6 +107,7 @@ func newScenarioOn(t *testing.T, dialect outbox.Dialect, db *sql.DB, dsn string)
 	t.Cleanup(func() { _, _ = s.db.Exec(`DROP TABLE IF EXISTS ` + s.table + `_relays`) })
 	s.pub, err = outbox.NewPublisher(store, outbox.PublisherConfig{}, nil)
 	require.NoError(t, err)
+	watchScenario(t, s)
 	return s
 }
 
@@ -297,6 +298,7 @@ func poll(t *testing.T, every, timeout time.Duration, what string, cond func() b
 	for !cond() {
 		select {
 		case <-deadline:
+			diagnoseStall(t)
 			t.Fatalf("timed out after %s waiting for %s", timeout, what)
 		case <-tick.C:
 		}

@@ -33,6 +33,7 @@ type relay struct {
 	starts     int
 	kills      int
 	unexpected []string // exits the test did not cause
+	dumped     bool     // its log was shown with a goroutine dump (diagnoseStall)
 }
 
 // proc is one run of the relay binary.
@@ -59,6 +60,7 @@ func newRelay(t *testing.T, name string, vars map[string]string, args ...string)
 		env = append(env, k+"="+v)
 	}
 	r := &relay{t: t, name: name, args: args, env: env, logPath: filepath.Join(t.TempDir(), name+".log")}
+	watchRelay(t, r)
 	t.Cleanup(func() {
 		r.mu.Lock()
 		running := r.cur != nil
@@ -68,7 +70,10 @@ func newRelay(t *testing.T, name string, vars map[string]string, args ...string)
 				t.Errorf("%s: %v", name, err)
 			}
 		}
-		if t.Failed() {
+		r.mu.Lock()
+		dumped := r.dumped
+		r.mu.Unlock()
+		if t.Failed() && !dumped {
 			lines := 80
 			if n, err := strconv.Atoi(os.Getenv("FAULTS_LOG_LINES")); err == nil {
 				lines = n

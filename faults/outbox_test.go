@@ -48,6 +48,12 @@ type scenario struct {
 	dialect outbox.Dialect
 	dsn     string
 	db      *sql.DB
+	// reads is the handle the checks read through: db, or a direct one
+	// when db is a transaction pooler (readDirect).
+	reads *sql.DB
+	// countErr is the last error of count (a wait that times out shows
+	// it), nil once one succeeds.
+	countErr atomic.Value
 	// pool is set when the scenario runs over pgx: its service commits in
 	// pgx transactions and its relays run with --driver pgx.
 	pool  *pgxpool.Pool
@@ -97,7 +103,7 @@ func newScenario(t *testing.T, dialect outbox.Dialect) *scenario {
 // URL) reaches too: the service commits, and the checks read, through db.
 func newScenarioOn(t *testing.T, dialect outbox.Dialect, db *sql.DB, dsn string) *scenario {
 	t.Helper()
-	s := &scenario{t: t, dialect: dialect, db: db, dsn: dsn, committed: map[string]event{}, uncertain: map[string]event{}, nextSeq: map[string]int{}}
+	s := &scenario{t: t, dialect: dialect, db: db, reads: db, dsn: dsn, committed: map[string]event{}, uncertain: map[string]event{}, nextSeq: map[string]int{}}
 	s.table = testenv.TableName(t)
 	s.topic = "faults_" + strings.TrimPrefix(s.table, "t_")
 	store, err := outbox.NewSQLStore(s.db, outbox.SQLStoreConfig{Dialect: dialect, Outbox: config.Config{Table: s.table}}, nil)
@@ -109,6 +115,20 @@ func newScenarioOn(t *testing.T, dialect outbox.Dialect, db *sql.DB, dsn string)
 	require.NoError(t, err)
 	watchScenario(t, s)
 	return s
+}
+
+// readDirect makes the checks read PostgreSQL over a direct connection
+// while the service commits through db, a transaction pooler. pgx's
+// database/sql driver prepares each statement under a name derived from
+// its text and caches it per client connection; behind PgBouncer in
+// transaction pooling the statement lands on a pooled server connection,
+// where it outlives the client's cache. Once every server connection the
+// client is given holds it, the client's next prepare fails with 42P05
+// ("prepared statement ... already exists") on each of them, for good:
+// count, polled hundreds of times a scenario, then failed on every poll,
+// and a drained outbox looked stalled.
+func (s *scenario) readDirect() {
+	s.reads = testenv.Postgres(s.t)
 }
 
 // relayEnv is the relay's environment for this scenario: its database and
@@ -269,7 +289,9 @@ func (s *scenario) count(where string, args ...any) int {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	var n int
-	if err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM `+s.table+` WHERE `+where, args...).Scan(&n); err != nil {
+	err := s.reads.QueryRowContext(ctx, `SELECT count(*) FROM `+s.table+` WHERE `+where, args...).Scan(&n)
+	s.countErr.Store(struct{ error }{err})
+	if err != nil {
 		return -1
 	}
 	return n
@@ -328,7 +350,7 @@ func (s *scenario) resolve() {
 	defer s.mu.Unlock()
 	for uuid, ev := range s.uncertain {
 		var n int
-		require.NoError(s.t, s.db.QueryRow(`SELECT count(*) FROM `+s.table+` WHERE uuid = `+s.placeholder(1), uuid).Scan(&n))
+		require.NoError(s.t, s.reads.QueryRow(`SELECT count(*) FROM `+s.table+` WHERE uuid = `+s.placeholder(1), uuid).Scan(&n))
 		if n > 0 {
 			s.committed[uuid] = ev
 		}
@@ -342,7 +364,7 @@ func (s *scenario) resolve() {
 // deadRows returns the dead rows' UUIDs and last errors.
 func (s *scenario) deadRows() map[string]string {
 	s.t.Helper()
-	rows, err := s.db.Query(`SELECT uuid, last_error FROM ` + s.table + ` WHERE state = 'dead'`)
+	rows, err := s.reads.Query(`SELECT uuid, last_error FROM ` + s.table + ` WHERE state = 'dead'`)
 	require.NoError(s.t, err)
 	defer rows.Close()
 	dead := map[string]string{}
@@ -360,7 +382,7 @@ func (s *scenario) deadRows() map[string]string {
 func (s *scenario) row(uuid string) (state string, attempts int, lastErr string) {
 	s.t.Helper()
 	var le sql.NullString
-	require.NoError(s.t, s.db.QueryRow(`SELECT state, attempts, last_error FROM `+s.table+` WHERE uuid = `+s.placeholder(1), uuid).
+	require.NoError(s.t, s.reads.QueryRow(`SELECT state, attempts, last_error FROM `+s.table+` WHERE uuid = `+s.placeholder(1), uuid).
 		Scan(&state, &attempts, &le))
 	return state, attempts, le.String
 }
@@ -439,7 +461,7 @@ func (s *scenario) check(deliveries []delivery, ordered bool, poison map[string]
 // charged counts rows, poison excluded, that were charged a failed attempt.
 func (s *scenario) charged(poison map[string]bool) int {
 	s.t.Helper()
-	rows, err := s.db.Query(`SELECT uuid FROM ` + s.table + ` WHERE attempts > 0`)
+	rows, err := s.reads.Query(`SELECT uuid FROM ` + s.table + ` WHERE attempts > 0`)
 	require.NoError(s.t, err)
 	defer rows.Close()
 	n := 0

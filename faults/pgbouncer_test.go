@@ -36,13 +36,21 @@ import (
 // fast or slow the machine.
 func TestKill9ThroughPgBouncer(t *testing.T) {
 	t.Run("database_sql", func(t *testing.T) {
-		testKill9ThroughPgBouncer(t, newScenarioOn(t, outbox.PostgreSQL, testenv.PgBouncer(t), testenv.PgBouncerDSN()))
+		testKill9ThroughPgBouncer(t, newPooledScenario(t))
 	})
 	t.Run("pgx", func(t *testing.T) {
-		s := newScenarioOn(t, outbox.PostgreSQL, testenv.PgBouncer(t), testenv.PgBouncerDSN())
+		s := newPooledScenario(t)
 		s.pool = testenv.PgBouncerPool(t)
 		testKill9ThroughPgBouncer(t, s)
 	})
+}
+
+// newPooledScenario is a PostgreSQL scenario whose service and relays go
+// through PgBouncer; its checks read PostgreSQL directly (readDirect).
+func newPooledScenario(t *testing.T) *scenario {
+	s := newScenarioOn(t, outbox.PostgreSQL, testenv.PgBouncer(t), testenv.PgBouncerDSN())
+	s.readDirect()
+	return s
 }
 
 func testKill9ThroughPgBouncer(t *testing.T, s *scenario) {

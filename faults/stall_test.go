@@ -20,9 +20,10 @@ import (
 	outbox "github.com/e0a82c8c/watermill-outbox/watermilloutbox"
 )
 
-// A scenario whose wait times out says why before it fails: what the
-// database and PgBouncer see of the relays' connections (taken first,
-// while the relays still hold them), then each running relay's goroutines
+// A scenario whose wait times out says why before it fails: whether its
+// own checks could read the table, what the database and PgBouncer see of
+// the relays' connections (taken first, while the relays still hold
+// them), then each running relay's goroutines
 // (SIGQUIT makes a Go program print them all and exit), with the end of
 // its log. A stall that happens once in many runs is then read from that
 // run's output.
@@ -66,8 +67,9 @@ func without[T comparable](list []T, x T) []T {
 	return out
 }
 
-// diagnoseStall logs the database's and PgBouncer's view of the running
-// scenarios and the goroutines of their running relays, which it stops.
+// diagnoseStall logs the running scenarios' rows by state and their
+// checks' last error, the database's and PgBouncer's view of the
+// connections, and the goroutines of the running relays, which it stops.
 func diagnoseStall(t *testing.T) {
 	t.Helper()
 	stallWatch.Lock()
@@ -79,6 +81,15 @@ func diagnoseStall(t *testing.T) {
 		bouncer = bouncer || s.dsn == testenv.PgBouncerDSN()
 	}
 	var report []string
+	for _, s := range scenarios {
+		if e, _ := s.countErr.Load().(struct{ error }); e.error != nil {
+			report = append(report, fmt.Sprintf("%s: the checks' last count failed: %v", s.table, e.error))
+		}
+		if s.dialect == outbox.PostgreSQL {
+			report = append(report, query(s.table+" rows by state (direct)", testenv.PostgresDSN(), false,
+				`SELECT state, count(*), count(claim_token) AS claimed FROM `+s.table+` GROUP BY state ORDER BY state`))
+		}
+	}
 	if postgres {
 		report = append(report, pgActivity())
 	}

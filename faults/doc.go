@@ -18,7 +18,13 @@
 //	faults: effects applied exactly once (<broker>): applied=<n> duplicates_dropped=<n> lost=<n> applied_twice=<n> follow_ups_lost=<n> follow_up_duplicates=<n> consumer_kills=<n> relay_kills=<n> broker_restarts=<n>
 //	faults: first publish after the broker's (or new leader's) return, longest: kafka=<s> kafka-cluster-isr=<s> kafka-cluster-leader=<s> rabbitmq=<s>
 //
-// also written to the file named by OUTBOX_FAULTS_SUMMARY when set. The
+// also written to the file named by OUTBOX_FAULTS_SUMMARY when set.
+//
+// A scenario whose wait times out logs, before it fails, its table's rows
+// by state and its checks' last error, pg_stat_activity (read directly),
+// PgBouncer's SHOW POOLS, SERVERS and CLIENTS when it goes through
+// PgBouncer, and the end of each running relay's log with its goroutines
+// (the relay is stopped with SIGQUIT, which makes Go print them all). The
 // page docs/guarantees.md states what the scenarios prove, each sentence
 // with the scenario behind it.
 package faults

@@ -45,6 +45,25 @@ func TestKill9ThroughPgBouncer(t *testing.T) {
 	})
 }
 
+// TestPooledScenarioChecksRead: the checks of a scenario whose service
+// goes through PgBouncer answer while other clients of PgBouncer run the
+// same statement. pgx names the prepared statement it caches after the
+// statement's text, so another client's copy on the server connection
+// PgBouncer hands out made the checks' prepare fail (42P05) on every try,
+// and TestKill9ThroughPgBouncer once waited a minute for an outbox the relay
+// had drained.
+func TestPooledScenarioChecksRead(t *testing.T) {
+	s := newPooledScenario(t)
+	s.prewrite(10, 10, nil)
+	other := testenv.PgBouncer(t)
+	for range 20 {
+		var n int
+		// Its own error is not under test: it meets the checks' statement.
+		_ = other.QueryRow(`SELECT count(*) FROM ` + s.table + ` WHERE state = 'pending'`).Scan(&n)
+		require.Equal(t, 10, s.pending(), "the checks' count: %v", s.countErr.Load())
+	}
+}
+
 // newPooledScenario is a PostgreSQL scenario whose service and relays go
 // through PgBouncer; its checks read PostgreSQL directly (readDirect).
 func newPooledScenario(t *testing.T) *scenario {

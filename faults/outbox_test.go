@@ -100,7 +100,8 @@ func newScenario(t *testing.T, dialect outbox.Dialect) *scenario {
 }
 
 // newScenarioOn makes a scenario on db, which dsn (the relays' database
-// URL) reaches too: the service commits, and the checks read, through db.
+// URL) reaches too: the service commits, and the checks read, through db
+// (unless readDirect).
 func newScenarioOn(t *testing.T, dialect outbox.Dialect, db *sql.DB, dsn string) *scenario {
 	t.Helper()
 	s := &scenario{t: t, dialect: dialect, db: db, reads: db, dsn: dsn, committed: map[string]event{}, uncertain: map[string]event{}, nextSeq: map[string]int{}}

@@ -17,8 +17,9 @@
 //
 //	relay     N events (default 20,000) already committed; time until a
 //	          consumer on the broker received all of them (events/s), for
-//	          ours, the forwarder and River
-//	          go run -C _examples/bench . -scenario relay -sink kafka
+//	          ours, the forwarder and River; -pairs P adds P rounds of
+//	          ours and River in turn, and the median of the River ratios
+//	          go run -C _examples/bench . -scenario relay -sink kafka -pairs 6
 //	latency   -rate events/s (default 200), one per transaction, for N
 //	          events (default 2,000); commit→received p50 and p99
 //	          go run -C _examples/bench . -scenario latency -sink kafka
@@ -148,6 +149,7 @@ type options struct {
 	partitions int
 	workers    int
 	rounds     int
+	pairs      int
 	rate       int
 	batch      int
 	keys       int
@@ -196,6 +198,7 @@ func main() {
 	flag.IntVar(&o.payload, "payload", 256, "payload bytes")
 	flag.IntVar(&o.partitions, "partitions", 3, "partitions of each Kafka topic")
 	flag.IntVar(&o.workers, "workers", 8, "publish: concurrent writers; soak: writer connections")
+	flag.IntVar(&o.pairs, "pairs", 0, "relay: this many more rounds of our side and River in turn after the main run; the median of all rounds' River ratios (ratio_river_median) and their range")
 	flag.IntVar(&o.rounds, "rounds", 21, "publish: rounds over all writers, each in a rotated order; medians count")
 	flag.IntVar(&o.rate, "rate", 0, "latency: events per second (default 200); soak: events per second (default 2000)")
 	flag.IntVar(&o.batch, "batch", 1, "soak: events per transaction")

@@ -42,18 +42,19 @@ func (r *runner) drain(s side, keys int, dest func() (message.Publisher, error))
 		return 0, nil, err
 	}
 	defer pub.Close()
-	start := time.Now()
+	start, cpu := time.Now(), cpuSnapshot()
 	stop, err := s.startRelay(pub)
 	if err != nil {
 		return 0, nil, err
 	}
 	err = c.wait(r.o.timeout)
 	elapsed := time.Since(start)
+	used := cpuPerEvent(cpu, r.o.n)
 	stop()
 	if err != nil {
 		return 0, nil, fmt.Errorf("%s: %w", s.name(), err)
 	}
-	logf("%s: %d events in %s (%s), %d duplicates", s.name(), r.o.n, elapsed.Round(time.Millisecond), rate(r.o.n, elapsed), c.dups)
+	logf("%s: %d events in %s (%s), %d duplicates, %s", s.name(), r.o.n, elapsed.Round(time.Millisecond), rate(r.o.n, elapsed), c.dups, used)
 	return elapsed, c, nil
 }
 
@@ -84,6 +85,13 @@ func (r *runner) relay() (result, error) {
 	if r.o.only == "" {
 		res.ratio = theirs.Seconds() / ours.Seconds()
 		res.extra = append(res.extra, fmt.Sprintf("ratio_river=%.2f", riv.Seconds()/ours.Seconds()))
+		if r.o.pairs > 0 {
+			pairs, err := r.riverPairs(riv.Seconds() / ours.Seconds())
+			if err != nil {
+				return result{}, err
+			}
+			res.extra = append(res.extra, pairs...)
+		}
 	}
 	if runs("outbox") && r.o.driver == "pgx" {
 		s, err := r.pgxSide()
@@ -106,6 +114,43 @@ func (r *runner) relay() (result, error) {
 		res.extra = append(res.extra, "outbox_metrics="+rate(r.o.n, d), fmt.Sprintf("metrics_vs_plain=%.2f", ours.Seconds()/d.Seconds()))
 	}
 	return res, nil
+}
+
+// riverPairs drains N events with our side and with River in -pairs more
+// rounds, the two in turn (River first in every other round), and returns
+// the median of every round's ratio (first the one of the main run) with
+// their range: on a shared machine the load moves between two drains more
+// than the sides differ, and pairs taken back to back see the same load.
+func (r *runner) riverPairs(first float64) ([]string, error) {
+	ratios := []float64{first}
+	for i := range r.o.pairs {
+		var ours, riv time.Duration
+		oursRun := func() (err error) {
+			ours, _, err = r.drain(newOurSide(r.db, runID(), r.ourConfig()), 0, r.b.ourPublisher)
+			return err
+		}
+		rivRun := func() error {
+			rs, err := newRiverSide(r)
+			if err != nil {
+				return err
+			}
+			riv, _, err = r.drain(rs, 0, r.b.ourPublisher)
+			return err
+		}
+		steps := []func() error{oursRun, rivRun}
+		if i%2 == 0 {
+			steps[0], steps[1] = rivRun, oursRun
+		}
+		for _, step := range steps {
+			if err := step(); err != nil {
+				return nil, err
+			}
+		}
+		ratios = append(ratios, riv.Seconds()/ours.Seconds())
+	}
+	slices.Sort(ratios)
+	return []string{fmt.Sprintf("ratio_river_median=%.2f", ratios[len(ratios)/2]),
+		fmt.Sprintf("ratio_river_range=%.2f-%.2f", ratios[0], ratios[len(ratios)-1]), fmt.Sprintf("pairs=%d", len(ratios))}, nil
 }
 
 // pgxSide is our side with its store over the run's pgx pool.

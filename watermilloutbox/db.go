@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"slices"
 	"sync/atomic"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -637,13 +638,20 @@ func (t *pipeTx) rollback(ctx context.Context) error {
 	}
 	t.done = true
 	t.trips++
-	if _, err := t.conn.Exec(context.WithoutCancel(ctx), "ROLLBACK"); err != nil {
+	// Not cancelled with the claim, but bounded: a server that never
+	// answers costs the connection, not the claim's worker.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
+	defer cancel()
+	if _, err := t.conn.Exec(ctx, "ROLLBACK"); err != nil {
 		// A connection left in a transaction must not go back to the pool.
-		_ = t.conn.Close(context.WithoutCancel(ctx))
+		_ = t.conn.Close(ctx)
 		return err
 	}
 	return nil
 }
+
+// rollbackTimeout bounds a pipelined claim's ROLLBACK.
+const rollbackTimeout = 5 * time.Second
 
 type errRow struct{ err error }
 

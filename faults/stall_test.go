@@ -35,25 +35,18 @@ var stallWatch struct {
 	scenarios []*scenario
 }
 
-func watchRelay(t *testing.T, r *relay) {
-	stallWatch.Lock()
-	stallWatch.relays = append(stallWatch.relays, r)
-	stallWatch.Unlock()
-	t.Cleanup(func() {
-		stallWatch.Lock()
-		defer stallWatch.Unlock()
-		stallWatch.relays = without(stallWatch.relays, r)
-	})
-}
+func watchRelay(t *testing.T, r *relay)       { watch(t, &stallWatch.relays, r) }
+func watchScenario(t *testing.T, s *scenario) { watch(t, &stallWatch.scenarios, s) }
 
-func watchScenario(t *testing.T, s *scenario) {
+// watch registers x in *list, one of stallWatch's, for the test's run.
+func watch[T comparable](t *testing.T, list *[]T, x T) {
 	stallWatch.Lock()
-	stallWatch.scenarios = append(stallWatch.scenarios, s)
+	*list = append(*list, x)
 	stallWatch.Unlock()
 	t.Cleanup(func() {
 		stallWatch.Lock()
 		defer stallWatch.Unlock()
-		stallWatch.scenarios = without(stallWatch.scenarios, s)
+		*list = without(*list, x)
 	})
 }
 

@@ -63,7 +63,7 @@ func (r *runner) relay() (result, error) {
 	var err error
 	runs := func(name string) bool { return r.o.only == "" || r.o.only == name }
 	if runs("outbox") {
-		if ours, _, err = r.drain(newOurSide(r.db, runID(), r.ourConfig()), 0, r.b.ourPublisher); err != nil {
+		if ours, err = r.drainOurs(); err != nil {
 			return result{}, err
 		}
 	}
@@ -73,11 +73,7 @@ func (r *runner) relay() (result, error) {
 		}
 	}
 	if runs("river") {
-		rs, err := newRiverSide(r)
-		if err != nil {
-			return result{}, err
-		}
-		if riv, _, err = r.drain(rs, 0, r.b.ourPublisher); err != nil {
+		if riv, err = r.drainRiver(); err != nil {
 			return result{}, err
 		}
 	}
@@ -125,32 +121,38 @@ func (r *runner) riverPairs(first float64) ([]string, error) {
 	ratios := []float64{first}
 	for i := range r.o.pairs {
 		var ours, riv time.Duration
-		oursRun := func() (err error) {
-			ours, _, err = r.drain(newOurSide(r.db, runID(), r.ourConfig()), 0, r.b.ourPublisher)
-			return err
-		}
-		rivRun := func() error {
-			rs, err := newRiverSide(r)
-			if err != nil {
-				return err
+		var err error
+		if i%2 == 0 { // River first
+			if riv, err = r.drainRiver(); err == nil {
+				ours, err = r.drainOurs()
 			}
-			riv, _, err = r.drain(rs, 0, r.b.ourPublisher)
-			return err
+		} else if ours, err = r.drainOurs(); err == nil {
+			riv, err = r.drainRiver()
 		}
-		steps := []func() error{oursRun, rivRun}
-		if i%2 == 0 {
-			steps[0], steps[1] = rivRun, oursRun
-		}
-		for _, step := range steps {
-			if err := step(); err != nil {
-				return nil, err
-			}
+		if err != nil {
+			return nil, err
 		}
 		ratios = append(ratios, riv.Seconds()/ours.Seconds())
 	}
 	slices.Sort(ratios)
 	return []string{fmt.Sprintf("ratio_river_median=%.2f", ratios[len(ratios)/2]),
 		fmt.Sprintf("ratio_river_range=%.2f-%.2f", ratios[0], ratios[len(ratios)-1]), fmt.Sprintf("pairs=%d", len(ratios))}, nil
+}
+
+// drainOurs drains N events with our side, as configured.
+func (r *runner) drainOurs() (time.Duration, error) {
+	d, _, err := r.drain(newOurSide(r.db, runID(), r.ourConfig()), 0, r.b.ourPublisher)
+	return d, err
+}
+
+// drainRiver drains N events with River.
+func (r *runner) drainRiver() (time.Duration, error) {
+	rs, err := newRiverSide(r)
+	if err != nil {
+		return 0, err
+	}
+	d, _, err := r.drain(rs, 0, r.b.ourPublisher)
+	return d, err
 }
 
 // pgxSide is our side with its store over the run's pgx pool.

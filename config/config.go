@@ -57,8 +57,8 @@ const (
 	// much memory, not MaxInFlight times the largest message.
 	DefaultMaxInFlightBytes = 64 << 20
 
-	// DefaultNotifyInterval is how often, at most, a publisher sends a
-	// commit notification, and how soon after one the relay looks again.
+	// DefaultNotifyInterval is how soon after a commit notification the
+	// relay looks again; a publisher sends at most two per interval.
 	DefaultNotifyInterval = 5 * time.Millisecond
 
 	// MaxNotifyInterval bounds NotifyInterval: past it polling does as well.
@@ -203,11 +203,12 @@ type Config struct {
 	DisableNotify bool `env:"DISABLE_NOTIFY"`
 
 	// NotifyInterval coalesces commit notifications: a publisher sends at
-	// most one NOTIFY per interval (so committing writers are not
+	// most one NOTIFY per half interval (so committing writers are not
 	// serialised on PostgreSQL's notification lock), and the relay, once
 	// woken, looks again one interval later for the rows of transactions
-	// that skipped theirs. Default DefaultNotifyInterval (5ms); zero means
-	// the default. Between 100µs and MaxNotifyInterval (1s).
+	// that skipped theirs, which so have half an interval to commit.
+	// Default DefaultNotifyInterval (5ms); zero means the default. Between
+	// 100µs and MaxNotifyInterval (1s).
 	NotifyInterval time.Duration `env:"NOTIFY_INTERVAL_SECONDS"`
 
 	// UnavailableBackoffMax caps the relay's pause while the destination

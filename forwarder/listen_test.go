@@ -4,6 +4,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/stretchr/testify/require"
 
 	"github.com/e0a82c8c/watermill-outbox/forwarder"
@@ -48,6 +50,40 @@ func TestWakeOnCommit(t *testing.T) {
 	})
 	e.publish(t, "t", 1, nil)
 	dest.waitDistinct(t, 2, 30*time.Second)
+}
+
+// TestWakeAfterALateCommit: a transaction that skipped its NOTIFY (another
+// one had sent one within the coalescing window) relies on the relay's
+// look one NotifyInterval after the wake-up. One that published in the
+// second half of that interval and commits after the look sends its own
+// NOTIFY, and is not left for the poll (an hour here). With a window as
+// long as the interval it skipped, and waited.
+func TestWakeAfterALateCommit(t *testing.T) {
+	t.Parallel()
+	e := newRelayEnv(t, backends[0]) // PostgreSQL
+	const interval = 400 * time.Millisecond
+	cfg := fastConfig()
+	cfg.PollingInterval = time.Hour
+	cfg.NotifyInterval = interval
+	store := e.with(t, cfg)
+	pub, err := outbox.NewPublisher(store, outbox.PublisherConfig{AutoCommit: true}, nil)
+	require.NoError(t, err)
+	dest := newRecorder()
+	runForwarder(t, store, dest, forwarder.Config{})
+	waitFor(t, 30*time.Second, "relay listening", func() bool { return listenerPID(t, e) != 0 })
+
+	first := time.Now()
+	require.NoError(t, pub.Publish("t", message.NewMessage(watermill.NewUUID(), []byte("first"))))
+	dest.waitDistinct(t, 1, 30*time.Second)
+
+	tx, err := e.db.Begin()
+	require.NoError(t, err)
+	defer tx.Rollback() //nolint:errcheck // no-op after Commit
+	<-time.After(time.Until(first.Add(interval * 6 / 10))) // past the window, within the interval
+	require.NoError(t, pub.WithTx(tx).Publish("t", message.NewMessage(watermill.NewUUID(), []byte("late"))))
+	<-time.After(time.Until(first.Add(interval * 3 / 2))) // past the relay's look
+	require.NoError(t, tx.Commit())
+	dest.waitDistinct(t, 2, 20*time.Second)
 }
 
 // TestWakeOnCommitDisabled: DisableNotify keeps the relay off LISTEN.

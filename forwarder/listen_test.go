@@ -78,7 +78,7 @@ func TestWakeAfterALateCommit(t *testing.T) {
 
 	tx, err := e.db.Begin()
 	require.NoError(t, err)
-	defer tx.Rollback() //nolint:errcheck // no-op after Commit
+	defer tx.Rollback()                                    //nolint:errcheck // no-op after Commit
 	<-time.After(time.Until(first.Add(interval * 6 / 10))) // past the window, within the interval
 	require.NoError(t, pub.WithTx(tx).Publish("t", message.NewMessage(watermill.NewUUID(), []byte("late"))))
 	<-time.After(time.Until(first.Add(interval * 3 / 2))) // past the relay's look

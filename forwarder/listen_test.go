@@ -78,10 +78,12 @@ func TestWakeAfterALateCommit(t *testing.T) {
 
 	tx, err := e.db.Begin()
 	require.NoError(t, err)
-	defer tx.Rollback()                                    //nolint:errcheck // no-op after Commit
-	<-time.After(time.Until(first.Add(interval * 6 / 10))) // past the window, within the interval
+	defer tx.Rollback() //nolint:errcheck // no-op after Commit
+	// Publish past the window, within the interval; commit past the
+	// relay's look.
+	<-time.After(time.Until(first.Add(interval * 6 / 10)))
 	require.NoError(t, pub.WithTx(tx).Publish("t", message.NewMessage(watermill.NewUUID(), []byte("late"))))
-	<-time.After(time.Until(first.Add(interval * 3 / 2))) // past the relay's look
+	<-time.After(time.Until(first.Add(interval * 3 / 2)))
 	require.NoError(t, tx.Commit())
 	dest.waitDistinct(t, 2, 20*time.Second)
 }

@@ -251,7 +251,7 @@ func (r *runner) latenciesOn(db *sql.DB, s side, dest func() (message.Publisher,
 		lat[i] = max(got[m.UUID].Sub(committed[i]), 0)
 	}
 	slices.Sort(lat)
-	logf("%s: p50 %s p99 %s max %s", s.name(), pct(lat, 50), pct(lat, 99), lat[len(lat)-1])
+	logf("%s: p50 %s p75 %s p90 %s p99 %s max %s", s.name(), pct(lat, 50), pct(lat, 75), pct(lat, 90), pct(lat, 99), lat[len(lat)-1])
 	return lat, nil
 }
 

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -62,6 +64,35 @@ func (b *broker) Close() {
 	}
 }
 
+// waitForLeaders waits until every partition of a just-created topic has
+// a leader. A producer or consumer that asks before then is told to retry
+// and backs off (sarama, franz-go: hundreds of milliseconds), and the
+// events of the run's first half second then measured that backoff, not
+// the relay.
+func (b *broker) waitForLeaders(ctx context.Context, cl *kgo.Client, topic string) error {
+	for {
+		req := kmsg.NewPtrMetadataRequest()
+		rt := kmsg.NewMetadataRequestTopic()
+		rt.Topic = &topic
+		req.Topics = append(req.Topics, rt)
+		resp, err := req.RequestWith(ctx, cl)
+		if err == nil && len(resp.Topics) == 1 && resp.Topics[0].ErrorCode == 0 && len(resp.Topics[0].Partitions) == int(b.parts) {
+			ready := true
+			for _, p := range resp.Topics[0].Partitions {
+				ready = ready && p.ErrorCode == 0 && p.Leader >= 0
+			}
+			if ready {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("topic %s: no leader for every partition: %w", topic, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
 // prepare creates a fresh destination for topic and returns a function
 // that removes it.
 func (b *broker) prepare(topic string) (func(), error) {
@@ -85,6 +116,9 @@ func (b *broker) prepare(topic string) (func(), error) {
 			if err := kerr.ErrorForCode(t.ErrorCode); err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
 				return nil, fmt.Errorf("create topic %s: %w", topic, err)
 			}
+		}
+		if err := b.waitForLeaders(ctx, cl, topic); err != nil {
+			return nil, err
 		}
 		// Deleted afterwards, so that an in-process broker does not keep
 		// every run's records in memory.
@@ -171,6 +205,38 @@ type consumer struct {
 	hook func(delivery)
 	// next is, per Kafka partition, the offset after the last record read.
 	next map[int32]int64
+	// probes gets one value per warm-up probe read (see warm).
+	probes chan struct{}
+}
+
+// probePrefix starts the UUIDs of warm-up probes, which the consumer
+// counts apart from the run's messages.
+const probePrefix = "warm-up-probe-"
+
+// warmProbes is how many probes warm sends: some on every partition, most
+// likely.
+const warmProbes = 16
+
+// warm sends probes through pub to topic and waits until c read them all.
+// A fresh producer first asks for the topic's metadata and a fresh consumer
+// for its offsets, each backing off when the new topic is not ready yet:
+// up to 0.8 s measured, which the first events of a latency run measured
+// instead of the relay (River's side in four of five such runs).
+func (c *consumer) warm(pub message.Publisher, topic string) error {
+	for i := range warmProbes {
+		if err := pub.Publish(topic, message.NewMessage(probePrefix+strconv.Itoa(i), []byte("probe"))); err != nil {
+			return fmt.Errorf("warm-up probe: %w", err)
+		}
+	}
+	timeout := time.After(30 * time.Second)
+	for range warmProbes {
+		select {
+		case <-c.probes:
+		case <-timeout:
+			return fmt.Errorf("warm-up: the consumer of %s did not read the probes within 30s", topic)
+		}
+	}
+	return nil
 }
 
 // consume starts reading topic; done closes once want distinct UUIDs
@@ -187,7 +253,7 @@ func (b *broker) consumeFunc(topic string, hook func(delivery)) (*consumer, erro
 
 func (b *broker) consumeWith(topic string, want int, hook func(delivery)) (*consumer, error) {
 	c := &consumer{seen: make(map[string]time.Time, want), lastSeq: make(map[string]int), want: want, done: make(chan struct{}),
-		hook: hook, next: make(map[int32]int64)}
+		hook: hook, next: make(map[int32]int64), probes: make(chan struct{}, warmProbes)}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	c.stop = func() { cancel(); wg.Wait() }
@@ -277,6 +343,13 @@ func (b *broker) consumeWith(topic string, want int, hook func(delivery)) (*cons
 }
 
 func (c *consumer) record(d delivery) {
+	if strings.HasPrefix(d.uuid, probePrefix) {
+		select {
+		case c.probes <- struct{}{}:
+		default:
+		}
+		return
+	}
 	if c.hook != nil {
 		c.hook(d)
 		return

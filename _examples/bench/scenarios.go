@@ -217,6 +217,9 @@ func (r *runner) latenciesOn(db *sql.DB, s side, dest func() (message.Publisher,
 		return nil, err
 	}
 	defer pub.Close()
+	if err := c.warm(pub, topic); err != nil {
+		return nil, err
+	}
 	stop, err := s.startRelay(pub)
 	if err != nil {
 		return nil, err

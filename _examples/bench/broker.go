@@ -221,7 +221,8 @@ const warmProbes = 16
 // A fresh producer first asks for the topic's metadata and a fresh consumer
 // for its offsets, each backing off when the new topic is not ready yet:
 // up to 0.8 s measured, which the first events of a latency run measured
-// instead of the relay (River's side in four of five such runs).
+// instead of the relay (River's side in four of five such runs), and a
+// drain's time included, a larger share of the faster side's.
 func (c *consumer) warm(pub message.Publisher, topic string) error {
 	for i := range warmProbes {
 		if err := pub.Publish(topic, message.NewMessage(probePrefix+strconv.Itoa(i), []byte("probe"))); err != nil {

@@ -42,6 +42,9 @@ func (r *runner) drain(s side, keys int, dest func() (message.Publisher, error))
 		return 0, nil, err
 	}
 	defer pub.Close()
+	if err := c.warm(pub, topic); err != nil {
+		return 0, nil, err
+	}
 	start, cpu := time.Now(), cpuSnapshot()
 	stop, err := s.startRelay(pub)
 	if err != nil {

@@ -126,7 +126,7 @@ func (w *window) byteCapacity(maxBytes int) int {
 // that are ready: keyless rows, and the first row of each key that has none
 // in flight. The others queue behind their key's row in flight.
 func (w *window) add(token string, rows []relaystore.Row, now time.Time) []*held {
-	var out []*held
+	out := make([]*held, 0, len(rows))
 	for _, r := range rows {
 		h := &held{row: r, token: token, renewedAt: now}
 		w.bytes += rowSize(r)

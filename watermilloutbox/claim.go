@@ -569,7 +569,7 @@ func (s *SQLStore) take(ctx context.Context, tx tx, token string, req relaystore
 		// Lock by primary key in id order (see lockFree), then claim what
 		// the cut keeps.
 		q, args := cq.lockFree(ids)
-		var locked []relaystore.Row
+		locked := make([]relaystore.Row, 0, len(cands))
 		err := s.scanRows(ctx, tx, q, args, withReclaimed, collect(&locked))
 		if err != nil {
 			return nil, nil, err
@@ -584,7 +584,7 @@ func (s *SQLStore) take(ctx context.Context, tx tx, token string, req relaystore
 		}
 		return finish(kept)
 	}
-	var taken []relaystore.Row
+	taken := make([]relaystore.Row, 0, len(cands))
 	var err error
 	if p, ok := tx.(*pipeTx); ok {
 		// The take and COMMIT in one round trip; rows the cut drops are
@@ -674,21 +674,28 @@ const giveBackTimeout = 5 * time.Second
 // dropped, since they may not go before it. It returns the rows to keep and
 // the ids of the taken rows to give back.
 func cut(cands []candidate, taken []relaystore.Row) (kept []relaystore.Row, dropped []int64) {
-	got := make(map[int64]relaystore.Row, len(taken))
-	for _, r := range taken {
-		got[r.ID] = r
+	if len(taken) == len(cands) {
+		return taken, nil // taken are candidates: none was lost, no run broke
 	}
-	broken := make(map[string]bool)
+	got := make(map[int64]int, len(taken)) // id → index in taken
+	for i, r := range taken {
+		got[r.ID] = i
+	}
+	kept = make([]relaystore.Row, 0, len(taken))
+	var broken map[string]bool
 	for _, c := range cands { // id order, so each run in order
-		r, ok := got[c.id]
+		i, ok := got[c.id]
 		switch {
 		case c.run != "" && broken[c.run]:
 			if ok {
 				dropped = append(dropped, c.id)
 			}
 		case ok:
-			kept = append(kept, r)
+			kept = append(kept, taken[i])
 		case c.run != "":
+			if broken == nil {
+				broken = make(map[string]bool)
+			}
 			broken[c.run] = true
 		}
 	}

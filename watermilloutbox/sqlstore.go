@@ -254,18 +254,22 @@ func (s *SQLStore) scanRows(ctx context.Context, db queryer, q string, args []an
 // readRows reads the rows of a query that selects rowColumns and the extra
 // column.
 func (s *SQLStore) readRows(rs rows, extra rowExtra, fn func(relaystore.Row, sql.NullString, error)) error {
+	// The scan's targets are made once per read, not per row: each one
+	// whose address a Scan takes is an allocation of its own. Every field
+	// is set anew for each row (the payload and the metadata into fresh
+	// slices), and fn gets copies.
+	var (
+		r            relaystore.Row
+		key, lastErr sql.NullString
+		md           []byte
+		created      int64
+	)
+	dest := []any{&r.ID, &r.UUID, &r.Topic, &key, &r.Payload, &md, &created, &r.Attempts}
+	if extra == withLastError || extra == withReclaimed {
+		dest = append(dest, &lastErr)
+	}
 	for rs.Next() {
-		var r relaystore.Row
-		var key, lastErr sql.NullString
-		var md []byte
-		var created int64
-		dest := []any{&r.ID, &r.UUID, &r.Topic, &key, &r.Payload, &md, &created, &r.Attempts}
-		switch extra {
-		case withLastError:
-			dest = append(dest, &lastErr)
-		case withReclaimed:
-			dest = append(dest, &lastErr)
-		}
+		r, key, lastErr, md = relaystore.Row{}, sql.NullString{}, sql.NullString{}, nil
 		if err := rs.Scan(dest...); err != nil {
 			return err
 		}

@@ -264,9 +264,9 @@ func (p *Publisher) tell(committed bool) {
 // transactions that published just before it closed committed just after
 // the look, and waited for a later NOTIFY or, once the writers went quiet,
 // a whole poll (measured at 200 commits/s and 5 ms: about a third of the
-// rows 5–10 ms late). One that commits later still,
-// or whose notifying transaction rolled back, is found by the next NOTIFY
-// or, on a quiet table, by the next poll.
+// rows 5–10 ms late). One that commits later still, or whose notifying
+// transaction rolled back, is found by the next NOTIFY or, on a quiet
+// table, by the next poll.
 func (p *Publisher) notifyDue() bool {
 	if p.notifyQuery == "" {
 		return false

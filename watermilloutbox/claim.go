@@ -657,7 +657,7 @@ func (s *SQLStore) bury(ctx context.Context, tx tx, token string, kept []relayst
 // on another connection, after the claim's own ended; rows the claim never
 // took do not hold its token and are not touched.
 func (s *SQLStore) giveBack(ctx context.Context, token string, ids []int64) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), giveBackTimeout)
+	ctx, cancel := cleanupContext(ctx)
 	defer cancel()
 	q, args := s.q.unclaim(token, ids)
 	if _, err := s.db.exec(ctx, q, args...); err != nil {
@@ -666,8 +666,17 @@ func (s *SQLStore) giveBack(ctx context.Context, token string, ids []int64) {
 	}
 }
 
-// giveBackTimeout bounds giveBack.
-const giveBackTimeout = 5 * time.Second
+// cleanupTimeout bounds the statements that tidy up after a claim failed
+// (a pipelined claim's ROLLBACK, giveBack): they outlive the claim's
+// context, but a server that never answers costs a connection, not the
+// relay's claim worker.
+const cleanupTimeout = 5 * time.Second
+
+// cleanupContext is ctx without its cancellation, bounded by
+// cleanupTimeout.
+func cleanupContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+}
 
 // cut keeps per-key order when a claim lost candidates between reading
 // and locking them: in each run, the rows behind the first lost one are

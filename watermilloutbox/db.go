@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"slices"
 	"sync/atomic"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -638,9 +637,7 @@ func (t *pipeTx) rollback(ctx context.Context) error {
 	}
 	t.done = true
 	t.trips++
-	// Not cancelled with the claim, but bounded: a server that never
-	// answers costs the connection, not the claim's worker.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
+	ctx, cancel := cleanupContext(ctx)
 	defer cancel()
 	if _, err := t.conn.Exec(ctx, "ROLLBACK"); err != nil {
 		// A connection left in a transaction must not go back to the pool.
@@ -649,9 +646,6 @@ func (t *pipeTx) rollback(ctx context.Context) error {
 	}
 	return nil
 }
-
-// rollbackTimeout bounds a pipelined claim's ROLLBACK.
-const rollbackTimeout = 5 * time.Second
 
 type errRow struct{ err error }
 

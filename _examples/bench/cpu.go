@@ -32,11 +32,11 @@ func cpuSnapshot() cpuTicks {
 			continue
 		}
 		s := string(b)
-		open, close := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
-		if open < 0 || close < 0 {
+		lp, rp := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+		if lp < 0 || rp < 0 {
 			continue
 		}
-		comm := s[open+1 : close]
+		comm := s[lp+1 : rp]
 		var group string
 		switch {
 		case pid == self:
@@ -48,7 +48,7 @@ func cpuSnapshot() cpuTicks {
 		default:
 			continue
 		}
-		f := strings.Fields(s[close+2:])
+		f := strings.Fields(s[rp+2:])
 		if len(f) < 13 {
 			continue
 		}

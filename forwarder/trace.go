@@ -96,6 +96,13 @@ func (t *tracing) publish(msg, out *message.Message, topic string, send func() e
 	if !t.on() {
 		return send()
 	}
+	return t.publishInSpan(msg, out, topic, send)
+}
+
+// publishInSpan is publish with spans on. It is apart so that publish, on
+// the stack of every message's goroutine, keeps a small frame when they
+// are off (see relayretry's Middleware.attempt).
+func (t *tracing) publishInSpan(msg, out *message.Message, topic string, send func() error) error {
 	_, span := t.tracer.Start(msg.Context(), "send "+topic, sendSpan...)
 	defer span.End()
 	if !span.IsRecording() {

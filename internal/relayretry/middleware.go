@@ -206,10 +206,67 @@ func (m *Middleware) Middleware(h message.HandlerFunc) message.HandlerFunc {
 // A destination that accepts nothing still pauses every handler and
 // charges no row.
 func (m *Middleware) Handle(h message.HandlerFunc, msg *message.Message) ([]*message.Message, retry.Kind, error) {
-	ctx := msg.Context()
 	start := time.Now()
+	a := m.attempt(h, msg)
+	if a.err == nil || a.waitErr != nil {
+		return a.result(m, msg, nil)
+	}
+	return m.afterFailure(h, msg, start, a)
+}
+
+// try is one call of the handler, or the wait at the circuit that ended
+// before it.
+type try struct {
+	produced []*message.Message
+	kind     retry.Kind    // of err; 0 when it succeeded
+	err      error         // the handler's
+	waitErr  error         // the circuit's wait ended without a call
+	probe    bool          // the call probed an open circuit
+	gen      uint64        // the circuit's generation of the probe
+	before   uint64        // calls accepted before this one
+	took     time.Duration // how long the call took
+}
+
+// attempt waits at the circuit and calls h once. A call that reached the
+// destination (it succeeded or failed otherwise than Unavailable) closes
+// the circuit.
+//
+// It is apart from the retries (afterFailure) so that the common case, a
+// first call that succeeds, runs on a small stack frame: the router runs
+// each message on a goroutine of its own, whose stack would otherwise be
+// grown and copied for every message.
+func (m *Middleware) attempt(h message.HandlerFunc, msg *message.Message) (a try) {
+	a.probe, a.gen, a.waitErr = m.circuit.wait(msg.Context())
+	if a.waitErr != nil {
+		return a
+	}
+	a.before = m.circuit.acceptedCount()
+	callStart := time.Now()
+	a.produced, a.err = h(msg)
+	a.took = time.Since(callStart)
+	if a.err != nil {
+		a.kind = m.classify(a.err)
+	}
+	if a.kind != retry.Unavailable && m.circuit.answered(a.err == nil) {
+		m.logger.Info("Destination available again, resuming", nil)
+	}
+	return a
+}
+
+// result is Handle's answer for a try that succeeded, or whose wait at the
+// circuit ended (lastErr: the error of the try before, if any).
+func (a *try) result(m *Middleware, msg *message.Message, lastErr error) ([]*message.Message, retry.Kind, error) {
+	if a.waitErr != nil {
+		return nil, retry.Unavailable, m.released(msg, lastErr, a.waitErr)
+	}
+	return a.produced, 0, nil
+}
+
+// afterFailure decides what follows the failed try a of msg, whose first
+// try began at start, and retries as Handle says.
+func (m *Middleware) afterFailure(h message.HandlerFunc, msg *message.Message, start time.Time, a try) ([]*message.Message, retry.Kind, error) {
+	ctx := msg.Context()
 	var (
-		lastErr     error         // of the last call of h
 		slowest     time.Duration // longest call of h so far
 		quick       int           // quick retries done
 		unavailable int           // Unavailable failures of this message
@@ -217,29 +274,9 @@ func (m *Middleware) Handle(h message.HandlerFunc, msg *message.Message) ([]*mes
 		ownSince    time.Time     // its first failure seen while others got through
 	)
 	for {
-		probe, gen, err := m.circuit.wait(ctx)
-		if err != nil {
-			return nil, retry.Unavailable, m.released(msg, lastErr, err)
-		}
-		before := m.circuit.acceptedCount()
-		callStart := time.Now()
-		produced, err := h(msg)
-		slowest = max(slowest, time.Since(callStart))
-		kind := retry.Kind(0)
-		if err != nil {
-			kind = m.classify(err)
-		}
-		if kind != retry.Unavailable {
-			if m.circuit.answered(err == nil) {
-				m.logger.Info("Destination available again, resuming", nil)
-			}
-		}
-		if err == nil {
-			return produced, 0, nil
-		}
-		lastErr = err
-
-		switch kind {
+		slowest = max(slowest, a.took)
+		err := a.err
+		switch a.kind {
 		case retry.Unavailable:
 			accepted, now := m.circuit.acceptedCount(), time.Now()
 			othersThrough := unavailable > 0 && accepted != acceptedAt
@@ -253,8 +290,8 @@ func (m *Middleware) Handle(h message.HandlerFunc, msg *message.Message) ([]*mes
 			if othersThrough && now.Sub(ownSince) >= ownFailureSpans*m.config.CircuitMaxBackoff {
 				// Others kept getting through while this message kept
 				// failing: the failure is the message's own.
-				if probe {
-					m.circuit.endProbe(gen)
+				if a.probe {
+					m.circuit.endProbe(a.gen)
 				}
 				err = fmt.Errorf("failed %d times in %s while the destination accepted other messages: %w",
 					unavailable+1, now.Sub(ownSince).Round(time.Millisecond), err)
@@ -266,13 +303,13 @@ func (m *Middleware) Handle(h message.HandlerFunc, msg *message.Message) ([]*mes
 			}
 			unavailable++
 			acceptedAt = accepted
-			if accepted != before {
+			if accepted != a.before {
 				// Others got through during this call: not evidence of an
 				// outage. Retry after this message's own backoff.
-				if probe {
-					m.circuit.endProbe(gen)
+				if a.probe {
+					m.circuit.endProbe(a.gen)
 				}
-			} else if delay, failures, opened := m.circuit.open(probe); opened {
+			} else if delay, failures, opened := m.circuit.open(a.probe); opened {
 				fields := watermill.LogFields{"delay": delay.String(), "consecutive_failures": failures}
 				// Error once per outage; Info for each failed probe after.
 				if failures == 1 {
@@ -297,9 +334,13 @@ func (m *Middleware) Handle(h message.HandlerFunc, msg *message.Message) ([]*mes
 				quick++
 				m.logger.Debug("Publish failed, retrying in process: "+err.Error(), m.fields(msg).
 					Add(watermill.LogFields{"quick_retry": quick}))
-				continue
+			} else {
+				return nil, retry.Transient, err
 			}
-			return nil, retry.Transient, err
+		}
+		a = m.attempt(h, msg)
+		if a.err == nil || a.waitErr != nil {
+			return a.result(m, msg, err)
 		}
 	}
 }

@@ -31,12 +31,13 @@ type subscription struct {
 	out    chan *message.Message
 	wake   chan struct{}
 
-	// Results, one channel per kind of work.
-	claims    chan claimed
-	flushed   chan flushed
-	settled   chan settled
-	renewed   chan renewal
-	delivered chan delivered
+	// Results, one channel per kind of work; the watchers' verdicts in a
+	// queue the loop empties at once.
+	claims   chan claimed
+	flushed  chan flushed
+	settled  chan settled
+	renewed  chan renewal
+	verdicts *verdicts
 
 	// stop is closed when the loop has ended; workers give up their
 	// retries and watchers their waits.
@@ -67,19 +68,19 @@ type claimed struct {
 func newSubscription(s *Subscriber, ctx context.Context, topics relaystore.TopicFilter) *subscription {
 	cfg := s.config
 	sub := &subscription{
-		s:         s,
-		ctx:       ctx,
-		topics:    topics,
-		cfg:       cfg,
-		out:       make(chan *message.Message),
-		wake:      make(chan struct{}, 1),
-		claims:    make(chan claimed),
-		flushed:   make(chan flushed),
-		settled:   make(chan settled),
-		renewed:   make(chan renewal),
-		delivered: make(chan delivered),
-		stop:      make(chan struct{}),
-		m:         newMachine(cfg, s.live.lapseCount()),
+		s:        s,
+		ctx:      ctx,
+		topics:   topics,
+		cfg:      cfg,
+		out:      make(chan *message.Message),
+		wake:     make(chan struct{}, 1),
+		claims:   make(chan claimed),
+		flushed:  make(chan flushed),
+		settled:  make(chan settled),
+		renewed:  make(chan renewal),
+		verdicts: newVerdicts(),
+		stop:     make(chan struct{}),
+		m:        newMachine(cfg, s.live.lapseCount()),
 	}
 	sub.retries.claim = newDBRetry("claim", s.logger, &s.contention)
 	sub.retries.ack = newDBRetry("ack write", s.logger, &s.contention)
@@ -147,9 +148,13 @@ func (sub *subscription) run() {
 			effs = m.settled(r)
 		case r := <-sub.renewed:
 			effs = m.renewed(r)
-		case d := <-sub.delivered:
-			d.h.cancel()
-			effs = m.delivered(d)
+		case <-sub.verdicts.ready:
+			for _, d := range sub.verdicts.take() {
+				d.h.cancel()
+				if !m.done() { // else it came too late, as after the loop's end
+					sub.apply(m.delivered(d))
+				}
+			}
 		}
 		sub.apply(effs)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -24,6 +25,39 @@ type delivered struct {
 	h       *held
 	verdict delivery.Verdict
 	acked   bool // the router acked (rather than nacked) the message
+}
+
+// verdicts carries the watchers' results to the loop. A watcher adds its
+// result and goes; the loop takes all that arrived since it last looked,
+// in the order they came, on one wake-up: at thousands of messages a
+// second a channel send per verdict cost the loop a select and the watcher
+// a wait for it, per message.
+type verdicts struct {
+	mu    sync.Mutex
+	queue []delivered
+	ready chan struct{} // holds a token while queue is not empty
+}
+
+func newVerdicts() *verdicts { return &verdicts{ready: make(chan struct{}, 1)} }
+
+// add queues d and wakes the loop.
+func (v *verdicts) add(d delivered) {
+	v.mu.Lock()
+	v.queue = append(v.queue, d)
+	v.mu.Unlock()
+	select {
+	case v.ready <- struct{}{}:
+	default: // the loop has a token to take already
+	}
+}
+
+// take returns the queued verdicts, oldest first, and empties the queue.
+func (v *verdicts) take() []delivered {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	q := v.queue
+	v.queue = nil
+	return q
 }
 
 // verdictSource is who fills a delivery's record, the one source of the
@@ -90,13 +124,8 @@ func (sub *subscription) emitted(h *held) {
 	sub.work.Add(1)
 	go func() {
 		defer sub.work.Done()
-		d, ok := sub.watch(h)
-		if !ok {
-			return
-		}
-		select {
-		case sub.delivered <- d:
-		case <-sub.stop:
+		if d, ok := sub.watch(h); ok {
+			sub.verdicts.add(d) // after the loop ended, nobody reads it: as a verdict that came too late
 		}
 	}()
 }

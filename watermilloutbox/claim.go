@@ -591,12 +591,10 @@ func (s *SQLStore) take(ctx context.Context, tx tx, token string, req relaystore
 		// given back after it, and should that fail, the claim's rows
 		// are (see Claim): the take may have committed.
 		*taking = ids
-		items := []pipeItem{{stmt: stmt{q: q, args: args}, read: func(rs rows) error {
+		// Its plan is cached directly and behind a pooler alike (pooled.go).
+		items := []pipeItem{{stmt: stmt{q: genericPlan}, exec: true}, {stmt: stmt{q: q, args: args}, read: func(rs rows) error {
 			return s.readRows(rs, withReclaimed, collect(&taken))
 		}}}
-		if !s.mode.unnamed() {
-			items = append([]pipeItem{{stmt: stmt{q: genericPlan}, exec: true}}, items...)
-		}
 		_, err = p.send(ctx, items, true)
 		if err == nil && s.takeHook != nil {
 			err = s.takeHook()

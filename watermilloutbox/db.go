@@ -92,7 +92,10 @@ func inTx(ctx context.Context, db database, fn func(tx tx) error) error {
 // connection's own mode again, whose cached plans keep an idle claim at
 // about a third of a millisecond (planning the claim's statements on every
 // run cost it several).
-type stmtMode struct{ direct atomic.Bool }
+type stmtMode struct {
+	direct atomic.Bool
+	pooled pooledNames // the claim's statements behind a pooler (pooled.go)
+}
 
 // unnamed reports whether statements must avoid named prepared
 // statements; a nil mode (a pgx.Tx of the caller's, before the store's
@@ -349,7 +352,8 @@ type pipeTx struct {
 	done     bool // committed or rolled back
 	prefetch map[stmtID]*bufferedRows
 	execs    map[stmtID]int64
-	trips    int // round trips to the database so far
+	trips    int             // round trips to the database so far
+	ready    map[string]bool // statements prepared here (pooled.go)
 }
 
 // stmtID names a statement a claim sends ahead (claimOpening), so the step
@@ -406,6 +410,9 @@ func queryStmt(ctx context.Context, tx tx, st stmt) (rows, error) {
 func (t *pipeTx) send(ctx context.Context, items []pipeItem, commit bool) ([]*bufferedRows, error) {
 	t.trips++
 	if t.mode.unnamed() {
+		if out, ok, err := t.sendPooled(ctx, items, commit); ok {
+			return out, err
+		}
 		return t.sendUnnamed(ctx, items, commit)
 	}
 	b := &pgx.Batch{}
@@ -492,7 +499,7 @@ func (t *pipeTx) sendUnnamed(ctx context.Context, items []pipeItem, commit bool)
 		_ = queue("COMMIT", nil)
 	}
 	mrr := t.conn.PgConn().ExecBatch(ctx, &b)
-	out, err := t.read(mrr, items, commit)
+	out, err := t.read(mrr, items, commit, 0)
 	// Close reads to the batch's end and returns its first error, the one
 	// read returned or the reason the batch ended early.
 	if cerr := mrr.Close(); err == nil || errors.Is(err, errBatchShort) && cerr != nil {
@@ -503,8 +510,10 @@ func (t *pipeTx) sendUnnamed(ctx context.Context, items []pipeItem, commit bool)
 
 var errBatchShort = errors.New("outbox: batch ended early")
 
-// read takes the results of send's batch in order.
-func (t *pipeTx) read(mrr *pgconn.MultiResultReader, items []pipeItem, commit bool) ([]*bufferedRows, error) {
+// read takes the results of send's batch in order: BEGIN's if it opened
+// the transaction, skip results of statements the batch sent before its
+// items, the items', and COMMIT's if it ends the transaction.
+func (t *pipeTx) read(mrr *pgconn.MultiResultReader, items []pipeItem, commit bool, skip int) ([]*bufferedRows, error) {
 	next := func() (*bufferedRows, int64, error) {
 		if !mrr.NextResult() {
 			return nil, 0, errBatchShort
@@ -527,6 +536,11 @@ func (t *pipeTx) read(mrr *pgconn.MultiResultReader, items []pipeItem, commit bo
 			return nil, err
 		}
 		t.begun = true
+	}
+	for range skip {
+		if _, _, err := next(); err != nil {
+			return nil, err
+		}
 	}
 	out := make([]*bufferedRows, len(items))
 	for i, it := range items {

@@ -163,3 +163,12 @@ func ClaimReadCost(ctx context.Context, s *SQLStore, req relaystore.ClaimRequest
 // StatementsUnnamed reports whether the store's statements avoid named
 // prepared statements (stmtMode).
 func StatementsUnnamed(s *SQLStore) bool { return s.mode.unnamed() }
+
+// TreatAsPooled makes the store run its statements as behind a
+// transaction pooler (unnamed, the claim's prepared with SQL PREPARE) on
+// whatever connection it has: a test then knows which server connection
+// holds what.
+func TreatAsPooled(s *SQLStore) {
+	s.probe.pooler.Store(true) // the pooler check ran
+	s.mode.direct.Store(false)
+}

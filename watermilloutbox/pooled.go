@@ -41,18 +41,19 @@ import (
 // they share the statement. A server connection keeps what was prepared on
 // it until it closes; to bound that across the relays that come and go in
 // its life, a DO block that finds more than pooledMaxPerConn of them there
-// first deallocates those its store did not name.
+// first deallocates the oldest its store did not name.
 
 // pooledPrefix starts the name of every statement the store prepares with
 // SQL PREPARE.
 const pooledPrefix = "watermill_outbox_"
 
 // pooledMaxPerConn is how many of the stores' prepared statements a server
-// connection may hold before a DO block deallocates those its store did
-// not name; pooledMaxPerStore is how many distinct statements one store
-// names (the rest run unnamed).
+// connection may hold before a DO block deallocates the oldest its store
+// did not name (a claim's plans take tens of kilobytes of the server's
+// memory each); pooledMaxPerStore is how many distinct statements one
+// store names (the rest run unnamed).
 const (
-	pooledMaxPerConn  = 64
+	pooledMaxPerConn  = 128
 	pooledMaxPerStore = 32
 )
 
@@ -203,19 +204,21 @@ func (t *pipeTx) runPooled(ctx context.Context, items []pipeItem, run []string, 
 }
 
 // writePrepare writes the DO block that prepares the statements of prepare
-// (name → text) the server connection lacks, after deallocating those of
-// other stores if it holds more than pooledMaxPerConn; keep is every name
-// of this store. Names are hex hashes and texts hold no $wmo: both quote
-// safely.
+// (name → text) the server connection lacks. Before, if the connection
+// holds more than pooledMaxPerConn statements of the stores, it deallocates
+// the oldest of those its store (keep: every name it has) did not name,
+// down to half that: a dead relay's are the oldest, and a live one's that
+// go prepare again. Names are hex hashes and texts hold no $wmo: both
+// quote safely.
 func writePrepare(q *strings.Builder, prepare, keep map[string]string) {
 	kept := make([]string, 0, len(keep))
 	for n := range keep {
 		kept = append(kept, n)
 	}
-	q.WriteString(`DO $wmo$DECLARE r record; BEGIN IF (SELECT count(*) FROM pg_prepared_statements WHERE name LIKE '` + pooledPrefix + `%') > ` +
-		strconv.Itoa(pooledMaxPerConn) + ` THEN FOR r IN SELECT name FROM pg_prepared_statements WHERE name LIKE '` + pooledPrefix +
-		`%' AND name <> ALL ('{` + strings.Join(kept, ",") + `}') LOOP EXECUTE 'DEALLOCATE ' || r.name; END LOOP; END IF; ` +
-		`FOR r IN SELECT v.n, v.q FROM (VALUES `)
+	ours := `FROM pg_prepared_statements WHERE name LIKE '` + pooledPrefix + `%'`
+	q.WriteString(`DO $wmo$DECLARE r record; held int; BEGIN SELECT count(*) INTO held ` + ours + `; IF held > ` + strconv.Itoa(pooledMaxPerConn) +
+		` THEN FOR r IN SELECT name ` + ours + ` AND name <> ALL ('{` + strings.Join(kept, ",") + `}') ORDER BY prepare_time LIMIT held - ` +
+		strconv.Itoa(pooledMaxPerConn/2) + ` LOOP EXECUTE 'DEALLOCATE ' || r.name; END LOOP; END IF; FOR r IN SELECT v.n, v.q FROM (VALUES `)
 	first := true
 	for n, text := range prepare {
 		if !first {

@@ -3,6 +3,7 @@ package watermilloutbox_test
 import (
 	"context"
 	"database/sql"
+	"fmt"
 	"testing"
 	"time"
 
@@ -88,4 +89,20 @@ func TestPooledClaimPreparesOnce(t *testing.T) {
 	var held int
 	require.NoError(t, pooled.db.QueryRowContext(ctx, `SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'watermill\_outbox\_%'`).Scan(&held))
 	require.Positive(t, held, "the claim's statements stay prepared on the connection")
+
+	// A connection crowded with other stores' statements: the claim that
+	// prepares its own deallocates the oldest of the others first.
+	_, err := pooled.db.ExecContext(ctx, `DEALLOCATE ALL`)
+	require.NoError(t, err)
+	for i := range 200 {
+		_, err := pooled.db.ExecContext(ctx, fmt.Sprintf(`PREPARE watermill_outbox_other%03d AS SELECT %d`, i, i))
+		require.NoError(t, err)
+	}
+	want := claim(direct, "crowded") + 2
+	require.Equal(t, want, claim(pooled, "crowded"), "crowded: round trips")
+	var others, newest int
+	require.NoError(t, pooled.db.QueryRowContext(ctx, `SELECT count(*), count(*) FILTER (WHERE name >= 'watermill_outbox_other150')
+FROM pg_prepared_statements WHERE name LIKE 'watermill\_outbox\_other%'`).Scan(&others, &newest))
+	require.LessOrEqual(t, others, 64, "other stores' statements left")
+	require.Equal(t, 50, newest, "the newest are kept")
 }

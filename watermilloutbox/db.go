@@ -529,7 +529,8 @@ func (t *pipeTx) read(mrr *pgconn.MultiResultReader, items []pipeItem, commit bo
 			buf.rows = append(buf.rows, row)
 		}
 		tag, err := rr.Close()
-		return buf, tag.RowsAffected(), err
+		buf.affected = tag.RowsAffected()
+		return buf, buf.affected, err
 	}
 	if !t.begun {
 		if _, _, err := next(); err != nil {
@@ -609,7 +610,17 @@ func (t *pipeTx) beginNow(ctx context.Context) error {
 	return nil
 }
 
+// exec and query run a statement the claim did not send ahead. Where
+// statements must be unnamed it goes as a batch of its own, so that behind
+// a pooler its plan is kept too (pooled.go).
 func (t *pipeTx) exec(ctx context.Context, q string, args ...any) (int64, error) {
+	if t.mode.unnamed() {
+		bufs, err := t.send(ctx, []pipeItem{{stmt: stmt{q: q, args: args}}}, false)
+		if err != nil {
+			return 0, err
+		}
+		return bufs[0].affected, nil
+	}
 	if err := t.beginNow(ctx); err != nil {
 		return 0, err
 	}
@@ -618,6 +629,13 @@ func (t *pipeTx) exec(ctx context.Context, q string, args ...any) (int64, error)
 }
 
 func (t *pipeTx) query(ctx context.Context, q string, args ...any) (rows, error) {
+	if t.mode.unnamed() {
+		bufs, err := t.send(ctx, []pipeItem{{stmt: stmt{q: q, args: args}}}, false)
+		if err != nil {
+			return nil, err
+		}
+		return bufs[0], nil
+	}
 	if err := t.beginNow(ctx); err != nil {
 		return nil, err
 	}
@@ -669,10 +687,11 @@ func (r errRow) Scan(...any) error { return r.err }
 // the pgx.Rows it came from would have been: its raw values are copied
 // because the connection's buffer is reused by the next statement.
 type bufferedRows struct {
-	types  *pgtype.Map
-	fields []pgconn.FieldDescription
-	rows   [][][]byte
-	at     int
+	types    *pgtype.Map
+	fields   []pgconn.FieldDescription
+	rows     [][][]byte
+	at       int
+	affected int64 // the rows its statement changed (read's results only)
 }
 
 func buffer(rs pgx.Rows, types *pgtype.Map) (*bufferedRows, error) {

@@ -137,14 +137,15 @@ func (t *pipeTx) sendPooled(ctx context.Context, items []pipeItem, commit bool) 
 				prepare[n] = items[i].q
 			}
 		}
-		return t.runPooled(ctx, items, run, commit, prepare, nil)
+		out, err := t.runPooled(ctx, items, run, commit, prepare, nil)
+		return out, true, err
 	}
 	all := t.mode.pooled.all()
 	check := make([]string, 0, len(all))
 	for n := range all {
 		check = append(check, n)
 	}
-	out, _, err = t.runPooled(ctx, items, run, commit, nil, check)
+	out, err = t.runPooled(ctx, items, run, commit, nil, check)
 	var pgErr *pgconn.PgError
 	if !errors.As(err, &pgErr) || (pgErr.Code != "26000" && pgErr.Code != "22012") {
 		return out, true, err
@@ -156,14 +157,15 @@ func (t *pipeTx) sendPooled(ctx context.Context, items []pipeItem, commit bool) 
 	}
 	t.begun = false
 	t.trips += 2
-	return t.runPooled(ctx, items, run, commit, all, nil)
+	out, err = t.runPooled(ctx, items, run, commit, all, nil)
+	return out, true, err
 }
 
 // runPooled sends one batch: BEGIN when the transaction is not begun, a DO
 // block preparing the statements of prepare (name → text) the server
 // connection lacks, the check of the names in check, the EXECUTEs in run,
 // and COMMIT when commit.
-func (t *pipeTx) runPooled(ctx context.Context, items []pipeItem, run []string, commit bool, prepare map[string]string, check []string) ([]*bufferedRows, bool, error) {
+func (t *pipeTx) runPooled(ctx context.Context, items []pipeItem, run []string, commit bool, prepare map[string]string, check []string) ([]*bufferedRows, error) {
 	var q strings.Builder
 	if !t.begun {
 		q.WriteString(`BEGIN;`)
@@ -189,7 +191,7 @@ func (t *pipeTx) runPooled(ctx context.Context, items []pipeItem, run []string, 
 		err = cerr
 	}
 	if err != nil {
-		return nil, true, err
+		return nil, err
 	}
 	if t.ready == nil {
 		t.ready = map[string]bool{}
@@ -200,7 +202,7 @@ func (t *pipeTx) runPooled(ctx context.Context, items []pipeItem, run []string, 
 	for _, n := range check {
 		t.ready[n] = true
 	}
-	return out, true, nil
+	return out, nil
 }
 
 // writePrepare writes the DO block that prepares the statements of prepare
@@ -215,7 +217,7 @@ func writePrepare(q *strings.Builder, prepare, keep map[string]string) {
 	for n := range keep {
 		kept = append(kept, n)
 	}
-	ours := `FROM pg_prepared_statements WHERE name LIKE '` + pooledPrefix + `%'`
+	ours := `FROM pg_prepared_statements WHERE left(name, ` + strconv.Itoa(len(pooledPrefix)) + `) = '` + pooledPrefix + `'`
 	q.WriteString(`DO $wmo$DECLARE r record; held int; BEGIN SELECT count(*) INTO held ` + ours + `; IF held > ` + strconv.Itoa(pooledMaxPerConn) +
 		` THEN FOR r IN SELECT name ` + ours + ` AND name <> ALL ('{` + strings.Join(kept, ",") + `}') ORDER BY prepare_time LIMIT held - ` +
 		strconv.Itoa(pooledMaxPerConn/2) + ` LOOP EXECUTE 'DEALLOCATE ' || r.name; END LOOP; END IF; FOR r IN SELECT v.n, v.q FROM (VALUES `)

@@ -615,11 +615,11 @@ func (t *pipeTx) beginNow(ctx context.Context) error {
 // a pooler its plan is kept too (pooled.go).
 func (t *pipeTx) exec(ctx context.Context, q string, args ...any) (int64, error) {
 	if t.mode.unnamed() {
-		bufs, err := t.send(ctx, []pipeItem{{stmt: stmt{q: q, args: args}}}, false)
+		buf, err := t.sendAlone(ctx, q, args)
 		if err != nil {
 			return 0, err
 		}
-		return bufs[0].affected, nil
+		return buf.affected, nil
 	}
 	if err := t.beginNow(ctx); err != nil {
 		return 0, err
@@ -630,17 +630,26 @@ func (t *pipeTx) exec(ctx context.Context, q string, args ...any) (int64, error)
 
 func (t *pipeTx) query(ctx context.Context, q string, args ...any) (rows, error) {
 	if t.mode.unnamed() {
-		bufs, err := t.send(ctx, []pipeItem{{stmt: stmt{q: q, args: args}}}, false)
+		buf, err := t.sendAlone(ctx, q, args)
 		if err != nil {
-			return nil, err
+			return nil, err // not a nil *bufferedRows in a non-nil rows
 		}
-		return bufs[0], nil
+		return buf, nil
 	}
 	if err := t.beginNow(ctx); err != nil {
 		return nil, err
 	}
 	t.trips++
 	return pgxQueryer{t.conn, t.mode}.query(ctx, q, args...)
+}
+
+// sendAlone sends q as a batch of its own and returns its result.
+func (t *pipeTx) sendAlone(ctx context.Context, q string, args []any) (*bufferedRows, error) {
+	bufs, err := t.send(ctx, []pipeItem{{stmt: stmt{q: q, args: args}}}, false)
+	if err != nil {
+		return nil, err
+	}
+	return bufs[0], nil
 }
 
 func (t *pipeTx) queryRow(ctx context.Context, q string, args ...any) row {
